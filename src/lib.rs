@@ -1,0 +1,13 @@
+//! lakegate: an mTLS termination appliance for AI data repositories.
+//!
+//! The crate is split by concern; the protocol cores in [`proto`] and [`tls`] are
+//! sans-IO and know nothing of the io_uring runtime, which lives in [`engine`] only.
+#![warn(missing_docs)]
+
+pub mod authz;
+pub mod config;
+pub mod engine;
+pub mod pki;
+pub mod proto;
+pub mod telemetry;
+pub mod tls;
