@@ -1,0 +1,364 @@
+//! The one rustls adapter: a sans-IO server connection over rustls 0.23's unbuffered API.
+//!
+//! Everything else in lakegate talks TLS through [`TlsConn`], so a move to another rustls
+//! API (0.24 drops the unbuffered one) touches only this file. It owns no socket: the
+//! caller hands in received bytes and gets back bytes to transmit and plaintext.
+//!
+//! Copies: rustls decrypts each record in place in the caller's `incoming` buffer, then
+//! (0.23.x, `ReadTraffic::next_record`) hands the payload over from an owned chunk; we
+//! append it to the caller's plaintext buffer. Encryption writes straight into the
+//! caller's outgoing buffer.
+
+use std::sync::Arc;
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{HandshakeKind, ServerConfig};
+use rustls_pki_types::CertificateDer;
+
+/// Room for one maximal TLS record (16 KiB payload + header + tag + padding slack).
+pub const MAX_RECORD: usize = 16 * 1024 + 256;
+
+/// A growable output region with a separate fill mark, so encryption never pays for
+/// zeroing (the Vec is initialised once, when the buffer is first made).
+#[derive(Debug, Default)]
+pub struct OutBuf {
+    /// Backing storage; `buf.len()` is the capacity in use.
+    pub buf: Vec<u8>,
+    /// Bytes filled from the start.
+    pub filled: usize,
+}
+
+impl OutBuf {
+    /// A buffer with `cap` initialised bytes.
+    pub fn with_capacity(cap: usize) -> Self {
+        OutBuf {
+            buf: vec![0; cap],
+            filled: 0,
+        }
+    }
+
+    /// Wrap an initialised Vec (as lent by the engine's pool).
+    pub fn from_vec(buf: Vec<u8>) -> Self {
+        OutBuf { buf, filled: 0 }
+    }
+
+    /// Bytes filled.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.filled]
+    }
+
+    /// Whether nothing is filled.
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// Spare room after the fill mark, grown to at least `need` bytes.
+    fn spare(&mut self, need: usize) -> &mut [u8] {
+        if self.buf.len() - self.filled < need {
+            self.buf.resize(self.filled + need, 0);
+        }
+        &mut self.buf[self.filled..]
+    }
+
+    /// Append bytes.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.spare(data.len())[..data.len()].copy_from_slice(data);
+        self.filled += data.len();
+    }
+
+    /// Forget the filled bytes.
+    pub fn clear(&mut self) {
+        self.filled = 0;
+    }
+}
+
+/// What one call to [`TlsConn::handle_received`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes at the front of `incoming` that are consumed and must be discarded.
+    pub consumed: usize,
+    /// Plaintext bytes appended to the caller's plaintext buffer.
+    pub plaintext: usize,
+    /// The handshake completed during this call.
+    pub handshake_completed: bool,
+    /// The peer sent close_notify: no more plaintext will come.
+    pub peer_closed: bool,
+}
+
+/// A failure of the TLS connection.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls rejected the peer or its data; alerts for the peer are already queued.
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// Traffic keys are exhausted (more than 2^64 records): the connection must end.
+    #[error("tls: encrypter exhausted")]
+    Exhausted,
+    /// The peer split a post-handshake message across records (see `handle_received`).
+    #[error("tls: fragmented post-handshake message")]
+    FragmentedPostHandshake,
+    /// Asked to send after we already closed.
+    #[error("tls: connection closed")]
+    Closed,
+}
+
+/// Facts of an established session, for identity, logs and metrics.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// "TLSv1.3" or "TLSv1.2".
+    pub version: &'static str,
+    /// IANA suite name, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub suite: String,
+    /// Whether the session was resumed from a ticket.
+    pub resumed: bool,
+}
+
+/// A server-side TLS connection with no I/O: bytes in, bytes and plaintext out.
+pub struct TlsConn {
+    conn: UnbufferedServerConnection,
+    handshaking: bool,
+    peer_closed: bool,
+    sent_close: bool,
+}
+
+impl TlsConn {
+    /// Start a server connection under `config`.
+    pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
+        Ok(TlsConn {
+            conn: UnbufferedServerConnection::new(config)?,
+            handshaking: true,
+            peer_closed: false,
+            sent_close: false,
+        })
+    }
+
+    /// Whether the handshake is still in progress.
+    pub fn is_handshaking(&self) -> bool {
+        self.handshaking
+    }
+
+    /// Whether the peer has sent close_notify.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// Process the TLS bytes in `incoming` (starting on a record boundary). Handshake and
+    /// alert bytes to send are appended to `tls_out`, decrypted data to `plain_out`.
+    /// Processes everything complete in `incoming`; a partial record is left unconsumed.
+    pub fn handle_received(
+        &mut self,
+        incoming: &mut [u8],
+        tls_out: &mut OutBuf,
+        plain_out: &mut OutBuf,
+    ) -> Result<Progress, TlsError> {
+        let mut p = Progress::default();
+        loop {
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut incoming[p.consumed..]);
+            let state = match state {
+                Ok(s) => s,
+                Err(e) => {
+                    // rustls queues a fatal alert for the peer: collect it so the shell can
+                    // tell the client why (unknown_ca, certificate_required, ...). rustls
+                    // must see the same buffer again, less what it discarded.
+                    p.consumed += discard;
+                    self.drain_alerts(&mut incoming[p.consumed..], tls_out);
+                    return Err(e.into());
+                }
+            };
+            let mut stop = false;
+            match state {
+                ConnectionState::ReadTraffic(mut rt) => {
+                    while let Some(rec) = rt.next_record() {
+                        let rec = rec?;
+                        plain_out.extend(rec.payload);
+                        p.plaintext += rec.payload.len();
+                    }
+                }
+                ConnectionState::ReadEarlyData(mut ed) => {
+                    // max_early_data_size = 0, so this never carries data; drain defensively.
+                    while let Some(rec) = ed.next_record() {
+                        rec?;
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut enc) => encode(&mut enc, tls_out)?,
+                ConnectionState::TransmitTlsData(t) => {
+                    // The shell transmits `tls_out` in order before anything encrypted
+                    // later, so the data counts as sent from rustls's point of view.
+                    t.done();
+                }
+                ConnectionState::BlockedHandshake => stop = true,
+                ConnectionState::WriteTraffic(_) => {
+                    if self.handshaking {
+                        self.handshaking = false;
+                        p.handshake_completed = true;
+                    }
+                    stop = true;
+                }
+                ConnectionState::PeerClosed => {
+                    self.peer_closed = true;
+                    p.peer_closed = true;
+                }
+                ConnectionState::Closed => {
+                    self.peer_closed = true;
+                    p.peer_closed = true;
+                    stop = true;
+                }
+                _ => stop = true,
+            }
+            p.consumed += discard;
+            if stop {
+                if !self.handshaking && p.consumed < complete_records_len(incoming) {
+                    // rustls is holding part of a handshake message split across records
+                    // in our buffer. The writing direction drives rustls with an empty
+                    // buffer, which is only sound when nothing is held, and after the
+                    // handshake a client has no business fragmenting (KeyUpdate is 5
+                    // bytes), so refuse it rather than juggle buffers for it.
+                    return Err(TlsError::FragmentedPostHandshake);
+                }
+                return Ok(p);
+            }
+        }
+    }
+
+    fn drain_alerts(&mut self, rest: &mut [u8], tls_out: &mut OutBuf) {
+        for _ in 0..8 {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(rest);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                    if encode(&mut enc, tls_out).is_err() {
+                        return;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => return,
+            }
+        }
+    }
+
+    /// Run the state machine with no input until it is ready for application data,
+    /// flushing anything queued (key updates, tickets) into `tls_out` first, then hand
+    /// the `WriteTraffic` state to `f`.
+    fn with_write<R>(
+        &mut self,
+        tls_out: &mut OutBuf,
+        f: impl FnOnce(
+            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+            &mut OutBuf,
+        ) -> Result<R, TlsError>,
+    ) -> Result<R, TlsError> {
+        loop {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            match state? {
+                ConnectionState::EncodeTlsData(mut enc) => encode(&mut enc, tls_out)?,
+                ConnectionState::TransmitTlsData(mut t) => {
+                    if let Some(mut w) = t.may_encrypt_app_data() {
+                        return f(&mut w, tls_out);
+                    }
+                    t.done();
+                }
+                ConnectionState::WriteTraffic(mut w) => return f(&mut w, tls_out),
+                ConnectionState::PeerClosed => self.peer_closed = true,
+                _ => return Err(TlsError::Closed),
+            }
+        }
+    }
+
+    /// Encrypt `plain` into TLS records appended to `tls_out`.
+    pub fn encrypt(&mut self, plain: &[u8], tls_out: &mut OutBuf) -> Result<(), TlsError> {
+        if self.sent_close {
+            return Err(TlsError::Closed);
+        }
+        self.with_write(tls_out, |w, out| {
+            // Worst case per 16 KiB record: 5 header + 1 content type + 16 tag; be generous.
+            let need = plain.len() + (plain.len() / (16 * 1024) + 1) * 64;
+            let room = out.spare(need);
+            match w.encrypt(plain, room) {
+                Ok(n) => {
+                    out.filled += n;
+                    Ok(())
+                }
+                Err(EncryptError::InsufficientSize(s)) => {
+                    let room = out.spare(s.required_size);
+                    let n = w.encrypt(plain, room).map_err(|_| TlsError::Exhausted)?;
+                    out.filled += n;
+                    Ok(())
+                }
+                Err(EncryptError::EncryptExhausted) => Err(TlsError::Exhausted),
+            }
+        })
+    }
+
+    /// Queue a close_notify alert into `tls_out` (idempotent).
+    pub fn close_notify(&mut self, tls_out: &mut OutBuf) -> Result<(), TlsError> {
+        if self.sent_close {
+            return Ok(());
+        }
+        self.with_write(tls_out, |w, out| {
+            let room = out.spare(64);
+            let n = w
+                .queue_close_notify(room)
+                .map_err(|_| TlsError::Exhausted)?;
+            out.filled += n;
+            Ok(())
+        })?;
+        self.sent_close = true;
+        Ok(())
+    }
+
+    /// The verified client certificate chain (leaf first); also present on resumption,
+    /// since the ticket carries it.
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
+    /// Version, suite and resumption of the established session.
+    pub fn session_info(&self) -> SessionInfo {
+        SessionInfo {
+            version: match self.conn.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLSv1.3",
+            },
+            suite: self
+                .conn
+                .negotiated_cipher_suite()
+                .map(|s| crate::tls::policy::suite_name(&s))
+                .unwrap_or_default(),
+            resumed: matches!(self.conn.handshake_kind(), Some(HandshakeKind::Resumed)),
+        }
+    }
+}
+
+/// Length of the complete TLS records at the front of `buf` (5-byte header + payload).
+fn complete_records_len(buf: &[u8]) -> usize {
+    let mut off = 0;
+    while let Some(h) = buf.get(off..off + 5) {
+        let len = 5 + usize::from(u16::from_be_bytes([h[3], h[4]]));
+        if off + len > buf.len() {
+            break;
+        }
+        off += len;
+    }
+    off
+}
+
+fn encode(
+    enc: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+    out: &mut OutBuf,
+) -> Result<(), TlsError> {
+    let room = out.spare(MAX_RECORD);
+    match enc.encode(room) {
+        Ok(n) => {
+            out.filled += n;
+            Ok(())
+        }
+        Err(EncodeError::InsufficientSize(s)) => {
+            let room = out.spare(s.required_size);
+            let n = enc.encode(room).map_err(|_| TlsError::Closed)?;
+            out.filled += n;
+            Ok(())
+        }
+        Err(EncodeError::AlreadyEncoded) => Ok(()),
+    }
+}

@@ -1,0 +1,9 @@
+//! TLS: the policy that builds rustls's config, the client identity taken from the
+//! verified leaf, and the one adapter over rustls's connection API.
+
+pub mod conn;
+pub mod identity;
+pub mod policy;
+
+#[cfg(test)]
+mod tests;

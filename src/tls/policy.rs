@@ -1,0 +1,458 @@
+//! TLS policy: turns the `[tls]` section into a rustls `ServerConfig` on the aws-lc-rs
+//! provider, and classifies handshake failures into the fixed set of metric reasons.
+//!
+//! Owns: version and suite selection, client-certificate verification (trust anchors,
+//! CRLs), session resumption. Must not touch sockets or the runtime.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, Error as RustlsError, PeerIncompatible, RootCertStore, ServerConfig,
+    SupportedCipherSuite,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use crate::config::{Config, TlsVersion};
+
+/// An error building the TLS policy; names the config file, the key and what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct PolicyError {
+    /// The configuration file.
+    pub file: String,
+    /// The key whose value is at fault, e.g. `tls.key`.
+    pub key: &'static str,
+    /// What was expected and what was found.
+    pub message: String,
+}
+
+/// The built policy: the rustls config plus what `lakegate check` prints.
+pub struct TlsPolicy {
+    /// The config every new handshake uses.
+    pub server_config: Arc<ServerConfig>,
+    /// Human summary of the effective policy.
+    pub summary: PolicySummary,
+    /// Not-after of the server leaf certificate (unix seconds).
+    pub server_cert_not_after: i64,
+}
+
+/// The effective policy as `lakegate check` prints it.
+#[derive(Debug, Clone)]
+pub struct PolicySummary {
+    /// Enabled protocol versions.
+    pub versions: Vec<&'static str>,
+    /// Enabled cipher suites, in preference order.
+    pub suites: Vec<String>,
+    /// Key exchange groups, in preference order.
+    pub groups: Vec<String>,
+    /// Subjects of the client trust anchors.
+    pub client_ca_subjects: Vec<String>,
+    /// Number of CRLs loaded.
+    pub crl_count: usize,
+    /// Server certificate subject and validity.
+    pub server_cert: String,
+    /// Whether session tickets are issued.
+    pub session_tickets: bool,
+}
+
+impl PolicySummary {
+    /// Render the summary for `lakegate check`.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "tls versions:        {}", self.versions.join(", "));
+        let _ = writeln!(s, "cipher suites:       {}", self.suites.join(", "));
+        let _ = writeln!(s, "key exchange groups: {}", self.groups.join(", "));
+        let _ = writeln!(s, "client certificate:  required");
+        for subj in &self.client_ca_subjects {
+            let _ = writeln!(s, "client CA:           {subj}");
+        }
+        let _ = writeln!(s, "CRLs:                {}", self.crl_count);
+        let _ = writeln!(s, "server certificate:  {}", self.server_cert);
+        let _ = writeln!(
+            s,
+            "session resumption:  {}",
+            if self.session_tickets {
+                "tickets"
+            } else {
+                "off"
+            }
+        );
+        s
+    }
+}
+
+fn err(cfg: &Config, key: &'static str, message: impl Into<String>) -> PolicyError {
+    PolicyError {
+        file: cfg.path.display().to_string(),
+        key,
+        message: message.into(),
+    }
+}
+
+/// The aws-lc-rs provider narrowed to the suites the policy allows: TLS 1.3 suites, and
+/// for TLS 1.2 only ECDHE key exchange with an AEAD (GCM or ChaCha20-Poly1305).
+pub fn provider(cfg: &Config) -> Result<CryptoProvider, PolicyError> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let aead_ecdhe = |s: &SupportedCipherSuite| match s {
+        SupportedCipherSuite::Tls13(_) => true,
+        SupportedCipherSuite::Tls12(_) => {
+            let name = suite_name(s);
+            name.starts_with("TLS_ECDHE_") && (name.contains("_GCM_") || name.contains("CHACHA20"))
+        }
+    };
+    provider.cipher_suites.retain(aead_ecdhe);
+    if !cfg.tls.cipher_suites.is_empty() {
+        let known: Vec<String> = provider.cipher_suites.iter().map(suite_name).collect();
+        for want in &cfg.tls.cipher_suites {
+            if !known.iter().any(|k| k.eq_ignore_ascii_case(want)) {
+                return Err(err(
+                    cfg,
+                    "tls.cipher_suites",
+                    format!(
+                        "unknown or disallowed suite {want:?} (expected one of {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        // Keep the operator's order: it is the server's preference order.
+        let mut ordered = Vec::new();
+        for want in &cfg.tls.cipher_suites {
+            if let Some(s) = provider
+                .cipher_suites
+                .iter()
+                .find(|s| suite_name(s).eq_ignore_ascii_case(want))
+            {
+                ordered.push(*s);
+            }
+        }
+        provider.cipher_suites = ordered;
+    }
+    let has13 = cfg.tls.versions.contains(&TlsVersion::Tls13);
+    let has12 = cfg.tls.versions.contains(&TlsVersion::Tls12);
+    provider.cipher_suites.retain(|s| match s {
+        SupportedCipherSuite::Tls13(_) => has13,
+        SupportedCipherSuite::Tls12(_) => has12,
+    });
+    if provider.cipher_suites.is_empty() {
+        return Err(err(
+            cfg,
+            "tls.cipher_suites",
+            "no cipher suite left for the enabled tls.versions",
+        ));
+    }
+    Ok(provider)
+}
+
+/// The IANA-style name of a suite, e.g. `TLS13_AES_128_GCM_SHA256`.
+pub fn suite_name(s: &SupportedCipherSuite) -> String {
+    format!("{:?}", s.suite())
+}
+
+fn read_file(cfg: &Config, key: &'static str, path: &Path) -> Result<Vec<u8>, PolicyError> {
+    std::fs::read(path).map_err(|e| err(cfg, key, format!("cannot read {}: {e}", path.display())))
+}
+
+/// Load the server certificate chain (PEM).
+pub fn load_certs(cfg: &Config) -> Result<Vec<CertificateDer<'static>>, PolicyError> {
+    let pem = read_file(cfg, "tls.cert", &cfg.tls.cert)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            err(
+                cfg,
+                "tls.cert",
+                format!("{}: bad PEM: {e}", cfg.tls.cert.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(err(
+            cfg,
+            "tls.cert",
+            format!(
+                "{}: expected a PEM certificate chain, found no CERTIFICATE block",
+                cfg.tls.cert.display()
+            ),
+        ));
+    }
+    Ok(certs)
+}
+
+fn load_key(cfg: &Config) -> Result<PrivateKeyDer<'static>, PolicyError> {
+    let pem = read_file(cfg, "tls.key", &cfg.tls.key)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        err(
+            cfg,
+            "tls.key",
+            format!(
+                "{}: expected a PEM private key (PKCS#8, SEC1 or PKCS#1): {e}",
+                cfg.tls.key.display()
+            ),
+        )
+    })
+}
+
+/// Load the client trust anchors; returns the store and the anchors' subjects.
+fn load_client_roots(cfg: &Config) -> Result<(RootCertStore, Vec<String>), PolicyError> {
+    let pem = read_file(cfg, "tls.client_ca", &cfg.tls.client_ca)?;
+    let mut roots = RootCertStore::empty();
+    let mut subjects = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| {
+            err(
+                cfg,
+                "tls.client_ca",
+                format!("{}: bad PEM: {e}", cfg.tls.client_ca.display()),
+            )
+        })?;
+        if let Ok((_, x)) = x509_parser::parse_x509_certificate(&cert) {
+            subjects.push(x.subject().to_string());
+        }
+        roots.add(cert).map_err(|e| {
+            err(
+                cfg,
+                "tls.client_ca",
+                format!(
+                    "{}: unusable trust anchor: {e}",
+                    cfg.tls.client_ca.display()
+                ),
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(err(
+            cfg,
+            "tls.client_ca",
+            format!(
+                "{}: expected at least one PEM CA certificate",
+                cfg.tls.client_ca.display()
+            ),
+        ));
+    }
+    Ok((roots, subjects))
+}
+
+/// Load CRLs, PEM or DER.
+pub fn load_crls(cfg: &Config) -> Result<Vec<CertificateRevocationListDer<'static>>, PolicyError> {
+    let mut out = Vec::new();
+    for path in &cfg.tls.crl {
+        let bytes = read_file(cfg, "tls.crl", path)?;
+        if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {
+            let crls: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .collect::<Result<_, _>>()
+                .map_err(|e| err(cfg, "tls.crl", format!("{}: bad PEM: {e}", path.display())))?;
+            if crls.is_empty() {
+                return Err(err(
+                    cfg,
+                    "tls.crl",
+                    format!("{}: no X509 CRL block", path.display()),
+                ));
+            }
+            out.extend(crls);
+        } else {
+            out.push(CertificateRevocationListDer::from(bytes));
+        }
+    }
+    Ok(out)
+}
+
+/// The client verifier: a certificate is always required (there is no mode that
+/// accepts an unauthenticated client), chained to `client_ca`, checked against the CRLs.
+fn client_verifier(
+    cfg: &Config,
+    provider: &Arc<CryptoProvider>,
+    roots: RootCertStore,
+) -> Result<Arc<dyn ClientCertVerifier>, PolicyError> {
+    let crls = load_crls(cfg)?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls)
+        .build()
+        .map_err(|e| err(cfg, "tls.crl", format!("cannot build client verifier: {e}")))
+}
+
+/// Build the whole policy from a validated config.
+pub fn build(cfg: &Config) -> Result<TlsPolicy, PolicyError> {
+    let provider = Arc::new(provider(cfg)?);
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+    ]
+    .into_iter()
+    .filter(|(v, _)| cfg.tls.versions.contains(v))
+    .map(|(_, p)| p)
+    .collect();
+    let certs = load_certs(cfg)?;
+    let key = load_key(cfg)?;
+    let (roots, client_ca_subjects) = load_client_roots(cfg)?;
+    let verifier = client_verifier(cfg, &provider, roots)?;
+
+    let (server_cert, not_after) = match x509_parser::parse_x509_certificate(&certs[0]) {
+        Ok((_, x)) => (
+            format!("{} (not after {})", x.subject(), x.validity().not_after),
+            x.validity().not_after.timestamp(),
+        ),
+        Err(e) => {
+            return Err(err(
+                cfg,
+                "tls.cert",
+                format!("{}: not an X.509 certificate: {e}", cfg.tls.cert.display()),
+            ))
+        }
+    };
+
+    let mut sc = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| err(cfg, "tls.versions", e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| match e {
+            RustlsError::InconsistentKeys(_) => err(
+                cfg,
+                "tls.key",
+                format!(
+                    "{} does not match the certificate in tls.cert ({})",
+                    cfg.tls.key.display(),
+                    cfg.tls.cert.display()
+                ),
+            ),
+            e => err(
+                cfg,
+                "tls.key",
+                format!("{}: unusable key: {e}", cfg.tls.key.display()),
+            ),
+        })?;
+    // No 0-RTT: early data is replayable, and an upload must never be applied twice.
+    sc.max_early_data_size = 0;
+    if cfg.tls.session_tickets {
+        sc.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| err(cfg, "tls.session_tickets", e.to_string()))?;
+        sc.send_tls13_tickets = 2;
+        // Tickets carry the session (and the client certificate chain) in the client;
+        // a server-side cache would be one more lock shared by every worker.
+        sc.session_storage = Arc::new(NoServerSessionStorage {});
+    } else {
+        sc.send_tls13_tickets = 0;
+        sc.session_storage = Arc::new(NoServerSessionStorage {});
+    }
+
+    let summary = PolicySummary {
+        versions: versions
+            .iter()
+            .map(|v| match v.version {
+                rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+                _ => "TLSv1.2",
+            })
+            .collect(),
+        suites: provider.cipher_suites.iter().map(suite_name).collect(),
+        groups: provider
+            .kx_groups
+            .iter()
+            .map(|g| format!("{:?}", g.name()))
+            .collect(),
+        client_ca_subjects,
+        crl_count: cfg.tls.crl.len(),
+        server_cert,
+        session_tickets: cfg.tls.session_tickets,
+    };
+    Ok(TlsPolicy {
+        server_config: Arc::new(sc),
+        summary,
+        server_cert_not_after: not_after,
+    })
+}
+
+/// Why a handshake failed, as the fixed set of `reason` label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailReason {
+    /// The client presented no certificate.
+    NoClientCert,
+    /// The client certificate does not chain to `client_ca`.
+    UnknownCa,
+    /// The client certificate is expired (or not yet valid).
+    Expired,
+    /// The client certificate is revoked by a CRL.
+    Revoked,
+    /// A signature in the chain or handshake did not verify.
+    BadSignature,
+    /// No protocol version in common.
+    UnsupportedVersion,
+    /// The client stalled past `handshake_timeout`.
+    Timeout,
+    /// Any other protocol violation or I/O failure during the handshake.
+    Protocol,
+    /// Handshake succeeded but no authz rule admits the identity.
+    Unauthorized,
+}
+
+impl FailReason {
+    /// All reasons, in label order.
+    pub const ALL: [FailReason; 9] = [
+        FailReason::NoClientCert,
+        FailReason::UnknownCa,
+        FailReason::Expired,
+        FailReason::Revoked,
+        FailReason::BadSignature,
+        FailReason::UnsupportedVersion,
+        FailReason::Timeout,
+        FailReason::Protocol,
+        FailReason::Unauthorized,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::NoClientCert => "no_client_cert",
+            FailReason::UnknownCa => "unknown_ca",
+            FailReason::Expired => "expired",
+            FailReason::Revoked => "revoked",
+            FailReason::BadSignature => "bad_signature",
+            FailReason::UnsupportedVersion => "unsupported_version",
+            FailReason::Timeout => "timeout",
+            FailReason::Protocol => "protocol",
+            FailReason::Unauthorized => "unauthorized",
+        }
+    }
+
+    /// Classify a rustls error from a failed handshake.
+    pub fn of(e: &RustlsError) -> FailReason {
+        match e {
+            RustlsError::NoCertificatesPresented => FailReason::NoClientCert,
+            RustlsError::InvalidCertificate(ce) => match ce {
+                CertificateError::UnknownIssuer => FailReason::UnknownCa,
+                CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. } => FailReason::Expired,
+                CertificateError::Revoked => FailReason::Revoked,
+                CertificateError::BadSignature
+                | CertificateError::UnsupportedSignatureAlgorithmContext { .. } => {
+                    FailReason::BadSignature
+                }
+                _ => FailReason::UnknownCa,
+            },
+            RustlsError::PeerIncompatible(
+                PeerIncompatible::SupportedVersionsExtensionRequired
+                | PeerIncompatible::Tls12NotOffered
+                | PeerIncompatible::Tls12NotOfferedOrEnabled
+                | PeerIncompatible::Tls13RequiredForQuic,
+            ) => FailReason::UnsupportedVersion,
+            RustlsError::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon) => {
+                FailReason::UnsupportedVersion
+            }
+            RustlsError::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            )
+            | RustlsError::PeerMisbehaved(rustls::PeerMisbehaved::InvalidCertCompression) => {
+                FailReason::BadSignature
+            }
+            RustlsError::InvalidCertRevocationList(_) => FailReason::Revoked,
+            _ => FailReason::Protocol,
+        }
+    }
+}
