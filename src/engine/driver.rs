@@ -1,0 +1,216 @@
+//! The connection driver: runs one accepted connection through the handshake (fed by
+//! the io_uring shell into the sans-IO [`TlsConn`]), derives the identity, applies the
+//! connection-level authorization gate, then hands off to the backend.
+
+use std::cell::Cell;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_uring::buf::BoundedBuf;
+
+use super::io::Stream;
+use super::shared::Generation;
+use super::worker::Worker;
+use crate::authz::Decision;
+use crate::config::Backend;
+use crate::telemetry::session_slot;
+use crate::tls::conn::{OutBuf, SessionInfo, TlsConn, TlsError};
+use crate::tls::identity::Identity;
+use crate::tls::policy::FailReason;
+
+/// Buffers and state that carry over from the handshake into the data phase.
+pub struct Established {
+    /// The TLS connection.
+    pub tls: TlsConn,
+    /// Received TLS bytes not yet processed (a partial record), `inb[..used]`.
+    pub inb: Vec<u8>,
+    /// Bytes used in `inb`.
+    pub used: usize,
+    /// Plaintext already decrypted (sent by the client right after its Finished).
+    pub plain: OutBuf,
+    /// Outgoing TLS buffer (empty).
+    pub out: OutBuf,
+    /// Who the client is.
+    pub identity: Identity,
+    /// Version, suite, resumption.
+    pub session: SessionInfo,
+}
+
+/// Per-connection counters for the close log line.
+#[derive(Default)]
+pub struct ConnLog {
+    /// TLS bytes from the client.
+    pub bytes_in: Cell<u64>,
+    /// TLS bytes to the client.
+    pub bytes_out: Cell<u64>,
+}
+
+/// Serve one accepted connection to its end.
+pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
+    let start = Instant::now();
+    let gen = w.shared.current.load_full();
+    let _ = stream.set_nodelay(true);
+    let client = Stream::Tcp(stream);
+    let log = ConnLog::default();
+    let hs = tokio::time::timeout(
+        gen.config.server.handshake_timeout,
+        handshake(&w, &gen, &client, &log),
+    )
+    .await;
+    let est = match hs {
+        Ok(Ok(est)) => est,
+        Ok(Err((reason, detail))) => {
+            w.stats.handshake_failed(reason);
+            tracing::warn!(
+                worker = w.id, %peer, reason = reason.as_str(), detail = %detail,
+                bytes_in = log.bytes_in.get(), "handshake failed"
+            );
+            client.shutdown(Shutdown::Both);
+            return;
+        }
+        Err(_) => {
+            w.stats.handshake_failed(FailReason::Timeout);
+            tracing::warn!(
+                worker = w.id, %peer, reason = "timeout",
+                timeout = ?gen.config.server.handshake_timeout, "handshake failed"
+            );
+            client.shutdown(Shutdown::Both);
+            return;
+        }
+    };
+    let hs_time = start.elapsed();
+    w.stats.handshake_duration.observe(hs_time.as_secs_f64());
+
+    let identity = est.identity.clone();
+    let session = est.session.clone();
+    if let Decision::Denied { reason } = gen.authz.admits(&identity) {
+        w.stats.handshake_failed(FailReason::Unauthorized);
+        tracing::warn!(
+            worker = w.id, %peer, identity = identity.name(), thumbprint = %identity.thumbprint,
+            reason = "unauthorized", detail = %reason, "connection refused by authz"
+        );
+        refuse(&client, est, &log).await;
+        return;
+    }
+    w.stats.handshakes_ok.inc();
+    let suite_idx = gen
+        .suites
+        .iter()
+        .position(|s| *s == session.suite)
+        .unwrap_or(15);
+    w.stats.sessions[session_slot(session.version == "TLSv1.3", suite_idx, session.resumed)].inc();
+
+    let close = match &gen.config.backend {
+        Backend::Forward { .. } => super::forward::relay(&w, &gen, client, peer, est, &log).await,
+        Backend::Store { .. } => {
+            // The store backend arrives with the HTTP object API.
+            refuse(&client, est, &log).await;
+            "store backend not built"
+        }
+    };
+    tracing::info!(
+        worker = w.id, %peer, identity = identity.name(), version = session.version,
+        suite = %session.suite, resumed = session.resumed,
+        handshake_ms = hs_time.as_secs_f64() * 1e3,
+        bytes_in = log.bytes_in.get(), bytes_out = log.bytes_out.get(),
+        duration_ms = start.elapsed().as_secs_f64() * 1e3, close, "connection closed"
+    );
+}
+
+/// Close an established connection cleanly with close_notify.
+async fn refuse(client: &Stream, mut est: Established, log: &ConnLog) {
+    est.out.clear();
+    if est.tls.close_notify(&mut est.out).is_ok() {
+        let n = est.out.filled;
+        let (_res, _buf) = client.write_all(est.out.buf.slice(..n)).await;
+        log.bytes_out.set(log.bytes_out.get() + n as u64);
+    }
+    client.shutdown(Shutdown::Both);
+}
+
+type HsError = (FailReason, String);
+
+async fn handshake(
+    w: &Worker,
+    gen: &Arc<Generation>,
+    client: &Stream,
+    log: &ConnLog,
+) -> Result<Established, HsError> {
+    let mut tls =
+        TlsConn::new(gen.tls.clone()).map_err(|e| (FailReason::Protocol, e.to_string()))?;
+    let mut inb = w.pool.take();
+    let mut used = 0usize;
+    let mut out = OutBuf::from_vec(w.pool.take());
+    let mut plain = OutBuf::from_vec(w.pool.take());
+    loop {
+        if used == inb.len() {
+            return Err((FailReason::Protocol, "handshake message too large".into()));
+        }
+        let cap = inb.len();
+        let (res, slice) = client.read(inb.slice(used..cap)).await;
+        inb = slice.into_inner();
+        let n = match res {
+            Ok(0) => {
+                return Err((
+                    FailReason::Protocol,
+                    "client closed during handshake".into(),
+                ))
+            }
+            Ok(n) => n,
+            Err(e) => return Err((FailReason::Protocol, format!("read: {e}"))),
+        };
+        used += n;
+        log.bytes_in.set(log.bytes_in.get() + n as u64);
+        w.stats.bytes_received.add(n as u64);
+        let (progress, failure) = match tls.handle_received(&mut inb[..used], &mut out, &mut plain)
+        {
+            Ok(p) => (p, None),
+            Err(TlsError::Rustls(re)) => (
+                Default::default(),
+                Some((FailReason::of(&re), re.to_string())),
+            ),
+            Err(e) => (
+                Default::default(),
+                Some((FailReason::Protocol, e.to_string())),
+            ),
+        };
+        if !out.is_empty() {
+            // Flush the server flight, or the alert that says why we refuse.
+            let len = out.filled;
+            let (res, slice) = client.write_all(out.buf.slice(..len)).await;
+            out.buf = slice.into_inner();
+            out.clear();
+            log.bytes_out.set(log.bytes_out.get() + len as u64);
+            w.stats.bytes_sent.add(len as u64);
+            if let (Err(e), None) = (res, &failure) {
+                return Err((FailReason::Protocol, format!("write: {e}")));
+            }
+        }
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        let p = progress;
+        inb.copy_within(p.consumed..used, 0);
+        used -= p.consumed;
+        if p.handshake_completed {
+            let leaf = tls.peer_certificates().and_then(|c| c.first()).ok_or((
+                FailReason::NoClientCert,
+                "no client certificate".to_string(),
+            ))?;
+            let identity = Identity::from_der(leaf)
+                .map_err(|e| (FailReason::Protocol, format!("client certificate: {e}")))?;
+            let session = tls.session_info();
+            return Ok(Established {
+                tls,
+                inb,
+                used,
+                plain,
+                out,
+                identity,
+                session,
+            });
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The forward backend's relay: plaintext between the mTLS client and a local upstream
+//! (TCP or unix), both directions at once, with half-close carried across and bounded
+//! buffering (each direction holds at most one buffer in flight, so a slow side stops
+//! the other from reading: backpressure by construction).
+
+use std::cell::{Cell, RefCell};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio_uring::buf::BoundedBuf;
+
+use super::driver::{ConnLog, Established};
+use super::io::{read_idle, Stream, WaitError};
+use super::shared::Generation;
+use super::worker::Worker;
+use crate::config::{Backend, ProxyProtocol, Upstream};
+use crate::proto::proxy_v2;
+use crate::tls::conn::{OutBuf, TlsConn};
+
+/// Relay until both directions are done; returns the close reason for the log.
+pub async fn relay(
+    w: &Rc<Worker>,
+    gen: &Generation,
+    client: Stream,
+    peer: SocketAddr,
+    est: Established,
+    log: &ConnLog,
+) -> &'static str {
+    let Backend::Forward {
+        upstream,
+        proxy_protocol,
+        proxy_protocol_client_cert,
+    } = &gen.config.backend
+    else {
+        return "not forward";
+    };
+    let Established {
+        mut tls,
+        inb,
+        used,
+        mut plain,
+        mut out,
+        identity,
+        session,
+    } = est;
+
+    let up = match connect(upstream).await {
+        Ok(s) => s,
+        Err(e) => {
+            w.stats.upstream_errors.inc();
+            tracing::warn!(worker = w.id, %peer, identity = identity.name(), upstream = ?upstream, error = %e, "upstream unreachable");
+            out.clear();
+            if tls.close_notify(&mut out).is_ok() {
+                let n = out.filled;
+                let _ = client.write_all(out.buf.slice(..n)).await;
+            }
+            client.shutdown(Shutdown::Both);
+            return "upstream unreachable";
+        }
+    };
+
+    // Prefix: the PROXY v2 header, then any plaintext that came with the handshake.
+    let mut prefix = Vec::new();
+    if let Some(ProxyProtocol::V2) = proxy_protocol {
+        let local = match &client {
+            Stream::Tcp(s) => socket_local_addr(s).unwrap_or(peer),
+            Stream::Unix(_) => peer,
+        };
+        let leaf = tls
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref());
+        let header = proxy_v2::Header {
+            src: peer,
+            dst: local,
+            tls: Some(proxy_v2::TlsInfo {
+                version: session.version,
+                cipher: &session.suite,
+                cn: identity.cn.as_deref(),
+                spiffe: identity.spiffe.as_deref(),
+                client_cert: if *proxy_protocol_client_cert {
+                    leaf
+                } else {
+                    None
+                },
+                verified: true,
+            }),
+        };
+        if let Err(e) = proxy_v2::encode(&header, &mut prefix) {
+            tracing::warn!(worker = w.id, %peer, error = %e, "PROXY header not encodable");
+            return "proxy header error";
+        }
+    }
+    prefix.extend_from_slice(plain.as_slice());
+    plain.clear();
+    if !prefix.is_empty() {
+        let (res, _) = up.write_all(prefix).await;
+        if res.is_err() {
+            client.shutdown(Shutdown::Both);
+            return "upstream write failed";
+        }
+    }
+
+    let ctx = Relay {
+        w,
+        idle: gen.config.server.idle_timeout,
+        last: Cell::new(Instant::now()),
+        tls: RefCell::new(tls),
+        client,
+        up,
+        log,
+    };
+    let ub = w.pool.take();
+    let (a, b) = tokio::join!(
+        ctx.client_to_upstream(inb, used, plain),
+        ctx.upstream_to_client(ub, out)
+    );
+    let reason = match (a, b) {
+        (Ok(()), Ok(())) => "closed",
+        (Err(e), _) | (_, Err(e)) => e,
+    };
+    if reason != "closed" {
+        ctx.client.shutdown(Shutdown::Both);
+        ctx.up.shutdown(Shutdown::Both);
+    }
+    reason
+}
+
+fn socket_local_addr(s: &tokio_uring::net::TcpStream) -> Option<SocketAddr> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd is owned by `s`, which outlives this borrow; SockRef only reads
+    // socket options through it and never closes it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(s.as_raw_fd()) };
+    socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
+}
+
+async fn connect(u: &Upstream) -> std::io::Result<Stream> {
+    Ok(match u {
+        Upstream::Tcp(a) => {
+            let s = tokio_uring::net::TcpStream::connect(*a).await?;
+            let _ = s.set_nodelay(true);
+            Stream::Tcp(s)
+        }
+        Upstream::Unix(p) => Stream::Unix(tokio_uring::net::UnixStream::connect(p).await?),
+    })
+}
+
+struct Relay<'a> {
+    w: &'a Rc<Worker>,
+    idle: std::time::Duration,
+    last: Cell<Instant>,
+    /// Both directions use the TLS state, never across an await: the borrow is taken
+    /// for the synchronous decrypt or encrypt step only.
+    tls: RefCell<TlsConn>,
+    client: Stream,
+    up: Stream,
+    log: &'a ConnLog,
+}
+
+type Dir = Result<(), &'static str>;
+
+impl Relay<'_> {
+    /// A hard failure in one direction ends the other too: shutting both sockets wakes
+    /// its pending read. A truncated client (EOF without close_notify) is passed on as a
+    /// half-close instead, like a TCP proxy would.
+    fn on_end(&self, r: Dir) -> Dir {
+        if let Err(e) = r {
+            if e != "client eof without close_notify" {
+                self.client.shutdown(Shutdown::Both);
+                self.up.shutdown(Shutdown::Both);
+            }
+        }
+        r
+    }
+
+    /// Client records → decrypt in place → plaintext to upstream.
+    async fn client_to_upstream(
+        &self,
+        mut inb: Vec<u8>,
+        mut used: usize,
+        mut plain: OutBuf,
+    ) -> Dir {
+        // Alerts rustls wants to send while reading (rare after the handshake) are
+        // dropped into this buffer and discarded: the reader never writes to the client,
+        // so the two directions never interleave partial records.
+        let mut scratch = OutBuf::with_capacity(0);
+        let result = loop {
+            if used == inb.len() {
+                break Err("record larger than buffer");
+            }
+            let cap = inb.len();
+            let (n, slice) = match read_idle(
+                self.client.read(inb.slice(used..cap)),
+                &self.last,
+                self.idle,
+            )
+            .await
+            {
+                Ok(x) => x,
+                Err((WaitError::Idle, _)) => return self.on_end(Err("idle timeout")),
+                Err((WaitError::Io(_), _)) => return self.on_end(Err("client read error")),
+            };
+            inb = slice.into_inner();
+            if n == 0 {
+                // EOF without close_notify: the client may have been cut off. Pass the
+                // half-close on (as a TCP proxy would) but record it as truncated.
+                self.up.shutdown(Shutdown::Write);
+                break Err("client eof without close_notify");
+            }
+            self.last.set(Instant::now());
+            used += n;
+            self.log.bytes_in.set(self.log.bytes_in.get() + n as u64);
+            self.w.stats.bytes_received.add(n as u64);
+            let p = {
+                let mut tls = self.tls.borrow_mut();
+                match tls.handle_received(&mut inb[..used], &mut scratch, &mut plain) {
+                    Ok(p) => p,
+                    Err(_) => break Err("tls error from client"),
+                }
+            };
+            inb.copy_within(p.consumed..used, 0);
+            used -= p.consumed;
+            if !plain.is_empty() {
+                let len = plain.filled;
+                let (res, slice) = self.up.write_all(plain.buf.slice(..len)).await;
+                plain.buf = slice.into_inner();
+                plain.clear();
+                if res.is_err() {
+                    break Err("upstream write error");
+                }
+                self.last.set(Instant::now());
+            }
+            if p.peer_closed {
+                self.up.shutdown(Shutdown::Write);
+                break Ok(());
+            }
+        };
+        self.w.pool.give(inb);
+        self.w.pool.give(plain.buf);
+        self.on_end(result)
+    }
+
+    /// Upstream plaintext → encrypt → client; upstream EOF → close_notify.
+    async fn upstream_to_client(&self, mut ub: Vec<u8>, mut out: OutBuf) -> Dir {
+        let result = loop {
+            let cap = ub.len().min(super::pool::BUF_SIZE);
+            let (n, slice) =
+                match read_idle(self.up.read(ub.slice(..cap)), &self.last, self.idle).await {
+                    Ok(x) => x,
+                    Err((WaitError::Idle, _)) => return self.on_end(Err("idle timeout")),
+                    Err((WaitError::Io(_), _)) => return self.on_end(Err("upstream read error")),
+                };
+            ub = slice.into_inner();
+            out.clear();
+            {
+                let mut tls = self.tls.borrow_mut();
+                let r = if n == 0 {
+                    tls.close_notify(&mut out)
+                } else {
+                    tls.encrypt(&ub[..n], &mut out)
+                };
+                if r.is_err() {
+                    break Err("tls encrypt error");
+                }
+            }
+            self.last.set(Instant::now());
+            let len = out.filled;
+            let (res, slice) = self.client.write_all(out.buf.slice(..len)).await;
+            out.buf = slice.into_inner();
+            if res.is_err() {
+                break Err("client write error");
+            }
+            self.log
+                .bytes_out
+                .set(self.log.bytes_out.get() + len as u64);
+            self.w.stats.bytes_sent.add(len as u64);
+            if n == 0 {
+                self.client.shutdown(Shutdown::Write);
+                break Ok(());
+            }
+        };
+        self.w.pool.give(ub);
+        self.w.pool.give(out.buf);
+        self.on_end(result)
+    }
+}

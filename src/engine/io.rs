@@ -1,0 +1,83 @@
+//! The io_uring shell's stream type: a TCP or unix stream driven by tokio-uring. Only
+//! the engine sees tokio-uring; a change of runtime stays inside `engine/`.
+
+use std::io;
+use std::net::Shutdown;
+use std::time::Instant;
+
+use tokio_uring::buf::{BoundedBuf, BoundedBufMut};
+use tokio_uring::net::{TcpStream, UnixStream};
+
+/// A connected byte stream on the worker's ring.
+pub enum Stream {
+    /// TCP.
+    Tcp(TcpStream),
+    /// Unix domain stream socket.
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Read into the buffer's spare room; returns bytes read and the buffer.
+    pub async fn read<B: BoundedBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
+        match self {
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Unix(s) => s.read(buf).await,
+        }
+    }
+
+    /// Write all of `buf`.
+    pub async fn write_all<B: BoundedBuf>(&self, buf: B) -> (io::Result<()>, B) {
+        match self {
+            Stream::Tcp(s) => s.write_all(buf).await,
+            Stream::Unix(s) => s.write_all(buf).await,
+        }
+    }
+
+    /// Shut down one or both directions; errors on an already-dead socket are moot.
+    pub fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        };
+    }
+}
+
+/// Why a read gave up waiting.
+#[derive(Debug)]
+pub enum WaitError {
+    /// Nothing moved in either direction for the idle timeout.
+    Idle,
+    /// The read failed.
+    Io(io::Error),
+}
+
+/// Await a read without ever cancelling it early: io_uring reads that are dropped in
+/// flight may still complete and lose their bytes. The timer only decides, each time it
+/// fires, whether the whole connection (both directions, via `last`) has been idle too
+/// long, in which case the connection is being torn down anyway.
+pub async fn read_idle<F, B>(
+    fut: F,
+    last: &std::cell::Cell<Instant>,
+    idle: std::time::Duration,
+) -> Result<(usize, B), (WaitError, Option<B>)>
+where
+    F: std::future::Future<Output = (io::Result<usize>, B)>,
+{
+    tokio::pin!(fut);
+    loop {
+        let deadline = last.get() + idle;
+        tokio::select! {
+            (res, buf) = &mut fut => {
+                return match res {
+                    Ok(n) => Ok((n, buf)),
+                    Err(e) => Err((WaitError::Io(e), Some(buf))),
+                };
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if last.get() + idle <= Instant::now() {
+                    return Err((WaitError::Idle, None));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! A worker: one OS thread pinned to one core, running its own tokio-uring runtime and
+//! accepting on its own listener of the reuseport group. Nothing here is shared with
+//! other workers except the [`Shared`] block read once per connection.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::pool::Pool;
+use super::shared::Shared;
+use crate::telemetry::WorkerStats;
+
+/// Per-worker state, owned by the worker's thread.
+pub struct Worker {
+    /// Worker index.
+    pub id: usize,
+    /// The core this worker is pinned to.
+    pub core: usize,
+    /// Process-wide state.
+    pub shared: Arc<Shared>,
+    /// This worker's counters (it is their only writer).
+    pub stats: Arc<WorkerStats>,
+    /// I/O buffers.
+    pub pool: Pool,
+    /// Connections open on this worker.
+    pub open: Cell<usize>,
+}
+
+/// Run worker `id` on the current thread until drained. `listener` is this worker's
+/// member of the reuseport group; `stop` turns true on SIGTERM.
+pub fn run(
+    id: usize,
+    core: usize,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    sqpoll: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+    if !pinned {
+        tracing::warn!(worker = id, core, "could not pin worker to its core");
+    }
+    let mut builder = tokio_uring::builder();
+    builder.entries(1024);
+    if sqpoll {
+        builder.uring_builder(tokio_uring::uring_builder().setup_sqpoll(50));
+    }
+    let stats = shared.telemetry.workers[id].clone();
+    builder.start(async move {
+        let listener = tokio_uring::net::TcpListener::from_std(listener);
+        let w = Rc::new(Worker {
+            id,
+            core,
+            shared: shared.clone(),
+            stats,
+            pool: Pool::new(256),
+            open: Cell::new(0),
+        });
+        shared.ready_workers.fetch_add(1, Ordering::SeqCst);
+        tracing::debug!(worker = id, core, "accepting");
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.changed() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(worker = id, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            w.stats.connections_total.inc();
+            let gen_max = shared.current.load().config.server.max_connections;
+            if shared.active.fetch_add(1, Ordering::Relaxed) >= gen_max {
+                shared.active.fetch_sub(1, Ordering::Relaxed);
+                w.stats.connections_refused.inc();
+                w.stats.connections_closed.inc();
+                tracing::warn!(worker = id, %peer, max = gen_max, "max_connections reached; refused");
+                drop(stream);
+                continue;
+            }
+            w.open.set(w.open.get() + 1);
+            let w2 = w.clone();
+            tokio_uring::spawn(async move {
+                super::driver::serve(w2.clone(), stream, peer).await;
+                w2.open.set(w2.open.get() - 1);
+                w2.stats.connections_closed.inc();
+                w2.shared.active.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        drop(listener);
+        shared.ready_workers.fetch_sub(1, Ordering::SeqCst);
+        tracing::info!(worker = id, open = w.open.get(), "draining");
+        while w.open.get() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The `lakegate` command line: parse, dispatch, map errors to exit codes
+//! (0 success, 1 bad configuration or input, 2 runtime failure).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lakegate::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lakegate",
+    version,
+    about = "mTLS termination appliance for AI data repositories"
+)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the appliance.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print the effective TLS policy.
+    Check {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Make test and lab certificates: a CA, server and client certificates, CRLs.
+    Pki {
+        #[command(subcommand)]
+        cmd: lakegate::pki::PkiCommand,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKEGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<(lakegate::engine::shared::Generation, i64), ExitCode> {
+    let cfg = Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    })?;
+    lakegate::engine::build_generation(cfg).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match cli.cmd {
+        Cmd::Check { config } => {
+            let (gen, _) = match load(&config) {
+                Ok(g) => g,
+                Err(code) => return code,
+            };
+            let pol = match lakegate::tls::policy::build(&gen.config) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let c = &gen.config;
+            println!("{}: OK", config.display());
+            println!("listen:              {}", c.server.listen);
+            println!(
+                "workers:             {} on cores {:?} (steer_by_cpu {}, sqpoll {})",
+                c.server.workers, c.server.cores, c.server.steer_by_cpu, c.server.sqpoll
+            );
+            print!("{}", pol.summary.render());
+            println!("authz rules:         {}", c.authz.len());
+            for (i, r) in c.authz.iter().enumerate() {
+                println!(
+                    "  [{i}] identity {:?} buckets {:?} access {:?}",
+                    r.identity, r.buckets, r.access
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Serve { config } => {
+            let (gen, not_after) = match load(&config) {
+                Ok(g) => g,
+                Err(code) => return code,
+            };
+            match lakegate::engine::serve(gen, not_after) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Pki { cmd } => match lakegate::pki::run(&cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}

@@ -1,0 +1,381 @@
+//! Telemetry: per-worker counters and their aggregation into Prometheus text at scrape
+//! time.
+//!
+//! Each worker owns one [`WorkerStats`] and is its only writer: counters are bumped with
+//! a relaxed load and store (plain `mov`s on x86, no locked instruction), so the hot path
+//! pays no contention. The admin thread reads every worker's block when scraped; a
+//! scrape never blocks or slows a worker. Must not touch sockets or TLS state.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+pub mod admin;
+
+use prometheus::proto::{self, MetricFamily, MetricType};
+
+use crate::tls::policy::FailReason;
+
+/// A counter with exactly one writer thread; readers may be anywhere.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add `n`. Must only be called from the owning worker.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: load+store is enough and avoids a locked read-modify-write.
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    /// Add one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1)
+    }
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of the handshake duration histogram buckets.
+pub const HANDSHAKE_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A fixed-bucket histogram with a single writer.
+#[derive(Debug, Default)]
+pub struct Histo {
+    buckets: [Counter; 12],
+    count: Counter,
+    sum_micros: Counter,
+}
+
+impl Histo {
+    /// Record one observation.
+    pub fn observe(&self, secs: f64) {
+        for (i, b) in HANDSHAKE_BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i].inc();
+                break;
+            }
+        }
+        self.count.inc();
+        self.sum_micros.add((secs * 1e6) as u64);
+    }
+}
+
+/// Number of slots in the TLS session matrix: version × suite index × resumed.
+const SESSION_SLOTS: usize = 2 * 16 * 2;
+
+/// Everything one worker counts.
+#[derive(Debug)]
+pub struct WorkerStats {
+    /// Connections accepted.
+    pub connections_total: Counter,
+    /// Connections finished (active = total - closed).
+    pub connections_closed: Counter,
+    /// Connections refused because `max_connections` was reached.
+    pub connections_refused: Counter,
+    /// Successful handshakes.
+    pub handshakes_ok: Counter,
+    /// Failed handshakes by [`FailReason`] index.
+    pub handshakes_failed: [Counter; 9],
+    /// Handshake durations.
+    pub handshake_duration: Histo,
+    /// TLS bytes received from clients.
+    pub bytes_received: Counter,
+    /// TLS bytes sent to clients.
+    pub bytes_sent: Counter,
+    /// Upstream connect failures (forward).
+    pub upstream_errors: Counter,
+    /// Sessions by version/suite/resumed slot; see [`session_slot`].
+    pub sessions: [Counter; SESSION_SLOTS],
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            connections_total: Counter::default(),
+            connections_closed: Counter::default(),
+            connections_refused: Counter::default(),
+            handshakes_ok: Counter::default(),
+            handshakes_failed: Default::default(),
+            handshake_duration: Histo::default(),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            upstream_errors: Counter::default(),
+            sessions: std::array::from_fn(|_| Counter::default()),
+        }
+    }
+}
+
+impl WorkerStats {
+    /// Count a failed handshake.
+    pub fn handshake_failed(&self, r: FailReason) {
+        if let Some(i) = FailReason::ALL.iter().position(|x| *x == r) {
+            self.handshakes_failed[i].inc();
+        }
+    }
+}
+
+/// The slot of a (version, suite, resumed) triple; `suites` is the provider's list.
+pub fn session_slot(version13: bool, suite_index: usize, resumed: bool) -> usize {
+    (usize::from(version13) * 16 + suite_index.min(15)) * 2 + usize::from(resumed)
+}
+
+/// Process-wide view for the admin thread: one stats block per worker and gauges that
+/// are not on any hot path.
+pub struct Telemetry {
+    /// Per-worker blocks, index = worker id.
+    pub workers: Vec<Arc<WorkerStats>>,
+    /// Cipher suite names by index, as used in [`session_slot`].
+    pub suites: Vec<String>,
+    /// Server certificate not-after, unix seconds.
+    pub server_cert_not_after: std::sync::atomic::AtomicI64,
+    /// Config reloads by result (ok, failed).
+    pub reloads: [AtomicU64; 2],
+}
+
+fn label(name: &str, value: &str) -> proto::LabelPair {
+    let mut l = proto::LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.to_string());
+    l
+}
+
+fn family(name: &str, help: &str, t: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(t);
+    f.set_metric(metrics);
+    f
+}
+
+fn counter(labels: Vec<proto::LabelPair>, v: f64) -> proto::Metric {
+    let mut c = proto::Counter::default();
+    c.set_value(v);
+    let mut m = proto::Metric::from_label(labels);
+    m.set_counter(c);
+    m
+}
+
+fn gauge(labels: Vec<proto::LabelPair>, v: f64) -> proto::Metric {
+    let mut g = proto::Gauge::default();
+    g.set_value(v);
+    let mut m = proto::Metric::from_label(labels);
+    m.set_gauge(g);
+    m
+}
+
+impl Telemetry {
+    /// A telemetry hub for `workers` workers.
+    pub fn new(workers: usize, suites: Vec<String>) -> Self {
+        Telemetry {
+            workers: (0..workers)
+                .map(|_| Arc::new(WorkerStats::default()))
+                .collect(),
+            suites,
+            server_cert_not_after: Default::default(),
+            reloads: Default::default(),
+        }
+    }
+
+    fn sum(&self, f: impl Fn(&WorkerStats) -> u64) -> u64 {
+        self.workers.iter().map(|w| f(w)).sum()
+    }
+
+    /// Gather every worker's counters into metric families.
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        use MetricType::{COUNTER, GAUGE, HISTOGRAM};
+        let mut out = Vec::new();
+
+        let mut hs = vec![counter(
+            vec![label("result", "ok"), label("reason", "")],
+            self.sum(|w| w.handshakes_ok.get()) as f64,
+        )];
+        for (i, r) in FailReason::ALL.iter().enumerate() {
+            hs.push(counter(
+                vec![label("result", "failed"), label("reason", r.as_str())],
+                self.sum(|w| w.handshakes_failed[i].get()) as f64,
+            ));
+        }
+        out.push(family(
+            "lakegate_handshakes_total",
+            "TLS handshakes by result and failure reason.",
+            COUNTER,
+            hs,
+        ));
+
+        let mut h = proto::Histogram::default();
+        let mut cum = 0u64;
+        let mut buckets = Vec::new();
+        for (i, ub) in HANDSHAKE_BUCKETS.iter().enumerate() {
+            cum += self.sum(|w| w.handshake_duration.buckets[i].get());
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(*ub);
+            b.set_cumulative_count(cum);
+            buckets.push(b);
+        }
+        h.set_bucket(buckets);
+        h.set_sample_count(self.sum(|w| w.handshake_duration.count.get()));
+        h.set_sample_sum(self.sum(|w| w.handshake_duration.sum_micros.get()) as f64 / 1e6);
+        let mut m = proto::Metric::default();
+        m.set_histogram(h);
+        out.push(family(
+            "lakegate_handshake_duration_seconds",
+            "Time from accept to a finished handshake.",
+            HISTOGRAM,
+            vec![m],
+        ));
+
+        let total = self.sum(|w| w.connections_total.get());
+        let closed = self.sum(|w| w.connections_closed.get());
+        out.push(family(
+            "lakegate_connections_active",
+            "Connections currently open.",
+            GAUGE,
+            vec![gauge(vec![], total.saturating_sub(closed) as f64)],
+        ));
+        out.push(family(
+            "lakegate_connections_total",
+            "Connections accepted.",
+            COUNTER,
+            vec![counter(vec![], total as f64)],
+        ));
+        out.push(family(
+            "lakegate_connections_refused_total",
+            "Connections closed at once because max_connections was reached.",
+            COUNTER,
+            vec![counter(
+                vec![],
+                self.sum(|w| w.connections_refused.get()) as f64,
+            )],
+        ));
+        out.push(family(
+            "lakegate_bytes_received_total",
+            "TLS bytes received from clients.",
+            COUNTER,
+            vec![counter(vec![], self.sum(|w| w.bytes_received.get()) as f64)],
+        ));
+        out.push(family(
+            "lakegate_bytes_sent_total",
+            "TLS bytes sent to clients.",
+            COUNTER,
+            vec![counter(vec![], self.sum(|w| w.bytes_sent.get()) as f64)],
+        ));
+        out.push(family(
+            "lakegate_upstream_errors_total",
+            "Upstream connections that failed.",
+            COUNTER,
+            vec![counter(
+                vec![],
+                self.sum(|w| w.upstream_errors.get()) as f64,
+            )],
+        ));
+
+        let mut sessions = Vec::new();
+        for v13 in [false, true] {
+            for (si, sname) in self.suites.iter().enumerate().take(16) {
+                for resumed in [false, true] {
+                    let slot = session_slot(v13, si, resumed);
+                    let n = self.sum(|w| w.sessions[slot].get());
+                    if n > 0 {
+                        sessions.push(counter(
+                            vec![
+                                label("version", if v13 { "TLSv1.3" } else { "TLSv1.2" }),
+                                label("cipher_suite", sname),
+                                label("resumed", if resumed { "true" } else { "false" }),
+                            ],
+                            n as f64,
+                        ));
+                    }
+                }
+            }
+        }
+        if !sessions.is_empty() {
+            out.push(family(
+                "lakegate_tls_sessions_total",
+                "Established TLS sessions by version, suite and resumption.",
+                COUNTER,
+                sessions,
+            ));
+        }
+
+        out.push(family(
+            "lakegate_server_cert_expiry_timestamp_seconds",
+            "Not-after of the server certificate, unix seconds.",
+            GAUGE,
+            vec![gauge(
+                vec![],
+                self.server_cert_not_after.load(Relaxed) as f64,
+            )],
+        ));
+        out.push(family(
+            "lakegate_config_reloads_total",
+            "Configuration reloads by result.",
+            COUNTER,
+            vec![
+                counter(
+                    vec![label("result", "ok")],
+                    self.reloads[0].load(Relaxed) as f64,
+                ),
+                counter(
+                    vec![label("result", "failed")],
+                    self.reloads[1].load(Relaxed) as f64,
+                ),
+            ],
+        ));
+
+        let per_worker = |name: &str, help: &str, t, f: &dyn Fn(&WorkerStats) -> u64| {
+            let ms = self
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let v = f(w) as f64;
+                    let l = vec![label("worker", &i.to_string())];
+                    if t == COUNTER {
+                        counter(l, v)
+                    } else {
+                        gauge(l, v)
+                    }
+                })
+                .collect();
+            family(name, help, t, ms)
+        };
+        out.push(per_worker(
+            "lakegate_worker_connections_total",
+            "Connections accepted per worker.",
+            COUNTER,
+            &|w| w.connections_total.get(),
+        ));
+        out.push(per_worker(
+            "lakegate_worker_connections_active",
+            "Connections open per worker.",
+            GAUGE,
+            &|w| {
+                w.connections_total
+                    .get()
+                    .saturating_sub(w.connections_closed.get())
+            },
+        ));
+        out.push(per_worker(
+            "lakegate_worker_bytes_received_total",
+            "TLS bytes received per worker.",
+            COUNTER,
+            &|w| w.bytes_received.get(),
+        ));
+        out
+    }
+
+    /// The Prometheus text exposition of [`Telemetry::gather`].
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = prometheus::TextEncoder::new();
+        if prometheus::Encoder::encode(&enc, &self.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
