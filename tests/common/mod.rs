@@ -1,0 +1,533 @@
+//! Shared harness for the end-to-end tests: a lab PKI made with `lakegate pki`, the real
+//! binary started on free 127.0.0.1 ports, real upstreams, and a real rustls client.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use aws_lc_rs::digest;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lakegate")
+}
+
+/// Run `lakegate ARGS`, panicking with its output on failure.
+pub fn lakegate(args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run lakegate");
+    assert!(
+        out.status.success(),
+        "lakegate {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the tests bind it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A throwaway PKI: CA + server, clients alice and carol (trainers), bob (revoked),
+/// old (expired), mallory (valid but no rule admits her), and eve from another CA.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap().to_string();
+        lakegate(&["pki", "init", "--dir", &d]);
+        for (name, uri) in [
+            ("alice", "spiffe://lake.example/trainer/alice"),
+            ("carol", "spiffe://lake.example/trainer/carol"),
+            ("bob", "spiffe://lake.example/trainer/bob"),
+            ("mallory", "spiffe://lake.example/intruder/mallory"),
+        ] {
+            lakegate(&["pki", "client", "--dir", &d, name, "--spiffe", uri]);
+        }
+        lakegate(&[
+            "pki",
+            "client",
+            "--dir",
+            &d,
+            "old",
+            "--spiffe",
+            "spiffe://lake.example/trainer/old",
+            "--expired",
+        ]);
+        lakegate(&["pki", "crl", "--dir", &d, "--revoke", "bob"]);
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let o = other.to_str().unwrap();
+        lakegate(&["pki", "init", "--dir", o, "--ca-name", "some other CA"]);
+        lakegate(&[
+            "pki",
+            "client",
+            "--dir",
+            o,
+            "eve",
+            "--spiffe",
+            "spiffe://lake.example/trainer/eve",
+        ]);
+        Lab { dir }
+    }
+
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+
+    /// (cert, key) paths of a client; "eve" lives under other/.
+    pub fn client(&self, name: &str) -> (PathBuf, PathBuf) {
+        let base = if name == "eve" {
+            self.path("other")
+        } else {
+            self.dir.path().to_path_buf()
+        };
+        (
+            base.join(format!("{name}.crt")),
+            base.join(format!("{name}.key")),
+        )
+    }
+
+    /// A config with the given backend section and extra `[server]` lines.
+    pub fn config(&self, port: u16, admin: u16, server_extra: &str, backend: &str) -> PathBuf {
+        let workers = if server_extra.contains("workers") {
+            ""
+        } else {
+            "workers = 1"
+        };
+        let text = format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+{workers}
+handshake_timeout = "5s"
+idle_timeout = "30s"
+drain_timeout = "20s"
+{server_extra}
+
+[tls]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+crl = ["crl.pem"]
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[backend]
+{backend}
+
+[[authz]]
+identity = "spiffe://lake.example/trainer/*"
+"#
+        );
+        let p = self.path(&format!("lakegate-{port}.toml"));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+/// The appliance, started on a config; killed on drop if still running.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub admin: u16,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Start `lakegate serve` with a forward backend to `upstream`.
+    pub fn forward(lab: &Lab, upstream: &str, server_extra: &str, backend_extra: &str) -> Server {
+        let backend = format!("kind = \"forward\"\nupstream = \"{upstream}\"\n{backend_extra}");
+        Server::start(lab, server_extra, &backend)
+    }
+
+    pub fn start(lab: &Lab, server_extra: &str, backend: &str) -> Server {
+        let port = free_port();
+        let admin = free_port();
+        let cfg = lab.config(port, admin, server_extra, backend);
+        let log = lab.path(&format!("server-{port}.log"));
+        let child = Command::new(bin())
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut s = Server {
+            child,
+            port,
+            admin,
+            log,
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("lakegate exited early ({st}): {}", self.log_text());
+            }
+            if let Ok((200, _)) = http_get(self.admin, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("lakegate not ready: {}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").unwrap().1
+    }
+
+    /// The value of one sample, matched by name and a label substring (e.g.
+    /// `reason="revoked"`), or 0 if absent.
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        metric_value(&self.metrics(), name, labels)
+    }
+
+    /// Send a signal.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Wait for exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                t.elapsed() < limit,
+                "lakegate did not exit: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split(['{', ' ']).next() == Some(name) && (labels.is_empty() || l.contains(labels))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A tiny HTTP/1.1 GET over plain TCP (the admin listener).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let status = body.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let text = body
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Ok((status, text))
+}
+
+/// What an upstream saw on one connection.
+#[derive(Default, Debug, Clone)]
+pub struct Seen {
+    pub bytes: u64,
+    pub head: Vec<u8>,
+    pub sha256: Vec<u8>,
+}
+
+/// A plaintext upstream: echoes everything (optionally closing after `limit` bytes),
+/// and records per connection what it received.
+pub struct Upstream {
+    pub addr: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    _t: JoinHandle<()>,
+}
+
+fn serve_echo<S: Read + Write>(
+    mut s: S,
+    limit: Option<u64>,
+    seen: &Mutex<Vec<Seen>>,
+    half: impl Fn(&S),
+) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut rec = Seen::default();
+    loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if rec.head.len() < 4096 {
+            let take = n.min(4096 - rec.head.len());
+            rec.head.extend_from_slice(&buf[..take]);
+        }
+        ctx.update(&buf[..n]);
+        rec.bytes += n as u64;
+        if s.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        if limit.is_some_and(|l| rec.bytes >= l) {
+            break;
+        }
+    }
+    rec.sha256 = ctx.finish().as_ref().to_vec();
+    seen.lock().unwrap().push(rec);
+    half(&s);
+}
+
+impl Upstream {
+    pub fn tcp(limit: Option<u64>) -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let t = std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let s3 = s2.clone();
+                std::thread::spawn(move || {
+                    serve_echo(c, limit, &s3, |c| {
+                        let _ = c.shutdown(Shutdown::Write);
+                    })
+                });
+            }
+        });
+        Upstream { addr, seen, _t: t }
+    }
+
+    pub fn unix(path: &Path) -> Upstream {
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let t = std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let s3 = s2.clone();
+                std::thread::spawn(move || {
+                    serve_echo(c, None, &s3, |c| {
+                        let _ = c.shutdown(Shutdown::Write);
+                    })
+                });
+            }
+        });
+        Upstream {
+            addr: format!("unix:{}", path.display()),
+            seen,
+            _t: t,
+        }
+    }
+
+    /// Wait until `n` connections have finished, then return what they saw.
+    pub fn wait_seen(&self, n: usize) -> Vec<Seen> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            let v = self.seen.lock().unwrap();
+            if v.len() >= n {
+                return v.clone();
+            }
+            drop(v);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("upstream saw fewer than {n} connections");
+    }
+}
+
+/// A rustls client config trusting the lab CA, presenting `name`'s certificate.
+pub fn client_config(lab: &Lab, name: Option<&str>, tls12_only: bool) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(lab.path("ca.crt")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(match name {
+        Some(n) => {
+            let (c, k) = lab.client(n);
+            let certs = CertificateDer::pem_file_iter(c)
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(k).unwrap();
+            b.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    })
+}
+
+/// A blocking mTLS client whose reading and writing halves run on separate threads.
+pub struct TlsClient {
+    conn: Arc<Mutex<rustls::ClientConnection>>,
+    sock: TcpStream,
+}
+
+impl TlsClient {
+    /// Connect and complete the handshake; Err carries the failure text.
+    pub fn connect(port: u16, cfg: Arc<rustls::ClientConfig>) -> Result<TlsClient, String> {
+        let mut sock = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut conn =
+            rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+        // The writer thread moves whole 256 KiB chunks through the connection.
+        conn.set_buffer_limit(None);
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+        }
+        Ok(TlsClient {
+            conn: Arc::new(Mutex::new(conn)),
+            sock,
+        })
+    }
+
+    /// After a TLS 1.3 handshake the server may still reject us (its alert arrives with
+    /// the first read): read once and report whether the connection was refused.
+    pub fn refused(mut self) -> Option<String> {
+        let _ = self.sock.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match self.sock.read(&mut buf) {
+                Ok(0) => return Some("eof".into()),
+                Ok(n) => n,
+                Err(e) => return Some(e.to_string()),
+            };
+            let mut c = self.conn.lock().unwrap();
+            c.read_tls(&mut &buf[..n]).unwrap();
+            match c.process_new_packets() {
+                Err(e) => return Some(e.to_string()),
+                Ok(st) if st.peer_has_closed() => return Some("close_notify".into()),
+                Ok(_) => {}
+            }
+            let mut plain = [0u8; 4096];
+            if let Ok(n) = c.reader().read(&mut plain) {
+                if n > 0 {
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Send `total` pseudo-random bytes, send close_notify, and read everything back
+    /// until the server's close_notify. Returns (sha256 sent, sha256 received, bytes received).
+    pub fn echo(self, total: u64) -> (Vec<u8>, Vec<u8>, u64) {
+        let conn = self.conn.clone();
+        let mut wsock = self.sock.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut ctx = digest::Context::new(&digest::SHA256);
+            let mut chunk = vec![0u8; 256 * 1024];
+            let mut x: u64 = 0x9E3779B97F4A7C15;
+            let mut sent = 0u64;
+            let mut wire = Vec::with_capacity(300 * 1024);
+            while sent < total {
+                let n = ((total - sent) as usize).min(chunk.len());
+                for b in chunk[..n].chunks_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let bytes = x.to_le_bytes();
+                    b.copy_from_slice(&bytes[..b.len()]);
+                }
+                ctx.update(&chunk[..n]);
+                {
+                    let mut c = conn.lock().unwrap();
+                    c.writer().write_all(&chunk[..n]).unwrap();
+                    wire.clear();
+                    while c.wants_write() {
+                        c.write_tls(&mut wire).unwrap();
+                    }
+                }
+                wsock.write_all(&wire).unwrap();
+                sent += n as u64;
+            }
+            {
+                let mut c = conn.lock().unwrap();
+                c.send_close_notify();
+                wire.clear();
+                while c.wants_write() {
+                    c.write_tls(&mut wire).unwrap();
+                }
+            }
+            wsock.write_all(&wire).unwrap();
+            ctx.finish().as_ref().to_vec()
+        });
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut plain = vec![0u8; 256 * 1024];
+        let mut rsock = self.sock.try_clone().unwrap();
+        'outer: loop {
+            let n = rsock.read(&mut buf).expect("read from lakegate");
+            if n == 0 {
+                break;
+            }
+            let mut c = self.conn.lock().unwrap();
+            let mut rd = &buf[..n];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+                let st = c.process_new_packets().expect("tls from lakegate");
+                loop {
+                    match c.reader().read(&mut plain) {
+                        Ok(0) => break 'outer,
+                        Ok(k) => {
+                            ctx.update(&plain[..k]);
+                            got += k as u64;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if st.peer_has_closed() {
+                    break 'outer;
+                }
+            }
+        }
+        let sent = writer.join().unwrap();
+        (sent, ctx.finish().as_ref().to_vec(), got)
+    }
+}

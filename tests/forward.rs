@@ -1,0 +1,474 @@
+//! End-to-end: the real binary in forward mode, real clients, real upstreams.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: u64 = 1024 * 1024;
+
+#[test]
+fn rustls_client_echoes_256_mib_through_tcp_and_unix_upstreams() {
+    let lab = Lab::new();
+    let tcp_up = Upstream::tcp(None);
+    let sock = lab.path("up.sock");
+    let unix_up = Upstream::unix(&sock);
+    for up in [&tcp_up, &unix_up] {
+        let srv = Server::forward(&lab, &up.addr, "", "");
+        let c = TlsClient::connect(srv.port, client_config(&lab, Some("alice"), false)).unwrap();
+        let (sent, got, n) = c.echo(256 * MIB);
+        assert_eq!(n, 256 * MIB, "bytes echoed via {}", up.addr);
+        assert_eq!(sent, got, "sha256 of echo via {}", up.addr);
+        let seen = up.wait_seen(1);
+        assert_eq!(seen[0].bytes, 256 * MIB);
+        assert_eq!(seen[0].sha256, sent);
+        // Client close_notify reached the upstream as a half-close (it finished), and
+        // the server counted the bytes it received.
+        assert!(srv.metric("lakegate_bytes_received_total", "") > (256 * MIB) as f64);
+        assert_eq!(
+            srv.metric("lakegate_handshakes_total", "result=\"ok\""),
+            1.0
+        );
+    }
+}
+
+#[test]
+fn openssl_s_client_echoes_256_mib() {
+    let lab = Lab::new();
+    // s_client keeps reading after its stdin ends; the upstream ends the stream after
+    // echoing everything, and lakegate turns that EOF into close_notify.
+    let up = Upstream::tcp(Some(256 * MIB));
+    let srv = Server::forward(&lab, &up.addr, "", "");
+    let data = lab.path("data.bin");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c {} /dev/urandom > {}",
+            256 * MIB,
+            data.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (cert, key) = lab.client("alice");
+    let out_path = lab.path("echo.bin");
+    let st = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &format!("127.0.0.1:{}", srv.port),
+        ])
+        .args([
+            "-cert",
+            cert.to_str().unwrap(),
+            "-key",
+            key.to_str().unwrap(),
+        ])
+        .args([
+            "-CAfile",
+            lab.path("ca.crt").to_str().unwrap(),
+            "-verify_return_error",
+        ])
+        .stdin(std::fs::File::open(&data).unwrap())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "s_client failed: {}", srv.log_text());
+    let a = std::fs::read(&data).unwrap();
+    let b = std::fs::read(&out_path).unwrap();
+    assert_eq!(a.len(), b.len());
+    assert!(
+        digest::digest(&digest::SHA256, &a).as_ref()
+            == digest::digest(&digest::SHA256, &b).as_ref()
+    );
+}
+
+fn s_client_fails(srv: &Server, lab: &Lab, client: Option<&str>, extra: &[&str]) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{}", srv.port)])
+        .args(["-CAfile", lab.path("ca.crt").to_str().unwrap()])
+        .args(extra);
+    if let Some(n) = client {
+        let (c, k) = lab.client(n);
+        cmd.args(["-cert", c.to_str().unwrap(), "-key", k.to_str().unwrap()]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Send a line: a refused client never gets it echoed back.
+    let _ = child.stdin.take().unwrap().write_all(b"ping\n");
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("\nping\n"),
+        "refused client got data echoed: {text}"
+    );
+    text
+}
+
+#[test]
+fn bad_clients_are_refused_with_reasons_and_others_still_served() {
+    let lab = Lab::new();
+    let up = Upstream::tcp(None);
+    let srv = Server::forward(&lab, &up.addr, "", "");
+
+    // No client certificate: TLS 1.3 server asks, client sends none.
+    s_client_fails(&srv, &lab, None, &[]);
+    // A rustls client without a certificate, too.
+    let r = TlsClient::connect(srv.port, client_config(&lab, None, false));
+    assert!(r.is_err() || r.unwrap().refused().is_some());
+    // Another CA.
+    assert!(
+        TlsClient::connect(srv.port, client_config(&lab, Some("eve"), false))
+            .map(|c| c.refused().is_some())
+            .unwrap_or(true)
+    );
+    // Expired.
+    assert!(
+        TlsClient::connect(srv.port, client_config(&lab, Some("old"), false))
+            .map(|c| c.refused().is_some())
+            .unwrap_or(true)
+    );
+    // Revoked by the CRL.
+    assert!(
+        TlsClient::connect(srv.port, client_config(&lab, Some("bob"), false))
+            .map(|c| c.refused().is_some())
+            .unwrap_or(true)
+    );
+    // TLS 1.2 only, while the server allows 1.3 only.
+    let text = s_client_fails(&srv, &lab, Some("alice"), &["-tls1_2"]);
+    assert!(
+        text.to_lowercase().contains("alert") || text.contains("error"),
+        "{text}"
+    );
+    // Valid certificate, but no rule admits the identity: refused after the handshake.
+    let m = TlsClient::connect(srv.port, client_config(&lab, Some("mallory"), false))
+        .expect("mallory's handshake completes");
+    assert!(m.refused().is_some(), "mallory must be refused");
+
+    // The appliance still serves good clients.
+    let c = TlsClient::connect(srv.port, client_config(&lab, Some("alice"), false)).unwrap();
+    let (sent, got, _) = c.echo(MIB);
+    assert_eq!(sent, got);
+
+    let metrics = srv.metrics();
+    let count = |reason: &str| {
+        metric_value(
+            &metrics,
+            "lakegate_handshakes_total",
+            &format!("reason=\"{reason}\""),
+        )
+    };
+    assert_eq!(count("no_client_cert"), 2.0, "{metrics}");
+    assert_eq!(count("unknown_ca"), 1.0, "{metrics}");
+    assert_eq!(count("expired"), 1.0, "{metrics}");
+    assert_eq!(count("revoked"), 1.0, "{metrics}");
+    assert_eq!(count("unsupported_version"), 1.0, "{metrics}");
+    assert_eq!(count("unauthorized"), 1.0, "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "lakegate_handshakes_total", "result=\"ok\""),
+        1.0,
+        "{metrics}"
+    );
+    // Mallory never reached the upstream: only alice's connection did.
+    assert_eq!(up.wait_seen(1).len(), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(up.seen.lock().unwrap().len(), 1);
+    let log = srv.log_text();
+    assert!(
+        log.contains("spiffe://lake.example/intruder/mallory"),
+        "{log}"
+    );
+}
+
+fn cpus_allowed(pid: u32, comm: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let c = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if c.trim().starts_with(comm) {
+            let st = std::fs::read_to_string(t.path().join("status")).unwrap();
+            let l = st
+                .lines()
+                .find(|l| l.starts_with("Cpus_allowed_list:"))
+                .unwrap();
+            out.push(format!(
+                "{}={}",
+                c.trim(),
+                l.split_whitespace().nth(1).unwrap()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn pin_self(cpu: usize) {
+    assert!(core_affinity::set_for_current(core_affinity::CoreId {
+        id: cpu
+    }));
+}
+
+#[test]
+fn two_workers_are_pinned_and_both_accept() {
+    if std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        < 2
+    {
+        eprintln!("skipped: needs 2 CPUs");
+        return;
+    }
+    let lab = Lab::new();
+    let up = Upstream::tcp(None);
+    let srv = Server::forward(&lab, &up.addr, "workers = 2\ncores = [0, 1]", "");
+    let pins = cpus_allowed(srv.child.id(), "lg-worker-");
+    assert_eq!(
+        pins,
+        vec!["lg-worker-0=0".to_string(), "lg-worker-1=1".to_string()]
+    );
+
+    // Clients pinned to each CPU: with steering by CPU, each lands on that CPU's worker.
+    let port = srv.port;
+    let cfg = client_config(&lab, Some("alice"), false);
+    let hs: Vec<_> = [0usize, 1]
+        .into_iter()
+        .map(|cpu| {
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                pin_self(cpu);
+                for _ in 0..10 {
+                    let c = TlsClient::connect(port, cfg.clone()).unwrap();
+                    let (a, b, _) = c.echo(1024);
+                    assert_eq!(a, b);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let m = srv.metrics();
+    let w0 = metric_value(&m, "lakegate_worker_connections_total", "worker=\"0\"");
+    let w1 = metric_value(&m, "lakegate_worker_connections_total", "worker=\"1\"");
+    assert_eq!(w0 + w1, 20.0, "{m}");
+    assert!(
+        w0 > 0.0 && w1 > 0.0,
+        "connections on both workers: {w0} {w1}"
+    );
+}
+
+#[test]
+fn silent_client_is_dropped_after_handshake_timeout() {
+    let lab = Lab::new();
+    let up = Upstream::tcp(None);
+    let srv = Server::forward(&lab, &up.addr, "", "");
+    // Config has handshake_timeout = "5s"; a silent TCP client is cut at about that.
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t = Instant::now();
+    let mut b = [0u8; 16];
+    let r = s.read(&mut b);
+    let el = t.elapsed();
+    assert!(
+        matches!(r, Ok(0)) || r.is_err(),
+        "expected close, got {r:?}"
+    );
+    assert!(
+        el >= Duration::from_millis(4500) && el < Duration::from_secs(15),
+        "closed after {el:?}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        srv.metric("lakegate_handshakes_total", "reason=\"timeout\""),
+        1.0
+    );
+}
+
+#[test]
+fn sigterm_lets_a_running_transfer_finish_then_exits_zero() {
+    let lab = Lab::new();
+    let up = Upstream::tcp(None);
+    let mut srv = Server::forward(&lab, &up.addr, "", "");
+    let c = TlsClient::connect(srv.port, client_config(&lab, Some("alice"), false)).unwrap();
+    let pid = srv.child.id();
+    let h = std::thread::spawn(move || c.echo(128 * MIB));
+    std::thread::sleep(Duration::from_millis(300));
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // New connections are refused once draining.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        http_get(srv.admin, "/readyz").map(|r| r.0).unwrap_or(503),
+        503
+    );
+    let (a, b, n) = h.join().unwrap();
+    assert_eq!(n, 128 * MIB);
+    assert_eq!(a, b);
+    let status = srv.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", srv.log_text());
+}
+
+#[test]
+fn proxy_v2_header_carries_the_client_identity() {
+    let lab = Lab::new();
+    let up = Upstream::tcp(None);
+    let srv = Server::forward(
+        &lab,
+        &up.addr,
+        "",
+        "proxy_protocol = \"v2\"\nproxy_protocol_client_cert = true",
+    );
+    let c = TlsClient::connect(srv.port, client_config(&lab, Some("alice"), false)).unwrap();
+    let (_, _, n) = c.echo(1000);
+    let seen = up.wait_seen(1);
+    // The upstream echoes the header too, so the client got it plus the payload.
+    let (hdr, used) = lakegate::proto::proxy_v2::decode(&seen[0].head)
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, used as u64 + 1000);
+    assert_eq!(hdr.src.ip().to_string(), "127.0.0.1");
+    assert_eq!(hdr.dst.port(), srv.port);
+    let spiffe = hdr
+        .tlvs
+        .iter()
+        .find(|t| t.0 == lakegate::proto::proxy_v2::PP2_TYPE_LAKEGATE_SPIFFE)
+        .unwrap();
+    assert_eq!(spiffe.1, b"spiffe://lake.example/trainer/alice");
+    let ssl = hdr.ssl.unwrap();
+    assert_eq!(ssl.verify, 0);
+    assert_eq!(ssl.client & 0x07, 0x07);
+    let sub = |t: u8| ssl.subtlvs.iter().find(|s| s.0 == t).map(|s| s.1.clone());
+    assert_eq!(
+        sub(lakegate::proto::proxy_v2::PP2_SUBTYPE_SSL_VERSION).unwrap(),
+        b"TLSv1.3"
+    );
+    assert_eq!(
+        sub(lakegate::proto::proxy_v2::PP2_SUBTYPE_SSL_CN).unwrap(),
+        b"alice"
+    );
+    assert!(sub(lakegate::proto::proxy_v2::PP2_SUBTYPE_SSL_CIPHER)
+        .unwrap()
+        .starts_with(b"TLS13_"));
+    let der = sub(lakegate::proto::proxy_v2::PP2_SUBTYPE_SSL_CLIENT_CERT).unwrap();
+    let pem = std::fs::read(lab.client("alice").0).unwrap();
+    let want = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
+        .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
+        .unwrap();
+    assert_eq!(der, want);
+}
+
+#[test]
+fn unreachable_upstream_closes_cleanly_and_is_counted() {
+    let lab = Lab::new();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let srv = Server::forward(&lab, &dead, "", "");
+    let c = TlsClient::connect(srv.port, client_config(&lab, Some("alice"), false)).unwrap();
+    assert_eq!(c.refused().as_deref(), Some("close_notify"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(srv.metric("lakegate_upstream_errors_total", ""), 1.0);
+    assert!(srv.log_text().contains("upstream unreachable"));
+}
+
+#[test]
+fn max_connections_refuses_the_extra_connection() {
+    let lab = Lab::new();
+    let up = Upstream::tcp(None);
+    let srv = Server::forward(&lab, &up.addr, "max_connections = 1", "");
+    let held = TlsClient::connect(srv.port, client_config(&lab, Some("alice"), false)).unwrap();
+    let r = TlsClient::connect(srv.port, client_config(&lab, Some("alice"), false));
+    assert!(r.is_err(), "second connection must be refused");
+    assert_eq!(srv.metric("lakegate_connections_refused_total", ""), 1.0);
+    drop(held);
+}
+
+fn check(cfg: &std::path::Path) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn check_prints_policy_and_rejects_bad_configs() {
+    let lab = Lab::new();
+    let good = lab.config(
+        8443,
+        9090,
+        "workers = 1",
+        "kind = \"forward\"\nupstream = \"127.0.0.1:9000\"",
+    );
+    let (code, text) = check(&good);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("TLSv1.3") && text.contains("TLS13_AES_128_GCM_SHA256"),
+        "{text}"
+    );
+    assert!(text.contains("lakegate test CA"), "{text}");
+    assert!(text.contains("CRLs:                1"), "{text}");
+
+    let base = std::fs::read_to_string(&good).unwrap();
+    let bad = lab.path("bad.toml");
+    // Unknown key.
+    std::fs::write(
+        &bad,
+        base.replace("workers = 1", "workers = 1\nworkerz = 2"),
+    )
+    .unwrap();
+    let (code, text) = check(&bad);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("bad.toml") && text.contains("workerz"),
+        "{text}"
+    );
+    // Missing file.
+    std::fs::write(
+        &bad,
+        base.replace("client_ca = \"ca.crt\"", "client_ca = \"nope.crt\""),
+    )
+    .unwrap();
+    let (code, text) = check(&bad);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("tls.client_ca") && text.contains("nope.crt"),
+        "{text}"
+    );
+    // A key that does not match the certificate.
+    std::fs::write(
+        &bad,
+        base.replace("key = \"server.key\"", "key = \"alice.key\""),
+    )
+    .unwrap();
+    let (code, text) = check(&bad);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("tls.key") && text.contains("does not match"),
+        "{text}"
+    );
+}
