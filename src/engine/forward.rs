@@ -165,8 +165,15 @@ impl Relay<'_> {
     /// its pending read. A truncated client (EOF without close_notify) is passed on as a
     /// half-close instead, like a TCP proxy would.
     fn on_end(&self, r: Dir) -> Dir {
-        if let Err(e) = r {
-            if e != "client eof without close_notify" {
+        match r {
+            Err("client eof without close_notify") | Ok(()) => {}
+            Err("idle timeout") => {
+                // Wake both readers with EOF: the upstream side then ends the way a
+                // closing upstream does, with close_notify to the client.
+                self.client.shutdown(Shutdown::Read);
+                self.up.shutdown(Shutdown::Read);
+            }
+            Err(_) => {
                 self.client.shutdown(Shutdown::Both);
                 self.up.shutdown(Shutdown::Both);
             }
@@ -248,7 +255,15 @@ impl Relay<'_> {
             let (n, slice) =
                 match read_idle(self.up.read(ub.slice(..cap)), &self.last, self.idle).await {
                     Ok(x) => x,
-                    Err((WaitError::Idle, _)) => return self.on_end(Err("idle timeout")),
+                    Err((WaitError::Idle, _)) => {
+                        // Say goodbye properly: close_notify, then end both directions.
+                        out.clear();
+                        if self.tls.borrow_mut().close_notify(&mut out).is_ok() {
+                            let len = out.filled;
+                            let _ = self.client.write_all(out.buf.slice(..len)).await;
+                        }
+                        return self.on_end(Err("idle timeout"));
+                    }
                     Err((WaitError::Io(_), _)) => return self.on_end(Err("upstream read error")),
                 };
             ub = slice.into_inner();
