@@ -5,7 +5,9 @@
 #![warn(missing_docs)]
 
 pub mod authz;
+pub mod backend;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod pki;
 pub mod proto;

@@ -1,0 +1,11 @@
+//! Backends: where the plaintext of an authorized request ends up.
+//!
+//! Owns: the `store` backend's filesystem side ([`store`]): which file a request names,
+//! whether it may be touched, what metadata it carries, and the blocking helpers that
+//! open, commit, delete and list objects beneath the configured root.
+//!
+//! Must not touch: sockets, TLS or the io_uring runtime. The engine streams object bytes
+//! with tokio-uring on the files handed out here; the `forward` relay lives with the
+//! engine (`engine::forward`) because it is nothing but socket I/O.
+
+pub mod store;
