@@ -8,4 +8,5 @@
 //! those belong to `engine`, which feeds these cores. Nothing here may panic on
 //! peer-controlled input.
 
+pub mod http;
 pub mod proxy_v2;
