@@ -35,6 +35,18 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the embedded default: a throwaway PKI and a store backend under DIR.
+    Demo {
+        /// Folder for the PKI, the config and the data.
+        #[arg(long, default_value = "./lakegate-demo")]
+        dir: PathBuf,
+        /// TLS port on 127.0.0.1.
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+        /// Admin port on 127.0.0.1.
+        #[arg(long, default_value_t = 9090)]
+        admin_port: u16,
+    },
     /// Make test and lab certificates: a CA, server and client certificates, CRLs.
     Pki {
         #[command(subcommand)]
@@ -47,6 +59,7 @@ fn init_logging(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         b.json().init();
@@ -104,6 +117,32 @@ fn main() -> ExitCode {
                 Ok(g) => g,
                 Err(code) => return code,
             };
+            match lakegate::engine::serve(gen, not_after) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Demo {
+            dir,
+            port,
+            admin_port,
+        } => {
+            let cfg = match lakegate::demo::prepare(&dir, port, admin_port) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let (gen, not_after) = match load(&cfg) {
+                Ok(g) => g,
+                Err(code) => return code,
+            };
+            let abs = std::path::absolute(&dir).unwrap_or(dir);
+            println!("{}", lakegate::demo::instructions(&abs, port, admin_port));
             match lakegate::engine::serve(gen, not_after) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

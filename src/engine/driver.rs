@@ -85,7 +85,10 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
 
     let identity = est.identity.clone();
     let session = est.session.clone();
-    if let Decision::Denied { reason } = gen.authz.admits(&identity) {
+    // Forward mode has no requests to refuse one by one: an identity no rule admits is
+    // turned away before a byte reaches the upstream. The store answers 403 per request.
+    let gate = matches!(gen.config.backend, Backend::Forward { .. });
+    if let (true, Decision::Denied { reason }) = (gate, gen.authz.admits(&identity)) {
         w.stats.handshake_failed(FailReason::Unauthorized);
         tracing::warn!(
             worker = w.id, %peer, identity = identity.name(), thumbprint = %identity.thumbprint,
@@ -104,11 +107,13 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
 
     let close = match &gen.config.backend {
         Backend::Forward { .. } => super::forward::relay(&w, &gen, client, peer, est, &log).await,
-        Backend::Store { .. } => {
-            // The store backend arrives with the HTTP object API.
-            refuse(&client, est, &log).await;
-            "store backend not built"
-        }
+        Backend::Store { .. } => match &gen.store {
+            Some(store) => super::store::serve(&w, &gen, store, client, peer, est, &log).await,
+            None => {
+                refuse(&client, est, &log).await;
+                "no store"
+            }
+        },
     };
     tracing::info!(
         worker = w.id, %peer, identity = identity.name(), version = session.version,

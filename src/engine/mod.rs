@@ -7,6 +7,7 @@ pub mod io;
 pub mod listener;
 pub mod pool;
 pub mod shared;
+pub mod store;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,9 +47,21 @@ pub enum EngineError {
     },
 }
 
-/// Build one generation (TLS policy + authz) from a loaded config.
+/// Build one generation (TLS policy + authz + store) from a loaded config.
 pub fn build_generation(cfg: Config) -> Result<(Generation, i64), policy::PolicyError> {
     let pol = policy::build(&cfg)?;
+    let store = match &cfg.backend {
+        crate::config::Backend::Store { root, fsync } => Some(Arc::new(
+            crate::backend::store::Store::new(root, *fsync == crate::config::Fsync::Always).map_err(|e| {
+                policy::PolicyError {
+                    file: cfg.path.display().to_string(),
+                    key: "backend.root",
+                    message: format!("{}: {e}", root.display()),
+                }
+            })?,
+        )),
+        crate::config::Backend::Forward { .. } => None,
+    };
     let rules = cfg
         .authz
         .iter()
@@ -61,6 +74,7 @@ pub fn build_generation(cfg: Config) -> Result<(Generation, i64), policy::Policy
             tls: pol.server_config,
             authz: Arc::new(Policy::new(rules)),
             suites,
+            store,
         },
         pol.server_cert_not_after,
     ))
@@ -69,6 +83,7 @@ pub fn build_generation(cfg: Config) -> Result<(Generation, i64), policy::Policy
 /// Run the appliance until SIGTERM/SIGINT and the drain that follows.
 pub fn serve(gen: Generation, cert_not_after: i64) -> Result<(), EngineError> {
     let cfg = gen.config.clone();
+    let gen_store = gen.store.clone();
     let cores = cfg.server.cores.clone();
     let telemetry = Arc::new(Telemetry::new(cores.len(), gen.suites.clone()));
     telemetry
@@ -83,6 +98,15 @@ pub fn serve(gen: Generation, cert_not_after: i64) -> Result<(), EngineError> {
         draining: AtomicBool::new(false),
     });
 
+    // Once per process, before any upload can start: a temporary that exists now was
+    // left by a crash. (Never on reload, when in-flight uploads own theirs.)
+    if let Some(store) = &gen_store {
+        match store.clean_stale_temporaries() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(removed = n, "removed stale temporaries of interrupted uploads"),
+            Err(e) => tracing::warn!(error = %e, "could not clean stale temporaries"),
+        }
+    }
     let listeners =
         listener::bind(cfg.server.listen, &cores, cfg.server.steer_by_cpu).map_err(|source| {
             EngineError::Listen {

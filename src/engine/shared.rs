@@ -22,6 +22,8 @@ pub struct Generation {
     pub authz: Arc<Policy>,
     /// Suite names in the provider's order, for the session metrics.
     pub suites: Vec<String>,
+    /// The object store, when the backend is `store`.
+    pub store: Option<Arc<crate::backend::store::Store>>,
 }
 
 /// Process-wide state.
