@@ -476,25 +476,60 @@ fn check_prints_policy_and_rejects_bad_configs() {
 #[test]
 fn server_keys_in_pkcs8_sec1_and_pkcs1_all_load() {
     let lab = Lab::new();
-    let good = lab.config(8443, 9090, "workers = 1", "kind = \"forward\"\nupstream = \"127.0.0.1:9000\"");
+    let good = lab.config(
+        8443,
+        9090,
+        "workers = 1",
+        "kind = \"forward\"\nupstream = \"127.0.0.1:9000\"",
+    );
     let base = std::fs::read_to_string(&good).unwrap();
     let run = |args: &[&str]| {
-        let st = Command::new("openssl").args(args).current_dir(lab.dir.path()).output().unwrap();
-        assert!(st.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&st.stderr));
+        let st = Command::new("openssl")
+            .args(args)
+            .current_dir(lab.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
     };
     // ECDSA P-256 as SEC1 ("EC PRIVATE KEY").
     run(&["ec", "-in", "server.key", "-out", "server-sec1.key"]);
-    assert!(std::fs::read_to_string(lab.path("server-sec1.key")).unwrap().contains("BEGIN EC PRIVATE KEY"));
+    assert!(std::fs::read_to_string(lab.path("server-sec1.key"))
+        .unwrap()
+        .contains("BEGIN EC PRIVATE KEY"));
     let cfg = lab.path("sec1.toml");
-    std::fs::write(&cfg, base.replace("key = \"server.key\"", "key = \"server-sec1.key\"")).unwrap();
+    std::fs::write(
+        &cfg,
+        base.replace("key = \"server.key\"", "key = \"server-sec1.key\""),
+    )
+    .unwrap();
     let (code, text) = check(&cfg);
     assert_eq!(code, 0, "SEC1: {text}");
     // RSA-2048 as PKCS#1 ("RSA PRIVATE KEY").
     let rsa = lab.path("rsa");
     std::fs::create_dir(&rsa).unwrap();
-    lakegate(&["pki", "init", "--dir", rsa.to_str().unwrap(), "--key-type", "rsa2048"]);
-    run(&["rsa", "-in", "rsa/server.key", "-traditional", "-out", "rsa/server-pkcs1.key"]);
-    assert!(std::fs::read_to_string(rsa.join("server-pkcs1.key")).unwrap().contains("BEGIN RSA PRIVATE KEY"));
+    lakegate(&[
+        "pki",
+        "init",
+        "--dir",
+        rsa.to_str().unwrap(),
+        "--key-type",
+        "rsa2048",
+    ]);
+    run(&[
+        "rsa",
+        "-in",
+        "rsa/server.key",
+        "-traditional",
+        "-out",
+        "rsa/server-pkcs1.key",
+    ]);
+    assert!(std::fs::read_to_string(rsa.join("server-pkcs1.key"))
+        .unwrap()
+        .contains("BEGIN RSA PRIVATE KEY"));
     let cfg = lab.path("pkcs1.toml");
     std::fs::write(
         &cfg,
@@ -512,10 +547,21 @@ fn idle_connection_is_closed_after_idle_timeout() {
     let up = Upstream::tcp(None);
     let port = free_port();
     let admin = free_port();
-    let cfg = lab.config(port, admin, "", &format!("kind = \"forward\"\nupstream = \"{}\"", up.addr));
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("idle_timeout = \"30s\"", "idle_timeout = \"2s\"");
+    let cfg = lab.config(
+        port,
+        admin,
+        "",
+        &format!("kind = \"forward\"\nupstream = \"{}\"", up.addr),
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("idle_timeout = \"30s\"", "idle_timeout = \"2s\"");
     std::fs::write(&cfg, text).unwrap();
-    let mut child = Command::new(bin()).args(["serve", "--config", cfg.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(bin())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let t = Instant::now();
     while http_get(admin, "/readyz").map(|r| r.0).unwrap_or(0) != 200 {
         assert!(t.elapsed() < Duration::from_secs(20));
@@ -526,7 +572,10 @@ fn idle_connection_is_closed_after_idle_timeout() {
     // Nothing moves either way: lakegate closes with close_notify after about 2s.
     assert_eq!(c.refused().as_deref(), Some("close_notify"));
     let el = t.elapsed();
-    assert!(el >= Duration::from_millis(1800) && el < Duration::from_secs(8), "closed after {el:?}");
+    assert!(
+        el >= Duration::from_millis(1800) && el < Duration::from_secs(8),
+        "closed after {el:?}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -80,7 +80,9 @@ pub async fn serve(
     };
     let end = c.run(store).await;
     c.close().await;
-    let Conn { inb, plain, out, .. } = c;
+    let Conn {
+        inb, plain, out, ..
+    } = c;
     w.pool.give(inb);
     w.pool.give(plain.buf);
     w.pool.give(out.buf);
@@ -119,14 +121,24 @@ impl Conn<'_> {
                 Ok(None) => {}
                 Err(e) => {
                     let status = e.status();
-                    self.simple(status, "text/plain", format!("{e}\n").as_bytes(), &[], false)
-                        .await?;
+                    self.simple(
+                        status,
+                        "text/plain",
+                        format!("{e}\n").as_bytes(),
+                        &[],
+                        false,
+                    )
+                    .await?;
                     self.access("-", "-", "-", status, 0, Instant::now());
                     return Err("bad request head");
                 }
             }
             if self.peer_closed {
-                return if pending.is_empty() { Ok(None) } else { Err("eof inside request head") };
+                return if pending.is_empty() {
+                    Ok(None)
+                } else {
+                    Err("eof inside request head")
+                };
             }
             match self.fill().await {
                 Ok(()) => {}
@@ -141,8 +153,12 @@ impl Conn<'_> {
         if self.pstart == self.plain.filled {
             self.pstart = 0;
             self.plain.filled = 0;
-        } else if self.pstart > 0 && self.plain.filled + crate::tls::conn::MAX_RECORD * 4 > self.plain.buf.len() {
-            self.plain.buf.copy_within(self.pstart..self.plain.filled, 0);
+        } else if self.pstart > 0
+            && self.plain.filled + crate::tls::conn::MAX_RECORD * 4 > self.plain.buf.len()
+        {
+            self.plain
+                .buf
+                .copy_within(self.pstart..self.plain.filled, 0);
             self.plain.filled -= self.pstart;
             self.pstart = 0;
         }
@@ -153,14 +169,22 @@ impl Conn<'_> {
             let cap = self.inb.len();
             let inb = std::mem::take(&mut self.inb);
             let idle = self.gen.config.server.idle_timeout;
-            let (n, slice) = match read_idle(self.client.read(inb.slice(self.used..cap)), &self.last, idle).await {
+            let (n, slice) = match read_idle(
+                self.client.read(inb.slice(self.used..cap)),
+                &self.last,
+                idle,
+            )
+            .await
+            {
                 Ok(x) => x,
                 Err((WaitError::Idle, _)) => {
                     self.inb = self.w.pool.take();
                     return Err("idle timeout");
                 }
                 Err((WaitError::Io(_), buf)) => {
-                    self.inb = buf.map(|b| b.into_inner()).unwrap_or_else(|| self.w.pool.take());
+                    self.inb = buf
+                        .map(|b| b.into_inner())
+                        .unwrap_or_else(|| self.w.pool.take());
                     return Err("client read error");
                 }
             };
@@ -191,7 +215,9 @@ impl Conn<'_> {
     /// Encrypt and send plaintext bytes.
     async fn send(&mut self, data: &[u8]) -> Result<(), End> {
         self.out.clear();
-        self.tls.encrypt(data, &mut self.out).map_err(|_| "tls encrypt error")?;
+        self.tls
+            .encrypt(data, &mut self.out)
+            .map_err(|_| "tls encrypt error")?;
         self.flush().await
     }
 
@@ -206,7 +232,9 @@ impl Conn<'_> {
         self.out.clear();
         res.map_err(|_| "client write error")?;
         self.last.set(Instant::now());
-        self.log.bytes_out.set(self.log.bytes_out.get() + len as u64);
+        self.log
+            .bytes_out
+            .set(self.log.bytes_out.get() + len as u64);
         self.w.stats.bytes_sent.add(len as u64);
         Ok(())
     }
@@ -232,7 +260,21 @@ impl Conn<'_> {
         self.client.shutdown(Shutdown::Both);
     }
 
-    fn access(&self, method: &str, bucket: &str, key: &str, status: u16, bytes: u64, start: Instant) {
+    fn access(
+        &self,
+        method: &str,
+        bucket: &str,
+        key: &str,
+        status: u16,
+        bytes: u64,
+        start: Instant,
+    ) {
+        let stats = &self.w.stats;
+        stats.requests[crate::telemetry::request_slot(method, status)].inc();
+        stats.request_duration.observe_in(
+            &crate::telemetry::REQUEST_BUCKETS,
+            start.elapsed().as_secs_f64(),
+        );
         tracing::info!(
             target: "access",
             worker = self.w.id, peer = %self.peer, identity = self.identity.name(), method, bucket, key,
@@ -257,13 +299,19 @@ impl Conn<'_> {
             status,
             xml_escape(why)
         );
-        self.simple(status, "application/xml", xml.as_bytes(), &[], keep).await?;
+        self.simple(status, "application/xml", xml.as_bytes(), &[], keep)
+            .await?;
         tracing::info!(target: "access", reason = why, "request refused");
         self.access(&head.method_str, bucket, key, status, 0, start);
         Ok(keep)
     }
 
-    async fn request(&mut self, store: &Store, head: &RequestHead, start: Instant) -> Result<bool, End> {
+    async fn request(
+        &mut self,
+        store: &Store,
+        head: &RequestHead,
+        start: Instant,
+    ) -> Result<bool, End> {
         let (bucket, key) = match store::split_path(&head.path) {
             Ok(x) => x,
             Err(e) => return self.error(head, "-", "-", 400, &e.to_string(), start).await,
@@ -271,11 +319,15 @@ impl Conn<'_> {
         let (bucket, key) = (bucket.to_string(), key.map(str::to_string));
         let k = key.as_deref().unwrap_or("");
         if let Err(e) = store::validate_bucket(&bucket) {
-            return self.error(head, &bucket, k, 400, &e.to_string(), start).await;
+            return self
+                .error(head, &bucket, k, 400, &e.to_string(), start)
+                .await;
         }
         if let Some(key) = &key {
             if let Err(e) = store::validate_key(key) {
-                return self.error(head, &bucket, k, 400, &e.to_string(), start).await;
+                return self
+                    .error(head, &bucket, k, 400, &e.to_string(), start)
+                    .await;
             }
         }
         let access = match (head.method, key.is_some()) {
@@ -283,7 +335,11 @@ impl Conn<'_> {
             (Method::Get | Method::Head, true) => Access::Read,
             (Method::Delete, true) => Access::Delete,
             (Method::Get, false) => Access::List,
-            _ => return self.error(head, &bucket, k, 405, "method not allowed", start).await,
+            _ => {
+                return self
+                    .error(head, &bucket, k, 405, "method not allowed", start)
+                    .await
+            }
         };
         if let Decision::Denied { reason } = self.gen.authz.check(&self.identity, &bucket, access) {
             tracing::warn!(identity = self.identity.name(), bucket, key = k, reason = %reason, "denied");
@@ -295,41 +351,63 @@ impl Conn<'_> {
             (Method::Head, Some(key)) => self.get(store, head, &bucket, &key, start, false).await,
             (Method::Delete, Some(key)) => match store.delete_object(&bucket, &key) {
                 Ok(()) => {
-                    self.simple(204, "text/plain", b"", &[], head.keep_alive).await?;
+                    self.simple(204, "text/plain", b"", &[], head.keep_alive)
+                        .await?;
                     self.access("DELETE", &bucket, &key, 204, 0, start);
                     Ok(true)
                 }
                 Err(e) => {
                     let st = store::status_for_io(&e);
-                    self.error(head, &bucket, &key, st, &e.to_string(), start).await
+                    self.error(head, &bucket, &key, st, &e.to_string(), start)
+                        .await
                 }
             },
             _ => self.list(store, head, &bucket, start).await,
         }
     }
 
-    async fn list(&mut self, store: &Store, head: &RequestHead, bucket: &str, start: Instant) -> Result<bool, End> {
-        let q = |name: &str| head.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    async fn list(
+        &mut self,
+        store: &Store,
+        head: &RequestHead,
+        bucket: &str,
+        start: Instant,
+    ) -> Result<bool, End> {
+        let q = |name: &str| {
+            head.query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
         let prefix = q("prefix").unwrap_or("");
-        let max_keys = q("max-keys").and_then(|v| v.parse().ok()).unwrap_or(1000usize).min(1000);
+        let max_keys = q("max-keys")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000usize)
+            .min(1000);
         let token = q("continuation-token");
         let start_after = match token {
             Some(t) => match store::decode_continuation(t) {
                 Some(s) => Some(s),
-                None => return self.error(head, bucket, "", 400, "bad continuation-token", start).await,
+                None => {
+                    return self
+                        .error(head, bucket, "", 400, "bad continuation-token", start)
+                        .await
+                }
             },
             None => q("start-after").map(str::to_string),
         };
         match store.list(bucket, prefix, start_after.as_deref(), max_keys) {
             Ok(l) => {
                 let xml = store::list_xml(bucket, prefix, max_keys, token, &l);
-                self.simple(200, "application/xml", xml.as_bytes(), &[], head.keep_alive).await?;
+                self.simple(200, "application/xml", xml.as_bytes(), &[], head.keep_alive)
+                    .await?;
                 self.access("LIST", bucket, prefix, 200, xml.len() as u64, start);
                 Ok(true)
             }
             Err(e) => {
                 let st = store::status_for_io(&e);
-                self.error(head, bucket, "", st, &e.to_string(), start).await
+                self.error(head, bucket, "", st, &e.to_string(), start)
+                    .await
             }
         }
     }
@@ -347,16 +425,27 @@ impl Conn<'_> {
             Ok(x) => x,
             Err(e) => {
                 let st = store::status_for_io(&e);
-                return self.error(head, bucket, key, st, &e.to_string(), start).await;
+                return self
+                    .error(head, bucket, key, st, &e.to_string(), start)
+                    .await;
             }
         };
-        let range = match head.header("range").map(|r| http::parse_range(r, meta.size)) {
+        let range = match head
+            .header("range")
+            .map(|r| http::parse_range(r, meta.size))
+        {
             None | Some(Ok(None)) => None,
             Some(Ok(Some(r))) => Some(r),
             Some(Err(())) => {
                 let cr = format!("bytes */{}", meta.size);
-                self.simple(416, "text/plain", b"range not satisfiable\n", &[("content-range", &cr)], head.keep_alive)
-                    .await?;
+                self.simple(
+                    416,
+                    "text/plain",
+                    b"range not satisfiable\n",
+                    &[("content-range", &cr)],
+                    head.keep_alive,
+                )
+                .await?;
                 self.access(&head.method_str, bucket, key, 416, 0, start);
                 return Ok(true);
             }
@@ -390,13 +479,25 @@ impl Conn<'_> {
             let _ = f.close().await;
             r?;
         }
-        self.access(&head.method_str, bucket, key, status, if body { len } else { 0 }, start);
+        self.access(
+            &head.method_str,
+            bucket,
+            key,
+            status,
+            if body { len } else { 0 },
+            start,
+        );
         Ok(true)
     }
 
     /// File → TLS records → client. One user-space copy: rustls encrypts from the read
     /// buffer into the outgoing buffer.
-    async fn stream_file(&mut self, f: &tokio_uring::fs::File, from: u64, len: u64) -> Result<(), End> {
+    async fn stream_file(
+        &mut self,
+        f: &tokio_uring::fs::File,
+        from: u64,
+        len: u64,
+    ) -> Result<(), End> {
         let mut buf = self.w.pool.take();
         let mut pos = from;
         let end = from + len;
@@ -425,19 +526,39 @@ impl Conn<'_> {
         res
     }
 
-    async fn put(&mut self, store: &Store, head: &RequestHead, bucket: &str, key: &str, start: Instant) -> Result<bool, End> {
+    async fn put(
+        &mut self,
+        store: &Store,
+        head: &RequestHead,
+        bucket: &str,
+        key: &str,
+        start: Instant,
+    ) -> Result<bool, End> {
         let max = self.gen.config.server.max_object_size;
         if head.method == Method::Put && head.content_length.is_none() && !head.chunked {
-            return self.error(head, bucket, key, 411, "length required", start).await;
+            return self
+                .error(head, bucket, key, 411, "length required", start)
+                .await;
         }
         if head.content_length.is_some_and(|l| l > max) {
-            return self.error(head, bucket, key, 413, "object larger than max_object_size", start).await;
+            return self
+                .error(
+                    head,
+                    bucket,
+                    key,
+                    413,
+                    "object larger than max_object_size",
+                    start,
+                )
+                .await;
         }
         let (std_file, temp) = match store.create_temp(bucket) {
             Ok(x) => x,
             Err(e) => {
                 let st = store::status_for_io(&e);
-                return self.error(head, bucket, key, st, &e.to_string(), start).await;
+                return self
+                    .error(head, bucket, key, st, &e.to_string(), start)
+                    .await;
             }
         };
         if head.expect_continue {
@@ -450,7 +571,9 @@ impl Conn<'_> {
             Ok(f) => tokio_uring::fs::File::from_std(f),
             Err(e) => {
                 store.discard_temp(bucket, &temp);
-                return self.error(head, bucket, key, 500, &e.to_string(), start).await;
+                return self
+                    .error(head, bucket, key, 500, &e.to_string(), start)
+                    .await;
             }
         };
         let mut hasher = BodyHasher::new(head.header("content-md5").is_some());
@@ -460,7 +583,13 @@ impl Conn<'_> {
             Ok(n) => n,
             Err(BodyError::Client(e)) => {
                 store.discard_temp(bucket, &temp);
-                tracing::warn!(identity = self.identity.name(), bucket, key, reason = e, "upload aborted; nothing stored");
+                tracing::warn!(
+                    identity = self.identity.name(),
+                    bucket,
+                    key,
+                    reason = e,
+                    "upload aborted; nothing stored"
+                );
                 self.access("PUT", bucket, key, 499, 0, start);
                 return Err(e);
             }
@@ -468,14 +597,19 @@ impl Conn<'_> {
                 store.discard_temp(bucket, &temp);
                 // The body was not read to its end: answer and close.
                 let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{st}</Code><Message>{}</Message></Error>\n", xml_escape(&why));
-                let _ = self.simple(st, "application/xml", xml.as_bytes(), &[], false).await;
+                let _ = self
+                    .simple(st, "application/xml", xml.as_bytes(), &[], false)
+                    .await;
                 tracing::warn!(identity = self.identity.name(), bucket, key, status = st, reason = %why, "upload refused; nothing stored");
                 self.access("PUT", bucket, key, st, 0, start);
                 return Ok(false);
             }
         };
         let digests = hasher.finish();
-        if let Err(why) = digests.verify(head.header("x-amz-checksum-sha256"), head.header("content-md5")) {
+        if let Err(why) = digests.verify(
+            head.header("x-amz-checksum-sha256"),
+            head.header("content-md5"),
+        ) {
             store.discard_temp(bucket, &temp);
             return self.error(head, bucket, key, 400, &why, start).await;
         }
@@ -483,11 +617,14 @@ impl Conn<'_> {
         if let Err(e) = store.commit(bucket, &temp, key, &std_file, &hex) {
             store.discard_temp(bucket, &temp);
             let st = store::status_for_io(&e);
-            return self.error(head, bucket, key, st, &e.to_string(), start).await;
+            return self
+                .error(head, bucket, key, st, &e.to_string(), start)
+                .await;
         }
         drop(std_file);
         let etag = format!("\"{hex}\"");
-        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digests.sha256);
+        let b64 =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digests.sha256);
         let mut resp = Vec::with_capacity(256);
         http::write_response_head(
             &mut resp,
@@ -521,7 +658,10 @@ impl Conn<'_> {
                 self.pstart += step.consumed;
                 if b > a {
                     if off + (b - a) as u64 > max {
-                        return Err(BodyError::Status(413, "object larger than max_object_size".into()));
+                        return Err(BodyError::Status(
+                            413,
+                            "object larger than max_object_size".into(),
+                        ));
                     }
                     hasher.update(&self.plain.buf[a..b]);
                     let buf = std::mem::take(&mut self.plain.buf);
@@ -541,11 +681,17 @@ impl Conn<'_> {
                 return Ok(off);
             }
             if self.peer_closed {
-                return Err(BodyError::Client("truncated body (close_notify before the end)"));
+                return Err(BodyError::Client(
+                    "truncated body (close_notify before the end)",
+                ));
             }
             match self.fill().await {
                 Ok(()) => {}
-                Err("client eof") => return Err(BodyError::Client("truncated body (eof without close_notify)")),
+                Err("client eof") => {
+                    return Err(BodyError::Client(
+                        "truncated body (eof without close_notify)",
+                    ))
+                }
                 Err(e) => return Err(BodyError::Client(e)),
             }
         }
@@ -560,5 +706,7 @@ enum BodyError {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

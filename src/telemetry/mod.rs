@@ -51,9 +51,14 @@ pub struct Histo {
 }
 
 impl Histo {
-    /// Record one observation.
+    /// Record one handshake-time observation.
     pub fn observe(&self, secs: f64) {
-        for (i, b) in HANDSHAKE_BUCKETS.iter().enumerate() {
+        self.observe_in(&HANDSHAKE_BUCKETS, secs)
+    }
+
+    /// Record one observation against the given bucket bounds.
+    pub fn observe_in(&self, bounds: &[f64; 12], secs: f64) {
+        for (i, b) in bounds.iter().enumerate() {
             if secs <= *b {
                 self.buckets[i].inc();
                 break;
@@ -62,6 +67,32 @@ impl Histo {
         self.count.inc();
         self.sum_micros.add((secs * 1e6) as u64);
     }
+}
+
+/// Upper bounds (seconds) of the request duration histogram buckets.
+pub const REQUEST_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Methods counted in `lakegate_requests_total` (LIST is GET on a bucket).
+pub const METHODS: [&str; 6] = ["GET", "HEAD", "PUT", "DELETE", "LIST", "OTHER"];
+/// Statuses counted one by one; any other lands in the last slot, labelled "other".
+pub const STATUSES: [u16; 20] = [
+    200, 201, 204, 206, 400, 401, 403, 404, 405, 409, 411, 413, 416, 431, 499, 500, 501, 503, 507,
+    0,
+];
+
+/// The slot of a request's (method, status).
+pub fn request_slot(method: &str, status: u16) -> usize {
+    let m = METHODS
+        .iter()
+        .position(|x| *x == method)
+        .unwrap_or(METHODS.len() - 1);
+    let s = STATUSES
+        .iter()
+        .position(|x| *x == status)
+        .unwrap_or(STATUSES.len() - 1);
+    m * STATUSES.len() + s
 }
 
 /// Number of slots in the TLS session matrix: version × suite index × resumed.
@@ -90,6 +121,10 @@ pub struct WorkerStats {
     pub upstream_errors: Counter,
     /// Sessions by version/suite/resumed slot; see [`session_slot`].
     pub sessions: [Counter; SESSION_SLOTS],
+    /// Requests by (method, status) slot; see [`request_slot`].
+    pub requests: [Counter; METHODS.len() * STATUSES.len()],
+    /// Request durations (head received to response done).
+    pub request_duration: Histo,
 }
 
 impl Default for WorkerStats {
@@ -105,6 +140,8 @@ impl Default for WorkerStats {
             bytes_sent: Counter::default(),
             upstream_errors: Counter::default(),
             sessions: std::array::from_fn(|_| Counter::default()),
+            requests: std::array::from_fn(|_| Counter::default()),
+            request_duration: Histo::default(),
         }
     }
 }
@@ -185,6 +222,25 @@ impl Telemetry {
         self.workers.iter().map(|w| f(w)).sum()
     }
 
+    fn histogram(&self, bounds: &[f64; 12], h: impl Fn(&WorkerStats) -> &Histo) -> proto::Metric {
+        let mut out = proto::Histogram::default();
+        let mut cum = 0u64;
+        let mut buckets = Vec::new();
+        for (i, ub) in bounds.iter().enumerate() {
+            cum += self.sum(|w| h(w).buckets[i].get());
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(*ub);
+            b.set_cumulative_count(cum);
+            buckets.push(b);
+        }
+        out.set_bucket(buckets);
+        out.set_sample_count(self.sum(|w| h(w).count.get()));
+        out.set_sample_sum(self.sum(|w| h(w).sum_micros.get()) as f64 / 1e6);
+        let mut m = proto::Metric::default();
+        m.set_histogram(out);
+        m
+    }
+
     /// Gather every worker's counters into metric families.
     pub fn gather(&self) -> Vec<MetricFamily> {
         use MetricType::{COUNTER, GAUGE, HISTOGRAM};
@@ -207,26 +263,41 @@ impl Telemetry {
             hs,
         ));
 
-        let mut h = proto::Histogram::default();
-        let mut cum = 0u64;
-        let mut buckets = Vec::new();
-        for (i, ub) in HANDSHAKE_BUCKETS.iter().enumerate() {
-            cum += self.sum(|w| w.handshake_duration.buckets[i].get());
-            let mut b = proto::Bucket::default();
-            b.set_upper_bound(*ub);
-            b.set_cumulative_count(cum);
-            buckets.push(b);
-        }
-        h.set_bucket(buckets);
-        h.set_sample_count(self.sum(|w| w.handshake_duration.count.get()));
-        h.set_sample_sum(self.sum(|w| w.handshake_duration.sum_micros.get()) as f64 / 1e6);
-        let mut m = proto::Metric::default();
-        m.set_histogram(h);
         out.push(family(
             "lakegate_handshake_duration_seconds",
             "Time from accept to a finished handshake.",
             HISTOGRAM,
-            vec![m],
+            vec![self.histogram(&HANDSHAKE_BUCKETS, |w| &w.handshake_duration)],
+        ));
+
+        let mut reqs = Vec::new();
+        for (mi, m) in METHODS.iter().enumerate() {
+            for (si, st) in STATUSES.iter().enumerate() {
+                let n = self.sum(|w| w.requests[mi * STATUSES.len() + si].get());
+                if n > 0 {
+                    let status = if *st == 0 {
+                        "other".to_string()
+                    } else {
+                        st.to_string()
+                    };
+                    reqs.push(counter(
+                        vec![label("method", m), label("status", &status)],
+                        n as f64,
+                    ));
+                }
+            }
+        }
+        out.push(family(
+            "lakegate_requests_total",
+            "Object API requests by method and status.",
+            COUNTER,
+            reqs,
+        ));
+        out.push(family(
+            "lakegate_request_duration_seconds",
+            "Object API request time, head received to response sent.",
+            HISTOGRAM,
+            vec![self.histogram(&REQUEST_BUCKETS, |w| &w.request_duration)],
         ));
 
         let total = self.sum(|w| w.connections_total.get());

@@ -35,12 +35,22 @@ pub fn lakegate(args: &[&str]) -> std::process::Output {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the tests bind it right after).
+/// Never hands out the same port twice in one test process, since the kernel may give
+/// a just-released port to the next bind(:0).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let p = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&p) {
+            given.push(p);
+            return p;
+        }
+    }
 }
 
 /// A throwaway PKI: CA + server, clients alice and carol (trainers), bob (revoked),
@@ -530,4 +540,384 @@ impl TlsClient {
         let sent = writer.join().unwrap();
         (sent, ctx.finish().as_ref().to_vec(), got)
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP over mTLS (store backend): raw requests, response parsing, authz configs.
+// ---------------------------------------------------------------------------------------
+
+/// One HTTP response: status, headers (names lowercased, in order), body.
+pub type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// The first header called `name` (case-insensitive).
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of `data` as lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(digest::digest(&digest::SHA256, data).as_ref())
+}
+
+/// `len` pseudo-random bytes (xorshift64), different for each `seed`.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    fill_pseudo_random(&mut out, &mut xorshift_state(seed));
+    out
+}
+
+fn xorshift_state(seed: u64) -> u64 {
+    (seed ^ 0x9E3779B97F4A7C15).max(1)
+}
+
+fn fill_pseudo_random(buf: &mut [u8], x: &mut u64) {
+    for b in buf.chunks_mut(8) {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+    }
+}
+
+/// The plaintext read side of a [`TlsClient`]. It takes exactly one TLS record at a time
+/// off the socket and only when rustls has no plaintext ready, so it never reads past
+/// what it hands to rustls (another reader made later for the same connection goes on
+/// where this one stopped) and never overfills rustls' received-plaintext buffer.
+pub struct PlainReader {
+    conn: Arc<Mutex<rustls::ClientConnection>>,
+    sock: TcpStream,
+}
+
+impl PlainReader {
+    /// The next TLS record off the socket, or None on EOF at a record boundary.
+    fn record(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let mut rec = vec![0u8; 5];
+        let mut got = 0;
+        while got < 5 {
+            match self.sock.read(&mut rec[got..])? {
+                0 if got == 0 => return Ok(None),
+                0 => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "EOF inside a TLS record header",
+                    ))
+                }
+                n => got += n,
+            }
+        }
+        let len = u16::from_be_bytes([rec[3], rec[4]]) as usize;
+        rec.resize(5 + len, 0);
+        self.sock.read_exact(&mut rec[5..])?;
+        Ok(Some(rec))
+    }
+}
+
+impl Read for PlainReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.conn.lock().unwrap().reader().read(out) {
+                // Ok(0) is the server's close_notify.
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // UnexpectedEof: TCP closed without close_notify.
+                Err(e) => return Err(e),
+            }
+            // The lock is not held while blocked on the socket: a writer may go on.
+            let rec = self.record()?;
+            let mut c = self.conn.lock().unwrap();
+            let mut rd: &[u8] = rec.as_deref().unwrap_or_default();
+            if rd.is_empty() {
+                // Tell rustls about the EOF; the next reader().read says how it ended.
+                c.read_tls(&mut rd)?;
+                continue;
+            }
+            while !rd.is_empty() {
+                c.read_tls(&mut rd)?;
+            }
+            c.process_new_packets()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        }
+    }
+}
+
+/// Read one HTTP/1.1 response (skipping 1xx interim ones). `head_only`: the request was
+/// HEAD, so there is no body whatever Content-Length says. Bodies are read by
+/// Content-Length, chunked, or until the connection ends.
+pub fn read_response(r: &mut impl Read, head_only: bool) -> std::io::Result<Response> {
+    use std::io::{Error, ErrorKind};
+    let bad = |m: String| Error::new(ErrorKind::InvalidData, m);
+    loop {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if r.read(&mut b)? == 0 {
+                return Err(Error::new(
+                    ErrorKind::UnexpectedEof,
+                    format!(
+                        "connection closed after {} bytes of response head: {:?}",
+                        head.len(),
+                        String::from_utf8_lossy(&head)
+                    ),
+                ));
+            }
+            head.push(b[0]);
+            if head.len() > 64 * 1024 {
+                return Err(bad("response head over 64 KiB".into()));
+            }
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = text.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .filter(|_| status_line.starts_with("HTTP/1."))
+            .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
+        let mut headers = Vec::new();
+        for l in lines.filter(|l| !l.is_empty()) {
+            let (n, v) = l
+                .split_once(':')
+                .ok_or_else(|| bad(format!("bad header line {l:?}")))?;
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+        if (100..200).contains(&status) {
+            continue;
+        }
+        let mut body = Vec::new();
+        let chunked = header(&headers, "transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        if head_only || status == 204 || status == 304 {
+        } else if chunked {
+            loop {
+                let mut line = Vec::new();
+                while !line.ends_with(b"\r\n") {
+                    r.read_exact(&mut b)?;
+                    line.push(b[0]);
+                }
+                let l = String::from_utf8_lossy(&line);
+                let size = l.trim().split(';').next().unwrap_or_default().trim();
+                let size = usize::from_str_radix(size, 16)
+                    .map_err(|_| bad(format!("bad chunk size line {l:?}")))?;
+                if size == 0 {
+                    // Trailers (if any), then the empty line.
+                    let mut tail = Vec::new();
+                    while !(tail.ends_with(b"\r\n")
+                        && (tail.len() == 2 || tail.ends_with(b"\r\n\r\n")))
+                    {
+                        r.read_exact(&mut b)?;
+                        tail.push(b[0]);
+                    }
+                    break;
+                }
+                let at = body.len();
+                body.resize(at + size, 0);
+                r.read_exact(&mut body[at..])?;
+                let mut crlf = [0u8; 2];
+                r.read_exact(&mut crlf)?;
+                if &crlf != b"\r\n" {
+                    return Err(bad("chunk not followed by CRLF".into()));
+                }
+            }
+        } else if let Some(len) = header(&headers, "content-length") {
+            let len: usize = len
+                .parse()
+                .map_err(|_| bad(format!("bad content-length {len:?}")))?;
+            body.resize(len, 0);
+            r.read_exact(&mut body)?;
+        } else {
+            match r.read_to_end(&mut body) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {}
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok((status, headers, body));
+    }
+}
+
+impl TlsClient {
+    /// A reader of this connection's plaintext (shares the connection).
+    pub fn plain_reader(&self) -> PlainReader {
+        PlainReader {
+            conn: self.conn.clone(),
+            sock: self.sock.try_clone().unwrap(),
+        }
+    }
+
+    /// Encrypt and send `data`.
+    pub fn send(&self, data: &[u8]) -> std::io::Result<()> {
+        send_plain(&self.conn, &mut &self.sock, data)
+    }
+
+    /// Send raw request bytes, then read one response (HEAD if `raw` starts with "HEAD ").
+    pub fn try_request(&mut self, raw: &[u8]) -> std::io::Result<Response> {
+        self.send(raw)?;
+        read_response(&mut self.plain_reader(), raw.starts_with(b"HEAD "))
+    }
+
+    /// [`TlsClient::try_request`], panicking on I/O errors.
+    pub fn request(&mut self, raw: &[u8]) -> Response {
+        let what = String::from_utf8_lossy(&raw[..raw.len().min(120)]).into_owned();
+        self.try_request(raw)
+            .unwrap_or_else(|e| panic!("request {what:?}: {e}"))
+    }
+
+    /// Send `head` (request line and headers, ending in the empty line) and then `total`
+    /// pseudo-random body bytes from a writer thread, while this thread reads the
+    /// response: a server that answers early (413, 507) and stops reading is seen. The
+    /// connection is shut down once the response is in. Returns the response (or the
+    /// error reading it), the SHA-256 hex of the whole body and how many body bytes
+    /// were handed to the socket.
+    pub fn put_streaming(
+        self,
+        head: &str,
+        total: u64,
+        seed: u64,
+    ) -> (std::io::Result<Response>, String, u64) {
+        self.sock
+            .set_write_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let conn = self.conn.clone();
+        let wsock = self.sock.try_clone().unwrap();
+        let head = head.as_bytes().to_vec();
+        let writer = std::thread::spawn(move || {
+            let mut ctx = digest::Context::new(&digest::SHA256);
+            let mut x = xorshift_state(seed);
+            let mut chunk = vec![0u8; 256 * 1024];
+            let mut sent = 0u64;
+            let mut alive = send_plain(&conn, &mut &wsock, &head).is_ok();
+            let mut done = 0u64;
+            while done < total {
+                let n = ((total - done) as usize).min(chunk.len());
+                fill_pseudo_random(&mut chunk[..n], &mut x);
+                ctx.update(&chunk[..n]);
+                if alive {
+                    alive = send_plain(&conn, &mut &wsock, &chunk[..n]).is_ok();
+                    if alive {
+                        sent += n as u64;
+                    }
+                }
+                done += n as u64;
+            }
+            (hex(ctx.finish().as_ref()), sent)
+        });
+        let resp = read_response(&mut self.plain_reader(), false);
+        // Unblock a writer stuck on a server that stopped reading.
+        let _ = self.sock.shutdown(Shutdown::Both);
+        let (sha, sent) = writer.join().unwrap();
+        (resp, sha, sent)
+    }
+}
+
+fn send_plain(
+    conn: &Mutex<rustls::ClientConnection>,
+    sock: &mut impl Write,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let mut wire = Vec::with_capacity(data.len() + 1024);
+    {
+        let mut c = conn.lock().unwrap();
+        c.writer().write_all(data)?;
+        while c.wants_write() {
+            c.write_tls(&mut wire)?;
+        }
+    }
+    sock.write_all(&wire)
+}
+
+impl Lab {
+    /// Like [`Lab::config`], but with `authz_toml` (one or more `[[authz]]` blocks) in
+    /// place of the default catch-all trainer rule.
+    pub fn config_with_authz(
+        &self,
+        port: u16,
+        admin: u16,
+        server_extra: &str,
+        backend: &str,
+        authz_toml: &str,
+    ) -> PathBuf {
+        let p = self.config(port, admin, server_extra, backend);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let at = text
+            .find("[[authz]]")
+            .expect("Lab::config writes an [[authz]] block");
+        std::fs::write(&p, format!("{}{authz_toml}", &text[..at])).unwrap();
+        p
+    }
+}
+
+impl Server {
+    /// Start `lakegate serve` on a config already written for `port` / `admin`.
+    pub fn spawn_config(lab: &Lab, port: u16, admin: u16, cfg: &Path) -> Server {
+        let log = lab.path(&format!("server-{port}.log"));
+        let child = Command::new(bin())
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut s = Server {
+            child,
+            port,
+            admin,
+            log,
+        };
+        s.wait_ready();
+        s
+    }
+
+    /// Like [`Server::start`], with its own `[[authz]]` blocks (see
+    /// [`Lab::config_with_authz`]).
+    pub fn start_with_authz(
+        lab: &Lab,
+        server_extra: &str,
+        backend: &str,
+        authz_toml: &str,
+    ) -> Server {
+        let port = free_port();
+        let admin = free_port();
+        let cfg = lab.config_with_authz(port, admin, server_extra, backend, authz_toml);
+        Server::spawn_config(lab, port, admin, &cfg)
+    }
+
+    /// The log without ANSI colour sequences.
+    pub fn log_plain(&self) -> String {
+        strip_ansi(&self.log_text())
+    }
+
+    /// The first log line that contains every one of `needles`.
+    pub fn log_line_with(&self, needles: &[&str]) -> Option<String> {
+        self.log_plain()
+            .lines()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+    }
+}
+
+/// Remove ANSI escape sequences (CSI ... final byte).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' && it.peek() == Some(&'[') {
+            it.next();
+            for d in it.by_ref() {
+                if ('@'..='~').contains(&d) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -1,0 +1,1288 @@
+//! End-to-end: the real binary with the `store` backend (HTTP object API on local disk),
+//! driven by real clients: curl, boto3, raw HTTP over a rustls mTLS connection.
+//!
+//! Contract: ../shared/DESIGN.md "HTTP object API". Objects live at root/bucket/key;
+//! uploads go to root/bucket/.lakegate-tmp-* and are renamed into place when complete,
+//! so a partial upload is never visible and never left behind.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+
+const ALICE: &str = "spiffe://lake.example/trainer/alice";
+const CAROL: &str = "spiffe://lake.example/trainer/carol";
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+fn sha256_b64(data: &[u8]) -> String {
+    b64(digest::digest(&digest::SHA256, data).as_ref())
+}
+
+/// A store root under the lab with the two buckets the tests use.
+fn store_root(lab: &Lab, name: &str) -> PathBuf {
+    let root = lab.path(name);
+    for b in ["datasets", "models"] {
+        std::fs::create_dir_all(root.join(b)).unwrap();
+    }
+    root
+}
+
+fn store_backend(root: &Path, fsync: &str) -> String {
+    format!(
+        "kind = \"store\"\nroot = \"{}\"\nfsync = \"{fsync}\"",
+        root.display()
+    )
+}
+
+/// Every file (not directory) under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(p),
+                _ => out.push(p),
+            }
+        }
+    }
+    out
+}
+
+/// Upload temporaries (`.lakegate-tmp-*`) anywhere under `root`.
+fn temporaries(root: &Path) -> Vec<PathBuf> {
+    files_under(root)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".lakegate-tmp"))
+        })
+        .collect()
+}
+
+/// Objects under `root` (relative paths): files none of whose path components is
+/// reserved for the server (`.lakegate*`), sorted.
+fn objects(root: &Path) -> Vec<String> {
+    let mut v: Vec<String> = files_under(root)
+        .iter()
+        .map(|p| p.strip_prefix(root).unwrap().to_string_lossy().into_owned())
+        .filter(|rel| !rel.split('/').any(|c| c.starts_with(".lakegate")))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Poll `cond` every 50 ms for up to `limit`; true as soon as it holds.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if t.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SHA-256 hex of a file, streamed.
+fn sha256_file(p: &Path) -> String {
+    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    hex(ctx.finish().as_ref())
+}
+
+fn read_at(p: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut f = std::fs::File::open(p).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut v = vec![0u8; len];
+    f.read_exact(&mut v).unwrap();
+    v
+}
+
+/// Every `<tag>...</tag>` text in an XML document, in order.
+fn xml_all(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        rest = &rest[i + open.len()..];
+        let Some(j) = rest.find(&close) else {
+            break;
+        };
+        out.push(rest[..j].to_string());
+        rest = &rest[j + close.len()..];
+    }
+    out
+}
+
+/// Percent-encode everything but RFC 3986 unreserved characters (for query values).
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// curl
+// ---------------------------------------------------------------------------------------
+
+struct Reply {
+    code: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+static CURL_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn curl_cmd(lab: &Lab, who: &str) -> Command {
+    let (cert, key) = lab.client(who);
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--cert", cert.to_str().unwrap()])
+        .args(["--key", key.to_str().unwrap()])
+        .args(["--cacert", lab.path("ca.crt").to_str().unwrap()]);
+    c
+}
+
+/// Run curl as `who` against `path` on the server with `args`; the body goes to `out`
+/// when given (then `Reply::body` is empty). Panics if curl itself fails.
+fn curl(
+    srv: &Server,
+    lab: &Lab,
+    who: &str,
+    path: &str,
+    args: &[&str],
+    out: Option<&Path>,
+) -> Reply {
+    let n = CURL_SEQ.fetch_add(1, Ordering::Relaxed);
+    let hdr = lab.path(&format!("curl-{n}.headers"));
+    let body_file = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| lab.path(&format!("curl-{n}.body")));
+    let url = format!("https://127.0.0.1:{}{path}", srv.port);
+    let o = curl_cmd(lab, who)
+        .args(args)
+        .args(["-D", hdr.to_str().unwrap()])
+        .args(["-o", body_file.to_str().unwrap()])
+        .args(["-w", "%{http_code}"])
+        .arg(&url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "curl {args:?} {url} failed ({}): {}\nserver log:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr),
+        srv.log_plain()
+    );
+    let code: u16 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    // The last header block (after any 100 Continue).
+    let text = std::fs::read_to_string(&hdr).unwrap_or_default();
+    let block = text
+        .split("\r\n\r\n")
+        .filter(|b| !b.trim().is_empty())
+        .last()
+        .unwrap_or_default();
+    let headers = block
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = if out.is_some() {
+        Vec::new()
+    } else {
+        std::fs::read(&body_file).unwrap_or_default()
+    };
+    Reply {
+        code,
+        headers,
+        body,
+    }
+}
+
+fn make_random_file(p: &Path, len: u64) {
+    let st = Command::new("head")
+        .args(["-c", &len.to_string(), "/dev/urandom"])
+        .stdout(std::fs::File::create(p).unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(std::fs::metadata(p).unwrap().len(), len);
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. curl: 1 GiB up and down, HEAD, list, Range, DELETE
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn curl_uploads_1_gib_then_gets_heads_lists_ranges_and_deletes_it() {
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let srv = Server::start(&lab, "", &store_backend(&root, "always"));
+    let src = lab.path("1g.bin");
+    make_random_file(&src, GIB);
+    let src_sha = sha256_file(&src);
+    let key = "/datasets/big/1g.bin";
+
+    // PUT (curl -T sends Content-Length; it also sends Expect: 100-continue).
+    let r = curl(
+        &srv,
+        &lab,
+        "alice",
+        key,
+        &["-T", src.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(r.code, 201, "PUT: {:?}\n{}", r.headers, srv.log_plain());
+    assert_eq!(r.header("etag"), Some(format!("\"{src_sha}\"").as_str()));
+    let want_b64 = b64(&(0..32)
+        .map(|i| u8::from_str_radix(&src_sha[2 * i..2 * i + 2], 16).unwrap())
+        .collect::<Vec<u8>>());
+    assert_eq!(r.header("x-amz-checksum-sha256"), Some(want_b64.as_str()));
+    let on_disk = root.join("datasets/big/1g.bin");
+    assert_eq!(std::fs::metadata(&on_disk).unwrap().len(), GIB);
+    assert!(temporaries(&root).is_empty(), "{:?}", temporaries(&root));
+
+    // GET back, byte-identical.
+    let back = lab.path("1g.back");
+    let r = curl(&srv, &lab, "alice", key, &[], Some(&back));
+    assert_eq!(r.code, 200);
+    assert_eq!(r.header("content-length"), Some(GIB.to_string().as_str()));
+    assert_eq!(std::fs::metadata(&back).unwrap().len(), GIB);
+    assert_eq!(sha256_file(&back), src_sha, "downloaded object differs");
+    std::fs::remove_file(&back).unwrap();
+
+    // HEAD.
+    let r = curl(&srv, &lab, "alice", key, &["-I"], None);
+    assert_eq!(r.code, 200);
+    assert_eq!(r.header("content-length"), Some(GIB.to_string().as_str()));
+    assert_eq!(r.header("etag"), Some(format!("\"{src_sha}\"").as_str()));
+    let lm = r.header("last-modified").expect("HEAD has Last-Modified");
+    assert!(lm.ends_with("GMT"), "Last-Modified is an HTTP date: {lm:?}");
+
+    // ListObjectsV2.
+    let r = curl(
+        &srv,
+        &lab,
+        "alice",
+        "/datasets?list-type=2&prefix=big/",
+        &[],
+        None,
+    );
+    assert_eq!(r.code, 200);
+    let xml = String::from_utf8(r.body).unwrap();
+    assert!(xml.contains("<ListBucketResult"), "{xml}");
+    assert_eq!(
+        xml_all(&xml, "Key"),
+        vec!["big/1g.bin".to_string()],
+        "{xml}"
+    );
+    assert_eq!(xml_all(&xml, "Size"), vec![GIB.to_string()], "{xml}");
+    // The prefix filters.
+    let r = curl(
+        &srv,
+        &lab,
+        "alice",
+        "/datasets?list-type=2&prefix=nope/",
+        &[],
+        None,
+    );
+    assert_eq!(r.code, 200);
+    let xml = String::from_utf8(r.body).unwrap();
+    assert!(xml_all(&xml, "Key").is_empty(), "{xml}");
+
+    // Range.
+    let r = curl(
+        &srv,
+        &lab,
+        "alice",
+        key,
+        &["-H", "Range: bytes=1000-1999"],
+        None,
+    );
+    assert_eq!(r.code, 206);
+    assert_eq!(r.body, read_at(&src, 1000, 1000));
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 1000-1999/{GIB}").as_str())
+    );
+    assert_eq!(r.header("content-length"), Some("1000"));
+    // The last byte, too.
+    let r = curl(
+        &srv,
+        &lab,
+        "alice",
+        key,
+        &["-H", &format!("Range: bytes={}-{}", GIB - 1, GIB - 1)],
+        None,
+    );
+    assert_eq!(r.code, 206);
+    assert_eq!(r.body, read_at(&src, GIB - 1, 1));
+
+    // A chunked upload (curl -T - reads stdin and sends Transfer-Encoding: chunked).
+    let small = pseudo_random(3 * MIB as usize + 17, 7);
+    let small_path = lab.path("small.bin");
+    std::fs::write(&small_path, &small).unwrap();
+    let url = format!("https://127.0.0.1:{}/datasets/chunked/3m.bin", srv.port);
+    let o = curl_cmd(&lab, "alice")
+        .args(["-T", "-", "-o", "/dev/null", "-w", "%{http_code}", &url])
+        .stdin(std::fs::File::open(&small_path).unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "201", "chunked PUT");
+    assert_eq!(
+        std::fs::read(root.join("datasets/chunked/3m.bin")).unwrap(),
+        small
+    );
+    let r = curl(&srv, &lab, "alice", "/datasets/chunked/3m.bin", &[], None);
+    assert_eq!((r.code, r.body == small), (200, true));
+
+    // DELETE, then it is gone.
+    let r = curl(&srv, &lab, "alice", key, &["-X", "DELETE"], None);
+    assert_eq!(r.code, 204);
+    assert!(!on_disk.exists());
+    let r = curl(&srv, &lab, "alice", key, &[], None);
+    assert_eq!(r.code, 404);
+    let r = curl(&srv, &lab, "alice", key, &["-I"], None);
+    assert_eq!(r.code, 404);
+    let r = curl(&srv, &lab, "alice", key, &["-X", "DELETE"], None);
+    assert_eq!(r.code, 404, "DELETE of an absent object");
+    let r = curl(
+        &srv,
+        &lab,
+        "alice",
+        "/datasets?list-type=2&prefix=big/",
+        &[],
+        None,
+    );
+    assert!(xml_all(&String::from_utf8_lossy(&r.body), "Key").is_empty());
+
+    // One access-log line per request with identity, method, bucket, key, status.
+    for (method, status) in [
+        ("PUT", "201"),
+        ("GET", "206"),
+        ("DELETE", "204"),
+        ("GET", "404"),
+    ] {
+        assert!(
+            srv.log_line_with(&[ALICE, method, "datasets", "big/1g.bin", status])
+                .is_some(),
+            "no access-log line for {method} {status}:\n{}",
+            srv.log_plain()
+        );
+    }
+    assert!(temporaries(&root).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. boto3
+// ---------------------------------------------------------------------------------------
+
+const BOTO3_SCRIPT: &str = r#"
+import hashlib, os, sys
+import boto3, botocore
+from botocore.config import Config
+from boto3.s3.transfer import TransferConfig
+
+endpoint, ca, cert, key, work = sys.argv[1:6]
+MiB = 1024 * 1024
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()
+
+cfg = Config(
+    signature_version=botocore.UNSIGNED,
+    s3={"addressing_style": "path"},
+    client_cert=(cert, key),
+    request_checksum_calculation="when_required",
+    response_checksum_validation="when_required",
+    retries={"total_max_attempts": 1, "mode": "standard"},
+)
+s3 = boto3.client("s3", endpoint_url=endpoint, verify=ca, config=cfg, region_name="us-east-1")
+single = TransferConfig(multipart_threshold=64 * MiB, use_threads=False)
+
+a = os.urandom(5 * MiB)
+r = s3.put_object(Bucket="datasets", Key="boto/put.bin", Body=a)
+assert r["ETag"] == '"%s"' % sha(a), r["ETag"]
+
+b = os.urandom(5 * MiB)
+src = os.path.join(work, "boto-upload.bin")
+with open(src, "wb") as f:
+    f.write(b)
+s3.upload_file(src, "datasets", "boto/upload.bin", Config=single)
+
+resp = s3.list_objects_v2(Bucket="datasets", Prefix="boto/")
+got = {o["Key"]: o["Size"] for o in resp.get("Contents", [])}
+assert got == {"boto/put.bin": 5 * MiB, "boto/upload.bin": 5 * MiB}, resp
+assert not resp.get("IsTruncated"), resp
+
+# One key per page: the continuation tokens must walk both keys in order.
+keys = []
+pages = s3.get_paginator("list_objects_v2").paginate(
+    Bucket="datasets", Prefix="boto/", PaginationConfig={"PageSize": 1})
+for page in pages:
+    assert len(page.get("Contents", [])) <= 1, page
+    keys += [o["Key"] for o in page.get("Contents", [])]
+assert keys == ["boto/put.bin", "boto/upload.bin"], keys
+
+o = s3.get_object(Bucket="datasets", Key="boto/put.bin")
+assert o["ContentLength"] == 5 * MiB, o
+assert o["Body"].read() == a, "get_object body differs"
+
+dst = os.path.join(work, "boto-download.bin")
+s3.download_file("datasets", "boto/upload.bin", dst, Config=single)
+with open(dst, "rb") as f:
+    assert f.read() == b, "download_file content differs"
+
+h = s3.head_object(Bucket="datasets", Key="boto/upload.bin")
+assert h["ContentLength"] == 5 * MiB, h
+assert h["ETag"] == '"%s"' % sha(b), h
+
+rg = s3.get_object(Bucket="datasets", Key="boto/put.bin", Range="bytes=100-199")
+assert rg["Body"].read() == a[100:200], "range body differs"
+assert rg["ContentRange"] == "bytes 100-199/%d" % (5 * MiB), rg
+
+s3.delete_object(Bucket="datasets", Key="boto/upload.bin")
+try:
+    s3.head_object(Bucket="datasets", Key="boto/upload.bin")
+    raise AssertionError("deleted object still answers HEAD")
+except botocore.exceptions.ClientError as e:
+    assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 404, e.response
+
+print("put.bin", sha(a))
+print("boto3-ok")
+"#;
+
+/// The Python with boto3, or None (skip) outside CI; in CI a missing one is a failure.
+fn boto3_python() -> Option<PathBuf> {
+    let py = std::env::var_os("LAKEGATE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tests/bin/python"));
+    let ok = Command::new(&py)
+        .args(["-c", "import boto3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(py);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(
+        !ci,
+        "CI: no Python with boto3 at {} (.ci/run makes .venv-tests; or set LAKEGATE_TEST_PYTHON)",
+        py.display()
+    );
+    eprintln!("skipped: no boto3 venv ({})", py.display());
+    None
+}
+
+#[test]
+fn boto3_puts_uploads_lists_and_gets_identical_objects() {
+    let Some(py) = boto3_python() else {
+        return;
+    };
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let srv = Server::start(&lab, "", &store_backend(&root, "never"));
+    let script = lab.path("boto3_roundtrip.py");
+    std::fs::write(&script, BOTO3_SCRIPT).unwrap();
+    let (cert, key) = lab.client("alice");
+    let o = Command::new(&py)
+        .arg(&script)
+        .arg(format!("https://127.0.0.1:{}", srv.port))
+        .arg(lab.path("ca.crt"))
+        .arg(&cert)
+        .arg(&key)
+        .arg(lab.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && stdout.contains("boto3-ok"),
+        "boto3 script failed ({}):\n{stdout}\n{}\nserver log:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr),
+        srv.log_plain()
+    );
+    // What boto3 stored is on disk where the contract says, and the deleted one is gone.
+    let sha = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("put.bin "))
+        .unwrap()
+        .trim();
+    let put = root.join("datasets/boto/put.bin");
+    assert_eq!(std::fs::metadata(&put).unwrap().len(), 5 * MIB);
+    assert_eq!(sha256_file(&put), sha);
+    assert!(!root.join("datasets/boto/upload.bin").exists());
+    assert!(temporaries(&root).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. authz: 403
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn authz_gives_403_by_identity_bucket_and_access_first_match_wins() {
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let authz = format!(
+        r#"[[authz]]
+identity = "{CAROL}"
+buckets = ["datasets"]
+access = ["read", "list"]
+
+[[authz]]
+identity = "spiffe://lake.example/trainer/*"
+"#
+    );
+    let srv = Server::start_with_authz(&lab, "", &store_backend(&root, "never"), &authz);
+    let body = pseudo_random(4 * KIB as usize, 3);
+    let file = lab.path("4k.bin");
+    std::fs::write(&file, &body).unwrap();
+    let put = ["-T", file.to_str().unwrap()];
+
+    // Alice (catch-all trainer rule) writes to both buckets.
+    assert_eq!(
+        curl(&srv, &lab, "alice", "/datasets/shared/a.bin", &put, None).code,
+        201
+    );
+    assert_eq!(
+        curl(&srv, &lab, "alice", "/models/m.bin", &put, None).code,
+        201
+    );
+
+    // Carol may not write: 403, nothing created, not even a temporary.
+    let r = curl(&srv, &lab, "carol", "/datasets/carol/x.bin", &put, None);
+    assert_eq!(r.code, 403, "{}", srv.log_plain());
+    assert!(!root.join("datasets/carol/x.bin").exists());
+    assert!(!root.join("datasets/carol").exists());
+    // Overwriting alice's object is refused too, and it is untouched.
+    let other = lab.path("other.bin");
+    std::fs::write(&other, b"carol was here").unwrap();
+    let r = curl(
+        &srv,
+        &lab,
+        "carol",
+        "/datasets/shared/a.bin",
+        &["-T", other.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(r.code, 403);
+    assert_eq!(
+        std::fs::read(root.join("datasets/shared/a.bin")).unwrap(),
+        body
+    );
+    // ... nor delete.
+    let r = curl(
+        &srv,
+        &lab,
+        "carol",
+        "/datasets/shared/a.bin",
+        &["-X", "DELETE"],
+        None,
+    );
+    assert_eq!(r.code, 403);
+    assert!(root.join("datasets/shared/a.bin").exists());
+
+    // Carol reads and lists datasets.
+    let r = curl(&srv, &lab, "carol", "/datasets/shared/a.bin", &[], None);
+    assert_eq!(r.code, 200);
+    assert_eq!(r.body, body);
+    assert_eq!(
+        curl(&srv, &lab, "carol", "/datasets/shared/a.bin", &["-I"], None).code,
+        200
+    );
+    let r = curl(
+        &srv,
+        &lab,
+        "carol",
+        "/datasets?list-type=2&prefix=shared/",
+        &[],
+        None,
+    );
+    assert_eq!(r.code, 200);
+    assert_eq!(
+        xml_all(&String::from_utf8_lossy(&r.body), "Key"),
+        vec!["shared/a.bin".to_string()]
+    );
+
+    // Her rule matched first and covers only datasets: models is closed to her although
+    // the later catch-all would allow it.
+    let r = curl(&srv, &lab, "carol", "/models/m.bin", &[], None);
+    assert_eq!(r.code, 403);
+    assert!(r.body.windows(body.len()).all(|w| w != body.as_slice()));
+    let r = curl(&srv, &lab, "carol", "/models?list-type=2", &[], None);
+    assert_eq!(r.code, 403);
+
+    // Alice still writes after all that.
+    let r = curl(&srv, &lab, "alice", "/datasets/alice/y.bin", &put, None);
+    assert_eq!(r.code, 201);
+    assert_eq!(
+        std::fs::read(root.join("datasets/alice/y.bin")).unwrap(),
+        body
+    );
+
+    assert!(
+        srv.log_line_with(&[CAROL, "PUT", "carol/x.bin", "403"])
+            .is_some(),
+        "no 403 log line with carol's identity:\n{}",
+        srv.log_plain()
+    );
+    assert!(temporaries(&root).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. 400 / 411 / 413 / 431 over raw HTTP on an mTLS connection
+// ---------------------------------------------------------------------------------------
+
+fn alice(srv: &Server, lab: &Lab) -> TlsClient {
+    TlsClient::connect(srv.port, client_config(lab, Some("alice"), false))
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", srv.log_plain()))
+}
+
+/// One request on a fresh connection.
+fn raw(srv: &Server, lab: &Lab, req: &[u8]) -> Response {
+    alice(srv, lab).request(req)
+}
+
+fn put_req(path: &str, body: &[u8], extra: &str) -> Vec<u8> {
+    let mut v = format!(
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n{extra}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    v.extend_from_slice(body);
+    v
+}
+
+fn get_req(method: &str, path: &str) -> Vec<u8> {
+    format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn bad_keys_checksums_and_protocol_errors_are_refused_and_store_nothing() {
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let srv = Server::start(
+        &lab,
+        "max_object_size = \"1MiB\"",
+        &store_backend(&root, "never"),
+    );
+
+    // Positive controls first, so a server that refuses everything fails here.
+    let (st, h, _) = raw(&srv, &lab, &put_req("/datasets/ok/plain.txt", b"hello", ""));
+    assert_eq!(st, 201, "{h:?}\n{}", srv.log_plain());
+    assert_eq!(
+        header(&h, "etag"),
+        Some(format!("\"{}\"", sha256_hex(b"hello")).as_str())
+    );
+    // Percent-encoded UTF-8 is decoded into the file name.
+    let (st, ..) = raw(&srv, &lab, &put_req("/datasets/caf%C3%A9.txt", b"cafe", ""));
+    assert_eq!(st, 201);
+    assert_eq!(
+        std::fs::read(root.join("datasets/café.txt")).unwrap(),
+        b"cafe"
+    );
+    // An empty object.
+    let (st, h, _) = raw(&srv, &lab, &put_req("/datasets/ok/empty", b"", ""));
+    assert_eq!(st, 201);
+    assert_eq!(
+        header(&h, "etag"),
+        Some(format!("\"{}\"", sha256_hex(b"")).as_str())
+    );
+    let (st, h, b) = raw(&srv, &lab, &get_req("GET", "/datasets/ok/empty"));
+    assert_eq!((st, b.len()), (200, 0));
+    assert_eq!(header(&h, "content-length"), Some("0"));
+    // A raw chunked upload.
+    let (st, h, _) = raw(
+        &srv,
+        &lab,
+        b"PUT /datasets/ok/chunked.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert_eq!(st, 201, "{h:?}");
+    assert_eq!(
+        header(&h, "etag"),
+        Some(format!("\"{}\"", sha256_hex(b"hello world")).as_str())
+    );
+    assert_eq!(
+        std::fs::read(root.join("datasets/ok/chunked.txt")).unwrap(),
+        b"hello world"
+    );
+    // Keep-alive: several requests on one connection.
+    let mut c = alice(&srv, &lab);
+    for i in 0..3 {
+        let (st, _, b) = c.request(&get_req("GET", "/datasets/ok/chunked.txt"));
+        assert_eq!(
+            (st, b.as_slice()),
+            (200, &b"hello world"[..]),
+            "request {i}"
+        );
+    }
+    // The longest key allowed: 1024 bytes.
+    let seg = |n: usize| "k".repeat(n);
+    let key1024 = [seg(200), seg(200), seg(200), seg(200), seg(220)].join("/");
+    assert_eq!(key1024.len(), 1024);
+    let (st, ..) = raw(
+        &srv,
+        &lab,
+        &put_req(&format!("/datasets/{key1024}"), b"x", ""),
+    );
+    assert_eq!(st, 201, "a 1024-byte key is allowed");
+    assert!(root.join("datasets").join(&key1024).is_file());
+
+    // Bad keys: 400 for PUT and GET, and nothing written anywhere (inside the root or
+    // outside it). Every probe's name contains "evil".
+    let key1025 = format!("evil{}", &key1024[3..]);
+    assert_eq!(key1025.len(), 1025);
+    let bad = [
+        "/datasets/../../evil-dotdot".to_string(),
+        "/datasets/a/../evil-dotdot".to_string(),
+        "/datasets/evil/..".to_string(),
+        "/datasets/a/%2e%2e/%2E%2E/%2e%2e/evil-encoded-dotdot".to_string(),
+        "/datasets/a//evil-empty-segment".to_string(),
+        "/datasets/a/evil-trailing-empty/".to_string(),
+        "/datasets/evil%00nul".to_string(),
+        "/datasets/a%5C..%5C..%5Cevil-backslash".to_string(),
+        format!("/datasets/{key1025}"),
+        "/datasets/.lakegate-tmp-evil".to_string(),
+        "/datasets/sub/.lakegate-evil".to_string(),
+        "/datasets/.lakegate/evil".to_string(),
+    ];
+    for path in &bad {
+        let (st, h, _) = raw(&srv, &lab, &put_req(path, b"evil payload", ""));
+        assert_eq!(st, 400, "PUT {path}: {h:?}\n{}", srv.log_plain());
+        let (st, ..) = raw(&srv, &lab, &get_req("GET", path));
+        assert_eq!(st, 400, "GET {path}");
+        let (st, ..) = raw(&srv, &lab, &get_req("DELETE", path));
+        assert_eq!(st, 400, "DELETE {path}");
+    }
+    let evil: Vec<_> = files_under(lab.dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("evil"))
+        .collect();
+    assert!(evil.is_empty(), "bad keys wrote files: {evil:?}");
+
+    // Checksums: a wrong x-amz-checksum-sha256 or Content-MD5 is 400 and stores nothing.
+    let body = b"the quick brown fox jumps over the lazy dog";
+    let (st, ..) = raw(
+        &srv,
+        &lab,
+        &put_req(
+            "/datasets/sum/wrong-sha",
+            body,
+            &format!(
+                "x-amz-checksum-sha256: {}\r\n",
+                sha256_b64(b"something else")
+            ),
+        ),
+    );
+    assert_eq!(st, 400, "wrong x-amz-checksum-sha256");
+    let (st, ..) = raw(
+        &srv,
+        &lab,
+        &put_req(
+            "/datasets/sum/junk-sha",
+            body,
+            "x-amz-checksum-sha256: not base64!\r\n",
+        ),
+    );
+    assert_eq!(st, 400, "x-amz-checksum-sha256 that is not base64");
+    // MD5("") = d41d8cd98f00b204e9800998ecf8427e: right for an empty body only.
+    let (st, ..) = raw(
+        &srv,
+        &lab,
+        &put_req(
+            "/datasets/sum/wrong-md5",
+            body,
+            "Content-MD5: 1B2M2Y8AsgTpgAmY7PhCfg==\r\n",
+        ),
+    );
+    assert_eq!(st, 400, "wrong Content-MD5");
+    for k in ["wrong-sha", "junk-sha", "wrong-md5"] {
+        let (st, ..) = raw(&srv, &lab, &get_req("HEAD", &format!("/datasets/sum/{k}")));
+        assert_eq!(st, 404, "{k} must not be stored");
+        assert!(!root.join("datasets/sum").join(k).exists());
+    }
+    // ... and right ones are accepted.
+    let (st, h, _) = raw(
+        &srv,
+        &lab,
+        &put_req(
+            "/datasets/sum/right-sha",
+            body,
+            &format!("x-amz-checksum-sha256: {}\r\n", sha256_b64(body)),
+        ),
+    );
+    assert_eq!(st, 201);
+    assert_eq!(
+        header(&h, "x-amz-checksum-sha256"),
+        Some(sha256_b64(body).as_str())
+    );
+    let (st, ..) = raw(
+        &srv,
+        &lab,
+        &put_req(
+            "/datasets/sum/right-md5",
+            b"",
+            "Content-MD5: 1B2M2Y8AsgTpgAmY7PhCfg==\r\n",
+        ),
+    );
+    assert_eq!(st, 201);
+
+    // 411: PUT without Content-Length or Transfer-Encoding.
+    let (st, ..) = raw(
+        &srv,
+        &lab,
+        b"PUT /datasets/nolen.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    );
+    assert_eq!(st, 411);
+    assert!(!root.join("datasets/nolen.bin").exists());
+
+    // 413: one byte over max_object_size (1 MiB), decided on Content-Length alone: like
+    // curl for large bodies, the client says Expect: 100-continue and sends no body
+    // until told to. Exactly 1 MiB is fine.
+    let (st, ..) = raw(
+        &srv,
+        &lab,
+        format!(
+            "PUT /datasets/too-big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            MIB + 1
+        )
+        .as_bytes(),
+    );
+    assert_eq!(st, 413);
+    assert!(!root.join("datasets/too-big.bin").exists());
+    let (resp, sha, _) = alice(&srv, &lab).put_streaming(
+        &format!(
+            "PUT /datasets/exactly-1mib.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {MIB}\r\n\r\n"
+        ),
+        MIB,
+        12,
+    );
+    let (st, h, _) = resp.expect("a 201 response");
+    assert_eq!(st, 201);
+    assert_eq!(header(&h, "etag"), Some(format!("\"{sha}\"").as_str()));
+
+    // 431: a request head over 16 KiB.
+    let big = format!(
+        "GET /datasets/ok/plain.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nx-filler: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let (st, ..) = raw(&srv, &lab, big.as_bytes());
+    assert_eq!(st, 431);
+
+    // Still serving, and nothing half-written anywhere.
+    let (st, _, b) = raw(&srv, &lab, &get_req("GET", "/datasets/ok/plain.txt"));
+    assert_eq!((st, b.as_slice()), (200, &b"hello"[..]));
+    assert!(temporaries(&root).is_empty(), "{:?}", temporaries(&root));
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. A client killed mid-upload
+// ---------------------------------------------------------------------------------------
+
+fn kill_and_reap(c: &mut Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[test]
+fn client_killed_mid_upload_leaves_no_object_and_no_temporary() {
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let srv = Server::start(&lab, "", &store_backend(&root, "always"));
+    // 512 MiB of zeros (sparse: no disk I/O to make it).
+    let src = lab.path("512m.bin");
+    std::fs::File::create(&src)
+        .unwrap()
+        .set_len(512 * MIB)
+        .unwrap();
+
+    // An existing object that an aborted overwrite must leave untouched.
+    let old = pseudo_random(KIB as usize, 5);
+    let (st, ..) = raw(&srv, &lab, &put_req("/datasets/big/existing.bin", &old, ""));
+    assert_eq!(st, 201);
+
+    // Two rate-limited uploads (each would take ~13 s): a new key, and over the old one.
+    let spawn = |key: &str| {
+        curl_cmd(&lab, "alice")
+            .args([
+                "--limit-rate",
+                "40M",
+                "-o",
+                "/dev/null",
+                "-T",
+                src.to_str().unwrap(),
+            ])
+            .arg(format!("https://127.0.0.1:{}/datasets/big/{key}", srv.port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut up_new = spawn("partial.bin");
+    let mut up_old = spawn("existing.bin");
+
+    // Wait until ~100 MiB of each have reached the server.
+    let t = Instant::now();
+    let reached = loop {
+        let m = srv.metric("lakegate_bytes_received_total", "");
+        let tmps = temporaries(&root);
+        let tmp_sizes: Vec<u64> = tmps
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .collect();
+        if m >= (200 * MIB) as f64
+            || (tmp_sizes.len() == 2 && tmp_sizes.iter().all(|&s| s >= 100 * MIB))
+        {
+            break true;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let still_running =
+        up_new.try_wait().unwrap().is_none() && up_old.try_wait().unwrap().is_none();
+    if !reached || !still_running {
+        kill_and_reap(&mut up_new);
+        kill_and_reap(&mut up_old);
+        panic!(
+            "uploads never reached 100 MiB each while running (reached {reached}, running {still_running}, metric {}):\n{}",
+            srv.metric("lakegate_bytes_received_total", ""),
+            srv.log_plain()
+        );
+    }
+
+    // Mid-upload, nothing partial is visible: not by HEAD/GET, not in a listing, not on
+    // disk under the final name.
+    let (st, ..) = raw(&srv, &lab, &get_req("HEAD", "/datasets/big/partial.bin"));
+    assert_eq!(st, 404, "an upload in progress is visible");
+    let (st, _, b) = raw(&srv, &lab, &get_req("GET", "/datasets/big/existing.bin"));
+    assert_eq!(
+        (st, b == old),
+        (200, true),
+        "an overwrite in progress is visible"
+    );
+    let (st, _, b) = raw(&srv, &lab, &get_req("GET", "/datasets?list-type=2&prefix="));
+    assert_eq!(st, 200);
+    let xml = String::from_utf8_lossy(&b).into_owned();
+    assert_eq!(
+        xml_all(&xml, "Key"),
+        vec!["big/existing.bin".to_string()],
+        "{xml}"
+    );
+    assert_eq!(xml_all(&xml, "Size"), vec![KIB.to_string()], "{xml}");
+    assert!(!root.join("datasets/big/partial.bin").exists());
+
+    kill_and_reap(&mut up_new);
+    kill_and_reap(&mut up_old);
+
+    // The server notices the dead connections and removes the temporaries.
+    let clean = eventually(Duration::from_secs(10), || temporaries(&root).is_empty());
+    assert!(
+        clean,
+        "temporaries left after the client died: {:?}\n{}",
+        temporaries(&root),
+        srv.log_plain()
+    );
+    assert!(!root.join("datasets/big/partial.bin").exists());
+    assert_eq!(
+        std::fs::read(root.join("datasets/big/existing.bin")).unwrap(),
+        old
+    );
+    assert_eq!(
+        objects(&root),
+        vec!["datasets/big/existing.bin".to_string()]
+    );
+    let (st, ..) = raw(&srv, &lab, &get_req("GET", "/datasets/big/partial.bin"));
+    assert_eq!(st, 404);
+
+    // And it still takes uploads.
+    let (st, ..) = raw(
+        &srv,
+        &lab,
+        &put_req("/datasets/big/after.bin", b"after", ""),
+    );
+    assert_eq!(st, 201);
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Disk full: 507
+// ---------------------------------------------------------------------------------------
+
+/// A tmpfs mounted for the test; unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(format!(
+                "{}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Bytes in use on the filesystem.
+    fn used(&self) -> u64 {
+        let c = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        (st.f_blocks - st.f_bfree) as u64 * st.f_frsize as u64
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn disk_full_gives_507_and_leaves_nothing_behind() {
+    let lab = Lab::new();
+    let root = lab.path("small-disk");
+    // Declared before the server: dropped (unmounted) after it is killed.
+    let fs = match Tmpfs::mount(&root, "32m") {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("skipped: cannot mount tmpfs: {e}");
+            return;
+        }
+    };
+    std::fs::create_dir(root.join("datasets")).unwrap();
+    let srv = Server::start(&lab, "", &store_backend(&root, "always"));
+    let before = fs.used();
+
+    let (resp, _, _) = alice(&srv, &lab).put_streaming(
+        &format!(
+            "PUT /datasets/huge.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+            64 * MIB
+        ),
+        64 * MIB,
+        21,
+    );
+    let (st, h, _) = resp.unwrap_or_else(|e| panic!("no response: {e}\n{}", srv.log_plain()));
+    assert_eq!(st, 507, "{h:?}\n{}", srv.log_plain());
+
+    // The partial upload is removed: no object, no temporary, and the space is free
+    // again (an unlinked file the server still holds open would keep it).
+    let clean = eventually(Duration::from_secs(10), || {
+        temporaries(&root).is_empty() && fs.used() <= before + 256 * KIB
+    });
+    assert!(
+        clean,
+        "left behind: {:?}, {} bytes used (was {before})",
+        files_under(&root),
+        fs.used()
+    );
+    assert!(objects(&root).is_empty(), "{:?}", files_under(&root));
+    let (st, ..) = raw(&srv, &lab, &get_req("HEAD", "/datasets/huge.bin"));
+    assert_eq!(st, 404);
+
+    // With the space back, a small upload works.
+    let data = pseudo_random(MIB as usize, 22);
+    let (st, ..) = raw(&srv, &lab, &put_req("/datasets/fits.bin", &data, ""));
+    assert_eq!(st, 201, "{}", srv.log_plain());
+    assert_eq!(std::fs::read(root.join("datasets/fits.bin")).unwrap(), data);
+    drop(srv);
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. 50 concurrent clients
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn fifty_concurrent_clients_put_and_get_1_mib_each() {
+    const N: usize = 50;
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let srv = Server::start(&lab, "workers = 2", &store_backend(&root, "always"));
+    let cfg = client_config(&lab, Some("alice"), false);
+    let port = srv.port;
+    let start = Arc::new(Barrier::new(N));
+    let hs: Vec<_> = (0..N)
+        .map(|i| {
+            let cfg = cfg.clone();
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let mut c = TlsClient::connect(port, cfg).unwrap();
+                let data = pseudo_random(MIB as usize, 1000 + i as u64);
+                let path = format!("/datasets/conc/obj-{i:02}.bin");
+                // All 50 connections are up before any upload starts.
+                start.wait();
+                let (st, h, _) = c.request(&put_req(&path, &data, ""));
+                let etag = header(&h, "etag").map(str::to_string);
+                // GET back on the same (kept-alive) connection.
+                let (st2, _, back) = c.request(&get_req("GET", &path));
+                (i, st, etag, sha256_hex(&data), st2, back == data)
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for h in hs {
+        let (i, st, etag, sha, st2, same) = h.join().unwrap();
+        if st != 201
+            || etag.as_deref() != Some(format!("\"{sha}\"").as_str())
+            || st2 != 200
+            || !same
+        {
+            failures.push(format!(
+                "client {i}: PUT {st} etag {etag:?} (want {sha}), GET {st2}, identical {same}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}\n{}", srv.log_plain());
+
+    // On disk, each object is the client's data.
+    for i in 0..N {
+        let p = root.join(format!("datasets/conc/obj-{i:02}.bin"));
+        assert_eq!(
+            sha256_file(&p),
+            sha256_hex(&pseudo_random(MIB as usize, 1000 + i as u64)),
+            "{}",
+            p.display()
+        );
+    }
+    assert!(temporaries(&root).is_empty());
+
+    // ListObjectsV2 pages of 20 with continuation tokens: every key exactly once, in order.
+    let mut c = TlsClient::connect(port, cfg).unwrap();
+    let mut keys = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut path = "/datasets?list-type=2&prefix=conc/&max-keys=20".to_string();
+        if let Some(t) = &token {
+            path += &format!("&continuation-token={}", pct(t));
+        }
+        let (st, _, b) = c.request(&get_req("GET", &path));
+        assert_eq!(st, 200);
+        let xml = String::from_utf8(b).unwrap();
+        let page = xml_all(&xml, "Key");
+        assert!(page.len() <= 20, "max-keys=20 gave {}: {xml}", page.len());
+        for s in xml_all(&xml, "Size") {
+            assert_eq!(s, MIB.to_string());
+        }
+        keys.extend(page);
+        pages += 1;
+        assert!(pages <= 10, "listing does not end: {xml}");
+        let truncated = xml_all(&xml, "IsTruncated") == vec!["true".to_string()];
+        if !truncated {
+            break;
+        }
+        token = xml_all(&xml, "NextContinuationToken").into_iter().next();
+        assert!(
+            token.is_some(),
+            "IsTruncated without NextContinuationToken: {xml}"
+        );
+    }
+    let want: Vec<String> = (0..N).map(|i| format!("conc/obj-{i:02}.bin")).collect();
+    assert_eq!(keys, want);
+    assert_eq!(pages, 3);
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. DESIGN.md metrics: lakegate_requests_total{method, status}
+// ---------------------------------------------------------------------------------------
+
+/// The sum of `name` samples whose labels contain every one of `labels`.
+fn metric_with(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn requests_are_counted_by_method_and_status() {
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let srv = Server::start(&lab, "", &store_backend(&root, "never"));
+    let mut c = alice(&srv, &lab);
+    for i in 0..3 {
+        let (st, ..) = c.request(&put_req(&format!("/datasets/m/{i}"), b"x", ""));
+        assert_eq!(st, 201);
+    }
+    for _ in 0..2 {
+        let (st, ..) = c.request(&get_req("GET", "/datasets/m/absent"));
+        assert_eq!(st, 404);
+    }
+    let (st, ..) = c.request(&get_req("DELETE", "/datasets/m/0"));
+    assert_eq!(st, 204);
+    let m = srv.metrics();
+    let count = |method: &str, status: &str| {
+        metric_with(
+            &m,
+            "lakegate_requests_total",
+            &[
+                &format!("method=\"{method}\""),
+                &format!("status=\"{status}\""),
+            ],
+        )
+    };
+    assert_eq!(count("PUT", "201"), 3.0, "{m}");
+    assert_eq!(count("GET", "404"), 2.0, "{m}");
+    assert_eq!(count("DELETE", "204"), 1.0, "{m}");
+}
