@@ -20,9 +20,32 @@ pub fn prepare(dir: &Path, port: u16, admin: u16) -> anyhow::Result<PathBuf> {
     let dir = std::path::absolute(dir)?;
     if !dir.join("ca.crt").exists() {
         let ip: IpAddr = "127.0.0.1".parse()?;
-        pki::init(&dir, "lakegate demo CA", &["localhost".to_string()], &[ip], KeyType::EcdsaP256, 825)?;
-        pki::client(&dir, "trainer", Some(TRAINER), &[], false, KeyType::EcdsaP256, 365)?;
-        pki::client(&dir, "intruder", Some(INTRUDER), &[], false, KeyType::EcdsaP256, 365)?;
+        pki::init(
+            &dir,
+            "lakegate demo CA",
+            &["localhost".to_string()],
+            &[ip],
+            KeyType::EcdsaP256,
+            825,
+        )?;
+        pki::client(
+            &dir,
+            "trainer",
+            Some(TRAINER),
+            &[],
+            false,
+            KeyType::EcdsaP256,
+            365,
+        )?;
+        pki::client(
+            &dir,
+            "intruder",
+            Some(INTRUDER),
+            &[],
+            false,
+            KeyType::EcdsaP256,
+            365,
+        )?;
         pki::crl(&dir, &[], 30)?;
     }
     std::fs::create_dir_all(dir.join("data/datasets"))?;

@@ -52,13 +52,12 @@ pub fn build_generation(cfg: Config) -> Result<(Generation, i64), policy::Policy
     let pol = policy::build(&cfg)?;
     let store = match &cfg.backend {
         crate::config::Backend::Store { root, fsync } => Some(Arc::new(
-            crate::backend::store::Store::new(root, *fsync == crate::config::Fsync::Always).map_err(|e| {
-                policy::PolicyError {
+            crate::backend::store::Store::new(root, *fsync == crate::config::Fsync::Always)
+                .map_err(|e| policy::PolicyError {
                     file: cfg.path.display().to_string(),
                     key: "backend.root",
                     message: format!("{}: {e}", root.display()),
-                }
-            })?,
+                })?,
         )),
         crate::config::Backend::Forward { .. } => None,
     };
@@ -103,7 +102,10 @@ pub fn serve(gen: Generation, cert_not_after: i64) -> Result<(), EngineError> {
     if let Some(store) = &gen_store {
         match store.clean_stale_temporaries() {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(removed = n, "removed stale temporaries of interrupted uploads"),
+            Ok(n) => tracing::warn!(
+                removed = n,
+                "removed stale temporaries of interrupted uploads"
+            ),
             Err(e) => tracing::warn!(error = %e, "could not clean stale temporaries"),
         }
     }
