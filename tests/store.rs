@@ -1271,7 +1271,16 @@ fn requests_are_counted_by_method_and_status() {
     }
     let (st, ..) = c.request(&get_req("DELETE", "/datasets/m/0"));
     assert_eq!(st, 204);
-    let m = srv.metrics();
+    // The worker counts a request right after its response leaves, so a scrape that
+    // races the last response may miss it: wait until the last one shows.
+    let t = std::time::Instant::now();
+    let mut m = srv.metrics();
+    while metric_with(&m, "lakegate_requests_total", &["method=\"DELETE\""]) < 1.0
+        && t.elapsed() < std::time::Duration::from_secs(5)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        m = srv.metrics();
+    }
     let count = |method: &str, status: &str| {
         metric_with(
             &m,

@@ -638,7 +638,10 @@ impl Conn<'_> {
         Ok(true)
     }
 
-    /// Decode the body from decrypted records and write it at increasing offsets.
+    /// Decode the body from decrypted records and write it at increasing offsets. The
+    /// write of one buffer's data overlaps the read and decryption of the next (two
+    /// buffers per upload), so the socket and the disk work at once; when the disk is
+    /// slower, the next read waits for it, and TCP pushes back on the client.
     async fn receive_body(
         &mut self,
         head: &RequestHead,
@@ -649,6 +652,9 @@ impl Conn<'_> {
         let mut dec = BodyDecoder::for_request(head);
         let mut off = 0u64;
         loop {
+            // Gather this buffer's body bytes into one contiguous region. With
+            // Content-Length they already are; chunked framing is squeezed out in place.
+            let mut region: Option<(usize, usize)> = None;
             while self.pstart < self.plain.filled && !dec.is_done() {
                 let step = dec
                     .step(&self.plain.buf[self.pstart..self.plain.filled])
@@ -657,43 +663,71 @@ impl Conn<'_> {
                 let b = self.pstart + step.data.end;
                 self.pstart += step.consumed;
                 if b > a {
-                    if off + (b - a) as u64 > max {
-                        return Err(BodyError::Status(
-                            413,
-                            "object larger than max_object_size".into(),
-                        ));
-                    }
                     hasher.update(&self.plain.buf[a..b]);
-                    let buf = std::mem::take(&mut self.plain.buf);
-                    let (r, slice) = f.write_all_at(buf.slice(a..b), off).await;
-                    self.plain.buf = slice.into_inner();
-                    if let Err(e) = r {
-                        let st = store::status_for_io(&e);
-                        return Err(BodyError::Status(st, format!("write: {e}")));
-                    }
-                    off += (b - a) as u64;
+                    region = Some(match region {
+                        None => (a, b),
+                        Some((s, e)) if e == a => (s, b),
+                        Some((s, e)) => {
+                            self.plain.buf.copy_within(a..b, e);
+                            (s, e + (b - a))
+                        }
+                    });
                 }
                 if step.consumed == 0 {
                     break;
                 }
             }
-            if dec.is_done() {
+            let done = dec.is_done();
+            let Some((s, e)) = region else {
+                if done {
+                    return Ok(off);
+                }
+                self.need_more().await?;
+                continue;
+            };
+            let len = (e - s) as u64;
+            if off + len > max {
+                return Err(BodyError::Status(413, "object larger than max_object_size".into()));
+            }
+            // Hand this buffer to the write; bytes after the body region (framing of the
+            // next chunk, or the next pipelined request) move to a fresh buffer.
+            let full = std::mem::replace(&mut self.plain.buf, self.w.pool.take());
+            let rest = self.plain.filled - self.pstart;
+            if self.plain.buf.len() < rest {
+                self.plain.buf.resize(rest, 0);
+            }
+            self.plain.buf[..rest].copy_from_slice(&full[self.pstart..self.plain.filled]);
+            self.plain.filled = rest;
+            self.pstart = 0;
+            let write = f.write_all_at(full.slice(s..e), off);
+            let (wres, more) = if done {
+                (write.await, Ok(()))
+            } else {
+                tokio::join!(write, self.need_more())
+            };
+            let (r, slice) = wres;
+            self.w.pool.give(slice.into_inner());
+            if let Err(err) = r {
+                let st = store::status_for_io(&err);
+                return Err(BodyError::Status(st, format!("write: {err}")));
+            }
+            off += len;
+            more?;
+            if done {
                 return Ok(off);
             }
-            if self.peer_closed {
-                return Err(BodyError::Client(
-                    "truncated body (close_notify before the end)",
-                ));
-            }
-            match self.fill().await {
-                Ok(()) => {}
-                Err("client eof") => {
-                    return Err(BodyError::Client(
-                        "truncated body (eof without close_notify)",
-                    ))
-                }
-                Err(e) => return Err(BodyError::Client(e)),
-            }
+        }
+    }
+
+    /// Read more of a body; a close before its end is a truncated upload.
+    async fn need_more(&mut self) -> Result<(), BodyError> {
+        if self.peer_closed {
+            return Err(BodyError::Client("truncated body (close_notify before the end)"));
+        }
+        match self.fill().await {
+            Ok(()) => Ok(()),
+            Err("client eof") => Err(BodyError::Client("truncated body (eof without close_notify)")),
+            Err(e) => Err(BodyError::Client(e)),
         }
     }
 }
