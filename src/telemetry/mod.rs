@@ -444,9 +444,39 @@ impl Telemetry {
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let enc = prometheus::TextEncoder::new();
-        if prometheus::Encoder::encode(&enc, &self.gather(), &mut buf).is_err() {
+        // The encoder refuses a family with no samples (e.g. no request yet), which
+        // would blank the whole scrape: leave those out.
+        let families: Vec<_> = self
+            .gather()
+            .into_iter()
+            .filter(|f| !f.get_metric().is_empty())
+            .collect();
+        if let Err(e) = prometheus::Encoder::encode(&enc, &families, &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_scrape_is_not_empty_and_counts_add_up_across_workers() {
+        let t = Telemetry::new(2, vec!["TLS13_AES_128_GCM_SHA256".into()]);
+        let idle = t.render();
+        assert!(idle.contains("lakegate_connections_total 0"), "{idle}");
+        assert!(!idle.contains("lakegate_requests_total{"), "{idle}");
+        t.workers[0].requests[request_slot("PUT", 201)].inc();
+        t.workers[1].requests[request_slot("PUT", 201)].add(2);
+        t.workers[1].handshake_failed(FailReason::Revoked);
+        let text = t.render();
+        assert!(
+            text.contains("lakegate_requests_total{method=\"PUT\",status=\"201\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("reason=\"revoked\"} 1"), "{text}");
     }
 }
