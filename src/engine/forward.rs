@@ -230,7 +230,11 @@ impl Relay<'_> {
             used -= p.consumed;
             if !plain.is_empty() {
                 let len = plain.filled;
-                let (res, slice) = self.up.write_all(plain.buf.slice(..len)).await;
+                let write = self.up.write_all(plain.buf.slice(..len));
+                let (res, slice) = match tokio::time::timeout(self.idle, write).await {
+                    Ok(x) => x,
+                    Err(_) => return self.on_end(Err("upstream write timeout")),
+                };
                 plain.buf = slice.into_inner();
                 plain.clear();
                 if res.is_err() {
@@ -260,7 +264,8 @@ impl Relay<'_> {
                         out.clear();
                         if self.tls.borrow_mut().close_notify(&mut out).is_ok() {
                             let len = out.filled;
-                            let _ = self.client.write_all(out.buf.slice(..len)).await;
+                            let write = self.client.write_all(out.buf.slice(..len));
+                            let _ = tokio::time::timeout(self.idle, write).await;
                         }
                         return self.on_end(Err("idle timeout"));
                     }
@@ -281,7 +286,13 @@ impl Relay<'_> {
             }
             self.last.set(Instant::now());
             let len = out.filled;
-            let (res, slice) = self.client.write_all(out.buf.slice(..len)).await;
+            // A client that stops reading is cut at the idle timeout; shutting the
+            // socket completes the pending write.
+            let write = self.client.write_all(out.buf.slice(..len));
+            let (res, slice) = match tokio::time::timeout(self.idle, write).await {
+                Ok(x) => x,
+                Err(_) => return self.on_end(Err("client write timeout")),
+            };
             out.buf = slice.into_inner();
             if res.is_err() {
                 break Err("client write error");

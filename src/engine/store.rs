@@ -37,6 +37,10 @@ struct Conn<'a> {
     pstart: usize,
     out: OutBuf,
     peer_closed: bool,
+    /// We answered before reading a whole request body: drain for a moment before
+    /// closing, or the unread bytes make the kernel reset the connection and the client
+    /// never sees the status.
+    linger: bool,
     last: std::cell::Cell<Instant>,
     log: &'a ConnLog,
     identity: Identity,
@@ -73,6 +77,7 @@ pub async fn serve(
         pstart: 0,
         out,
         peer_closed: false,
+        linger: false,
         last: std::cell::Cell::new(Instant::now()),
         log,
         identity,
@@ -104,6 +109,14 @@ impl Conn<'_> {
             };
             if !keep || !head.keep_alive {
                 return "closed by request";
+            }
+            if self
+                .w
+                .shared
+                .draining
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return "draining";
             }
         }
     }
@@ -227,7 +240,19 @@ impl Conn<'_> {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.out.buf);
-        let (res, slice) = self.client.write_all(buf.slice(..len)).await;
+        // A client that stops reading must not pin the connection forever: past the
+        // idle timeout the socket is shut, which also completes the pending write.
+        let idle = self.gen.config.server.idle_timeout;
+        let (res, slice) =
+            match tokio::time::timeout(idle, self.client.write_all(buf.slice(..len))).await {
+                Ok(x) => x,
+                Err(_) => {
+                    self.client.shutdown(Shutdown::Both);
+                    self.out.buf = self.w.pool.take();
+                    self.out.clear();
+                    return Err("client write timeout");
+                }
+            };
         self.out.buf = slice.into_inner();
         self.out.clear();
         res.map_err(|_| "client write error")?;
@@ -256,6 +281,25 @@ impl Conn<'_> {
         self.out.clear();
         if self.tls.close_notify(&mut self.out).is_ok() {
             let _ = self.flush().await;
+        }
+        if self.linger && !self.peer_closed {
+            self.client.shutdown(Shutdown::Write);
+            let client = &self.client;
+            let mut buf = std::mem::take(&mut self.inb);
+            // Bounded: at most 2 s and 64 MiB of discarded body.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                let mut total = 0usize;
+                while total < 64 << 20 {
+                    let cap = buf.len();
+                    let (r, slice) = client.read(buf.slice(..cap)).await;
+                    buf = slice.into_inner();
+                    match r {
+                        Ok(n) if n > 0 => total += n,
+                        _ => break,
+                    }
+                }
+            })
+            .await;
         }
         self.client.shutdown(Shutdown::Both);
     }
@@ -294,6 +338,7 @@ impl Conn<'_> {
     ) -> Result<bool, End> {
         let body_pending = !BodyDecoder::for_request(head).is_done();
         let keep = !body_pending && head.keep_alive;
+        self.linger |= body_pending;
         let xml = format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message></Error>\n",
             status,
@@ -329,6 +374,12 @@ impl Conn<'_> {
                     .error(head, &bucket, k, 400, &e.to_string(), start)
                     .await;
             }
+        }
+        if head.method != Method::Put && !BodyDecoder::for_request(head).is_done() {
+            // Unread body bytes would be parsed as the next request head.
+            return self
+                .error(head, &bucket, k, 400, "unexpected request body", start)
+                .await;
         }
         let access = match (head.method, key.is_some()) {
             (Method::Put, true) => Access::Write,
@@ -595,6 +646,7 @@ impl Conn<'_> {
             }
             Err(BodyError::Status(st, why)) => {
                 store.discard_temp(bucket, &temp);
+                self.linger = true;
                 // The body was not read to its end: answer and close.
                 let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{st}</Code><Message>{}</Message></Error>\n", xml_escape(&why));
                 let _ = self
@@ -687,7 +739,10 @@ impl Conn<'_> {
             };
             let len = (e - s) as u64;
             if off + len > max {
-                return Err(BodyError::Status(413, "object larger than max_object_size".into()));
+                return Err(BodyError::Status(
+                    413,
+                    "object larger than max_object_size".into(),
+                ));
             }
             // Hand this buffer to the write; bytes after the body region (framing of the
             // next chunk, or the next pipelined request) move to a fresh buffer.
@@ -722,11 +777,15 @@ impl Conn<'_> {
     /// Read more of a body; a close before its end is a truncated upload.
     async fn need_more(&mut self) -> Result<(), BodyError> {
         if self.peer_closed {
-            return Err(BodyError::Client("truncated body (close_notify before the end)"));
+            return Err(BodyError::Client(
+                "truncated body (close_notify before the end)",
+            ));
         }
         match self.fill().await {
             Ok(()) => Ok(()),
-            Err("client eof") => Err(BodyError::Client("truncated body (eof without close_notify)")),
+            Err("client eof") => Err(BodyError::Client(
+                "truncated body (eof without close_notify)",
+            )),
             Err(e) => Err(BodyError::Client(e)),
         }
     }

@@ -86,10 +86,10 @@ pub fn run(
             w.open.set(w.open.get() + 1);
             let w2 = w.clone();
             tokio_uring::spawn(async move {
-                super::driver::serve(w2.clone(), stream, peer).await;
-                w2.open.set(w2.open.get() - 1);
-                w2.stats.connections_closed.inc();
-                w2.shared.active.fetch_sub(1, Ordering::Relaxed);
+                // Released on drop, so a panicking connection task still gives back
+                // its slot instead of shrinking max_connections for good.
+                let _slot = Slot(w2.clone());
+                super::driver::serve(w2, stream, peer).await;
             });
         }
         drop(listener);
@@ -100,4 +100,16 @@ pub fn run(
         }
     });
     Ok(())
+}
+
+/// A connection's hold on the worker's and the appliance's connection counts.
+struct Slot(Rc<Worker>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let w = &self.0;
+        w.open.set(w.open.get().saturating_sub(1));
+        w.stats.connections_closed.inc();
+        w.shared.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }

@@ -120,6 +120,9 @@ pub struct TlsConn {
     handshaking: bool,
     peer_closed: bool,
     sent_close: bool,
+    /// Set once `handle_received` failed: rustls may still hold offsets into a buffer
+    /// it will never see again, so it must not be driven again (it would panic).
+    failed: bool,
 }
 
 impl TlsConn {
@@ -130,6 +133,7 @@ impl TlsConn {
             handshaking: true,
             peer_closed: false,
             sent_close: false,
+            failed: false,
         })
     }
 
@@ -147,6 +151,22 @@ impl TlsConn {
     /// alert bytes to send are appended to `tls_out`, decrypted data to `plain_out`.
     /// Processes everything complete in `incoming`; a partial record is left unconsumed.
     pub fn handle_received(
+        &mut self,
+        incoming: &mut [u8],
+        tls_out: &mut OutBuf,
+        plain_out: &mut OutBuf,
+    ) -> Result<Progress, TlsError> {
+        if self.failed {
+            return Err(TlsError::Closed);
+        }
+        let r = self.handle_received_inner(incoming, tls_out, plain_out);
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    fn handle_received_inner(
         &mut self,
         incoming: &mut [u8],
         tls_out: &mut OutBuf,
@@ -223,17 +243,11 @@ impl TlsConn {
     }
 
     fn drain_alerts(&mut self, rest: &mut [u8], tls_out: &mut OutBuf) {
-        for _ in 0..8 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(rest);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
-                    if encode(&mut enc, tls_out).is_err() {
-                        return;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                _ => return,
-            }
+        // The fatal alert is one queued message, handed out before rustls looks at the
+        // input again; stop there, since a second pass would re-read the bad bytes.
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(rest);
+        if let Ok(ConnectionState::EncodeTlsData(mut enc)) = state {
+            let _ = encode(&mut enc, tls_out);
         }
     }
 
@@ -248,6 +262,9 @@ impl TlsConn {
             &mut OutBuf,
         ) -> Result<R, TlsError>,
     ) -> Result<R, TlsError> {
+        if self.failed {
+            return Err(TlsError::Closed);
+        }
         loop {
             let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
             match state? {
