@@ -192,6 +192,14 @@ impl Relay<'_> {
         // dropped into this buffer and discarded: the reader never writes to the client,
         // so the two directions never interleave partial records.
         let mut scratch = OutBuf::with_capacity(0);
+        if self.tls.borrow().peer_closed() {
+            // close_notify came in the same flight as the handshake: the client has
+            // said all it will say; pass the half-close on at once.
+            self.up.shutdown(Shutdown::Write);
+            self.w.pool.give(inb);
+            self.w.pool.give(plain.buf);
+            return Ok(());
+        }
         let result = loop {
             if used == inb.len() {
                 break Err("record larger than buffer");

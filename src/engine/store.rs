@@ -66,6 +66,7 @@ pub async fn serve(
         identity,
         ..
     } = est;
+    let tls_closed = tls.peer_closed();
     let mut c = Conn {
         w,
         gen,
@@ -76,7 +77,7 @@ pub async fn serve(
         plain,
         pstart: 0,
         out,
-        peer_closed: false,
+        peer_closed: tls_closed,
         linger: false,
         last: std::cell::Cell::new(Instant::now()),
         log,
