@@ -340,11 +340,7 @@ impl Conn<'_> {
         let body_pending = !BodyDecoder::for_request(head).is_done();
         let keep = !body_pending && head.keep_alive;
         self.linger |= body_pending;
-        let xml = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message></Error>\n",
-            status,
-            xml_escape(why)
-        );
+        let xml = error_xml(status, why);
         self.simple(status, "application/xml", xml.as_bytes(), &[], keep)
             .await?;
         tracing::info!(target: "access", reason = why, "request refused");
@@ -649,7 +645,7 @@ impl Conn<'_> {
                 store.discard_temp(bucket, &temp);
                 self.linger = true;
                 // The body was not read to its end: answer and close.
-                let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{st}</Code><Message>{}</Message></Error>\n", xml_escape(&why));
+                let xml = error_xml(st, &why);
                 let _ = self
                     .simple(st, "application/xml", xml.as_bytes(), &[], false)
                     .await;
@@ -797,6 +793,14 @@ enum BodyError {
     Client(End),
     /// Refuse with this status.
     Status(u16, String),
+}
+
+/// The S3-style error document.
+fn error_xml(status: u16, why: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{status}</Code><Message>{}</Message></Error>\n",
+        xml_escape(why)
+    )
 }
 
 fn xml_escape(s: &str) -> String {
