@@ -27,36 +27,9 @@ use rustls::{ClientConfig, ClientConnection, HandshakeKind};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-struct Args(Vec<String>);
-
-impl Args {
-    fn opt(&self, k: &str) -> Option<String> {
-        let i = self.0.iter().position(|a| a == k)?;
-        self.0.get(i + 1).cloned()
-    }
-    fn req(&self, k: &str) -> String {
-        self.opt(k)
-            .unwrap_or_else(|| panic!("missing required option {k}"))
-    }
-    fn flag(&self, k: &str) -> bool {
-        self.0.iter().any(|a| a == k)
-    }
-    fn num(&self, k: &str, default: u64) -> u64 {
-        self.opt(k).map(|v| parse_size(&v)).unwrap_or(default)
-    }
-}
-
-/// "4G", "256M", "16K", or a plain number (binary units).
-fn parse_size(s: &str) -> u64 {
-    let s = s.trim();
-    let (num, mul) = match s.chars().last() {
-        Some('G' | 'g') => (&s[..s.len() - 1], 1u64 << 30),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('K' | 'k') => (&s[..s.len() - 1], 1 << 10),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().expect("number") * mul
-}
+#[path = "../args.rs"]
+mod args;
+use args::Args;
 
 fn main() {
     // `cargo bench` passes --bench; ignore it.

@@ -27,34 +27,15 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-struct Args(Vec<String>);
-
-impl Args {
-    fn opt(&self, k: &str) -> Option<String> {
-        let i = self.0.iter().position(|a| a == k)?;
-        self.0.get(i + 1).cloned()
-    }
-    fn req(&self, k: &str) -> String {
-        self.opt(k).unwrap_or_else(|| panic!("missing required option {k}"))
-    }
-    fn num(&self, k: &str, default: u64) -> u64 {
-        self.opt(k).map(|v| parse_size(&v)).unwrap_or(default)
-    }
-}
-
-fn parse_size(s: &str) -> u64 {
-    let s = s.trim();
-    let (num, mul) = match s.chars().last() {
-        Some('G' | 'g') => (&s[..s.len() - 1], 1u64 << 30),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('K' | 'k') => (&s[..s.len() - 1], 1 << 10),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().expect("number") * mul
-}
+#[path = "../args.rs"]
+mod args;
+use args::Args;
 
 fn main() {
-    let mut argv: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let mut argv: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if argv.is_empty() {
         eprintln!("usage: store put|get|copy-recv|file-send|send ...");
         return;
@@ -179,7 +160,10 @@ fn put_get(a: &Args, put: bool) -> Res<()> {
     let chunk = vec![0x5au8; chunk_len];
     let sock = TcpStream::connect(&addr)?;
     sock.set_read_timeout(Some(Duration::from_secs(300)))?;
-    let conn = ClientConnection::new(client_config(a)?, ServerName::try_from("localhost")?.to_owned())?;
+    let conn = ClientConnection::new(
+        client_config(a)?,
+        ServerName::try_from("localhost")?.to_owned(),
+    )?;
     let mut s = StreamOwned::new(conn, sock);
     while s.conn.is_handshaking() {
         s.conn.complete_io(&mut s.sock)?;
@@ -189,7 +173,11 @@ fn put_get(a: &Args, put: bool) -> Res<()> {
         .negotiated_cipher_suite()
         .map(|x| format!("{:?}", x.suite()))
         .unwrap_or_default();
-    let mut r = Resp { buf: vec![0u8; 256 * 1024], start: 0, end: 0 };
+    let mut r = Resp {
+        buf: vec![0u8; 256 * 1024],
+        start: 0,
+        end: 0,
+    };
     let t0 = Instant::now();
     let mut total = 0u64;
     for i in 0..count {
@@ -279,13 +267,18 @@ fn copy_recv(a: &Args) -> Res<()> {
     drop(f);
     let cpu = self_cpu() - c0;
     let gib = total as f64 / (1u64 << 30) as f64;
-    println!("bytes={total} files={nfile} cpu_s={cpu:.3} cpu_s_per_gib={:.4}", cpu / gib);
+    println!(
+        "bytes={total} files={nfile} cpu_s={cpu:.3} cpu_s_per_gib={:.4}",
+        cpu / gib
+    );
     Ok(())
 }
 
 fn file_send(a: &Args) -> Res<()> {
     let dir = a.req("--dir");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
     files.sort();
     let mut c = TcpStream::connect(a.req("--connect"))?;
     let c0 = self_cpu();
@@ -311,7 +304,11 @@ fn file_send(a: &Args) -> Res<()> {
     }
     let cpu = self_cpu() - c0;
     let gib = total as f64 / (1u64 << 30) as f64;
-    println!("bytes={total} files={} cpu_s={cpu:.3} cpu_s_per_gib={:.4}", files.len(), cpu / gib);
+    println!(
+        "bytes={total} files={} cpu_s={cpu:.3} cpu_s_per_gib={:.4}",
+        files.len(),
+        cpu / gib
+    );
     Ok(())
 }
 
@@ -328,6 +325,9 @@ fn send(a: &Args) -> Res<()> {
     }
     c.shutdown(Shutdown::Write)?;
     let secs = t0.elapsed().as_secs_f64();
-    println!("bytes={sent} secs={secs:.3} gib_per_s={:.3}", sent as f64 / (1u64 << 30) as f64 / secs);
+    println!(
+        "bytes={sent} secs={secs:.3} gib_per_s={:.3}",
+        sent as f64 / (1u64 << 30) as f64 / secs
+    );
     Ok(())
 }
