@@ -46,7 +46,7 @@ pub fn prepare(dir: &Path, port: u16, admin: u16) -> anyhow::Result<PathBuf> {
             KeyType::EcdsaP256,
             365,
         )?;
-        pki::crl(&dir, &[], 30)?;
+        pki::crl(&dir, &[], 30, false)?;
     }
     std::fs::create_dir_all(dir.join("data/datasets"))?;
     let cfg = dir.join("lakegate.toml");

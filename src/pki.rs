@@ -78,6 +78,26 @@ pub enum PkiCommand {
         #[arg(long, default_value_t = 365)]
         days: u32,
     },
+    /// Make another server certificate signed by DIR's CA (for certificate rotation)
+    Server {
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// File stem: writes NAME.crt, NAME-chain.crt and NAME.key (never over existing files).
+        name: String,
+        /// DNS SAN (repeatable); the first is also its CN.
+        #[arg(long = "dns", default_values = ["localhost"])]
+        dns: Vec<String>,
+        /// IP SAN (repeatable).
+        #[arg(long = "ip", default_values = ["127.0.0.1"])]
+        ip: Vec<IpAddr>,
+        /// Key type of the server key.
+        #[arg(long, value_enum, default_value = "ecdsa-p256")]
+        key_type: KeyType,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
     /// Make (or replace) DIR/crl.pem revoking the named clients
     Crl {
         /// Directory holding ca.crt, ca.key and the clients' NAME.serial files.
@@ -89,6 +109,10 @@ pub enum PkiCommand {
         /// Days until the CRL's nextUpdate.
         #[arg(long, default_value_t = 7)]
         days: u32,
+        /// Make a CRL already past its nextUpdate (thisUpdate now-2d, nextUpdate
+        /// now-1d), to test the `crl_stale` policy.
+        #[arg(long)]
+        stale: bool,
     },
 }
 
@@ -142,7 +166,20 @@ pub fn run(cmd: &PkiCommand) -> anyhow::Result<()> {
             *key_type,
             *days,
         ),
-        PkiCommand::Crl { dir, revoke, days } => crl(dir, revoke, *days),
+        PkiCommand::Server {
+            dir,
+            name,
+            dns,
+            ip,
+            key_type,
+            days,
+        } => server(dir, name, dns, ip, *key_type, *days),
+        PkiCommand::Crl {
+            dir,
+            revoke,
+            days,
+            stale,
+        } => crl(dir, revoke, *days, *stale),
     }
 }
 
@@ -161,11 +198,9 @@ pub fn init(
     days: u32,
 ) -> anyhow::Result<()> {
     check_days(days)?;
-    let server_cn = match (dns.first(), ip.first()) {
-        (Some(d), _) => d.clone(),
-        (None, Some(i)) => i.to_string(),
-        (None, None) => bail!("the server certificate needs at least one --dns or --ip"),
-    };
+    if dns.is_empty() && ip.is_empty() {
+        bail!("the server certificate needs at least one --dns or --ip");
+    }
     for f in [
         "ca.key",
         "ca.crt",
@@ -198,6 +233,35 @@ pub fn init(
         .self_signed(&ca_key)
         .map_err(|e| anyhow!("signing the CA certificate: {e}"))?;
 
+    let issuer = Issuer::new(ca, ca_key);
+    let (srv_cert, srv_key) = server_cert(&issuer, dns, ip, key_type, days, now)?;
+
+    // Keys first: if writing stops half way, the directory is refused by the next
+    // init instead of holding certificates whose keys were never written.
+    write_file(&dir.join("ca.key"), &issuer.key().serialize_pem(), true)?;
+    write_file(&dir.join("ca.crt"), &ca_cert.pem(), false)?;
+    write_file(&dir.join("server.key"), &srv_key.serialize_pem(), true)?;
+    write_file(&dir.join("server.crt"), &srv_cert.pem(), false)?;
+    let chain = format!("{}{}", srv_cert.pem(), ca_cert.pem());
+    write_file(&dir.join("server-chain.crt"), &chain, false)?;
+    Ok(())
+}
+
+/// A server leaf signed by `issuer`: `dns` and `ip` as SANs, the first DNS name (else
+/// the first IP) as CN, EKU serverAuth.
+fn server_cert(
+    issuer: &Issuer<'_, KeyPair>,
+    dns: &[String],
+    ip: &[IpAddr],
+    key_type: KeyType,
+    days: u32,
+    now: OffsetDateTime,
+) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
+    let server_cn = match (dns.first(), ip.first()) {
+        (Some(d), _) => d.clone(),
+        (None, Some(i)) => i.to_string(),
+        (None, None) => bail!("the server certificate needs at least one --dns or --ip"),
+    };
     let mut srv = CertificateParams::default();
     srv.distinguished_name = rcgen::DistinguishedName::new();
     srv.distinguished_name.push(DnType::CommonName, server_cn);
@@ -213,19 +277,52 @@ pub fn init(
     srv.not_before = now - Duration::hours(1);
     srv.not_after = now + Duration::days(i64::from(days));
     let srv_key = key_type.generate()?;
-    let issuer = Issuer::new(ca, ca_key);
     let srv_cert = srv
-        .signed_by(&srv_key, &issuer)
+        .signed_by(&srv_key, issuer)
         .map_err(|e| anyhow!("signing the server certificate: {e}"))?;
+    Ok((srv_cert, srv_key))
+}
 
-    // Keys first: if writing stops half way, the directory is refused by the next
-    // init instead of holding certificates whose keys were never written.
-    write_file(&dir.join("ca.key"), &issuer.key().serialize_pem(), true)?;
-    write_file(&dir.join("ca.crt"), &ca_cert.pem(), false)?;
-    write_file(&dir.join("server.key"), &srv_key.serialize_pem(), true)?;
-    write_file(&dir.join("server.crt"), &srv_cert.pem(), false)?;
-    let chain = format!("{}{}", srv_cert.pem(), ca_cert.pem());
-    write_file(&dir.join("server-chain.crt"), &chain, false)?;
+/// Makes another server certificate `NAME.crt` (leaf), `NAME-chain.crt` (leaf then CA)
+/// and `NAME.key` signed by the CA in `dir`, for rotating the server certificate:
+/// write it under a new name, then move it over the files the config names.
+pub fn server(
+    dir: &Path,
+    name: &str,
+    dns: &[String],
+    ip: &[IpAddr],
+    key_type: KeyType,
+    days: u32,
+) -> anyhow::Result<()> {
+    check_days(days)?;
+    check_client_name(name).map_err(|_| {
+        anyhow!("server name {name:?}: expected letters, digits, '-', '_', '.', '@', not a reserved name")
+    })?;
+    for f in [
+        format!("{name}.key"),
+        format!("{name}.crt"),
+        format!("{name}-chain.crt"),
+    ] {
+        let p = dir.join(f);
+        if p.exists() {
+            bail!("{} exists; pick another name", p.display());
+        }
+    }
+    let ca = Ca::load(dir)?;
+    let now = OffsetDateTime::now_utc();
+    if now + Duration::days(i64::from(days)) > ca.not_after {
+        bail!("the server certificate would outlive the CA; use fewer --days");
+    }
+    let (cert, key) = server_cert(&ca.issuer, dns, ip, key_type, days, now)?;
+    write_file(&dir.join(format!("{name}.key")), &key.serialize_pem(), true)?;
+    write_file(&dir.join(format!("{name}.crt")), &cert.pem(), false)?;
+    let ca_pem = fs::read_to_string(dir.join("ca.crt"))
+        .with_context(|| format!("reading {}", dir.join("ca.crt").display()))?;
+    write_file(
+        &dir.join(format!("{name}-chain.crt")),
+        &format!("{}{ca_pem}", cert.pem()),
+        false,
+    )?;
     Ok(())
 }
 
@@ -318,7 +415,8 @@ pub fn client(
 /// revokes exactly the clients in `revoke` (found by their `NAME.serial` files), with
 /// thisUpdate now-1min, nextUpdate now+`days`, and a CRL number one above the last
 /// (kept in `crl.number`).
-pub fn crl(dir: &Path, revoke: &[String], days: u32) -> anyhow::Result<()> {
+/// With `stale`, the CRL's nextUpdate is a day in the past.
+pub fn crl(dir: &Path, revoke: &[String], days: u32, stale: bool) -> anyhow::Result<()> {
     check_days(days)?;
     let ca = Ca::load(dir)?;
 
@@ -360,10 +458,17 @@ pub fn crl(dir: &Path, revoke: &[String], days: u32) -> anyhow::Result<()> {
 
     let now = OffsetDateTime::now_utc();
     // A minute of slack so a verifier whose clock is a little behind still accepts it.
-    let this_update = now - Duration::minutes(1);
+    let (this_update, next_update) = if stale {
+        (now - Duration::days(2), now - Duration::days(1))
+    } else {
+        (
+            now - Duration::minutes(1),
+            now + Duration::days(i64::from(days)),
+        )
+    };
     let params = CertificateRevocationListParams {
         this_update,
-        next_update: now + Duration::days(i64::from(days)),
+        next_update,
         crl_number: SerialNumber::from(number),
         issuing_distribution_point: None,
         revoked_certs: serials
@@ -750,8 +855,8 @@ mod tests {
             c.raw_serial().to_vec()
         });
 
-        crl(dir, &["old".into()], 7).unwrap();
-        crl(dir, &["trainer".into(), "trainer".into()], 7).unwrap();
+        crl(dir, &["old".into()], 7, false).unwrap();
+        crl(dir, &["trainer".into(), "trainer".into()], 7, false).unwrap();
         assert_eq!(
             fs::read_to_string(dir.join("crl.number")).unwrap().trim(),
             "2"
@@ -825,7 +930,7 @@ mod tests {
         });
         // A client and a CRL signed by an RSA CA loaded back from disk.
         client(dir, "r", None, &[], false, KeyType::EcdsaP256, 1).unwrap();
-        crl(dir, &["r".into()], 1).unwrap();
+        crl(dir, &["r".into()], 1, false).unwrap();
         let der = der_of(&dir.join("crl.pem"));
         let (_, list) = x509_parser::parse_x509_crl(&der).unwrap();
         verify_with_ca(
@@ -861,7 +966,7 @@ mod tests {
 
         let (dns, ip) = localhost();
         init(dir, "a", &dns, &ip, KeyType::EcdsaP256, 1).unwrap();
-        let err = crl(dir, &["ghost".into()], 1).unwrap_err();
+        let err = crl(dir, &["ghost".into()], 1, false).unwrap_err();
         let msg = format!("{err:#}");
         assert!(
             msg.contains("\"ghost\"") && msg.contains("ghost.serial"),
@@ -892,7 +997,7 @@ mod tests {
         // A CA key that does not belong to ca.crt is caught before signing.
         let other = KeyType::EcdsaP256.generate().unwrap();
         fs::write(dir.join("ca.key"), other.serialize_pem()).unwrap();
-        let err = crl(dir, &[], 1).unwrap_err();
+        let err = crl(dir, &[], 1, false).unwrap_err();
         assert!(err.to_string().contains("does not match"), "{err}");
     }
 
