@@ -88,6 +88,8 @@ pub struct Tls {
     pub crl: Vec<PathBuf>,
     /// How often CRL files are checked for changes.
     pub crl_refresh: Duration,
+    /// What to do with a client whose CRL is past its nextUpdate.
+    pub crl_stale: CrlStale,
     /// Protocol versions allowed; never empty.
     pub versions: Vec<TlsVersion>,
     /// Cipher suite names; empty means the provider's AEAD defaults.
@@ -96,6 +98,16 @@ pub struct Tls {
     pub session_tickets: bool,
     /// Shared ticket key file, so a fleet resumes each other's sessions.
     pub ticket_key_file: Option<PathBuf>,
+}
+
+/// The policy for a CRL past its nextUpdate (its issuer should have replaced it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrlStale {
+    /// Keep using it, log and count it (`"serve"`, the default): a cron job that failed
+    /// once should not take the fleet down.
+    Serve,
+    /// Refuse clients whose issuer's CRL is stale (`"refuse"`): fail closed.
+    Refuse,
 }
 
 /// A TLS protocol version the server may negotiate.
@@ -287,6 +299,7 @@ struct RawTls {
     client_ca: Option<String>,
     crl: Option<Vec<String>>,
     crl_refresh: Option<String>,
+    crl_stale: Option<String>,
     versions: Option<Vec<String>>,
     cipher_suites: Option<Vec<String>>,
     session_tickets: Option<bool>,
@@ -535,6 +548,16 @@ impl Ctx {
             DEFAULT_CRL_REFRESH,
             false,
         )?;
+        let crl_stale = match raw.crl_stale.as_deref() {
+            None | Some("serve") => CrlStale::Serve,
+            Some("refuse") => CrlStale::Refuse,
+            Some(v) => {
+                return Err(self.err(
+                    "tls.crl_stale",
+                    format!("expected \"serve\" or \"refuse\", found {v:?}"),
+                ))
+            }
+        };
 
         let versions = match raw.versions {
             None => vec![TlsVersion::Tls13],
@@ -588,6 +611,7 @@ impl Ctx {
             client_ca,
             crl,
             crl_refresh,
+            crl_stale,
             versions,
             cipher_suites,
             session_tickets: raw.session_tickets.unwrap_or(true),
@@ -1061,6 +1085,7 @@ key = "server.key"           # PEM, PKCS#8 / SEC1 / PKCS#1
 client_ca = "clients-ca.pem" # trust anchors for client certificates
 crl = ["clients.crl"]        # optional, PEM or DER
 crl_refresh = "30s"          # CRL files are re-read when they change
+crl_stale = "serve"          # CRL past nextUpdate: "serve" (log, count) or "refuse"
 versions = ["1.3"]           # add "1.2" to allow TLS 1.2 (ECDHE+AEAD only)
 cipher_suites = []           # empty = provider defaults filtered to AEAD suites
 session_tickets = true
@@ -1395,6 +1420,19 @@ root = "data"
         assert_eq!(e.key, "tls.crl[1]");
         let e = parse_err(&dir, &with("tls", "ticket_key_file = \"tickets.key\""));
         assert_eq!(e.key, "tls.ticket_key_file");
+    }
+
+    #[test]
+    fn crl_stale_policy_is_serve_or_refuse() {
+        let dir = fixture();
+        let c = parse_ok(&dir, &with("tls", "crl_stale = \"refuse\""));
+        assert_eq!(c.tls.crl_stale, CrlStale::Refuse);
+        let e = parse_err(&dir, &with("tls", "crl_stale = \"ignore\""));
+        assert_eq!(e.key, "tls.crl_stale");
+        assert_eq!(
+            e.message,
+            "expected \"serve\" or \"refuse\", found \"ignore\""
+        );
     }
 
     #[test]

@@ -68,12 +68,12 @@ fn init_logging(json: bool) {
     }
 }
 
-fn load(path: &std::path::Path) -> Result<(lakegate::engine::shared::Generation, i64), ExitCode> {
+fn load(path: &std::path::Path) -> Result<lakegate::engine::shared::Generation, ExitCode> {
     let cfg = Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(1)
     })?;
-    lakegate::engine::build_generation(cfg).map_err(|e| {
+    lakegate::engine::build_generation(cfg, None).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(1)
     })
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_json);
     match cli.cmd {
         Cmd::Check { config } => {
-            let (gen, _) = match load(&config) {
+            let gen = match load(&config) {
                 Ok(g) => g,
                 Err(code) => return code,
             };
@@ -113,11 +113,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Serve { config } => {
-            let (gen, not_after) = match load(&config) {
+            let gen = match load(&config) {
                 Ok(g) => g,
                 Err(code) => return code,
             };
-            match lakegate::engine::serve(gen, not_after) {
+            match lakegate::engine::serve(gen, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -137,13 +137,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let (gen, not_after) = match load(&cfg) {
+            let gen = match load(&cfg) {
                 Ok(g) => g,
                 Err(code) => return code,
             };
             let abs = std::path::absolute(&dir).unwrap_or(dir);
             println!("{}", lakegate::demo::instructions(&abs, port, admin_port));
-            match lakegate::engine::serve(gen, not_after) {
+            match lakegate::engine::serve(gen, cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

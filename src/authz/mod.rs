@@ -300,6 +300,7 @@ mod tests {
             thumbprint: "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU".to_owned(),
             serial: "01".to_owned(),
             not_after: 0,
+            issuer: "CN=lab CA".to_owned(),
         }
     }
 

@@ -85,6 +85,17 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
 
     let identity = est.identity.clone();
     let session = est.session.clone();
+    // A resumed session was verified when its ticket was issued, maybe before the CRL
+    // that revokes it was loaded: check the certificate the ticket carries.
+    if session.resumed && gen.is_revoked(&identity) {
+        w.stats.handshake_failed(FailReason::Revoked);
+        tracing::warn!(
+            worker = w.id, %peer, identity = identity.name(), serial = %identity.serial,
+            reason = "revoked", "resumed session refused: certificate revoked since"
+        );
+        refuse(&client, est, &log).await;
+        return;
+    }
     // Forward mode has no requests to refuse one by one: an identity no rule admits is
     // turned away before a byte reaches the upstream. The store answers 403 per request.
     let gate = matches!(gen.config.backend, Backend::Forward { .. });
@@ -98,7 +109,15 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
         return;
     }
     w.stats.handshakes_ok.inc();
-    let suite_idx = gen
+    w.stats
+        .recent_certs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .seen(identity.name(), identity.not_after);
+    // Index into the suite names the metrics were set up with at start.
+    let suite_idx = w
+        .shared
+        .telemetry
         .suites
         .iter()
         .position(|s| *s == session.suite)

@@ -6,11 +6,15 @@ pub mod forward;
 pub mod io;
 pub mod listener;
 pub mod pool;
+pub mod reload;
 pub mod shared;
 pub mod store;
+pub mod systemd;
 pub mod worker;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +41,9 @@ pub enum EngineError {
     /// A thread could not be started.
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
+    /// A worker thread ended while the appliance was serving.
+    #[error("a worker exited unexpectedly")]
+    WorkerDied,
     /// The admin listener could not be bound.
     #[error("cannot listen on admin address {addr}: {source}")]
     Admin {
@@ -47,9 +54,13 @@ pub enum EngineError {
     },
 }
 
-/// Build one generation (TLS policy + authz + store) from a loaded config.
-pub fn build_generation(cfg: Config) -> Result<(Generation, i64), policy::PolicyError> {
-    let pol = policy::build(&cfg)?;
+/// Build one generation (TLS policy + authz + store) from a loaded config. `prev` is
+/// the running generation on reload: its in-process ticket keys carry over.
+pub fn build_generation(
+    cfg: Config,
+    prev: Option<&Generation>,
+) -> Result<Generation, policy::PolicyError> {
+    let pol = policy::build_with(&cfg, prev.and_then(|g| g.ticketer.clone()))?;
     let store = match &cfg.backend {
         crate::config::Backend::Store { root, fsync } => Some(Arc::new(
             crate::backend::store::Store::new(root, *fsync == crate::config::Fsync::Always)
@@ -66,28 +77,35 @@ pub fn build_generation(cfg: Config) -> Result<(Generation, i64), policy::Policy
         .iter()
         .map(|r| Rule::new(&r.identity, r.buckets.clone(), r.access.clone()))
         .collect();
-    let suites = pol.summary.suites.clone();
-    Ok((
-        Generation {
-            config: Arc::new(cfg),
-            tls: pol.server_config,
-            authz: Arc::new(Policy::new(rules)),
-            suites,
-            store,
-        },
-        pol.server_cert_not_after,
-    ))
+    let mut revoked: HashMap<String, Vec<String>> = HashMap::new();
+    for crl in &pol.crls {
+        for serial in &crl.revoked {
+            revoked
+                .entry(serial.clone())
+                .or_default()
+                .push(crl.issuer.clone());
+        }
+    }
+    Ok(Generation {
+        config: Arc::new(cfg),
+        tls: pol.server_config,
+        authz: Arc::new(Policy::new(rules)),
+        suites: pol.summary.suites,
+        store,
+        server_cert_not_after: pol.server_cert_not_after,
+        crls: pol.crls,
+        revoked,
+        ticketer: pol.ticketer,
+    })
 }
 
-/// Run the appliance until SIGTERM/SIGINT and the drain that follows.
-pub fn serve(gen: Generation, cert_not_after: i64) -> Result<(), EngineError> {
+/// Run the appliance until SIGTERM/SIGINT and the drain that follows. `config_path`
+/// is re-read on SIGHUP and `POST /reload`.
+pub fn serve(gen: Generation, config_path: PathBuf) -> Result<(), EngineError> {
     let cfg = gen.config.clone();
     let gen_store = gen.store.clone();
     let cores = cfg.server.cores.clone();
     let telemetry = Arc::new(Telemetry::new(cores.len(), gen.suites.clone()));
-    telemetry
-        .server_cert_not_after
-        .store(cert_not_after, Ordering::Relaxed);
     let shared = Arc::new(Shared {
         current: ArcSwap::from_pointee(gen),
         telemetry: telemetry.clone(),
@@ -95,7 +113,9 @@ pub fn serve(gen: Generation, cert_not_after: i64) -> Result<(), EngineError> {
         ready_workers: AtomicUsize::new(0),
         workers: cores.len(),
         draining: AtomicBool::new(false),
+        heartbeats: (0..cores.len()).map(|_| AtomicU64::new(0)).collect(),
     });
+    let reloader = Arc::new(reload::Reloader::new(config_path, shared.clone()));
 
     // Once per process, before any upload can start: a temporary that exists now was
     // left by a crash. (Never on reload, when in-flight uploads own theirs.)
@@ -125,11 +145,31 @@ pub fn serve(gen: Generation, cert_not_after: i64) -> Result<(), EngineError> {
         let l = std::net::TcpListener::bind(addr)
             .map_err(|source| EngineError::Admin { addr, source })?;
         let sh = shared.clone();
+        let rl = reloader.clone();
         std::thread::Builder::new()
             .name("lg-admin".into())
-            .spawn(move || crate::telemetry::admin::run(l, sh))
+            .spawn(move || crate::telemetry::admin::run(l, sh, rl))
             .map_err(EngineError::Thread)?;
     }
+
+    // Signals are taken on their own thread and handled on this one, off the workers.
+    let (sig_tx, sig_rx) = crossbeam_channel::unbounded::<i32>();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(EngineError::Thread)?;
+    std::thread::Builder::new()
+        .name("lg-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig_tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(EngineError::Thread)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
@@ -149,21 +189,65 @@ pub fn serve(gen: Generation, cert_not_after: i64) -> Result<(), EngineError> {
             .map_err(EngineError::Thread)?;
     }
     drop(done_tx);
-    tracing::info!(listen = %bound, workers = cores.len(), cores = ?cores, "lakegate serving");
 
-    // Signals are taken on this thread, off the worker cores.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(EngineError::Thread)?;
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "draining: no new connections");
+    // READY=1 only once every worker accepts, so systemd (and anything ordered after
+    // us) never sees a half-started appliance.
+    let mut failed = false;
+    while shared.ready_workers.load(Ordering::SeqCst) < cores.len() {
+        if let Ok(id) = done_rx.recv_timeout(Duration::from_millis(5)) {
+            tracing::error!(worker = id, "worker exited during start");
+            failed = true;
+            break;
+        }
     }
+    let mut finished = 0;
+    if !failed {
+        tracing::info!(listen = %bound, workers = cores.len(), cores = ?cores, "lakegate serving");
+        systemd::ready(&format!("serving {} workers on {bound}", cores.len()));
+        let watchdog = systemd::watchdog_interval();
+        let wd_tick = match watchdog {
+            Some(d) => crossbeam_channel::tick(d),
+            None => crossbeam_channel::never(),
+        };
+        let crl_tick = crossbeam_channel::tick(cfg.tls.crl_refresh);
+        loop {
+            crossbeam_channel::select! {
+                recv(sig_rx) -> sig => match sig {
+                    Ok(signal_hook::consts::SIGHUP) => {
+                        let _ = reloader.reload("SIGHUP");
+                    }
+                    Ok(sig) => {
+                        tracing::info!(signal = sig, "draining: no new connections");
+                        break;
+                    }
+                    Err(_) => break,
+                },
+                recv(crl_tick) -> _ => reloader.refresh_crls(),
+                recv(wd_tick) -> _ => {
+                    // Pet the watchdog only while every worker's loop still turns: a
+                    // wedged worker should get us restarted, not hidden.
+                    let stale = stalled_workers(&shared, watchdog.unwrap_or_default() * 2);
+                    if stale.is_empty() {
+                        systemd::watchdog();
+                    } else {
+                        tracing::error!(workers = ?stale, "workers stalled; not petting the watchdog");
+                    }
+                }
+                recv(done_rx) -> id => {
+                    // A worker gone while serving leaves its share of the reuseport
+                    // group dead: stop and let the supervisor restart us whole.
+                    tracing::error!(worker = ?id.ok(), "worker exited unexpectedly; stopping");
+                    failed = true;
+                    finished += 1;
+                    break;
+                }
+            }
+        }
+    }
+    systemd::stopping();
     shared.draining.store(true, Ordering::SeqCst);
     let _ = stop_tx.send(true);
     let deadline = Instant::now() + cfg.server.drain_timeout;
-    let mut finished = 0;
     while finished < cores.len() {
         let left = deadline.saturating_duration_since(Instant::now());
         match done_rx.recv_timeout(left.max(Duration::from_millis(1))) {
@@ -178,5 +262,24 @@ pub fn serve(gen: Generation, cert_not_after: i64) -> Result<(), EngineError> {
         }
     }
     tracing::info!("stopped");
+    if failed {
+        return Err(EngineError::WorkerDied);
+    }
     Ok(())
+}
+
+/// Workers whose heartbeat is older than `limit` (at least 3 s).
+fn stalled_workers(shared: &Shared, limit: Duration) -> Vec<usize> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let limit = limit.as_secs().max(3);
+    shared
+        .heartbeats
+        .iter()
+        .enumerate()
+        .filter(|(_, hb)| now.saturating_sub(hb.load(Ordering::Relaxed)) > limit)
+        .map(|(i, _)| i)
+        .collect()
 }

@@ -2,15 +2,19 @@
 //! whole on reload), telemetry handles, and lifecycle flags. Read once per connection,
 //! never per byte.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use arc_swap::ArcSwap;
+use rustls::server::ProducesTickets;
 use rustls::ServerConfig;
 
 use crate::authz::Policy;
 use crate::config::Config;
 use crate::telemetry::Telemetry;
+use crate::tls::policy::CrlInfo;
 
 /// One immutable generation of configuration; open connections keep theirs.
 pub struct Generation {
@@ -24,6 +28,24 @@ pub struct Generation {
     pub suites: Vec<String>,
     /// The object store, when the backend is `store`.
     pub store: Option<Arc<crate::backend::store::Store>>,
+    /// Not-after of the server certificate, unix seconds.
+    pub server_cert_not_after: i64,
+    /// What the CRL files said when this generation was built.
+    pub crls: Vec<CrlInfo>,
+    /// Revoked serial → the issuers that revoke it: a resumed session skips chain
+    /// verification, so the driver checks its certificate here.
+    pub revoked: HashMap<String, Vec<String>>,
+    /// The in-process ticketer, handed to the next generation.
+    pub ticketer: Option<Arc<dyn ProducesTickets>>,
+}
+
+impl Generation {
+    /// Whether a CRL of this generation revokes the certificate behind `identity`.
+    pub fn is_revoked(&self, identity: &crate::tls::identity::Identity) -> bool {
+        self.revoked
+            .get(identity.serial.as_str())
+            .is_some_and(|issuers| issuers.contains(&identity.issuer))
+    }
 }
 
 /// Process-wide state.
@@ -41,4 +63,7 @@ pub struct Shared {
     pub workers: usize,
     /// Set on SIGTERM/SIGINT: stop accepting, finish open connections.
     pub draining: AtomicBool,
+    /// Per-worker liveness: unix seconds of each worker's last tick, for the systemd
+    /// watchdog (written once a second by its worker, read by the main thread).
+    pub heartbeats: Vec<AtomicU64>,
 }

@@ -57,6 +57,18 @@ pub fn run(
             pool: Pool::new(256),
             open: Cell::new(0),
         });
+        // The watchdog's proof that this loop still turns: one relaxed store a second.
+        let sh = shared.clone();
+        tokio_uring::spawn(async move {
+            loop {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                sh.heartbeats[id].store(now, Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
         shared.ready_workers.fetch_add(1, Ordering::SeqCst);
         tracing::debug!(worker = id, core, "accepting");
         loop {

@@ -8,19 +8,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::engine::reload::Reloader;
 use crate::engine::shared::Shared;
 
 /// Serve admin requests forever.
-pub fn run(listener: TcpListener, shared: Arc<Shared>) {
+pub fn run(listener: TcpListener, shared: Arc<Shared>, reloader: Arc<Reloader>) {
     for conn in listener.incoming() {
         let Ok(mut s) = conn else { continue };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-        handle(&mut s, &shared);
+        handle(&mut s, &shared, &reloader);
     }
 }
 
-fn handle(s: &mut TcpStream, shared: &Shared) {
+fn handle(s: &mut TcpStream, shared: &Shared, reloader: &Reloader) {
     let mut buf = [0u8; 8192];
     let mut used = 0;
     let (method, path) = loop {
@@ -63,7 +64,13 @@ fn handle(s: &mut TcpStream, shared: &Shared) {
             "text/plain; version=0.0.4; charset=utf-8",
             &shared.telemetry.render(),
         ),
-        (_, "/healthz" | "/readyz" | "/metrics") => {
+        // Like Prometheus's /-/reload: the admin listener is for the host's operators
+        // (loopback or a management network), so it needs no authentication of its own.
+        ("POST", "/reload") => match reloader.reload("POST /reload") {
+            Ok(()) => respond(s, 200, "text/plain", "reloaded\n"),
+            Err(e) => respond(s, 500, "text/plain", &format!("reload failed: {e}\n")),
+        },
+        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => {
             respond(s, 405, "text/plain", "method not allowed\n")
         }
         _ => respond(s, 404, "text/plain", "not found\n"),
@@ -76,6 +83,7 @@ fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &str) {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        500 => "Internal Server Error",
         _ => "Service Unavailable",
     };
     let head = format!(

@@ -7,7 +7,7 @@
 //! scrape never blocks or slows a worker. Must not touch sockets or TLS state.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub mod admin;
 
@@ -110,7 +110,7 @@ pub struct WorkerStats {
     /// Successful handshakes.
     pub handshakes_ok: Counter,
     /// Failed handshakes by [`FailReason`] index.
-    pub handshakes_failed: [Counter; 9],
+    pub handshakes_failed: [Counter; FailReason::ALL.len()],
     /// Handshake durations.
     pub handshake_duration: Histo,
     /// TLS bytes received from clients.
@@ -125,6 +125,10 @@ pub struct WorkerStats {
     pub requests: [Counter; METHODS.len() * STATUSES.len()],
     /// Request durations (head received to response done).
     pub request_duration: Histo,
+    /// Client certificates seen lately, for `lakegate_client_cert_expiry_seconds`.
+    /// Locked by this worker once per handshake and by the admin thread per scrape;
+    /// never by another worker.
+    pub recent_certs: Mutex<RecentCerts>,
 }
 
 impl Default for WorkerStats {
@@ -142,6 +146,7 @@ impl Default for WorkerStats {
             sessions: std::array::from_fn(|_| Counter::default()),
             requests: std::array::from_fn(|_| Counter::default()),
             request_duration: Histo::default(),
+            recent_certs: Mutex::new(RecentCerts::default()),
         }
     }
 }
@@ -153,6 +158,62 @@ impl WorkerStats {
             self.handshakes_failed[i].inc();
         }
     }
+}
+
+/// Most client identities one worker remembers for the expiry gauge; the scrape
+/// shows at most this many series too (the most recently seen across workers), so
+/// the label set is bounded however many clients a fleet has.
+pub const RECENT_CERTS: usize = 128;
+
+/// The client certificates a worker saw most recently: identity → (not-after, when
+/// seen). A fixed-size table; the oldest sighting makes room for a new identity.
+#[derive(Debug, Default)]
+pub struct RecentCerts {
+    // (identity, not-after, unix seconds seen, sequence within this worker)
+    entries: Vec<(String, i64, u64, u64)>,
+    seq: u64,
+}
+
+impl RecentCerts {
+    /// Note a handshake by `identity` whose certificate ends at `not_after`.
+    pub fn seen(&mut self, identity: &str, not_after: i64) {
+        self.seq += 1;
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if let Some(e) = self.entries.iter_mut().find(|e| e.0 == identity) {
+            (e.1, e.2, e.3) = (not_after, at, self.seq);
+            return;
+        }
+        let entry = (identity.to_owned(), not_after, at, self.seq);
+        if self.entries.len() < RECENT_CERTS {
+            self.entries.push(entry);
+        } else if let Some(oldest) = self.entries.iter_mut().min_by_key(|e| (e.2, e.3)) {
+            *oldest = entry;
+        }
+    }
+
+    /// (identity, not-after, unix seconds last seen) of every remembered certificate.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, i64, u64)> {
+        self.entries.iter().map(|e| (e.0.as_str(), e.1, e.2))
+    }
+}
+
+/// Control-plane state the admin thread shows: reloads and CRLs. Written by the main
+/// thread on reload or CRL refresh, never by a worker.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Config reloads by result (ok, failed).
+    pub reloads: [u64; 2],
+    /// Unix seconds of the last successful load (start or reload).
+    pub last_reload_success: i64,
+    /// CRL re-reads after a change on disk, by result (ok, failed).
+    pub crl_reloads: [u64; 2],
+    /// Checks (at load and every `crl_refresh`) that found a CRL past nextUpdate.
+    pub crl_stale: u64,
+    /// (file, nextUpdate unix seconds) of every loaded CRL.
+    pub crl_next_update: Vec<(String, i64)>,
 }
 
 /// The slot of a (version, suite, resumed) triple; `suites` is the provider's list.
@@ -169,8 +230,8 @@ pub struct Telemetry {
     pub suites: Vec<String>,
     /// Server certificate not-after, unix seconds.
     pub server_cert_not_after: std::sync::atomic::AtomicI64,
-    /// Config reloads by result (ok, failed).
-    pub reloads: [AtomicU64; 2],
+    /// Reload and CRL state.
+    pub control: Mutex<Control>,
 }
 
 fn label(name: &str, value: &str) -> proto::LabelPair {
@@ -214,7 +275,7 @@ impl Telemetry {
                 .collect(),
             suites,
             server_cert_not_after: Default::default(),
-            reloads: Default::default(),
+            control: Mutex::new(Control::default()),
         }
     }
 
@@ -382,20 +443,81 @@ impl Telemetry {
                 self.server_cert_not_after.load(Relaxed) as f64,
             )],
         ));
-        out.push(family(
+        let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let pair = |name: &str, help: &str, v: [u64; 2]| {
+            family(
+                name,
+                help,
+                COUNTER,
+                vec![
+                    counter(vec![label("result", "ok")], v[0] as f64),
+                    counter(vec![label("result", "failed")], v[1] as f64),
+                ],
+            )
+        };
+        out.push(pair(
             "lakegate_config_reloads_total",
-            "Configuration reloads by result.",
+            "Configuration reloads (SIGHUP, POST /reload) by result.",
+            control.reloads,
+        ));
+        out.push(family(
+            "lakegate_config_last_reload_success_timestamp_seconds",
+            "When the running configuration was loaded, unix seconds.",
+            GAUGE,
+            vec![gauge(vec![], control.last_reload_success as f64)],
+        ));
+        out.push(pair(
+            "lakegate_crl_reloads_total",
+            "CRL re-reads after a file changed on disk, by result.",
+            control.crl_reloads,
+        ));
+        out.push(family(
+            "lakegate_crl_stale_total",
+            "Checks that found a CRL past its nextUpdate.",
             COUNTER,
-            vec![
-                counter(
-                    vec![label("result", "ok")],
-                    self.reloads[0].load(Relaxed) as f64,
-                ),
-                counter(
-                    vec![label("result", "failed")],
-                    self.reloads[1].load(Relaxed) as f64,
-                ),
-            ],
+            vec![counter(vec![], control.crl_stale as f64)],
+        ));
+        out.push(family(
+            "lakegate_crl_next_update_timestamp_seconds",
+            "nextUpdate of each loaded CRL, unix seconds.",
+            GAUGE,
+            control
+                .crl_next_update
+                .iter()
+                .map(|(f, t)| gauge(vec![label("file", f)], *t as f64))
+                .collect(),
+        ));
+        drop(control);
+
+        // Seconds left on the most recently seen client certificates, one series per
+        // identity, at most RECENT_CERTS of them.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut seen: Vec<(String, i64, u64)> = Vec::new();
+        for w in &self.workers {
+            let recent = w.recent_certs.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, not_after, at) in recent.entries() {
+                // Seen on several workers: the latest sighting, and on a tie the later
+                // certificate (a renewal) wins.
+                match seen.iter_mut().find(|e| e.0 == id) {
+                    Some(e) if (e.2, e.1) < (at, not_after) => *e = (id.to_owned(), not_after, at),
+                    Some(_) => {}
+                    None => seen.push((id.to_owned(), not_after, at)),
+                }
+            }
+        }
+        seen.sort_by_key(|e| std::cmp::Reverse(e.2));
+        seen.truncate(RECENT_CERTS);
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push(family(
+            "lakegate_client_cert_expiry_seconds",
+            "Seconds until the certificate of a recently seen client identity expires (at most 128 identities).",
+            GAUGE,
+            seen.iter()
+                .map(|(id, na, _)| gauge(vec![label("identity", id)], (na - now) as f64))
+                .collect(),
         ));
 
         let per_worker = |name: &str, help: &str, t, f: &dyn Fn(&WorkerStats) -> u64| {
@@ -478,5 +600,45 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("reason=\"revoked\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn client_cert_expiry_keeps_the_most_recent_identities_and_is_bounded() {
+        let t = Telemetry::new(2, vec![]);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        {
+            let mut r0 = t.workers[0].recent_certs.lock().unwrap();
+            for i in 0..(RECENT_CERTS + 10) {
+                r0.seen(&format!("spiffe://x/{i}"), now + 1000 + i as i64);
+            }
+            assert_eq!(r0.entries().count(), RECENT_CERTS);
+            // The ten oldest made room; the newest is kept.
+            assert!(!r0.entries().any(|e| e.0 == "spiffe://x/9"));
+            assert!(r0.entries().any(|e| e.0 == "spiffe://x/10"));
+        }
+        // The same identity on two workers is one series; a renewed certificate shows
+        // its new not-after once seen again.
+        t.workers[1]
+            .recent_certs
+            .lock()
+            .unwrap()
+            .seen("spiffe://x/137", now + 5000);
+        let text = t.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("lakegate_client_cert_expiry_seconds{"))
+            .count();
+        assert_eq!(series, RECENT_CERTS, "{text}");
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("lakegate_client_cert_expiry_seconds{identity=\"spiffe://x/137\"}")
+            })
+            .unwrap();
+        let left: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((4990.0..=5000.0).contains(&left), "{line}");
     }
 }

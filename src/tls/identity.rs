@@ -42,6 +42,9 @@ pub struct Identity {
     pub serial: String,
     /// The end of the validity period, in Unix seconds.
     pub not_after: i64,
+    /// The issuer's distinguished name as x509-parser renders it; with `serial` it is
+    /// the key a CRL entry names.
+    pub issuer: String,
 }
 
 /// Why a leaf certificate could not be read into an [`Identity`].
@@ -108,6 +111,7 @@ impl Identity {
             thumbprint: thumbprint(der),
             serial: serial_hex(cert.raw_serial()),
             not_after: cert.validity().not_after.timestamp(),
+            issuer: cert.issuer().to_string(),
         })
     }
 
@@ -140,7 +144,7 @@ fn thumbprint(der: &[u8]) -> String {
 
 /// Lowercase hex of the serial, without the leading zero octets DER adds to keep a
 /// positive INTEGER positive; a zero serial stays "00".
-fn serial_hex(raw: &[u8]) -> String {
+pub(crate) fn serial_hex(raw: &[u8]) -> String {
     let first = raw.iter().position(|&b| b != 0).unwrap_or(raw.len());
     let significant = raw.get(first..).unwrap_or_default();
     let significant: &[u8] = if significant.is_empty() {
@@ -312,6 +316,8 @@ mod tests {
                 serial: "c0ffee".to_owned(),
                 // notAfter=Nov 26 02:04:19 2036 GMT
                 not_after: 2_111_277_859,
+                // Self-signed: openssl x509 -issuer says "O = Lake, CN = fixture-client".
+                issuer: "O=Lake, CN=fixture-client".to_owned(),
             }
         );
     }

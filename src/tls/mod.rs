@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod identity;
 pub mod policy;
+pub mod tickets;
 
 #[cfg(test)]
 mod tests;

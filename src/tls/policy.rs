@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::server::{NoServerSessionStorage, ProducesTickets, WebPkiClientVerifier};
 use rustls::{
     CertificateError, Error as RustlsError, PeerIncompatible, RootCertStore, ServerConfig,
     SupportedCipherSuite,
@@ -18,7 +18,8 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-use crate::config::{Config, TlsVersion};
+use crate::config::{Config, CrlStale, TlsVersion};
+use crate::tls::tickets::FileTicketer;
 
 /// An error building the TLS policy; names the config file, the key and what went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,32 @@ pub struct TlsPolicy {
     pub summary: PolicySummary,
     /// Not-after of the server leaf certificate (unix seconds).
     pub server_cert_not_after: i64,
+    /// The in-process ticketer, carried across reloads so tickets issued before a
+    /// reload still resume after it (None when tickets are off or come from a file).
+    pub ticketer: Option<Arc<dyn ProducesTickets>>,
+    /// What each CRL file says, for freshness checks and resumed sessions.
+    pub crls: Vec<CrlInfo>,
+}
+
+/// One loaded CRL: where it came from, when its issuer promised the next one, and the
+/// serials it revokes.
+#[derive(Debug, Clone)]
+pub struct CrlInfo {
+    /// The file it was read from.
+    pub file: std::path::PathBuf,
+    /// The issuer's distinguished name (as [`crate::tls::identity::Identity::issuer`]).
+    pub issuer: String,
+    /// nextUpdate, unix seconds, if the CRL has one.
+    pub next_update: Option<i64>,
+    /// Revoked serials, lowercase hex as [`crate::tls::identity::Identity::serial`].
+    pub revoked: Vec<String>,
+}
+
+impl CrlInfo {
+    /// Whether the CRL is past its nextUpdate at `now` (unix seconds).
+    pub fn is_stale(&self, now: i64) -> bool {
+        self.next_update.is_some_and(|t| now > t)
+    }
 }
 
 /// The effective policy as `lakegate check` prints it.
@@ -238,8 +265,10 @@ fn load_client_roots(cfg: &Config) -> Result<(RootCertStore, Vec<String>), Polic
     Ok((roots, subjects))
 }
 
-/// Load CRLs, PEM or DER.
-pub fn load_crls(cfg: &Config) -> Result<Vec<CertificateRevocationListDer<'static>>, PolicyError> {
+/// Load CRLs, PEM or DER, each with the file it came from.
+pub fn load_crls(
+    cfg: &Config,
+) -> Result<Vec<(std::path::PathBuf, CertificateRevocationListDer<'static>)>, PolicyError> {
     let mut out = Vec::new();
     for path in &cfg.tls.crl {
         let bytes = read_file(cfg, "tls.crl", path)?;
@@ -254,12 +283,36 @@ pub fn load_crls(cfg: &Config) -> Result<Vec<CertificateRevocationListDer<'stati
                     format!("{}: no X509 CRL block", path.display()),
                 ));
             }
-            out.extend(crls);
+            out.extend(crls.into_iter().map(|c| (path.clone(), c)));
         } else {
-            out.push(CertificateRevocationListDer::from(bytes));
+            out.push((path.clone(), CertificateRevocationListDer::from(bytes)));
         }
     }
     Ok(out)
+}
+
+/// Read what a CRL says (issuer, nextUpdate, revoked serials).
+fn crl_info(
+    cfg: &Config,
+    file: &Path,
+    der: &CertificateRevocationListDer<'_>,
+) -> Result<CrlInfo, PolicyError> {
+    let (_, crl) = x509_parser::parse_x509_crl(der.as_ref()).map_err(|e| {
+        err(
+            cfg,
+            "tls.crl",
+            format!("{}: not an X.509 CRL: {e}", file.display()),
+        )
+    })?;
+    Ok(CrlInfo {
+        file: file.to_path_buf(),
+        issuer: crl.issuer().to_string(),
+        next_update: crl.next_update().map(|t| t.timestamp()),
+        revoked: crl
+            .iter_revoked_certificates()
+            .map(|r| crate::tls::identity::serial_hex(r.raw_serial()))
+            .collect(),
+    })
 }
 
 /// The client verifier: a certificate is always required (there is no mode that
@@ -268,16 +321,28 @@ fn client_verifier(
     cfg: &Config,
     provider: &Arc<CryptoProvider>,
     roots: RootCertStore,
+    crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<Arc<dyn ClientCertVerifier>, PolicyError> {
-    let crls = load_crls(cfg)?;
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(crls)
-        .build()
+    let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls);
+    if cfg.tls.crl_stale == CrlStale::Refuse {
+        b = b.enforce_revocation_expiration();
+    }
+    b.build()
         .map_err(|e| err(cfg, "tls.crl", format!("cannot build client verifier: {e}")))
 }
 
-/// Build the whole policy from a validated config.
+/// Build the whole policy from a validated config, with a fresh in-process ticketer.
 pub fn build(cfg: &Config) -> Result<TlsPolicy, PolicyError> {
+    build_with(cfg, None)
+}
+
+/// Build the whole policy; `ticketer` is the running generation's in-process
+/// ticketer, reused so a reload does not invalidate every outstanding ticket.
+pub fn build_with(
+    cfg: &Config,
+    ticketer: Option<Arc<dyn ProducesTickets>>,
+) -> Result<TlsPolicy, PolicyError> {
     let provider = Arc::new(provider(cfg)?);
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
         (TlsVersion::Tls13, &rustls::version::TLS13),
@@ -290,7 +355,17 @@ pub fn build(cfg: &Config) -> Result<TlsPolicy, PolicyError> {
     let certs = load_certs(cfg)?;
     let key = load_key(cfg)?;
     let (roots, client_ca_subjects) = load_client_roots(cfg)?;
-    let verifier = client_verifier(cfg, &provider, roots)?;
+    let loaded = load_crls(cfg)?;
+    let crls = loaded
+        .iter()
+        .map(|(f, der)| crl_info(cfg, f, der))
+        .collect::<Result<Vec<_>, _>>()?;
+    let verifier = client_verifier(
+        cfg,
+        &provider,
+        roots,
+        loaded.into_iter().map(|(_, d)| d).collect(),
+    )?;
 
     let (server_cert, not_after) = match x509_parser::parse_x509_certificate(&certs[0]) {
         Ok((_, x)) => (
@@ -329,9 +404,22 @@ pub fn build(cfg: &Config) -> Result<TlsPolicy, PolicyError> {
         })?;
     // No 0-RTT: early data is replayable, and an upload must never be applied twice.
     sc.max_early_data_size = 0;
+    let mut in_process = None;
     if cfg.tls.session_tickets {
-        sc.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-            .map_err(|e| err(cfg, "tls.session_tickets", e.to_string()))?;
+        sc.ticketer = match &cfg.tls.ticket_key_file {
+            Some(path) => Arc::new(
+                FileTicketer::from_file(path).map_err(|e| err(cfg, "tls.ticket_key_file", e))?,
+            ),
+            None => {
+                let t = match ticketer {
+                    Some(t) => t,
+                    None => rustls::crypto::aws_lc_rs::Ticketer::new()
+                        .map_err(|e| err(cfg, "tls.session_tickets", e.to_string()))?,
+                };
+                in_process = Some(t.clone());
+                t
+            }
+        };
         sc.send_tls13_tickets = 2;
         // Tickets carry the session (and the client certificate chain) in the client;
         // a server-side cache would be one more lock shared by every worker.
@@ -364,6 +452,8 @@ pub fn build(cfg: &Config) -> Result<TlsPolicy, PolicyError> {
         server_config: Arc::new(sc),
         summary,
         server_cert_not_after: not_after,
+        ticketer: in_process,
+        crls,
     })
 }
 
@@ -388,11 +478,13 @@ pub enum FailReason {
     Protocol,
     /// Handshake succeeded but no authz rule admits the identity.
     Unauthorized,
+    /// The issuer's CRL is past its nextUpdate and `crl_stale = "refuse"`.
+    CrlStale,
 }
 
 impl FailReason {
     /// All reasons, in label order.
-    pub const ALL: [FailReason; 9] = [
+    pub const ALL: [FailReason; 10] = [
         FailReason::NoClientCert,
         FailReason::UnknownCa,
         FailReason::Expired,
@@ -402,6 +494,7 @@ impl FailReason {
         FailReason::Timeout,
         FailReason::Protocol,
         FailReason::Unauthorized,
+        FailReason::CrlStale,
     ];
 
     /// The metric label value.
@@ -416,6 +509,7 @@ impl FailReason {
             FailReason::Timeout => "timeout",
             FailReason::Protocol => "protocol",
             FailReason::Unauthorized => "unauthorized",
+            FailReason::CrlStale => "crl_stale",
         }
     }
 
@@ -430,6 +524,8 @@ impl FailReason {
                 | CertificateError::NotValidYet
                 | CertificateError::NotValidYetContext { .. } => FailReason::Expired,
                 CertificateError::Revoked => FailReason::Revoked,
+                CertificateError::ExpiredRevocationList
+                | CertificateError::ExpiredRevocationListContext { .. } => FailReason::CrlStale,
                 CertificateError::BadSignature
                 | CertificateError::UnsupportedSignatureAlgorithmContext { .. } => {
                     FailReason::BadSignature

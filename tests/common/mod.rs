@@ -858,9 +858,24 @@ impl Lab {
 impl Server {
     /// Start `lakegate serve` on a config already written for `port` / `admin`.
     pub fn spawn_config(lab: &Lab, port: u16, admin: u16, cfg: &Path) -> Server {
+        Server::spawn_with(lab, port, admin, cfg, &[], &[])
+    }
+
+    /// [`Server::spawn_config`] with extra global flags (e.g. `--log-json`) and
+    /// environment variables.
+    pub fn spawn_with(
+        lab: &Lab,
+        port: u16,
+        admin: u16,
+        cfg: &Path,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = lab.path(&format!("server-{port}.log"));
         let child = Command::new(bin())
+            .args(flags)
             .args(["serve", "--config", cfg.to_str().unwrap()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
