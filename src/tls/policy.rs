@@ -86,6 +86,10 @@ pub struct PolicySummary {
     pub server_cert: String,
     /// Whether session tickets are issued.
     pub session_tickets: bool,
+    /// Where ticket keys come from, when tickets are on.
+    pub ticket_keys: String,
+    /// What the CRLs say: file, revoked count, nextUpdate, stale or not.
+    pub crls: Vec<String>,
 }
 
 impl PolicySummary {
@@ -100,16 +104,15 @@ impl PolicySummary {
             let _ = writeln!(s, "client CA:           {subj}");
         }
         let _ = writeln!(s, "CRLs:                {}", self.crl_count);
+        for crl in &self.crls {
+            let _ = writeln!(s, "  {crl}");
+        }
         let _ = writeln!(s, "server certificate:  {}", self.server_cert);
-        let _ = writeln!(
-            s,
-            "session resumption:  {}",
-            if self.session_tickets {
-                "tickets"
-            } else {
-                "off"
-            }
-        );
+        if self.session_tickets {
+            let _ = writeln!(s, "session resumption:  tickets, {}", self.ticket_keys);
+        } else {
+            let _ = writeln!(s, "session resumption:  off");
+        }
         s
     }
 }
@@ -447,6 +450,31 @@ pub fn build_with(
         crl_count: cfg.tls.crl.len(),
         server_cert,
         session_tickets: cfg.tls.session_tickets,
+        ticket_keys: match &cfg.tls.ticket_key_file {
+            Some(p) => format!("shared keys from {}", p.display()),
+            None => "keys of this process (not shared)".into(),
+        },
+        crls: crls
+            .iter()
+            .map(|c| {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let next = c
+                    .next_update
+                    .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                    .map_or("none".to_string(), |t| t.to_string());
+                format!(
+                    "{}: issuer {}, {} revoked, nextUpdate {next}{}",
+                    c.file.display(),
+                    c.issuer,
+                    c.revoked.len(),
+                    if c.is_stale(now) {
+                        format!(" (STALE; crl_stale = {:?})", cfg.tls.crl_stale)
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+            .collect(),
     };
     Ok(TlsPolicy {
         server_config: Arc::new(sc),
