@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod load;
 pub mod pki;
 pub mod proto;
 pub mod telemetry;

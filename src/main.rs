@@ -52,6 +52,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: lakegate::pki::PkiCommand,
     },
+    /// Generate mTLS load (handshake storm, upload, download, mixed) and report it.
+    Load(Box<lakegate::load::LoadArgs>),
 }
 
 fn init_logging(json: bool) {
@@ -151,6 +153,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Load(a) => ExitCode::from(lakegate::load::main(&a)),
         Cmd::Pki { cmd } => match lakegate::pki::run(&cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
