@@ -684,3 +684,36 @@ fn systemd_notify_protocol_ready_watchdog_reloading_stopping() {
     assert!(msg.starts_with("STOPPING=1\n"), "{msg}");
     assert!(srv.wait_exit(Duration::from_secs(20)).success());
 }
+
+#[test]
+fn sigterm_closes_idle_keep_alive_connections_at_once_and_exits_zero() {
+    let lab = Lab::new();
+    let root = lab.path("data");
+    std::fs::create_dir_all(root.join("datasets")).unwrap();
+    // drain_timeout is 20 s in the lab config: a drain that waited for the idle
+    // connection would take that long.
+    let mut srv = Server::start(
+        &lab,
+        "",
+        &format!(
+            "kind = \"store\"\nroot = \"{}\"\nfsync = \"never\"",
+            root.display()
+        ),
+    );
+    let mut c = TlsClient::connect(srv.port, client_config(&lab, Some("alice"), false)).unwrap();
+    let (status, _, _) =
+        c.request(b"PUT /datasets/k HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(status, 201);
+    // The connection is now idle between requests, kept alive.
+    let t = Instant::now();
+    srv.signal("TERM");
+    assert!(srv.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "drain took {:?}",
+        t.elapsed()
+    );
+    let line = srv.log_line_with(&["connection closed"]).unwrap();
+    assert!(line.contains("close=\"draining\""), "{line}");
+    assert_eq!(std::fs::read(root.join("datasets/k")).unwrap(), b"hi");
+}

@@ -209,12 +209,15 @@ impl Relay<'_> {
                 self.client.read(inb.slice(used..cap)),
                 &self.last,
                 self.idle,
+                None,
             )
             .await
             {
                 Ok(x) => x,
                 Err((WaitError::Idle, _)) => return self.on_end(Err("idle timeout")),
-                Err((WaitError::Io(_), _)) => return self.on_end(Err("client read error")),
+                Err((WaitError::Io(_) | WaitError::Draining, _)) => {
+                    return self.on_end(Err("client read error"))
+                }
             };
             inb = slice.into_inner();
             if n == 0 {
@@ -265,7 +268,7 @@ impl Relay<'_> {
         let result = loop {
             let cap = ub.len().min(super::pool::BUF_SIZE);
             let (n, slice) =
-                match read_idle(self.up.read(ub.slice(..cap)), &self.last, self.idle).await {
+                match read_idle(self.up.read(ub.slice(..cap)), &self.last, self.idle, None).await {
                     Ok(x) => x,
                     Err((WaitError::Idle, _)) => {
                         // Say goodbye properly: close_notify, then end both directions.
@@ -277,7 +280,9 @@ impl Relay<'_> {
                         }
                         return self.on_end(Err("idle timeout"));
                     }
-                    Err((WaitError::Io(_), _)) => return self.on_end(Err("upstream read error")),
+                    Err((WaitError::Io(_) | WaitError::Draining, _)) => {
+                        return self.on_end(Err("upstream read error"))
+                    }
                 };
             ub = slice.into_inner();
             out.clear();

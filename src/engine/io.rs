@@ -49,21 +49,36 @@ pub enum WaitError {
     Idle,
     /// The read failed.
     Io(io::Error),
+    /// The appliance is draining and this read was waiting between requests.
+    Draining,
 }
 
 /// Await a read without ever cancelling it early: io_uring reads that are dropped in
 /// flight may still complete and lose their bytes. The timer only decides, each time it
 /// fires, whether the whole connection (both directions, via `last`) has been idle too
-/// long, in which case the connection is being torn down anyway.
+/// long, in which case the connection is being torn down anyway. With `drain`, a
+/// read that waits for the next request on a keep-alive connection also gives up
+/// when the appliance starts draining: an idle connection must not hold the drain to
+/// its deadline (HTTP clients retry a request that meets a closed keep-alive).
 pub async fn read_idle<F, B>(
     fut: F,
     last: &std::cell::Cell<Instant>,
     idle: std::time::Duration,
+    drain: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<(usize, B), (WaitError, Option<B>)>
 where
     F: std::future::Future<Output = (io::Result<usize>, B)>,
 {
     tokio::pin!(fut);
+    let drained = async move {
+        if let Some(mut rx) = drain {
+            if rx.wait_for(|d| *d).await.is_ok() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::pin!(drained);
     loop {
         let deadline = last.get() + idle;
         tokio::select! {
@@ -73,6 +88,7 @@ where
                     Err(e) => Err((WaitError::Io(e), Some(buf))),
                 };
             }
+            _ = &mut drained => return Err((WaitError::Draining, None)),
             _ = tokio::time::sleep_until(deadline.into()) => {
                 if last.get() + idle <= Instant::now() {
                     return Err((WaitError::Idle, None));

@@ -180,6 +180,8 @@ impl Conn<'_> {
             if self.used == self.inb.len() {
                 return Err("record larger than buffer");
             }
+            // Between requests (nothing buffered) a drain may end the wait.
+            let between = self.pstart == self.plain.filled && self.used == 0;
             let cap = self.inb.len();
             let inb = std::mem::take(&mut self.inb);
             let idle = self.gen.config.server.idle_timeout;
@@ -187,6 +189,7 @@ impl Conn<'_> {
                 self.client.read(inb.slice(self.used..cap)),
                 &self.last,
                 idle,
+                between.then(|| self.w.drain.clone()),
             )
             .await
             {
@@ -194,6 +197,10 @@ impl Conn<'_> {
                 Err((WaitError::Idle, _)) => {
                     self.inb = self.w.pool.take();
                     return Err("idle timeout");
+                }
+                Err((WaitError::Draining, _)) => {
+                    self.inb = self.w.pool.take();
+                    return Err("draining");
                 }
                 Err((WaitError::Io(_), buf)) => {
                     self.inb = buf

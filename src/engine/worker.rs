@@ -25,6 +25,8 @@ pub struct Worker {
     pub pool: Pool,
     /// Connections open on this worker.
     pub open: Cell<usize>,
+    /// Turns true when the appliance starts draining.
+    pub drain: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Run worker `id` on the current thread until drained. `listener` is this worker's
@@ -56,6 +58,7 @@ pub fn run(
             stats,
             pool: Pool::new(256),
             open: Cell::new(0),
+            drain: stop.clone(),
         });
         // The watchdog's proof that this loop still turns: one relaxed store a second.
         let sh = shared.clone();
