@@ -42,18 +42,9 @@ pub enum PkiCommand {
         /// Common name of the CA.
         #[arg(long, default_value = "lakegate test CA")]
         ca_name: String,
-        /// DNS SAN of the server certificate (repeatable); the first is also its CN.
-        #[arg(long = "dns", default_values = ["localhost"])]
-        dns: Vec<String>,
-        /// IP SAN of the server certificate (repeatable).
-        #[arg(long = "ip", default_values = ["127.0.0.1"])]
-        ip: Vec<IpAddr>,
-        /// Key type of the CA and the server key.
-        #[arg(long, value_enum, default_value = "ecdsa-p256")]
-        key_type: KeyType,
-        /// Validity of the server certificate in days (the CA gets at least 3650).
-        #[arg(long, default_value_t = 825)]
-        days: u32,
+        /// The server certificate's names, key type and validity.
+        #[command(flatten)]
+        cert: ServerCertArgs,
     },
     /// Make a client certificate signed by DIR's CA
     Client {
@@ -85,18 +76,9 @@ pub enum PkiCommand {
         dir: PathBuf,
         /// File stem: writes NAME.crt, NAME-chain.crt and NAME.key (never over existing files).
         name: String,
-        /// DNS SAN (repeatable); the first is also its CN.
-        #[arg(long = "dns", default_values = ["localhost"])]
-        dns: Vec<String>,
-        /// IP SAN (repeatable).
-        #[arg(long = "ip", default_values = ["127.0.0.1"])]
-        ip: Vec<IpAddr>,
-        /// Key type of the server key.
-        #[arg(long, value_enum, default_value = "ecdsa-p256")]
-        key_type: KeyType,
-        /// Validity in days.
-        #[arg(long, default_value_t = 825)]
-        days: u32,
+        /// The server certificate's names, key type and validity.
+        #[command(flatten)]
+        cert: ServerCertArgs,
     },
     /// Make (or replace) DIR/crl.pem revoking the named clients
     Crl {
@@ -114,6 +96,23 @@ pub enum PkiCommand {
         #[arg(long)]
         stale: bool,
     },
+}
+
+/// What a server certificate says, for `init` and `server`.
+#[derive(clap::Args, Debug)]
+pub struct ServerCertArgs {
+    /// DNS SAN of the server certificate (repeatable); the first is also its CN.
+    #[arg(long = "dns", default_values = ["localhost"])]
+    dns: Vec<String>,
+    /// IP SAN of the server certificate (repeatable).
+    #[arg(long = "ip", default_values = ["127.0.0.1"])]
+    ip: Vec<IpAddr>,
+    /// Key type of the server key (with `init`, of the CA's too).
+    #[arg(long, value_enum, default_value = "ecdsa-p256")]
+    key_type: KeyType,
+    /// Validity of the server certificate in days (a CA made by `init` gets at least 3650).
+    #[arg(long, default_value_t = 825)]
+    days: u32,
 }
 
 /// Key algorithm for a generated key pair.
@@ -141,14 +140,9 @@ impl KeyType {
 /// Runs one `lakegate pki` subcommand.
 pub fn run(cmd: &PkiCommand) -> anyhow::Result<()> {
     match cmd {
-        PkiCommand::Init {
-            dir,
-            ca_name,
-            dns,
-            ip,
-            key_type,
-            days,
-        } => init(dir, ca_name, dns, ip, *key_type, *days),
+        PkiCommand::Init { dir, ca_name, cert } => {
+            init(dir, ca_name, &cert.dns, &cert.ip, cert.key_type, cert.days)
+        }
         PkiCommand::Client {
             dir,
             name,
@@ -166,14 +160,9 @@ pub fn run(cmd: &PkiCommand) -> anyhow::Result<()> {
             *key_type,
             *days,
         ),
-        PkiCommand::Server {
-            dir,
-            name,
-            dns,
-            ip,
-            key_type,
-            days,
-        } => server(dir, name, dns, ip, *key_type, *days),
+        PkiCommand::Server { dir, name, cert } => {
+            server(dir, name, &cert.dns, &cert.ip, cert.key_type, cert.days)
+        }
         PkiCommand::Crl {
             dir,
             revoke,
