@@ -1009,17 +1009,11 @@ mod tests {
         }
         let t = T::try_parse_from(["t", "init", "--dir", "/x", "--key-type", "rsa2048"]).unwrap();
         match t.cmd {
-            PkiCommand::Init {
-                dns,
-                ip,
-                key_type,
-                days,
-                ..
-            } => {
-                assert_eq!(dns, ["localhost"]);
-                assert_eq!(ip, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
-                assert_eq!(key_type, KeyType::Rsa2048);
-                assert_eq!(days, 825);
+            PkiCommand::Init { cert, .. } => {
+                assert_eq!(cert.dns, ["localhost"]);
+                assert_eq!(cert.ip, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
+                assert_eq!(cert.key_type, KeyType::Rsa2048);
+                assert_eq!(cert.days, 825);
             }
             other => panic!("{other:?}"),
         }
