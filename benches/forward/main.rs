@@ -2,6 +2,8 @@
 //! subcommands, driven by `benches/forward/run.sh`:
 //!
 //!   sink [--echo] [--port-file F]             plaintext upstream: read and discard (or echo)
+//!   source [--bytes N] [--port-file F]        plaintext upstream: on connect, send N bytes
+//!                                              (0 = endless) then close (downloads)
 //!   upload --connect A --bytes N [--ca C --cert C --key K --suite aes128|aes256|any]
 //!                                              one connection, N bytes up (TLS if --ca given)
 //!   handshake --connect A --ca C --cert C --key K -n N [--threads T] [--resume]
@@ -38,13 +40,14 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     if argv.is_empty() {
-        eprintln!("usage: forward sink|upload|handshake|aead-floor|free-port|wait-http ...");
+        eprintln!("usage: forward sink|source|upload|handshake|aead-floor|free-port|wait-http ...");
         return;
     }
     let cmd = argv.remove(0);
     let a = Args(argv);
     let r = match cmd.as_str() {
         "sink" => sink(&a),
+        "source" => source(&a),
         "upload" => upload(&a),
         "handshake" => handshake(&a),
         "aead-floor" => aead_floor(&a),
@@ -92,6 +95,58 @@ fn sink(a: &Args) -> Res<()> {
                 black_box(&buf[..n]);
             }
             let _ = c.shutdown(Shutdown::Both);
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// source
+// ---------------------------------------------------------------------------------------
+
+/// A plaintext upstream for downloads: each accepted connection is sent `--bytes` bytes
+/// (0 = until the peer goes away) in `--chunk`-sized writes, then shut down for writing;
+/// whatever the peer sends is read and discarded on a second thread.
+fn source(a: &Args) -> Res<()> {
+    let total = a.num("--bytes", 0);
+    let chunk_len = a.num("--chunk", 256 * 1024).max(1) as usize;
+    let listen = a.opt("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
+    let l = TcpListener::bind(&listen)?;
+    let port = l.local_addr()?.port();
+    if let Some(f) = a.opt("--port-file") {
+        std::fs::write(&f, format!("{port}\n"))?;
+    }
+    println!("{port}");
+    std::io::stdout().flush()?;
+    let chunk: Arc<[u8]> = vec![0xa5u8; chunk_len].into();
+    for c in l.incoming() {
+        let Ok(mut c) = c else { continue };
+        let chunk = chunk.clone();
+        std::thread::spawn(move || {
+            let _ = c.set_nodelay(true);
+            if let Ok(mut r) = c.try_clone() {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = r.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                });
+            }
+            let mut sent = 0u64;
+            while total == 0 || sent < total {
+                let n = if total == 0 {
+                    chunk.len()
+                } else {
+                    ((total - sent) as usize).min(chunk.len())
+                };
+                if c.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                sent += n as u64;
+            }
+            let _ = c.shutdown(Shutdown::Write);
         });
     }
     Ok(())
