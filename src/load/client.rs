@@ -262,8 +262,11 @@ impl Conn {
     }
 
     /// Hand rustls more ciphertext and process it. The socket is read in big gulps into
-    /// `nbuf` and fed from there: rustls' own `read_tls` from a socket takes at most
-    /// 4 KiB per syscall, which would make the client, not the server, the bottleneck.
+    /// `nbuf` and fed from there: rustls' `read_tls` takes at most what fits its deframer
+    /// buffer (one 18 KiB record at most, and only 4 KiB more per call after that buffer
+    /// has shrunk), so reading the socket through it would cost a syscall per few KiB and
+    /// make the client, not the server, the bottleneck. From a slice that limit costs
+    /// only a function call; rustls copies what it takes either way.
     /// Ok(false): nothing to read right now (non-blocking socket).
     fn pump(&mut self) -> io::Result<bool> {
         if self.nstart == self.nend {
