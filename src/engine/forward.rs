@@ -112,6 +112,9 @@ pub async fn relay(
         log,
     };
     let ub = w.pool.take();
+    // Both directions take their write-side buffer from the pool when data arrives.
+    w.pool.give(std::mem::take(&mut out.buf));
+    w.pool.give(std::mem::take(&mut plain.buf));
     let (a, b) = tokio::join!(
         ctx.client_to_upstream(inb, used, plain),
         ctx.upstream_to_client(ub, out)
@@ -230,6 +233,12 @@ impl Relay<'_> {
             used += n;
             self.log.bytes_in.set(self.log.bytes_in.get() + n as u64);
             self.w.stats.bytes_received.add(n as u64);
+            // The plaintext buffer is held only while it carries data: an idle
+            // connection keeps just its two pending read buffers (memory per idle
+            // connection). A pool pop, not an allocation.
+            if plain.buf.is_empty() {
+                plain = OutBuf::from_vec(self.w.pool.take());
+            }
             let p = {
                 let mut tls = self.tls.borrow_mut();
                 match tls.handle_received(&mut inb[..used], &mut scratch, &mut plain) {
@@ -253,6 +262,7 @@ impl Relay<'_> {
                 }
                 self.last.set(Instant::now());
             }
+            self.w.pool.give(std::mem::take(&mut plain.buf));
             if p.peer_closed {
                 self.up.shutdown(Shutdown::Write);
                 break Ok(());
@@ -272,6 +282,9 @@ impl Relay<'_> {
                     Ok(x) => x,
                     Err((WaitError::Idle, _)) => {
                         // Say goodbye properly: close_notify, then end both directions.
+                        if out.buf.is_empty() {
+                            out = OutBuf::from_vec(self.w.pool.take());
+                        }
                         out.clear();
                         if self.tls.borrow_mut().close_notify(&mut out).is_ok() {
                             let len = out.filled;
@@ -285,6 +298,9 @@ impl Relay<'_> {
                     }
                 };
             ub = slice.into_inner();
+            if out.buf.is_empty() {
+                out = OutBuf::from_vec(self.w.pool.take());
+            }
             out.clear();
             {
                 let mut tls = self.tls.borrow_mut();
@@ -314,6 +330,8 @@ impl Relay<'_> {
                 .bytes_out
                 .set(self.log.bytes_out.get() + len as u64);
             self.w.stats.bytes_sent.add(len as u64);
+            // Held only while it carries data, like the plaintext buffer upstream.
+            self.w.pool.give(std::mem::take(&mut out.buf));
             if n == 0 {
                 self.client.shutdown(Shutdown::Write);
                 break Ok(());
