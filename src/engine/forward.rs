@@ -149,6 +149,10 @@ async fn connect(u: &Upstream) -> std::io::Result<Stream> {
     })
 }
 
+/// A read shorter than one full TLS record: the peer is not streaming, so the write-side
+/// buffer goes back to the pool between messages.
+const TRICKLE: usize = 16 * 1024;
+
 struct Relay<'a> {
     w: &'a Rc<Worker>,
     idle: std::time::Duration,
@@ -262,7 +266,13 @@ impl Relay<'_> {
                 }
                 self.last.set(Instant::now());
             }
-            self.w.pool.give(std::mem::take(&mut plain.buf));
+            // A read of less than a full record means the client is not streaming:
+            // give the buffer back so an idle connection holds none. A streaming one
+            // keeps it, so a busy worker never churns the pool (or allocates when it
+            // runs dry) once per record.
+            if n < TRICKLE {
+                self.w.pool.give(std::mem::take(&mut plain.buf));
+            }
             if p.peer_closed {
                 self.up.shutdown(Shutdown::Write);
                 break Ok(());
@@ -330,8 +340,10 @@ impl Relay<'_> {
                 .bytes_out
                 .set(self.log.bytes_out.get() + len as u64);
             self.w.stats.bytes_sent.add(len as u64);
-            // Held only while it carries data, like the plaintext buffer upstream.
-            self.w.pool.give(std::mem::take(&mut out.buf));
+            // Released after a short read only, as the plaintext buffer upstream.
+            if n < TRICKLE {
+                self.w.pool.give(std::mem::take(&mut out.buf));
+            }
             if n == 0 {
                 self.client.shutdown(Shutdown::Write);
                 break Ok(());

@@ -173,21 +173,7 @@ impl Server {
         let port = free_port();
         let admin = free_port();
         let cfg = lab.config(port, admin, server_extra, backend);
-        let log = lab.path(&format!("server-{port}.log"));
-        let child = Command::new(bin())
-            .args(["serve", "--config", cfg.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut s = Server {
-            child,
-            port,
-            admin,
-            log,
-        };
-        s.wait_ready();
-        s
+        Server::spawn_config(lab, port, admin, &cfg)
     }
 
     fn wait_ready(&mut self) {
