@@ -130,11 +130,8 @@ impl Reloader {
 
     /// Put a generation's certificate and CRL dates where the scrape sees them.
     fn publish(&self, gen: &Generation) {
-        self.shared.telemetry.server_cert_not_after.store(
-            gen.server_cert_not_after,
-            std::sync::atomic::Ordering::Relaxed,
-        );
         self.count(|c| {
+            c.server_cert_not_after = gen.server_cert_not_after;
             c.last_reload_success = now_secs();
             c.crl_next_update = gen
                 .crls

@@ -204,6 +204,8 @@ impl RecentCerts {
 /// thread on reload or CRL refresh, never by a worker.
 #[derive(Debug, Default)]
 pub struct Control {
+    /// Not-after of the running server certificate, unix seconds.
+    pub server_cert_not_after: i64,
     /// Config reloads by result (ok, failed).
     pub reloads: [u64; 2],
     /// Unix seconds of the last successful load (start or reload).
@@ -228,9 +230,7 @@ pub struct Telemetry {
     pub workers: Vec<Arc<WorkerStats>>,
     /// Cipher suite names by index, as used in [`session_slot`].
     pub suites: Vec<String>,
-    /// Server certificate not-after, unix seconds.
-    pub server_cert_not_after: std::sync::atomic::AtomicI64,
-    /// Reload and CRL state.
+    /// Reload, certificate and CRL state.
     pub control: Mutex<Control>,
 }
 
@@ -274,7 +274,6 @@ impl Telemetry {
                 .map(|_| Arc::new(WorkerStats::default()))
                 .collect(),
             suites,
-            server_cert_not_after: Default::default(),
             control: Mutex::new(Control::default()),
         }
     }
@@ -434,16 +433,13 @@ impl Telemetry {
             ));
         }
 
+        let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         out.push(family(
             "lakegate_server_cert_expiry_timestamp_seconds",
             "Not-after of the server certificate, unix seconds.",
             GAUGE,
-            vec![gauge(
-                vec![],
-                self.server_cert_not_after.load(Relaxed) as f64,
-            )],
+            vec![gauge(vec![], control.server_cert_not_after as f64)],
         ));
-        let control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         let pair = |name: &str, help: &str, v: [u64; 2]| {
             family(
                 name,
