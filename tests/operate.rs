@@ -207,6 +207,17 @@ fn promtool_accepts_a_scrape_after_real_traffic_and_counters_match_it() {
         "alice expiry {left}: {text}"
     );
 
+    // `pki init` issues the server certificate for 825 days.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let not_after = m("lakegate_server_cert_expiry_timestamp_seconds", "");
+    assert!(
+        (now + 824.0 * 86400.0..=now + 826.0 * 86400.0).contains(&not_after),
+        "server cert not-after {not_after}"
+    );
+
     if !have("promtool") {
         return;
     }
