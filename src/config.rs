@@ -73,6 +73,9 @@ pub struct Server {
     pub idle_timeout: Duration,
     /// Deadline for open connections to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// A connection older than this is closed after the request in flight (store) or
+    /// with close_notify (forward); `None` = unlimited (`"0"`).
+    pub max_connection_age: Option<Duration>,
 }
 
 /// The `[tls]` section, with paths resolved.
@@ -98,6 +101,9 @@ pub struct Tls {
     pub session_tickets: bool,
     /// Shared ticket key file, so a fleet resumes each other's sessions.
     pub ticket_key_file: Option<PathBuf>,
+    /// Resumption is refused once the full handshake that authenticated the client is
+    /// older than this, however many tickets were issued since.
+    pub ticket_lifetime: Duration,
 }
 
 /// The policy for a CRL past its nextUpdate (its issuer should have replaced it).
@@ -257,6 +263,10 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_CRL_REFRESH: Duration = Duration::from_secs(30);
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_TICKET_LIFETIME: Duration = Duration::from_secs(6 * 3600);
+/// rustls (and RFC 8446 §4.6.1) cap a ticket's advertised lifetime at 7 days.
+const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 // ---------------------------------------------------------------------------------------
 // Raw layer: the file as written. Everything is optional so that "missing" and "wrong"
@@ -289,6 +299,7 @@ struct RawServer {
     handshake_timeout: Option<String>,
     idle_timeout: Option<String>,
     drain_timeout: Option<String>,
+    max_connection_age: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +315,7 @@ struct RawTls {
     cipher_suites: Option<Vec<String>>,
     session_tickets: Option<bool>,
     ticket_key_file: Option<String>,
+    ticket_lifetime: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -383,9 +395,19 @@ fn build(text: &str, path: &Path, online: usize) -> Result<Config> {
         .unwrap_or_default()
         .into_iter()
         .enumerate()
-        .map(|(i, r)| cx.authz(i, r))
+        .map(|(i, r)| cx.authz(i, r, matches!(backend, Backend::Forward { .. })))
         .collect::<Result<Vec<_>>>()?;
     let tokens = raw.tokens.map(|t| cx.tokens(t)).transpose()?;
+    if tokens.is_some() {
+        // Accepting [tokens] without enforcing it would let an operator believe requests
+        // need a bearer token while they do not: refused until validation is built.
+        return Err(cx.err(
+            "tokens",
+            "bearer-token validation ([tokens]) is not implemented in this version; \
+             remove the [tokens] section (requests are authorized by client certificate \
+             and [[authz]] only)",
+        ));
+    }
 
     Ok(Config {
         path: cx.file,
@@ -461,6 +483,13 @@ impl Ctx {
                 DEFAULT_DRAIN_TIMEOUT,
                 true,
             )?,
+            max_connection_age: Some(self.duration(
+                "server.max_connection_age",
+                raw.max_connection_age,
+                DEFAULT_MAX_CONNECTION_AGE,
+                true,
+            )?)
+            .filter(|d| !d.is_zero()),
         })
     }
 
@@ -602,8 +631,27 @@ impl Ctx {
         let ticket_key_file = match raw.ticket_key_file {
             None => None,
             Some(p) if p.is_empty() => None,
-            Some(p) => Some(self.existing_file("tls.ticket_key_file", p)?),
+            Some(p) => {
+                let path = self.existing_file("tls.ticket_key_file", p)?;
+                self.private_file("tls.ticket_key_file", &path)?;
+                Some(path)
+            }
         };
+        let ticket_lifetime = self.duration(
+            "tls.ticket_lifetime",
+            raw.ticket_lifetime,
+            DEFAULT_TICKET_LIFETIME,
+            false,
+        )?;
+        if ticket_lifetime > MAX_TICKET_LIFETIME {
+            return Err(self.err(
+                "tls.ticket_lifetime",
+                format!(
+                    "expected at most 7d (RFC 8446 caps ticket lifetimes), found {}",
+                    humantime::format_duration(ticket_lifetime)
+                ),
+            ));
+        }
 
         Ok(Tls {
             cert,
@@ -616,6 +664,7 @@ impl Ctx {
             cipher_suites,
             session_tickets: raw.session_tickets.unwrap_or(true),
             ticket_key_file,
+            ticket_lifetime,
         })
     }
 
@@ -767,13 +816,35 @@ impl Ctx {
         }
     }
 
-    fn authz(&self, i: usize, raw: RawAuthz) -> Result<AuthzRule> {
+    fn authz(&self, i: usize, raw: RawAuthz, forward: bool) -> Result<AuthzRule> {
         let identity = self.required(&format!("authz[{i}].identity"), raw.identity)?;
         if identity.is_empty() {
             return Err(self.err(
                 format!("authz[{i}].identity"),
                 "expected an identity pattern, found an empty string",
             ));
+        }
+        crate::authz::IdentityPattern::parse(&identity)
+            .map_err(|e| self.err(format!("authz[{i}].identity"), e.to_string()))?;
+        if forward {
+            if raw.buckets.as_ref().is_some_and(|b| b != &["*"]) {
+                return Err(self.err(
+                    format!("authz[{i}].buckets"),
+                    "a forward relay has no buckets, so this list could not be enforced; \
+                     remove it",
+                ));
+            }
+            if let Some(list) = &raw.access {
+                let has = |a: &str| list.iter().any(|x| x == a);
+                if has("read") != has("write") {
+                    return Err(self.err(
+                        format!("authz[{i}].access"),
+                        "a forward relay carries bytes both ways and cannot be made read- or \
+                         write-only; expected [\"read\", \"write\"] to admit the relay or [] \
+                         to deny it",
+                    ));
+                }
+            }
         }
         let buckets = raw.buckets.unwrap_or_else(|| vec!["*".to_owned()]);
         let access = match raw.access {
@@ -901,6 +972,13 @@ impl Ctx {
         }
     }
 
+    /// A file that holds a secret (ticket keys, admin token): refused when others could
+    /// read it, as ssh refuses a private key, since whoever reads it can mint tickets
+    /// around any certificate they have seen.
+    fn private_file(&self, key: &str, path: &Path) -> Result<()> {
+        check_private_file(path).map_err(|m| self.err(key, m))
+    }
+
     // --- TOML errors -------------------------------------------------------------------
 
     /// Turns a toml error into one naming the key it points at, or its line and column.
@@ -925,6 +1003,32 @@ impl Ctx {
         };
         self.err("", format!("{what} {line}, column {column}: {message}"))
     }
+}
+
+/// Whether a secret file is readable only by its owner, and owned by the user lakegate
+/// runs as or by root; the message names the mode or owner and what to do.
+pub fn check_private_file(path: &Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).map_err(|e| format!("cannot access {}: {e}", path.display()))?;
+    let mode = m.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} has mode {mode:04o}, which lets group or others use it; expected 0600 \
+             (chmod 600 {}): this file is as sensitive as a CA key",
+            path.display(),
+            path.display()
+        ));
+    }
+    // SAFETY: geteuid has no preconditions, touches no memory of ours and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if m.uid() != euid && m.uid() != 0 {
+        return Err(format!(
+            "{} is owned by uid {}; expected the user lakegate runs as (uid {euid}) or root",
+            path.display(),
+            m.uid()
+        ));
+    }
+    Ok(())
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -1180,7 +1284,12 @@ root = "data"
         let dir = fixture();
         let root = dir.path().join("lake");
         let text = DESIGN_EXAMPLE.replace("/srv/lake", &root.display().to_string());
-        let c = parse_ok(&dir, &text);
+        // [tokens] is refused until it is enforced; the rest of the example parses.
+        let e = parse_err(&dir, &text);
+        assert_eq!(e.key, "tokens");
+        assert!(e.message.contains("not implemented"), "{e}");
+        let text = &text[..text.find("[tokens]").expect("tokens section")];
+        let c = parse_ok(&dir, text);
         let d = dir.path();
 
         assert_eq!(c.path, d.join("lakegate.toml"));
@@ -1221,16 +1330,11 @@ root = "data"
                 access: vec![Access::Read],
             }]
         );
+        assert_eq!(c.tokens, None);
+        assert_eq!(c.tls.ticket_lifetime, Duration::from_secs(6 * 3600));
         assert_eq!(
-            c.tokens,
-            Some(Tokens {
-                jwks: d.join("jwks.json"),
-                issuer: "https://auth.lake.example".into(),
-                audience: "lakegate".into(),
-                cert_bound: true,
-                required: true,
-                leeway: Duration::from_secs(30),
-            })
+            c.server.max_connection_age,
+            Some(Duration::from_secs(24 * 3600))
         );
     }
 
@@ -1268,7 +1372,10 @@ root = "data"
     #[test]
     fn authz_defaults_grant_everything() {
         let dir = fixture();
-        let c = parse_ok(&dir, &format!("{MINIMAL}\n[[authz]]\nidentity = \"a\"\n"));
+        let c = parse_ok(
+            &dir,
+            &format!("{MINIMAL}\n[[authz]]\nidentity = \"spiffe://a\"\n"),
+        );
         assert_eq!(c.authz[0].buckets, vec!["*".to_owned()]);
         assert_eq!(c.authz[0].access, Access::ALL.to_vec());
     }
@@ -1691,7 +1798,7 @@ root = "data"
     #[test]
     fn authz_validation() {
         let dir = fixture();
-        let rules = "[[authz]]\nidentity = \"a\"\n[[authz]]\nidentity = \"b\"\naccess = [\"read\", \"admin\"]\n";
+        let rules = "[[authz]]\nidentity = \"cn:a\"\n[[authz]]\nidentity = \"cn:b\"\naccess = [\"read\", \"admin\"]\n";
         let e = parse_err(&dir, &format!("{MINIMAL}\n{rules}"));
         assert_eq!(e.key, "authz[1].access[1]");
         assert_eq!(
@@ -1702,22 +1809,78 @@ root = "data"
         assert_eq!(e.key, "authz[0].identity");
         let e = parse_err(&dir, &format!("{MINIMAL}\n[[authz]]\nbuckets = [\"x\"]\n"));
         assert_eq!(e.key, "authz[0].identity");
+        // An untyped pattern (the old "any name" matching) says how to write it.
+        let e = parse_err(
+            &dir,
+            &format!("{MINIMAL}\n[[authz]]\nidentity = \"*.lake.example\"\n"),
+        );
+        assert_eq!(e.key, "authz[0].identity");
+        assert!(e.message.contains("\"dns:*.lake.example\""), "{e}");
+        // Forward mode: what a relay cannot enforce is refused.
+        let fwd = |rule: &str| {
+            forward(
+                &dir,
+                &format!(
+                    "upstream = \"127.0.0.1:9000\"\n[[authz]]\nidentity = \"spiffe://a\"\n{rule}"
+                ),
+            )
+        };
+        assert!(fwd("").is_ok());
+        assert!(fwd("access = []").is_ok());
+        assert!(fwd("access = [\"read\", \"write\"]").is_ok());
+        let e = fwd("access = [\"read\"]").unwrap_err();
+        assert_eq!(e.key, "authz[0].access");
+        let e = fwd("buckets = [\"datasets\"]").unwrap_err();
+        assert_eq!(e.key, "authz[0].buckets");
+    }
+
+    #[test]
+    fn ticket_lifetime_and_connection_age() {
+        let dir = fixture();
+        let c = parse_ok(&dir, &with("tls", "ticket_lifetime = \"10m\""));
+        assert_eq!(c.tls.ticket_lifetime, Duration::from_secs(600));
+        let e = parse_err(&dir, &with("tls", "ticket_lifetime = \"8d\""));
+        assert_eq!(e.key, "tls.ticket_lifetime");
+        let e = parse_err(&dir, &with("tls", "ticket_lifetime = \"0s\""));
+        assert_eq!(e.key, "tls.ticket_lifetime");
+        let c = parse_ok(&dir, &with("server", "max_connection_age = \"0\""));
+        assert_eq!(c.server.max_connection_age, None);
+        let c = parse_ok(&dir, &with("server", "max_connection_age = \"1h\""));
+        assert_eq!(c.server.max_connection_age, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn ticket_key_file_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = fixture();
+        let f = dir.path().join("tickets.key");
+        fs::write(&f, "x").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o666] {
+            fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+            let e = parse_err(&dir, &with("tls", "ticket_key_file = \"tickets.key\""));
+            assert_eq!(e.key, "tls.ticket_key_file");
+            assert!(e.message.contains(&format!("mode {mode:04o}")), "{e}");
+            assert!(e.message.contains("tickets.key"), "{e}");
+        }
+        for mode in [0o600, 0o400] {
+            fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+            parse_ok(&dir, &with("tls", "ticket_key_file = \"tickets.key\""));
+        }
     }
 
     #[test]
     fn tokens_validation() {
         let dir = fixture();
         let base = "jwks = \"jwks.json\"\nissuer = \"i\"\naudience = \"a\"";
-        let c = parse_ok(
+        // A well-formed [tokens] is refused as a whole: it is not enforced yet.
+        let e = parse_err(
             &dir,
             &with(
                 "tokens",
                 &format!("{base}\nrequired = false\nleeway = \"5s\""),
             ),
         );
-        let t = c.tokens.expect("tokens");
-        assert!(!t.required && t.cert_bound);
-        assert_eq!(t.leeway, Duration::from_secs(5));
+        assert_eq!(e.key, "tokens");
         let e = parse_err(
             &dir,
             &with("tokens", &base.replace("jwks.json", "nope.json")),

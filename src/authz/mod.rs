@@ -1,8 +1,9 @@
 //! Authorization: which client identities may do what to which buckets.
 //!
-//! Owns: the ordered `[[authz]]` rules compiled into a [`Policy`], glob matching of
-//! identities and buckets, and the [`Decision`] the connection and request layers act
-//! on. JWT / RFC 8705 token binding will live beside it in this module tree.
+//! Owns: the ordered `[[authz]]` rules compiled into a [`Policy`], typed identity
+//! patterns, glob matching of names and buckets, and the [`Decision`] the connection and
+//! request layers act on. JWT / RFC 8705 token binding will live beside it in this
+//! module tree.
 //!
 //! Must not touch: certificates (it receives an already-built
 //! [`Identity`](crate::tls::identity::Identity)), configuration parsing (config builds
@@ -19,14 +20,27 @@
 //! read by operators, and it makes a rule's effect visible without reading the rest
 //! of the file. Put narrow identities before broad ones. No matching rule means denied.
 //!
-//! # Patterns
+//! # Patterns name the name type they match
 //!
-//! Identity and bucket patterns are case-sensitive globs in which `*` matches any run
-//! of characters, `/` included (`spiffe://lake.example/*` matches every workload of
-//! that trust domain). There is no single-character wildcard: `?` is literal, because
-//! URIs may contain it. An identity pattern of the form `x5t#S256:<thumbprint>` pins one
-//! certificate: it is compared exactly (never as a glob) with the client certificate's
-//! RFC 8705 thumbprint.
+//! A certificate carries names of several types, and an issuing CA vouches for each
+//! only as what it is: a CN that *looks* like a SPIFFE ID is not one. So a pattern is
+//! compared against exactly one name type, never against "any name":
+//!
+//! | pattern | compared with |
+//! | --- | --- |
+//! | `spiffe://td/path/*` | the certificate's one SPIFFE ID (URI SAN); never a CN or DNS name |
+//! | `uri:https://…` | every URI SAN (SPIFFE or not) |
+//! | `dns:*.lake.example` | every DNS SAN, ASCII case-insensitively (DNS names are) |
+//! | `cn:ingest-01` | the subject's first CN |
+//! | `x5t:<base64url SHA-256>` (or `x5t#S256:`) | the certificate's RFC 8705 thumbprint, exactly |
+//! | `serial:<hex>` | the serial number (any trusted issuer), exactly, case- and `:`-insensitive |
+//!
+//! Name globs are case-sensitive (except `dns:`) and `*` matches any run of characters,
+//! `/` and `.` included (`spiffe://lake.example/*` matches every workload of that trust
+//! domain). There is no single-character wildcard: `?` is literal, because URIs may
+//! contain it. A pattern with none of these forms is a configuration error that says
+//! how to write it, so a rule written for the old "any name" matching cannot silently
+//! change meaning.
 
 use std::fmt;
 use std::str::FromStr;
@@ -35,7 +49,7 @@ use wildmatch::WildMatchPattern;
 
 use crate::tls::identity::Identity;
 
-/// The prefix of an identity pattern that pins a certificate by thumbprint.
+/// The legacy prefix of an identity pattern that pins a certificate by thumbprint.
 pub const THUMBPRINT_PREFIX: &str = "x5t#S256:";
 
 /// wildmatch always has a single-character wildcard; we give it a noncharacter that no
@@ -126,45 +140,178 @@ impl Matcher {
     }
 }
 
+/// The name type an identity pattern is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameType {
+    /// The certificate's one SPIFFE ID (a `spiffe://` URI SAN).
+    Spiffe,
+    /// Any URI SAN.
+    Uri,
+    /// Any DNS SAN, case-insensitively.
+    Dns,
+    /// The subject's first common name.
+    Cn,
+    /// The RFC 8705 `x5t#S256` thumbprint of the whole certificate.
+    Thumbprint,
+    /// The serial number.
+    Serial,
+}
+
+impl NameType {
+    /// How `lakegate check` names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            NameType::Spiffe => "SPIFFE ID (URI SAN)",
+            NameType::Uri => "URI SAN",
+            NameType::Dns => "DNS SAN (case-insensitive)",
+            NameType::Cn => "subject CN",
+            NameType::Thumbprint => "certificate SHA-256 thumbprint",
+            NameType::Serial => "serial number",
+        }
+    }
+}
+
+/// An identity pattern that is not of a known name type, with how to write it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PatternError(String);
+
+/// A parsed identity pattern: a name type and what to compare with it.
+#[derive(Clone, Debug)]
+pub struct IdentityPattern {
+    kind: NameType,
+    matcher: Matcher,
+}
+
+impl IdentityPattern {
+    /// Parse a configured identity pattern; the error says how to write a pattern of an
+    /// explicit name type.
+    pub fn parse(pattern: &str) -> Result<IdentityPattern, PatternError> {
+        let (kind, rest) = if pattern.starts_with("spiffe://") {
+            (NameType::Spiffe, pattern)
+        } else if let Some(r) = pattern.strip_prefix("uri:") {
+            (NameType::Uri, r)
+        } else if let Some(r) = pattern.strip_prefix("dns:") {
+            (NameType::Dns, r)
+        } else if let Some(r) = pattern.strip_prefix("cn:") {
+            (NameType::Cn, r)
+        } else if let Some(r) = pattern
+            .strip_prefix("x5t:")
+            .or_else(|| pattern.strip_prefix(THUMBPRINT_PREFIX))
+        {
+            (NameType::Thumbprint, r)
+        } else if let Some(r) = pattern.strip_prefix("serial:") {
+            (NameType::Serial, r)
+        } else {
+            return Err(PatternError(format!(
+                "{pattern:?} does not say which name type it matches; write \
+                 \"spiffe://trust.domain/path\" for a SPIFFE ID, \"dns:{p}\" for a DNS SAN, \
+                 \"cn:{p}\" for the subject CN, \"uri:…\" for a URI SAN, \"x5t:<base64url \
+                 SHA-256>\" for one certificate or \"serial:<hex>\"",
+                p = if pattern.is_empty() { "name" } else { pattern }
+            )));
+        };
+        if rest.is_empty() {
+            return Err(PatternError(format!(
+                "{pattern:?}: expected a name after the prefix"
+            )));
+        }
+        let matcher = match kind {
+            NameType::Thumbprint => {
+                let ok = rest.len() == 43
+                    && rest
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !ok {
+                    return Err(PatternError(format!(
+                        "{pattern:?}: expected 43 base64url characters (SHA-256 of the \
+                         certificate DER, as `openssl x509 -outform der | openssl dgst \
+                         -sha256 -binary | basenc --base64url` without padding)"
+                    )));
+                }
+                Matcher::Exact(rest.to_owned())
+            }
+            NameType::Serial => {
+                let hex: String = rest.chars().filter(|c| *c != ':').collect();
+                if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(PatternError(format!(
+                        "{pattern:?}: expected the serial in hex, e.g. serial:0a1b2c"
+                    )));
+                }
+                // The form Identity::serial has: lowercase, whole octets, no leading
+                // zero octets (00c0ffee, C0:FF:EE and c0ffee name one serial).
+                let digits = hex.to_ascii_lowercase();
+                let digits = digits.trim_start_matches('0');
+                let norm = match digits.len() {
+                    0 => "00".to_owned(),
+                    n if n % 2 == 1 => format!("0{digits}"),
+                    _ => digits.to_owned(),
+                };
+                Matcher::Exact(norm)
+            }
+            NameType::Dns => Matcher::new(&rest.to_ascii_lowercase()),
+            NameType::Spiffe | NameType::Uri | NameType::Cn => Matcher::new(rest),
+        };
+        Ok(IdentityPattern { kind, matcher })
+    }
+
+    /// The name type this pattern is compared with.
+    pub fn name_type(&self) -> NameType {
+        self.kind
+    }
+
+    /// Whether the client certificate's name of this pattern's type matches.
+    pub fn matches(&self, id: &Identity) -> bool {
+        let m = &self.matcher;
+        match self.kind {
+            NameType::Spiffe => id.spiffe.as_deref().is_some_and(|s| m.matches(s)),
+            NameType::Uri => id.uris.iter().any(|u| m.matches(u)),
+            // Identity keeps DNS names as the certificate spells them; the pattern is
+            // lowercased once at parse time, each name here.
+            NameType::Dns => id.dns.iter().any(|d| m.matches(&d.to_ascii_lowercase())),
+            NameType::Cn => id.cn.as_deref().is_some_and(|c| m.matches(c)),
+            NameType::Thumbprint => m.matches(&id.thumbprint),
+            NameType::Serial => m.matches(&id.serial),
+        }
+    }
+}
+
 /// One `[[authz]]` entry: an identity pattern, the bucket patterns and access it grants.
 #[derive(Clone, Debug)]
 pub struct Rule {
     identity: String,
-    identity_matcher: IdentityMatcher,
+    pattern: IdentityPattern,
     buckets: Vec<String>,
     bucket_matchers: Vec<Matcher>,
     access: Vec<Access>,
 }
 
-/// How a rule's identity pattern is applied.
-#[derive(Clone, Debug)]
-enum IdentityMatcher {
-    /// `x5t#S256:<thumbprint>`: exact comparison with the certificate thumbprint.
-    Thumbprint(String),
-    /// Anything else: a glob over the identity's candidate names.
-    Names(Matcher),
-}
-
 impl Rule {
     /// Compiles a rule from the configuration fields (`identity`, `buckets`, `access`).
-    pub fn new(identity: &str, buckets: Vec<String>, access: Vec<Access>) -> Self {
-        let identity_matcher = match identity.strip_prefix(THUMBPRINT_PREFIX) {
-            Some(thumb) => IdentityMatcher::Thumbprint(thumb.to_owned()),
-            None => IdentityMatcher::Names(Matcher::new(identity)),
-        };
+    pub fn new(
+        identity: &str,
+        buckets: Vec<String>,
+        access: Vec<Access>,
+    ) -> Result<Self, PatternError> {
+        let pattern = IdentityPattern::parse(identity)?;
         let bucket_matchers = buckets.iter().map(|b| Matcher::new(b)).collect();
-        Rule {
+        Ok(Rule {
             identity: identity.to_owned(),
-            identity_matcher,
+            pattern,
             buckets,
             bucket_matchers,
             access,
-        }
+        })
     }
 
     /// The identity pattern as configured.
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// The name type the identity pattern is compared with.
+    pub fn name_type(&self) -> NameType {
+        self.pattern.name_type()
     }
 
     /// The bucket patterns as configured.
@@ -179,10 +326,7 @@ impl Rule {
 
     /// Whether this rule's identity pattern matches the client.
     pub fn matches_identity(&self, id: &Identity) -> bool {
-        match &self.identity_matcher {
-            IdentityMatcher::Thumbprint(t) => *t == id.thumbprint,
-            IdentityMatcher::Names(m) => id.candidates().any(|name| m.matches(name)),
-        }
+        self.pattern.matches(id)
     }
 
     /// Whether one of this rule's bucket patterns matches `bucket`.
@@ -193,6 +337,13 @@ impl Rule {
     /// Whether this rule grants `access`.
     pub fn grants(&self, access: Access) -> bool {
         self.access.contains(&access)
+    }
+
+    /// Whether this rule admits a forward-mode relay: a relay carries bytes both ways
+    /// to an opaque upstream, so it needs both `read` and `write`; buckets have no
+    /// meaning there (config refuses them).
+    pub fn admits_relay(&self) -> bool {
+        self.grants(Access::Read) && self.grants(Access::Write)
     }
 }
 
@@ -235,9 +386,8 @@ impl Policy {
         &self.rules
     }
 
-    /// The first rule whose identity pattern matches any of the identity's candidate
-    /// names (or, for an `x5t#S256:` rule, exactly the certificate thumbprint), with
-    /// its index. Later rules are never consulted once one matches.
+    /// The first rule whose identity pattern matches the client's name of the pattern's
+    /// type, with its index. Later rules are never consulted once one matches.
     pub fn matching_rule(&self, id: &Identity) -> Option<(usize, &Rule)> {
         self.rules
             .iter()
@@ -245,11 +395,19 @@ impl Policy {
             .find(|(_, r)| r.matches_identity(id))
     }
 
-    /// Connection-level gate (forward mode, where requests are opaque): allowed if some
-    /// rule matches the identity, whatever its buckets and access.
+    /// Connection-level gate of forward mode, where requests are opaque: the first
+    /// matching rule decides, and it must grant a relay ([`Rule::admits_relay`]), so a
+    /// rule written to deny (`access = []`) denies here as it does for the store.
     pub fn admits(&self, id: &Identity) -> Decision {
         match self.matching_rule(id) {
-            Some((i, _)) => Decision::Allowed { rule: i },
+            Some((i, r)) if r.admits_relay() => Decision::Allowed { rule: i },
+            Some((i, rule)) => Decision::Denied {
+                reason: format!(
+                    "authz rule {i} (identity {:?}) matched {:?} but does not grant read and write (a relay)",
+                    rule.identity,
+                    id.name()
+                ),
+            },
             None => no_rule(id),
         }
     }
@@ -279,6 +437,16 @@ impl Policy {
             ),
         }
     }
+
+    /// Whether the identity may do anything at all under these rules in `forward`
+    /// or store mode: the question an open connection is re-judged by after a reload.
+    pub fn admits_anything(&self, id: &Identity, forward: bool) -> bool {
+        match self.matching_rule(id) {
+            None => false,
+            Some((_, r)) if forward => r.admits_relay(),
+            Some((_, r)) => !r.access.is_empty() && !r.buckets.is_empty(),
+        }
+    }
 }
 
 fn no_rule(id: &Identity) -> Decision {
@@ -298,7 +466,7 @@ mod tests {
             dns: dns.iter().map(|s| (*s).to_owned()).collect(),
             cn: cn.map(str::to_owned),
             thumbprint: "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU".to_owned(),
-            serial: "01".to_owned(),
+            serial: "c0ffee".to_owned(),
             not_after: 0,
             issuer: "CN=lab CA".to_owned(),
         }
@@ -310,6 +478,7 @@ mod tests {
             buckets.iter().map(|s| (*s).to_owned()).collect(),
             access.to_vec(),
         )
+        .expect("valid pattern")
     }
 
     fn trainer() -> Identity {
@@ -343,44 +512,106 @@ mod tests {
             Decision::Allowed { rule: 0 }
         );
         let deep = ident(Some("spiffe://lake.example/a/b/c"), &[], None);
-        assert!(p.admits(&deep).is_allowed());
+        assert!(p.check(&deep, "datasets", Access::Read).is_allowed());
         let other = ident(Some("spiffe://other.example/trainer/7"), &[], None);
-        assert!(!p.admits(&other).is_allowed());
+        assert!(p.matching_rule(&other).is_none());
         // The glob must match the whole name, not a prefix.
         let p = Policy::new(vec![rule(
             "spiffe://lake.example/trainer",
             &["*"],
-            &[Access::Read],
+            &Access::ALL,
         )]);
-        assert!(!p.admits(&trainer()).is_allowed());
+        assert!(p.matching_rule(&trainer()).is_none());
     }
 
     #[test]
     fn question_mark_is_literal() {
-        let p = Policy::new(vec![rule("trainer-?", &["*"], &[Access::Read])]);
-        assert!(!p.admits(&trainer()).is_allowed());
+        let p = Policy::new(vec![rule("cn:trainer-?", &["*"], &Access::ALL)]);
+        assert!(p.matching_rule(&trainer()).is_none());
         let q = ident(None, &[], Some("trainer-?"));
-        assert!(p.admits(&q).is_allowed());
-        let p = Policy::new(vec![rule("*-?", &["*"], &[Access::Read])]);
-        assert!(!p.admits(&trainer()).is_allowed());
-        assert!(p.admits(&q).is_allowed());
+        assert!(p.matching_rule(&q).is_some());
+        let p = Policy::new(vec![rule("cn:*-?", &["*"], &Access::ALL)]);
+        assert!(p.matching_rule(&trainer()).is_none());
+        assert!(p.matching_rule(&q).is_some());
     }
 
     #[test]
-    fn matches_dns_and_cn_candidates() {
-        let p = Policy::new(vec![rule("*.lake.example", &["*"], &[Access::List])]);
-        assert_eq!(p.admits(&trainer()), Decision::Allowed { rule: 0 });
-        let p = Policy::new(vec![rule("trainer-7", &["*"], &[Access::List])]);
-        assert_eq!(p.admits(&trainer()), Decision::Allowed { rule: 0 });
-        // Case-sensitive.
-        let p = Policy::new(vec![rule("Trainer-7", &["*"], &[Access::List])]);
-        assert!(!p.admits(&trainer()).is_allowed());
+    fn a_pattern_matches_only_its_own_name_type() {
+        // The attack of issue 9: URI SAN of an intruder, CN that looks like a trainer.
+        let spoof = Identity {
+            cn: Some("spiffe://lake.example/trainer/x".into()),
+            ..ident(Some("spiffe://lake.example/intruder/x"), &[], None)
+        };
+        let p = Policy::new(vec![rule(
+            "spiffe://lake.example/trainer/*",
+            &["*"],
+            &Access::ALL,
+        )]);
+        assert!(p.matching_rule(&spoof).is_none());
+        assert!(!p.admits(&spoof).is_allowed());
+        // A SPIFFE-looking CN alone is not a SPIFFE ID; nor is a DNS name.
+        let cn_only = ident(None, &[], Some("spiffe://lake.example/trainer/x"));
+        assert!(p.matching_rule(&cn_only).is_none());
+        // A non-SPIFFE URI SAN is not the SPIFFE ID either.
+        let uri = Identity {
+            uris: vec!["spiffe-ish://lake.example/trainer/x".into()],
+            ..ident(None, &[], None)
+        };
+        assert!(p.matching_rule(&uri).is_none());
+        // Each explicit type reads its own name only.
+        let id = trainer();
+        for (pat, hit) in [
+            ("dns:trainer-7.lake.example", true),
+            ("dns:trainer-7", false),
+            ("cn:trainer-7", true),
+            ("cn:trainer-7.lake.example", false),
+            ("cn:spiffe://lake.example/trainer/7", false),
+            ("uri:spiffe://lake.example/trainer/*", true),
+            ("uri:trainer-7", false),
+            ("serial:c0ffee", true),
+            ("serial:00:C0:FF:EE", true),
+            ("serial:0c0ffee", true),
+            ("serial:c0ffef", false),
+        ] {
+            let p = Policy::new(vec![rule(pat, &["*"], &Access::ALL)]);
+            assert_eq!(p.matching_rule(&id).is_some(), hit, "{pat}");
+        }
+    }
+
+    #[test]
+    fn dns_patterns_are_case_insensitive_others_are_not() {
+        let id = ident(None, &["Trainer-7.LAKE.example"], Some("Trainer-7"));
+        for (pat, hit) in [
+            ("dns:trainer-7.lake.example", true),
+            ("dns:*.Lake.Example", true),
+            ("dns:*.other.example", false),
+            ("cn:trainer-7", false),
+            ("cn:Trainer-7", true),
+        ] {
+            let p = Policy::new(vec![rule(pat, &["*"], &Access::ALL)]);
+            assert_eq!(p.matching_rule(&id).is_some(), hit, "{pat}");
+        }
+    }
+
+    #[test]
+    fn untyped_and_malformed_patterns_are_refused_with_advice() {
+        for bad in ["*", "trainer-7", "*.lake.example", "", "SPIFFE://x/y"] {
+            let e = IdentityPattern::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains("dns:") && e.contains("cn:"), "{e}");
+        }
+        for bad in ["dns:", "cn:", "x5t:short", "x5t:*", "serial:xyz", "serial:"] {
+            assert!(IdentityPattern::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            IdentityPattern::parse("dns:a.example").unwrap().name_type(),
+            NameType::Dns
+        );
     }
 
     #[test]
     fn bucket_globs() {
         let p = Policy::new(vec![rule(
-            "*",
+            "spiffe://*",
             &["datasets-*", "models"],
             &[Access::Read, Access::List],
         )]);
@@ -443,6 +674,25 @@ mod tests {
             Decision::Allowed { rule: 1 }
         );
         assert_eq!(p.admits(&ingest), Decision::Allowed { rule: 1 });
+        // Rule 0 grants read only: no relay in forward mode.
+        assert!(!p.admits(&id).is_allowed());
+    }
+
+    #[test]
+    fn a_deny_rule_denies_in_forward_mode_too() {
+        let p = Policy::new(vec![
+            rule("spiffe://lake.example/trainer/7", &["*"], &[]),
+            rule("spiffe://lake.example/*", &["*"], &Access::ALL),
+        ]);
+        let Decision::Denied { reason } = p.admits(&trainer()) else {
+            panic!("a first-match deny rule admitted the relay");
+        };
+        assert!(reason.contains("rule 0"), "{reason}");
+        assert!(!p.admits_anything(&trainer(), true));
+        assert!(!p.admits_anything(&trainer(), false));
+        let other = ident(Some("spiffe://lake.example/other"), &[], None);
+        assert!(p.admits(&other).is_allowed());
+        assert!(p.admits_anything(&other, true));
     }
 
     #[test]
@@ -457,20 +707,16 @@ mod tests {
             p.check(&id, "private", Access::Write),
             Decision::Allowed { rule: 1 }
         );
-        // A thumbprint pattern is never a glob...
-        let p = Policy::new(vec![rule("x5t#S256:*", &["*"], &[Access::Read])]);
-        assert!(!p.admits(&id).is_allowed());
-        // ...and a glob never matches the thumbprint.
-        let anon = ident(None, &[], None);
-        let p = Policy::new(vec![rule("*", &["*"], &[Access::Read])]);
-        assert!(!p.admits(&anon).is_allowed());
-        let p = Policy::new(vec![rule(&pinned, &["*"], &[Access::Read])]);
-        assert!(p.admits(&anon).is_allowed());
+        let short = format!("x5t:{}", id.thumbprint);
+        let p = Policy::new(vec![rule(&short, &["*"], &Access::ALL)]);
+        assert!(p.admits(&id).is_allowed());
+        // A thumbprint pattern is never a glob.
+        assert!(IdentityPattern::parse("x5t#S256:*").is_err());
         // Another thumbprint does not match.
         let p = Policy::new(vec![rule(
-            "x5t#S256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "x5t:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             &["*"],
-            &[Access::Read],
+            &Access::ALL,
         )]);
         assert!(!p.admits(&id).is_allowed());
     }
@@ -498,18 +744,21 @@ mod tests {
 
     #[test]
     fn rule_accessors_and_fail_closed_patterns() {
-        let r = rule("a*", &["b"], &[Access::Delete]);
-        assert_eq!(r.identity(), "a*");
+        let r = rule("cn:a*", &["b"], &[Access::Delete]);
+        assert_eq!(r.identity(), "cn:a*");
+        assert_eq!(r.name_type(), NameType::Cn);
         assert_eq!(r.buckets(), ["b"]);
         assert_eq!(r.access(), [Access::Delete]);
         // A pattern containing the internal sentinel never matches, rather than letting
         // the sentinel act as a wildcard.
-        let weird = format!("trainer{NO_SINGLE_WILDCARD}7");
+        let weird = format!("cn:trainer{NO_SINGLE_WILDCARD}7");
         let p = Policy::new(vec![rule(&weird, &["*"], &[Access::Read])]);
-        assert!(!p.admits(&ident(None, &[], Some("trainer-7"))).is_allowed());
+        assert!(p
+            .matching_rule(&ident(None, &[], Some("trainer-7")))
+            .is_none());
         // Empty bucket list grants nothing.
-        let p = Policy::new(vec![rule("*", &[], &Access::ALL)]);
-        assert!(p.admits(&trainer()).is_allowed());
+        let p = Policy::new(vec![rule("spiffe://*", &[], &Access::ALL)]);
         assert!(!p.check(&trainer(), "datasets", Access::Read).is_allowed());
+        assert!(!p.admits_anything(&trainer(), false));
     }
 }

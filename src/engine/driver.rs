@@ -19,6 +19,7 @@ use crate::telemetry::session_slot;
 use crate::tls::conn::{OutBuf, SessionInfo, TlsConn, TlsError};
 use crate::tls::identity::Identity;
 use crate::tls::policy::FailReason;
+use rustls_pki_types::CertificateDer;
 
 /// Buffers and state that carry over from the handshake into the data phase.
 pub struct Established {
@@ -36,6 +37,11 @@ pub struct Established {
     pub identity: Identity,
     /// Version, suite, resumption.
     pub session: SessionInfo,
+    /// The verified client chain (leaf first; from the ticket on resumption), kept to
+    /// re-judge the connection when the policy changes.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// When the connection was accepted, for `max_connection_age`.
+    pub accepted: Instant,
 }
 
 /// Per-connection counters for the close log line.
@@ -85,17 +91,8 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
 
     let identity = est.identity.clone();
     let session = est.session.clone();
-    // A resumed session was verified when its ticket was issued, maybe before the CRL
-    // that revokes it was loaded: check the certificate the ticket carries.
-    if session.resumed && gen.is_revoked(&identity) {
-        w.stats.handshake_failed(FailReason::Revoked);
-        tracing::warn!(
-            worker = w.id, %peer, identity = identity.name(), serial = %identity.serial,
-            reason = "revoked", "resumed session refused: certificate revoked since"
-        );
-        refuse(&client, est, &log).await;
-        return;
-    }
+    // (A resumed session's chain was re-verified under this generation when its ticket
+    // was opened: see tls::resume.)
     // Forward mode has no requests to refuse one by one: an identity no rule admits is
     // turned away before a byte reaches the upstream. The store answers 403 per request.
     let gate = matches!(gen.config.backend, Backend::Forward { .. });
@@ -162,8 +159,10 @@ async fn handshake(
     client: &Stream,
     log: &ConnLog,
 ) -> Result<Established, HsError> {
+    let accepted = Instant::now();
     let mut tls =
         TlsConn::new(gen.tls.clone()).map_err(|e| (FailReason::Protocol, e.to_string()))?;
+    let mut refusal_counted = false;
     let mut inb = w.pool.take();
     let mut used = 0usize;
     let mut out = OutBuf::from_vec(w.pool.take());
@@ -200,6 +199,15 @@ async fn handshake(
                 Some((FailReason::Protocol, e.to_string())),
             ),
         };
+        if let (Some(r), false) = (tls.resumption_refused(), refusal_counted) {
+            refusal_counted = true;
+            w.stats.resumptions_refused[r.index()].inc();
+            tracing::info!(
+                worker = w.id,
+                reason = r.as_str(),
+                "session ticket not honoured; the client is asked for a full handshake"
+            );
+        }
         if !out.is_empty() {
             // Flush the server flight, or the alert that says why we refuse.
             let len = out.filled;
@@ -223,8 +231,13 @@ async fn handshake(
                 FailReason::NoClientCert,
                 "no client certificate".to_string(),
             ))?;
-            let identity = Identity::from_der(leaf)
-                .map_err(|e| (FailReason::Protocol, format!("client certificate: {e}")))?;
+            let identity = Identity::from_der(leaf).map_err(|e| {
+                (
+                    FailReason::InvalidIdentity,
+                    format!("client certificate: {e}"),
+                )
+            })?;
+            let chain = tls.peer_certificates().unwrap_or_default().to_vec();
             let session = tls.session_info();
             return Ok(Established {
                 tls,
@@ -234,6 +247,8 @@ async fn handshake(
                 out,
                 identity,
                 session,
+                chain,
+                accepted,
             });
         }
     }

@@ -17,6 +17,27 @@ use super::worker::Worker;
 use crate::config::{Backend, ProxyProtocol, Upstream};
 use crate::proto::proxy_v2;
 use crate::tls::conn::{OutBuf, TlsConn};
+use crate::tls::identity::Identity;
+use crate::tls::policy::FailReason;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The wall clock as rustls's verifier takes it.
+pub(crate) fn unix_now() -> UnixTime {
+    UnixTime::since_unix_epoch(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// How long until the Unix time `t` (zero if past).
+pub(crate) fn until_unix(t: i64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(u64::try_from(t).unwrap_or(0)).saturating_sub(now)
+}
 
 /// Relay until both directions are done; returns the close reason for the log.
 pub async fn relay(
@@ -43,6 +64,8 @@ pub async fn relay(
         mut out,
         identity,
         session,
+        chain,
+        accepted,
     } = est;
 
     let up = match connect(upstream).await {
@@ -115,10 +138,37 @@ pub async fn relay(
     // Both directions take their write-side buffer from the pool when data arrives.
     w.pool.give(std::mem::take(&mut out.buf));
     w.pool.give(std::mem::take(&mut plain.buf));
-    let (a, b) = tokio::join!(
-        ctx.client_to_upstream(inb, used, plain),
-        ctx.upstream_to_client(ub, out)
-    );
+    let done = tokio::sync::Notify::new();
+    let both = async {
+        let r = tokio::join!(
+            ctx.client_to_upstream(inb, used, plain),
+            ctx.upstream_to_client(ub, out)
+        );
+        done.notify_one();
+        r
+    };
+    let limits = Limits {
+        chain: &chain,
+        identity: &identity,
+        accepted,
+        max_age: gen.config.server.max_connection_age,
+    };
+    let ((a, b), cut) = tokio::join!(both, ctx.guard(&limits, &done));
+    if let Some(why) = cut {
+        w.stats.policy_close(why);
+        tracing::warn!(
+            worker = w.id, %peer, identity = identity.name(),
+            reason = why.map_or("max_connection_age", FailReason::as_str),
+            "relay closed with close_notify: the running policy no longer admits it"
+        );
+        return match why {
+            None => "max connection age",
+            Some(FailReason::Unauthorized) => "no longer authorized",
+            Some(FailReason::Revoked) => "certificate revoked",
+            Some(FailReason::Expired) => "certificate expired",
+            Some(_) => "certificate no longer trusted",
+        };
+    }
     let reason = match (a, b) {
         (Ok(()), Ok(())) => "closed",
         (Err(e), _) | (_, Err(e)) => e,
@@ -149,6 +199,14 @@ async fn connect(u: &Upstream) -> std::io::Result<Stream> {
     })
 }
 
+/// What a relay is held to while it runs.
+struct Limits<'a> {
+    chain: &'a [CertificateDer<'static>],
+    identity: &'a Identity,
+    accepted: Instant,
+    max_age: Option<Duration>,
+}
+
 /// A read shorter than one full TLS record: the peer is not streaming, so the write-side
 /// buffer goes back to the pool between messages.
 const TRICKLE: usize = 16 * 1024;
@@ -168,6 +226,48 @@ struct Relay<'a> {
 type Dir = Result<(), &'static str>;
 
 impl Relay<'_> {
+    /// Watches a running relay: re-judges it whenever the worker sees a new generation
+    /// (reload, CRL refresh), and ends it at the certificate's expiry or at
+    /// `max_connection_age`. Ends the relay the way an idle timeout does (the upstream
+    /// side sends close_notify). `None` once the relay ended by itself; otherwise
+    /// `Some(reason)`, where `None` inside is the age limit.
+    async fn guard(
+        &self,
+        limits: &Limits<'_>,
+        done: &tokio::sync::Notify,
+    ) -> Option<Option<FailReason>> {
+        let mut gens = self.w.generation.clone();
+        gens.borrow_and_update();
+        let expiry = Instant::now() + until_unix(limits.identity.not_after);
+        let deadline = match limits.max_age {
+            Some(age) => expiry.min(limits.accepted + age),
+            None => expiry,
+        };
+        let why = loop {
+            tokio::select! {
+                _ = done.notified() => return None,
+                changed = gens.changed() => {
+                    if changed.is_err() {
+                        // The worker is gone; the drain ends the relay.
+                        done.notified().await;
+                        return None;
+                    }
+                    let gen = gens.borrow_and_update().clone();
+                    if let Err(r) = gen.still_admits(limits.chain, limits.identity, unix_now()) {
+                        break Some(r);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    break if Instant::now() >= expiry { Some(FailReason::Expired) } else { None };
+                }
+            }
+        };
+        self.client.shutdown(Shutdown::Read);
+        self.up.shutdown(Shutdown::Read);
+        done.notified().await;
+        Some(why)
+    }
+
     /// A hard failure in one direction ends the other too: shutting both sockets wakes
     /// its pending read. A truncated client (EOF without close_notify) is passed on as a
     /// half-close instead, like a TCP proxy would.

@@ -12,7 +12,6 @@ pub mod store;
 pub mod systemd;
 pub mod worker;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -75,17 +74,16 @@ pub fn build_generation(
     let rules = cfg
         .authz
         .iter()
-        .map(|r| Rule::new(&r.identity, r.buckets.clone(), r.access.clone()))
-        .collect();
-    let mut revoked: HashMap<String, Vec<String>> = HashMap::new();
-    for crl in &pol.crls {
-        for serial in &crl.revoked {
-            revoked
-                .entry(serial.clone())
-                .or_default()
-                .push(crl.issuer.clone());
-        }
-    }
+        .map(|r| {
+            Rule::new(&r.identity, r.buckets.clone(), r.access.clone()).map_err(|e| {
+                policy::PolicyError {
+                    file: cfg.path.display().to_string(),
+                    key: "authz.identity",
+                    message: e.to_string(),
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Generation {
         config: Arc::new(cfg),
         tls: pol.server_config,
@@ -94,7 +92,7 @@ pub fn build_generation(
         store,
         server_cert_not_after: pol.server_cert_not_after,
         crls: pol.crls,
-        revoked,
+        verifier: pol.verifier,
         ticketer: pol.ticketer,
     })
 }

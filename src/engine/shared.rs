@@ -5,16 +5,19 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
-use std::collections::HashMap;
-
 use arc_swap::ArcSwap;
 use rustls::server::ProducesTickets;
 use rustls::ServerConfig;
 
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::{CertificateDer, UnixTime};
+
 use crate::authz::Policy;
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::telemetry::Telemetry;
+use crate::tls::identity::Identity;
 use crate::tls::policy::CrlInfo;
+use crate::tls::policy::FailReason;
 
 /// One immutable generation of configuration; open connections keep theirs.
 pub struct Generation {
@@ -32,19 +35,34 @@ pub struct Generation {
     pub server_cert_not_after: i64,
     /// What the CRL files said when this generation was built.
     pub crls: Vec<CrlInfo>,
-    /// Revoked serial → the issuers that revoke it: a resumed session skips chain
-    /// verification, so the driver checks its certificate here.
-    pub revoked: HashMap<String, Vec<String>>,
+    /// The client verifier of this generation, for re-judging open connections.
+    pub verifier: Arc<dyn ClientCertVerifier>,
     /// The in-process ticketer, handed to the next generation.
     pub ticketer: Option<Arc<dyn ProducesTickets>>,
 }
 
 impl Generation {
-    /// Whether a CRL of this generation revokes the certificate behind `identity`.
-    pub fn is_revoked(&self, identity: &crate::tls::identity::Identity) -> bool {
-        self.revoked
-            .get(identity.serial.as_str())
-            .is_some_and(|issuers| issuers.contains(&identity.issuer))
+    /// Whether the client `chain` still passes this generation's verification at `now`
+    /// (anchors, CRLs and their staleness policy, validity, identity rules) and, in
+    /// forward mode, whether its rules still admit the relay: what an open connection
+    /// is re-judged by after a reload or a CRL refresh. The store checks its `[[authz]]`
+    /// per request instead, so it gets a 403 rather than a cut connection.
+    pub fn still_admits(
+        &self,
+        chain: &[CertificateDer<'static>],
+        identity: &Identity,
+        now: UnixTime,
+    ) -> Result<(), FailReason> {
+        let (leaf, intermediates) = chain.split_first().ok_or(FailReason::NoClientCert)?;
+        self.verifier
+            .verify_client_cert(leaf, intermediates, now)
+            .map_err(|e| FailReason::of(&e))?;
+        if matches!(self.config.backend, Backend::Forward { .. })
+            && !self.authz.admits_anything(identity, true)
+        {
+            return Err(FailReason::Unauthorized);
+        }
+        Ok(())
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::pool::Pool;
-use super::shared::Shared;
+use super::shared::{Generation, Shared};
 use crate::telemetry::WorkerStats;
 
 /// Per-worker state, owned by the worker's thread.
@@ -27,6 +27,9 @@ pub struct Worker {
     pub open: Cell<usize>,
     /// Turns true when the appliance starts draining.
     pub drain: tokio::sync::watch::Receiver<bool>,
+    /// The generation this worker last saw installed; a relay waits on it to be
+    /// re-judged after a reload or CRL refresh (within a second of the swap).
+    pub generation: tokio::sync::watch::Receiver<Arc<Generation>>,
 }
 
 /// Run worker `id` on the current thread until drained. `listener` is this worker's
@@ -51,6 +54,7 @@ pub fn run(
     let stats = shared.telemetry.workers[id].clone();
     builder.start(async move {
         let listener = tokio_uring::net::TcpListener::from_std(listener);
+        let (gen_tx, gen_rx) = tokio::sync::watch::channel(shared.current.load_full());
         let w = Rc::new(Worker {
             id,
             core,
@@ -59,6 +63,7 @@ pub fn run(
             pool: Pool::new(256),
             open: Cell::new(0),
             drain: stop.clone(),
+            generation: gen_rx,
         });
         // The watchdog's proof that this loop still turns: one relaxed store a second.
         let sh = shared.clone();
@@ -69,6 +74,12 @@ pub fn run(
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
                 sh.heartbeats[id].store(now, Ordering::Relaxed);
+                // Per worker, once a second: tell this worker's open connections that
+                // the policy changed, so they are re-judged without polling it.
+                let cur = sh.current.load_full();
+                if !Arc::ptr_eq(&cur, &gen_tx.borrow()) {
+                    let _ = gen_tx.send(cur);
+                }
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         });

@@ -14,6 +14,7 @@ pub mod admin;
 use prometheus::proto::{self, MetricFamily, MetricType};
 
 use crate::tls::policy::FailReason;
+use crate::tls::resume::ResumeRefusal;
 
 /// A counter with exactly one writer thread; readers may be anywhere.
 #[derive(Debug, Default)]
@@ -111,6 +112,12 @@ pub struct WorkerStats {
     pub handshakes_ok: Counter,
     /// Failed handshakes by [`FailReason`] index.
     pub handshakes_failed: [Counter; FailReason::ALL.len()],
+    /// Tickets refused by [`ResumeRefusal`] label index (the client then made a full
+    /// handshake, or gave up).
+    pub resumptions_refused: [Counter; ResumeRefusal::LABELS.len()],
+    /// Open connections ended because the current policy no longer admits them, by
+    /// [`FailReason`] index, or the last slot for `max_connection_age`.
+    pub policy_closes: [Counter; FailReason::ALL.len() + 1],
     /// Handshake durations.
     pub handshake_duration: Histo,
     /// TLS bytes received from clients.
@@ -139,6 +146,8 @@ impl Default for WorkerStats {
             connections_refused: Counter::default(),
             handshakes_ok: Counter::default(),
             handshakes_failed: Default::default(),
+            resumptions_refused: Default::default(),
+            policy_closes: Default::default(),
             handshake_duration: Histo::default(),
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
@@ -157,6 +166,15 @@ impl WorkerStats {
         if let Some(i) = FailReason::ALL.iter().position(|x| *x == r) {
             self.handshakes_failed[i].inc();
         }
+    }
+
+    /// Count an open connection ended by policy: `None` for its maximum age.
+    pub fn policy_close(&self, r: Option<FailReason>) {
+        let i = match r {
+            Some(r) => FailReason::ALL.iter().position(|x| *x == r).unwrap_or(0),
+            None => FailReason::ALL.len(),
+        };
+        self.policy_closes[i].inc();
     }
 }
 
@@ -321,6 +339,39 @@ impl Telemetry {
             "TLS handshakes by result and failure reason.",
             COUNTER,
             hs,
+        ));
+
+        out.push(family(
+            "lakegate_tls_resumptions_refused_total",
+            "Session tickets not honoured, by reason (the client is asked for a full handshake).",
+            COUNTER,
+            ResumeRefusal::LABELS
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    counter(
+                        vec![label("reason", r)],
+                        self.sum(|w| w.resumptions_refused[i].get()) as f64,
+                    )
+                })
+                .collect(),
+        ));
+        out.push(family(
+            "lakegate_connections_closed_by_policy_total",
+            "Open connections ended because the running policy no longer admits them, or for their age.",
+            COUNTER,
+            FailReason::ALL
+                .iter()
+                .map(|r| r.as_str())
+                .chain(["max_connection_age"])
+                .enumerate()
+                .map(|(i, r)| {
+                    counter(
+                        vec![label("reason", r)],
+                        self.sum(|w| w.policy_closes[i].get()) as f64,
+                    )
+                })
+                .collect(),
         ));
 
         out.push(family(

@@ -16,6 +16,8 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 use rustls::{HandshakeKind, ServerConfig};
 use rustls_pki_types::CertificateDer;
 
+use crate::tls::resume::{self, ResumeRefusal, TicketCtx};
+
 /// Room for one maximal TLS record (16 KiB payload + header + tag + padding slack).
 pub const MAX_RECORD: usize = 16 * 1024 + 256;
 
@@ -123,6 +125,8 @@ pub struct TlsConn {
     /// Set once `handle_received` failed: rustls may still hold offsets into a buffer
     /// it will never see again, so it must not be driven again (it would panic).
     failed: bool,
+    /// What the ticketer knows of this connection (see [`crate::tls::resume`]).
+    ticket: TicketCtx,
 }
 
 impl TlsConn {
@@ -134,7 +138,35 @@ impl TlsConn {
             peer_closed: false,
             sent_close: false,
             failed: false,
+            ticket: TicketCtx::default(),
         })
+    }
+
+    /// The ticket this connection offered that was refused, and why (for the metric).
+    pub fn resumption_refused(&self) -> Option<ResumeRefusal> {
+        self.ticket.refused
+    }
+
+    /// Unix seconds of the full handshake that authenticated this client, once known:
+    /// the original one for a resumed session.
+    pub fn auth_time(&self) -> Option<u64> {
+        self.ticket.auth_time
+    }
+
+    /// Run `f` (a call into rustls) with this connection's ticket context installed on
+    /// the thread, where the ticketer finds it.
+    fn in_ticket_ctx<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        resume::enter(self.ticket);
+        let r = f(self);
+        if let Some(ctx) = resume::leave() {
+            self.ticket = ctx;
+        }
+        // A ticket may have been opened and then passed over (another suite, a bad
+        // binder): only a resumed handshake keeps the ticket's authentication time.
+        if matches!(self.conn.handshake_kind(), Some(HandshakeKind::Full)) {
+            self.ticket.auth_time = None;
+        }
+        r
     }
 
     /// Whether the handshake is still in progress.
@@ -159,7 +191,7 @@ impl TlsConn {
         if self.failed {
             return Err(TlsError::Closed);
         }
-        let r = self.handle_received_inner(incoming, tls_out, plain_out);
+        let r = self.in_ticket_ctx(|c| c.handle_received_inner(incoming, tls_out, plain_out));
         if r.is_err() {
             self.failed = true;
         }
@@ -265,6 +297,17 @@ impl TlsConn {
         if self.failed {
             return Err(TlsError::Closed);
         }
+        self.in_ticket_ctx(|c| c.with_write_inner(tls_out, f))
+    }
+
+    fn with_write_inner<R>(
+        &mut self,
+        tls_out: &mut OutBuf,
+        f: impl FnOnce(
+            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+            &mut OutBuf,
+        ) -> Result<R, TlsError>,
+    ) -> Result<R, TlsError> {
         loop {
             let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
             match state? {

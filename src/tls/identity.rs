@@ -26,7 +26,9 @@ const SPIFFE_PREFIX: &str = "spiffe://";
 /// Built by [`Identity::from_der`] from the verified leaf certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
-    /// The first URI SAN that starts with `spiffe://`, if any.
+    /// The certificate's SPIFFE ID: its one URI SAN with the `spiffe` scheme, if any
+    /// (a certificate with two, or with a malformed one, is refused by
+    /// [`Identity::from_der`], as the X.509-SVID specification requires).
     pub spiffe: Option<String>,
     /// Every URI SAN in certificate order (the SPIFFE ID included).
     pub uris: Vec<String>,
@@ -65,6 +67,14 @@ pub enum IdentityError {
     /// valid UTF-8; refusing is safer than authorizing on a lossy conversion.
     #[error("client certificate subject CN is not a UTF-8 string: {0}")]
     CommonName(String),
+    /// More than one `spiffe://` URI SAN: an X.509-SVID carries exactly one SPIFFE ID,
+    /// and with two there is no telling which one the CA meant.
+    #[error("client certificate has {0} SPIFFE ID URI SANs; an X.509-SVID has exactly one")]
+    MultipleSpiffeIds(usize),
+    /// A `spiffe` URI SAN that is not a well-formed SPIFFE ID (e.g. a `..` segment,
+    /// which a `spiffe://td/trainer/*` glob would otherwise match).
+    #[error("client certificate has a malformed SPIFFE ID {0:?}")]
+    InvalidSpiffeId(String),
 }
 
 impl Identity {
@@ -91,7 +101,7 @@ impl Identity {
                 }
             }
         }
-        let spiffe = uris.iter().find(|u| u.starts_with(SPIFFE_PREFIX)).cloned();
+        let spiffe = spiffe_id(&uris)?;
 
         // The first CN, as HAProxy's ssl_c_s_dn(cn) and the PROXY v2 CN TLV use it.
         let cn = match cert.subject().iter_common_name().next() {
@@ -124,17 +134,59 @@ impl Identity {
             .or(self.cn.as_deref())
             .unwrap_or(&self.thumbprint)
     }
+}
 
-    /// Every name an authorization rule may match: URI SANs (the SPIFFE ID among
-    /// them), then DNS SANs, then the CN. The thumbprint is not included: rules name it
-    /// explicitly as `x5t#S256:<thumbprint>` so a glob never matches it by accident.
-    pub fn candidates(&self) -> impl Iterator<Item = &str> {
-        self.uris
-            .iter()
-            .chain(self.dns.iter())
-            .chain(self.cn.iter())
-            .map(String::as_str)
+/// The one SPIFFE ID among the URI SANs. The scheme is compared case-insensitively
+/// here so that `SPIFFE://…` cannot ride beside a real one unnoticed; the ID itself
+/// must then be in the canonical form the SPIFFE ID specification gives.
+fn spiffe_id(uris: &[String]) -> Result<Option<String>, IdentityError> {
+    let mut ids = uris.iter().filter(|u| {
+        u.get(..SPIFFE_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(SPIFFE_PREFIX))
+    });
+    let Some(first) = ids.next() else {
+        return Ok(None);
+    };
+    let extra = ids.count();
+    if extra > 0 {
+        return Err(IdentityError::MultipleSpiffeIds(extra + 1));
     }
+    if !valid_spiffe_id(first) {
+        return Err(IdentityError::InvalidSpiffeId(first.clone()));
+    }
+    Ok(Some(first.clone()))
+}
+
+/// SPIFFE ID syntax (SPIFFE-ID.md §2): lowercase scheme, a trust domain of
+/// `[a-z0-9._-]`, and a path of non-empty segments of `[A-Za-z0-9._-]` that are not
+/// `.` or `..`; no port, user info, query, fragment or percent-encoding; at most 2048
+/// bytes.
+fn valid_spiffe_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix(SPIFFE_PREFIX) else {
+        return false;
+    };
+    if id.len() > 2048 {
+        return false;
+    }
+    let (td, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let td_ok = !td.is_empty()
+        && td.len() <= 255
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    let path_ok = path.is_empty()
+        || path.split('/').skip(1).all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    td_ok && path_ok
 }
 
 /// RFC 8705 `x5t#S256`: base64url (no padding) of SHA-256 over the certificate DER.
@@ -204,7 +256,6 @@ mod tests {
                 uri("https://lake.example/not-spiffe"),
                 dns("trainer-7.lake.example"),
                 uri("spiffe://lake.example/trainer/7"),
-                uri("spiffe://lake.example/second"),
                 dns("trainer.lake.example"),
             ],
             Some("trainer-7"),
@@ -220,7 +271,6 @@ mod tests {
             [
                 "https://lake.example/not-spiffe",
                 "spiffe://lake.example/trainer/7",
-                "spiffe://lake.example/second"
             ]
         );
         assert_eq!(id.dns, ["trainer-7.lake.example", "trainer.lake.example"]);
@@ -228,18 +278,58 @@ mod tests {
         assert_eq!(id.not_after, not_after.unix_timestamp());
         assert_eq!(id.serial, "ab01");
         assert_eq!(id.name(), "spiffe://lake.example/trainer/7");
-        let c: Vec<&str> = id.candidates().collect();
-        assert_eq!(
-            c,
-            [
-                "https://lake.example/not-spiffe",
-                "spiffe://lake.example/trainer/7",
-                "spiffe://lake.example/second",
-                "trainer-7.lake.example",
-                "trainer.lake.example",
-                "trainer-7",
-            ]
+    }
+
+    #[test]
+    fn two_spiffe_ids_or_a_malformed_one_are_refused() {
+        let (der, _) = make_cert(
+            vec![
+                uri("spiffe://lake.example/trainer/7"),
+                uri("spiffe://lake.example/second"),
+            ],
+            None,
+            None,
         );
+        assert!(matches!(
+            Identity::from_der(&der),
+            Err(IdentityError::MultipleSpiffeIds(2))
+        ));
+        // An upper-case scheme still counts as a second SPIFFE ID.
+        let (der, _) = make_cert(
+            vec![
+                uri("spiffe://lake.example/trainer/7"),
+                uri("SPIFFE://lake.example/admin"),
+            ],
+            None,
+            None,
+        );
+        assert!(Identity::from_der(&der).is_err());
+        for bad in [
+            "spiffe://lake.example/trainer/../admin",
+            "spiffe://lake.example/trainer/./x",
+            "spiffe://lake.example/trainer//x",
+            "spiffe://lake.example/trainer/",
+            "spiffe://Lake.Example/trainer/x",
+            "spiffe://lake.example:8443/x",
+            "spiffe://lake.example/x?y=1",
+            "spiffe://lake.example/x%2e",
+            "spiffe:///x",
+            "SPIFFE://lake.example/x",
+        ] {
+            let (der, _) = make_cert(vec![uri(bad)], None, None);
+            assert!(
+                matches!(
+                    Identity::from_der(&der),
+                    Err(IdentityError::InvalidSpiffeId(_))
+                ),
+                "{bad} accepted"
+            );
+        }
+        for good in ["spiffe://lake.example", "spiffe://lake.example/a/B-c_d.e"] {
+            let (der, _) = make_cert(vec![uri(good)], None, None);
+            let id = Identity::from_der(&der).expect(good);
+            assert_eq!(id.spiffe.as_deref(), Some(good));
+        }
     }
 
     #[test]
@@ -258,7 +348,6 @@ mod tests {
         let id = Identity::from_der(&der).expect("identity");
         assert_eq!(id.cn, None);
         assert!(id.uris.is_empty() && id.dns.is_empty());
-        assert_eq!(id.candidates().count(), 0);
         assert_eq!(id.name(), id.thumbprint);
     }
 

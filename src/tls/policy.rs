@@ -19,6 +19,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::config::{Config, CrlStale, TlsVersion};
+use crate::tls::identity::Identity;
+use crate::tls::resume::VerifyingTicketer;
 use crate::tls::tickets::FileTicketer;
 
 /// An error building the TLS policy; names the config file, the key and what went wrong.
@@ -44,8 +46,11 @@ pub struct TlsPolicy {
     /// The in-process ticketer, carried across reloads so tickets issued before a
     /// reload still resume after it (None when tickets are off or come from a file).
     pub ticketer: Option<Arc<dyn ProducesTickets>>,
-    /// What each CRL file says, for freshness checks and resumed sessions.
+    /// What each CRL file says, for freshness checks.
     pub crls: Vec<CrlInfo>,
+    /// The client verifier of this policy: resumed sessions and open connections are
+    /// re-judged with it (anchors, CRLs, time), as a full handshake would be.
+    pub verifier: Arc<dyn ClientCertVerifier>,
 }
 
 /// One loaded CRL: where it came from, when its issuer promised the next one, and the
@@ -331,8 +336,68 @@ fn client_verifier(
     if cfg.tls.crl_stale == CrlStale::Refuse {
         b = b.enforce_revocation_expiration();
     }
-    b.build()
-        .map_err(|e| err(cfg, "tls.crl", format!("cannot build client verifier: {e}")))
+    let webpki = b
+        .build()
+        .map_err(|e| err(cfg, "tls.crl", format!("cannot build client verifier: {e}")))?;
+    Ok(Arc::new(IdentityVerifier(webpki)))
+}
+
+/// The client verifier lakegate uses: webpki's chain, time, EKU and CRL checks, then
+/// the identity rules ([`Identity::from_der`]: one well-formed SPIFFE ID at most, a
+/// readable CN), so a certificate with two SPIFFE IDs is refused inside the handshake
+/// with an alert, and on resumption by the same code.
+#[derive(Debug)]
+pub(crate) struct IdentityVerifier(pub(crate) Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for IdentityVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, RustlsError> {
+        let ok = self.0.verify_client_cert(end_entity, intermediates, now)?;
+        Identity::from_der(end_entity).map_err(|e| {
+            RustlsError::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+                e,
+            ))))
+        })?;
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, RustlsError> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, RustlsError> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// Build the whole policy from a validated config, with a fresh in-process ticketer.
@@ -387,7 +452,7 @@ pub fn build_with(
     let mut sc = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| err(cfg, "tls.versions", e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(certs, key)
         .map_err(|e| match e {
             RustlsError::InconsistentKeys(_) => err(
@@ -409,10 +474,17 @@ pub fn build_with(
     sc.max_early_data_size = 0;
     let mut in_process = None;
     if cfg.tls.session_tickets {
-        sc.ticketer = match &cfg.tls.ticket_key_file {
-            Some(path) => Arc::new(
-                FileTicketer::from_file(path).map_err(|e| err(cfg, "tls.ticket_key_file", e))?,
-            ),
+        let keys: Arc<dyn ProducesTickets> = match &cfg.tls.ticket_key_file {
+            Some(path) => {
+                // Checked again here, not only in config: the file may have changed
+                // since, and a reload re-reads it.
+                crate::config::check_private_file(path)
+                    .map_err(|e| err(cfg, "tls.ticket_key_file", e))?;
+                Arc::new(
+                    FileTicketer::from_file(path)
+                        .map_err(|e| err(cfg, "tls.ticket_key_file", e))?,
+                )
+            }
             None => {
                 let t = match ticketer {
                     Some(t) => t,
@@ -423,6 +495,12 @@ pub fn build_with(
                 t
             }
         };
+        sc.ticketer = Arc::new(VerifyingTicketer::new(
+            keys,
+            verifier.clone(),
+            cfg.tls.ticket_lifetime.as_secs(),
+            sc.time_provider.clone(),
+        ));
         sc.send_tls13_tickets = 2;
         // Tickets carry the session (and the client certificate chain) in the client;
         // a server-side cache would be one more lock shared by every worker.
@@ -482,6 +560,7 @@ pub fn build_with(
         server_cert_not_after: not_after,
         ticketer: in_process,
         crls,
+        verifier,
     })
 }
 
@@ -508,11 +587,14 @@ pub enum FailReason {
     Unauthorized,
     /// The issuer's CRL is past its nextUpdate and `crl_stale = "refuse"`.
     CrlStale,
+    /// The certificate verified, but its names break the rules for identities (two
+    /// SPIFFE IDs, a malformed one, an unreadable CN).
+    InvalidIdentity,
 }
 
 impl FailReason {
     /// All reasons, in label order.
-    pub const ALL: [FailReason; 10] = [
+    pub const ALL: [FailReason; 11] = [
         FailReason::NoClientCert,
         FailReason::UnknownCa,
         FailReason::Expired,
@@ -523,6 +605,7 @@ impl FailReason {
         FailReason::Protocol,
         FailReason::Unauthorized,
         FailReason::CrlStale,
+        FailReason::InvalidIdentity,
     ];
 
     /// The metric label value.
@@ -538,6 +621,7 @@ impl FailReason {
             FailReason::Protocol => "protocol",
             FailReason::Unauthorized => "unauthorized",
             FailReason::CrlStale => "crl_stale",
+            FailReason::InvalidIdentity => "invalid_identity",
         }
     }
 
@@ -557,6 +641,13 @@ impl FailReason {
                 CertificateError::BadSignature
                 | CertificateError::UnsupportedSignatureAlgorithmContext { .. } => {
                     FailReason::BadSignature
+                }
+                CertificateError::Other(o)
+                    if o.0
+                        .downcast_ref::<crate::tls::identity::IdentityError>()
+                        .is_some() =>
+                {
+                    FailReason::InvalidIdentity
                 }
                 _ => FailReason::UnknownCa,
             },
