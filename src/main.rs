@@ -105,11 +105,28 @@ fn main() -> ExitCode {
                 c.server.workers, c.server.cores, c.server.steer_by_cpu, c.server.sqpoll
             );
             print!("{}", pol.summary.render());
-            println!("authz rules:         {}", c.authz.len());
-            for (i, r) in c.authz.iter().enumerate() {
+            let forward = matches!(c.backend, lakegate::config::Backend::Forward { .. });
+            println!(
+                "authz rules:         {} (first match decides; no match is refused)",
+                c.authz.len()
+            );
+            for (i, r) in gen.authz.rules().iter().enumerate() {
+                let meaning = if forward {
+                    if r.admits_relay() {
+                        "admits the relay".to_string()
+                    } else {
+                        "refuses the relay (a relay needs read and write)".to_string()
+                    }
+                } else if r.access().is_empty() || r.buckets().is_empty() {
+                    "denies every request".to_string()
+                } else {
+                    let access: Vec<&str> = r.access().iter().map(|a| a.as_str()).collect();
+                    format!("{} on buckets {:?}", access.join(", "), r.buckets())
+                };
                 println!(
-                    "  [{i}] identity {:?} buckets {:?} access {:?}",
-                    r.identity, r.buckets, r.access
+                    "  [{i}] {:?} matches the {}: {meaning}",
+                    r.identity(),
+                    r.name_type().describe()
                 );
             }
             ExitCode::SUCCESS

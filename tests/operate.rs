@@ -20,55 +20,6 @@ use rustls::HandshakeKind;
 
 const MIB: u64 = 1 << 20;
 
-/// What one short forward-mode session saw: how the handshake went and the server's
-/// certificate.
-#[derive(Debug)]
-struct Session {
-    kind: HandshakeKind,
-    server_cert: Vec<u8>,
-}
-
-/// Connect, handshake, send `payload` and read it back from the echo upstream (which
-/// also takes in the server's tickets). Err: how the server refused us.
-fn session(port: u16, cfg: &Arc<rustls::ClientConfig>, payload: &[u8]) -> Result<Session, String> {
-    let mut sock = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut conn =
-        rustls::ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap())
-            .unwrap();
-    conn.set_buffer_limit(None);
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
-    }
-    let kind = conn.handshake_kind().unwrap();
-    let server_cert = conn.peer_certificates().unwrap()[0].to_vec();
-    conn.writer().write_all(payload).unwrap();
-    conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    while got.len() < payload.len() {
-        match conn.reader().read(&mut buf) {
-            Ok(0) => return Err("close_notify".into()),
-            Ok(n) => {
-                got.extend_from_slice(&buf[..n]);
-                continue;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        match conn.complete_io(&mut sock) {
-            Ok((0, 0)) => return Err("eof".into()),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    assert_eq!(got, payload, "echo");
-    conn.send_close_notify();
-    let _ = conn.complete_io(&mut sock);
-    Ok(Session { kind, server_cert })
-}
-
 /// An HTTP request with no body over plain TCP (the admin listener).
 fn admin_request(port: u16, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -88,17 +39,6 @@ fn admin_request(port: u16, method: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
-}
-
 fn pem_der(path: &Path) -> Vec<u8> {
     CertificateDer::pem_file_iter(path)
         .unwrap()
@@ -106,23 +46,6 @@ fn pem_der(path: &Path) -> Vec<u8> {
         .unwrap()
         .unwrap()
         .to_vec()
-}
-
-/// A lab config with extra `[tls]` lines.
-fn config_with_tls(lab: &Lab, port: u16, admin: u16, backend: &str, tls_extra: &str) -> PathBuf {
-    let p = lab.config(port, admin, "", backend);
-    let text = std::fs::read_to_string(&p).unwrap();
-    let text = text.replacen(
-        "crl = [\"crl.pem\"]\n",
-        &format!("crl = [\"crl.pem\"]\n{tls_extra}\n"),
-        1,
-    );
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn forward_backend(up: &Upstream) -> String {
-    format!("kind = \"forward\"\nupstream = \"{}\"\n", up.addr)
 }
 
 /// Whether a tool is installed; under CI (which installs it) its absence fails.
@@ -498,20 +421,12 @@ fn crl_files_are_reread_when_they_change_and_stale_ones_follow_the_policy() {
         == 1.0));
 }
 
-fn random_ticket_key() -> String {
-    use aws_lc_rs::rand::SecureRandom;
-    use base64::Engine as _;
-    let mut k = [0u8; 32];
-    aws_lc_rs::rand::SystemRandom::new().fill(&mut k).unwrap();
-    format!("{}\n", base64::engine::general_purpose::STANDARD.encode(k))
-}
-
 #[test]
 fn two_appliances_sharing_a_ticket_key_file_resume_each_others_sessions() {
     let lab = Lab::new();
     let up = Upstream::tcp(None);
-    std::fs::write(lab.path("fleet.key"), random_ticket_key()).unwrap();
-    std::fs::write(lab.path("other.key"), random_ticket_key()).unwrap();
+    write_secret(&lab.path("fleet.key"), &random_ticket_key());
+    write_secret(&lab.path("other.key"), &random_ticket_key());
     let start = |keyfile: &str, flags: &[&str]| {
         let (port, admin) = (free_port(), free_port());
         let cfg = config_with_tls(
