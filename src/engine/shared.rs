@@ -37,6 +37,9 @@ pub struct Generation {
     pub revoked: HashMap<String, Vec<String>>,
     /// The in-process ticketer, handed to the next generation.
     pub ticketer: Option<Arc<dyn ProducesTickets>>,
+    /// The credential of mutating admin requests, re-read from `[admin] token_file`
+    /// with every generation; `None` refuses them.
+    pub admin_token: Option<Arc<crate::telemetry::admin::AdminToken>>,
 }
 
 impl Generation {
