@@ -57,6 +57,9 @@ const RELOAD_DEADLINE: Duration = Duration::from_secs(60);
 /// After an accept error (EMFILE, ENOBUFS) the listener is retried this often: the
 /// pending connection stays queued, so no new readiness edge would come for it.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Accepts per turn of the loop, so a flood of connections (each closed at once when
+/// over the limit) cannot keep the loop from the connections it already has.
+const ACCEPT_BATCH: usize = 64;
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
@@ -521,7 +524,11 @@ pub fn run(
     let mut events = Events::with_capacity(256);
     let mut conns: HashMap<usize, Conn> = HashMap::new();
     let mut next_id = 0usize;
+    // The listener is edge-triggered: after an accept error, or a full batch, nothing
+    // tells us again about connections already queued, so the loop comes back itself.
     let mut retry_accept = false;
+    let mut accept_more = false;
+    let mut accept_failing = false;
     let mut at_limit = false;
     loop {
         let now = Instant::now();
@@ -532,6 +539,9 @@ pub fn run(
         if retry_accept {
             timeout = Some(timeout.map_or(ACCEPT_RETRY, |t| t.min(ACCEPT_RETRY)));
         }
+        if accept_more {
+            timeout = Some(Duration::ZERO);
+        }
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -539,7 +549,8 @@ pub fn run(
             return Err(e);
         }
 
-        let mut accept = std::mem::take(&mut retry_accept);
+        let retried = std::mem::take(&mut retry_accept);
+        let mut accept = std::mem::take(&mut accept_more) || retried;
         let mut ready: Vec<usize> = Vec::new();
         for ev in events.iter() {
             match ev.token() {
@@ -563,9 +574,11 @@ pub fn run(
         }
 
         if accept {
-            loop {
+            accept_more = true;
+            for _ in 0..ACCEPT_BATCH {
                 match listener.accept() {
                     Ok((mut stream, peer)) => {
+                        accept_failing = false;
                         if conns.len() >= MAX_CONNECTIONS {
                             drop(stream);
                             count(&shared, |ctl| ctl.admin_dropped[0] += 1);
@@ -607,15 +620,23 @@ pub fn run(
                         );
                         ready.push(id);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        accept_failing = false;
+                        accept_more = false;
+                        break;
+                    }
                     Err(e)
                         if matches!(
                             e.kind(),
                             io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                         ) => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed; retrying");
+                        if !accept_failing {
+                            tracing::warn!(error = %e, "admin accept failed; retrying every 100 ms");
+                        }
+                        accept_failing = true;
                         retry_accept = true;
+                        accept_more = false;
                         break;
                     }
                 }
