@@ -130,6 +130,10 @@ pub enum TlsVersion {
 pub struct Admin {
     /// Address of the admin HTTP listener; `None` disables it.
     pub listen: Option<SocketAddr>,
+    /// File holding the bearer token that mutating admin requests (`POST /reload`)
+    /// must carry; `None` refuses them. Its mode and content are checked where it is
+    /// read (the admin module), like the ticket key file's.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The `[backend]` section: what receives the plaintext.
@@ -322,6 +326,7 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    token_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -669,7 +674,8 @@ impl Ctx {
     }
 
     fn admin(&self, raw: Option<RawAdmin>, server: &Server) -> Result<Admin> {
-        let listen = match raw.and_then(|a| a.listen) {
+        let (listen, token_file) = raw.map_or((None, None), |a| (a.listen, a.token_file));
+        let listen = match listen {
             None => Some(DEFAULT_ADMIN_LISTEN),
             Some(s) if s.is_empty() => None,
             Some(s) => Some(self.socket_addr("admin.listen", &s)?),
@@ -685,7 +691,12 @@ impl Ctx {
                 ));
             }
         }
-        Ok(Admin { listen })
+        let token_file = match token_file {
+            None => None,
+            Some(p) if p.is_empty() => None,
+            Some(p) => Some(self.existing_file("admin.token_file", p)?),
+        };
+        Ok(Admin { listen, token_file })
     }
 
     fn backend(&self, raw: RawBackend) -> Result<Backend> {
@@ -1387,6 +1398,20 @@ root = "data"
         assert_eq!(c.admin.listen, None);
         let c = parse_ok(&dir, &with("admin", ""));
         assert_eq!(c.admin.listen, Some(DEFAULT_ADMIN_LISTEN));
+        assert_eq!(c.admin.token_file, None);
+    }
+
+    #[test]
+    fn admin_token_file_resolves_and_must_exist() {
+        let dir = fixture();
+        fs::write(dir.path().join("admin.token"), "x").unwrap();
+        let c = parse_ok(&dir, &with("admin", "token_file = \"admin.token\""));
+        assert_eq!(c.admin.token_file, Some(dir.path().join("admin.token")));
+        let c = parse_ok(&dir, &with("admin", "token_file = \"\""));
+        assert_eq!(c.admin.token_file, None);
+        let e = parse_err(&dir, &with("admin", "token_file = \"gone.token\""));
+        assert_eq!(e.key, "admin.token_file");
+        assert!(e.message.contains("does not exist"), "{e}");
     }
 
     #[test]
@@ -1414,7 +1439,7 @@ root = "data"
         let cases = [
             ("[server]\n", "server.bogus", "listen, workers"),
             ("[tls]\n", "tls.bogus", "cert, key"),
-            ("[admin]\n", "admin.bogus", "listen"),
+            ("[admin]\n", "admin.bogus", "listen or token_file"),
             ("[backend]\n", "backend.bogus", "kind, root"),
             ("identity = \"b\"\n", "authz[1].bogus", "identity, buckets"),
             ("[tokens]\n", "tokens.bogus", "jwks, issuer"),

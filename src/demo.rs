@@ -1,6 +1,7 @@
-//! `lakegate demo`: the embedded default. Makes a throwaway PKI, a config with a
-//! `store` backend and a `datasets` bucket under one folder, prints ready-to-paste
-//! `curl` commands for an allowed and a forbidden identity, then serves.
+//! `lakegate demo`: the embedded default. Makes a throwaway PKI, an admin token, a
+//! config with a `store` backend and a `datasets` bucket under one folder, prints
+//! ready-to-paste `curl` commands for an allowed and a forbidden identity and for a
+//! reload, then serves.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,13 @@ pub fn prepare(dir: &Path, port: u16, admin: u16) -> anyhow::Result<PathBuf> {
         )?;
         pki::crl(&dir, &[], 30, false)?;
     }
+    if !dir.join("admin.token").exists() {
+        let mut raw = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut raw)
+            .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+        let token = format!("{}\n", pki::hex(&raw));
+        pki::write_file(&dir.join("admin.token"), &token, true)?;
+    }
     std::fs::create_dir_all(dir.join("data/datasets"))?;
     let cfg = dir.join("lakegate.toml");
     std::fs::write(
@@ -67,6 +75,7 @@ crl = ["crl.pem"]
 
 [admin]
 listen = "127.0.0.1:{admin}"
+token_file = "admin.token"   # POST /reload needs this token (file mode 0600)
 
 [backend]
 kind = "store"
@@ -107,6 +116,9 @@ pub fn instructions(dir: &Path, port: u16, admin: u16) -> String {
          # health and metrics\n\
          curl http://127.0.0.1:{admin}/readyz\n\
          curl http://127.0.0.1:{admin}/metrics\n\
+         \n\
+         # reload the configuration (needs the admin token; SIGHUP does the same)\n\
+         curl -X POST -H \"Authorization: Bearer $(cat {d}/admin.token)\" http://127.0.0.1:{admin}/reload\n\
          \n\
          Ctrl-C drains and stops.\n",
         t = tls("trainer"),

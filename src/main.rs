@@ -105,6 +105,16 @@ fn main() -> ExitCode {
                 c.server.workers, c.server.cores, c.server.steer_by_cpu, c.server.sqpoll
             );
             print!("{}", pol.summary.render());
+            match (c.admin.listen, &c.admin.token_file) {
+                (None, _) => println!("admin:               off"),
+                (Some(a), Some(f)) => println!(
+                    "admin:               {a}; POST /reload needs the bearer token in {}",
+                    f.display()
+                ),
+                (Some(a), None) => println!(
+                    "admin:               {a}; POST /reload disabled (no [admin] token_file), reload with SIGHUP"
+                ),
+            }
             let forward = matches!(c.backend, lakegate::config::Backend::Forward { .. });
             println!(
                 "authz rules:         {} (first match decides; no match is refused)",

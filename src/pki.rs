@@ -605,7 +605,7 @@ fn ia5(s: &str, what: &str) -> anyhow::Result<Ia5String> {
     Ia5String::try_from(s).map_err(|e| anyhow!("{what} {s:?}: {e}"))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
@@ -625,7 +625,7 @@ fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
 /// Writes `contents` to `path` through a temporary file and a rename, so a reader (the
 /// appliance re-reading crl.pem, say) never sees a half-written file. Private keys get
 /// mode 0600 from creation, never a moment of wider permissions.
-fn write_file(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| anyhow!("{}: not a file path", path.display()))?;

@@ -60,6 +60,18 @@ pub fn build_generation(
     prev: Option<&Generation>,
 ) -> Result<Generation, policy::PolicyError> {
     let pol = policy::build_with(&cfg, prev.and_then(|g| g.ticketer.clone()))?;
+    let admin_token = match &cfg.admin.token_file {
+        None => None,
+        Some(path) => Some(Arc::new(
+            crate::telemetry::admin::AdminToken::from_file(path).map_err(|message| {
+                policy::PolicyError {
+                    file: cfg.path.display().to_string(),
+                    key: "admin.token_file",
+                    message,
+                }
+            })?,
+        )),
+    };
     let store = match &cfg.backend {
         crate::config::Backend::Store { root, fsync } => Some(Arc::new(
             crate::backend::store::Store::new(root, *fsync == crate::config::Fsync::Always)
@@ -94,6 +106,7 @@ pub fn build_generation(
         crls: pol.crls,
         verifier: pol.verifier,
         ticketer: pol.ticketer,
+        admin_token,
     })
 }
 
@@ -146,7 +159,13 @@ pub fn serve(gen: Generation, config_path: PathBuf) -> Result<(), EngineError> {
         let rl = reloader.clone();
         std::thread::Builder::new()
             .name("lg-admin".into())
-            .spawn(move || crate::telemetry::admin::run(l, sh, rl))
+            .spawn(move || {
+                // Without it /healthz goes unanswered and the load balancer takes us
+                // out, which is the right outcome for an appliance nobody can watch.
+                if let Err(e) = crate::telemetry::admin::run(l, sh, rl) {
+                    tracing::error!(error = %e, "admin endpoint stopped");
+                }
+            })
             .map_err(EngineError::Thread)?;
     }
 

@@ -39,6 +39,9 @@ pub struct Generation {
     pub verifier: Arc<dyn ClientCertVerifier>,
     /// The in-process ticketer, handed to the next generation.
     pub ticketer: Option<Arc<dyn ProducesTickets>>,
+    /// The credential of mutating admin requests, re-read from `[admin] token_file`
+    /// with every generation; `None` refuses them.
+    pub admin_token: Option<Arc<crate::telemetry::admin::AdminToken>>,
 }
 
 impl Generation {

@@ -218,8 +218,9 @@ impl RecentCerts {
     }
 }
 
-/// Control-plane state the admin thread shows: reloads and CRLs. Written by the main
-/// thread on reload or CRL refresh, never by a worker.
+/// Control-plane state the admin thread shows: reloads, CRLs and the admin endpoint's
+/// own traffic. Written by the main thread on reload or CRL refresh and by the admin
+/// threads, never by a worker.
 #[derive(Debug, Default)]
 pub struct Control {
     /// Not-after of the running server certificate, unix seconds.
@@ -234,6 +235,12 @@ pub struct Control {
     pub crl_stale: u64,
     /// (file, nextUpdate unix seconds) of every loaded CRL.
     pub crl_next_update: Vec<(String, i64)>,
+    /// Admin requests answered, by (endpoint, status); both come from fixed sets in
+    /// the admin module, so the series stay few whatever clients send.
+    pub admin_requests: std::collections::BTreeMap<(&'static str, u16), u64>,
+    /// Admin connections closed unanswered: over the connection limit, and request
+    /// head not complete in time.
+    pub admin_dropped: [u64; 2],
 }
 
 /// The slot of a (version, suite, resumed) triple; `suites` is the provider's list.
@@ -533,6 +540,33 @@ impl Telemetry {
                 .iter()
                 .map(|(f, t)| gauge(vec![label("file", f)], *t as f64))
                 .collect(),
+        ));
+        out.push(family(
+            "lakegate_admin_requests_total",
+            "Admin endpoint requests answered, by endpoint and status.",
+            COUNTER,
+            control
+                .admin_requests
+                .iter()
+                .map(|((endpoint, status), n)| {
+                    counter(
+                        vec![
+                            label("endpoint", endpoint),
+                            label("status", &status.to_string()),
+                        ],
+                        *n as f64,
+                    )
+                })
+                .collect(),
+        ));
+        out.push(family(
+            "lakegate_admin_connections_dropped_total",
+            "Admin connections closed unanswered: over the connection limit, or no complete request head in time.",
+            COUNTER,
+            vec![
+                counter(vec![label("reason", "over_limit")], control.admin_dropped[0] as f64),
+                counter(vec![label("reason", "head_timeout")], control.admin_dropped[1] as f64),
+            ],
         ));
         drop(control);
 

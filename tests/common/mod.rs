@@ -97,7 +97,25 @@ impl Lab {
             "--spiffe",
             "spiffe://lake.example/trainer/eve",
         ]);
-        Lab { dir }
+        let lab = Lab { dir };
+        lab.write_admin_token(&random_token());
+        lab
+    }
+
+    /// Write `token` to `admin.token` (mode 0600), the file `[admin] token_file` names.
+    pub fn write_admin_token(&self, token: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.path("admin.token");
+        std::fs::write(&p, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// The admin token the lab's configs name.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.path("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     pub fn path(&self, f: &str) -> PathBuf {
@@ -141,6 +159,7 @@ crl = ["crl.pem"]
 
 [admin]
 listen = "127.0.0.1:{admin}"
+token_file = "admin.token"
 
 [backend]
 {backend}
@@ -246,6 +265,27 @@ pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// 32 random bytes as hex: an admin token.
+pub fn random_token() -> String {
+    let mut b = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    hex(&b)
+}
+
+/// One request with no body to the admin listener over plain TCP, with `extra` header
+/// lines (e.g. `"authorization: Bearer …"`).
+pub fn admin_call(port: u16, method: &str, path: &str, extra: &[&str]) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let extra: String = extra.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n{extra}connection: close\r\n\r\n"
+    )
+    .unwrap();
+    read_response(&mut s, method == "HEAD").unwrap()
 }
 
 /// A tiny HTTP/1.1 GET over plain TCP (the admin listener).
