@@ -10,3 +10,4 @@
 
 pub mod http;
 pub mod proxy_v2;
+pub mod slow;
