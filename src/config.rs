@@ -71,11 +71,24 @@ pub struct Server {
     pub handshake_timeout: Duration,
     /// A connection with no traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// A request head must be complete this long after its first byte (408).
+    pub request_head_timeout: Duration,
+    /// The slowest request body accepted (408 below it); `None` when `"off"`.
+    pub min_body_rate: Option<MinBodyRate>,
     /// Deadline for open connections to finish after SIGTERM.
     pub drain_timeout: Duration,
     /// A connection older than this is closed after the request in flight (store) or
     /// with close_notify (forward); `None` = unlimited (`"0"`).
     pub max_connection_age: Option<Duration>,
+}
+
+/// `min_body_rate = "SIZE/DURATION"`: at least `bytes` in every `window` of a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinBodyRate {
+    /// Bytes that must arrive in each window.
+    pub bytes: u64,
+    /// The window.
+    pub window: Duration,
 }
 
 /// The `[tls]` section, with paths resolved.
@@ -265,6 +278,11 @@ const DEFAULT_MAX_OBJECT_SIZE: u64 = 1 << 40; // 1TiB
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_MIN_BODY_RATE: MinBodyRate = MinBodyRate {
+    bytes: 64 * 1024,
+    window: Duration::from_secs(10),
+};
 const DEFAULT_CRL_REFRESH: Duration = Duration::from_secs(30);
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -302,6 +320,8 @@ struct RawServer {
     max_object_size: Option<toml::Value>,
     handshake_timeout: Option<String>,
     idle_timeout: Option<String>,
+    request_head_timeout: Option<String>,
+    min_body_rate: Option<String>,
     drain_timeout: Option<String>,
     max_connection_age: Option<String>,
 }
@@ -481,6 +501,13 @@ impl Ctx {
                 DEFAULT_IDLE_TIMEOUT,
                 false,
             )?,
+            request_head_timeout: self.duration(
+                "server.request_head_timeout",
+                raw.request_head_timeout,
+                DEFAULT_REQUEST_HEAD_TIMEOUT,
+                false,
+            )?,
+            min_body_rate: self.min_body_rate(raw.min_body_rate)?,
             // Zero is meaningful here: close open connections at once on SIGTERM.
             drain_timeout: self.duration(
                 "server.drain_timeout",
@@ -940,6 +967,36 @@ impl Ctx {
         Ok(d)
     }
 
+    /// `"64KiB/10s"`; `"0"` or `"off"` turns the check off.
+    fn min_body_rate(&self, raw: Option<String>) -> Result<Option<MinBodyRate>> {
+        const KEY: &str = "server.min_body_rate";
+        let Some(s) = raw else {
+            return Ok(Some(DEFAULT_MIN_BODY_RATE));
+        };
+        let t = s.trim();
+        if t == "0" || t.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let expected = || {
+            self.err(
+                KEY,
+                format!("expected a size per duration like \"64KiB/10s\", or \"off\", found {s:?}"),
+            )
+        };
+        let (size, per) = t.split_once('/').ok_or_else(expected)?;
+        let bytes = parse_size::parse_size(size.trim()).map_err(|_| expected())?;
+        let window = humantime::parse_duration(per.trim()).map_err(|_| expected())?;
+        if bytes == 0 || window.is_zero() {
+            return Err(self.err(
+                KEY,
+                format!(
+                    "expected a size and a duration greater than zero (or \"off\"), found {s:?}"
+                ),
+            ));
+        }
+        Ok(Some(MinBodyRate { bytes, window }))
+    }
+
     fn size(&self, key: &str, raw: &toml::Value) -> Result<u64> {
         let size = match raw {
             toml::Value::Integer(n) => u64::try_from(*n).ok(),
@@ -1193,6 +1250,8 @@ max_connections = 100000    # per appliance; over it, new connections are refuse
 max_object_size = "1TiB"    # store: larger bodies get 413
 handshake_timeout = "10s"
 idle_timeout = "60s"
+request_head_timeout = "10s" # the whole request head must arrive within this
+min_body_rate = "64KiB/10s"  # slower bodies get 408
 
 [tls]
 cert = "server.crt"          # PEM chain
@@ -1313,6 +1372,8 @@ root = "data"
         assert_eq!(c.server.max_object_size, 1 << 40);
         assert_eq!(c.server.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.request_head_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.min_body_rate, Some(DEFAULT_MIN_BODY_RATE));
         assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
 
         assert_eq!(c.tls.cert, d.join("server.crt"));
@@ -1461,6 +1522,39 @@ root = "data"
         );
         let e = parse_err(&dir, &format!("{MINIMAL}\n[bogus]\nx = 1\n"));
         assert_eq!(e.key, "bogus");
+    }
+
+    #[test]
+    fn slow_client_limits() {
+        let dir = fixture();
+        let c = parse_ok(&dir, MINIMAL);
+        assert_eq!(c.server.request_head_timeout, Duration::from_secs(10));
+        assert_eq!(
+            c.server.min_body_rate,
+            Some(MinBodyRate {
+                bytes: 65536,
+                window: Duration::from_secs(10)
+            })
+        );
+        let rate = |v: &str| parse(&dir, &with("server", &format!("min_body_rate = {v:?}")));
+        assert_eq!(
+            rate("1MiB / 2s").unwrap().server.min_body_rate,
+            Some(MinBodyRate {
+                bytes: 1 << 20,
+                window: Duration::from_secs(2)
+            })
+        );
+        assert_eq!(rate("off").unwrap().server.min_body_rate, None);
+        assert_eq!(rate("0").unwrap().server.min_body_rate, None);
+        for bad in ["64KiB", "fast/10s", "64KiB/soon", "0/10s", "64KiB/0s", ""] {
+            let e = rate(bad).unwrap_err();
+            assert_eq!(e.key, "server.min_body_rate", "{bad:?}: {e}");
+            assert!(e.message.starts_with("expected "), "{bad:?}: {e}");
+        }
+        let e = parse_err(&dir, &with("server", "request_head_timeout = \"0s\""));
+        assert_eq!(e.key, "server.request_head_timeout");
+        let c = parse_ok(&dir, &with("server", "request_head_timeout = \"2s\""));
+        assert_eq!(c.server.request_head_timeout, Duration::from_secs(2));
     }
 
     #[test]

@@ -1295,3 +1295,670 @@ fn requests_are_counted_by_method_and_status() {
     assert_eq!(count("GET", "404"), 2.0, "{m}");
     assert_eq!(count("DELETE", "204"), 1.0, "{m}");
 }
+
+// ---------------------------------------------------------------------------------------
+// 9. What the store does not implement is refused (501) and changes nothing
+// ---------------------------------------------------------------------------------------
+
+/// Every file under `root` with its SHA-256: the store's whole visible state.
+fn snapshot(root: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = files_under(root)
+        .iter()
+        .map(|p| {
+            (
+                p.strip_prefix(root).unwrap().to_string_lossy().into_owned(),
+                sha256_file(p),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn xml_code(body: &[u8]) -> String {
+    xml_all(&String::from_utf8_lossy(body), "Code")
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+#[test]
+fn unimplemented_operations_headers_and_subresources_get_501_and_change_nothing() {
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let srv = Server::start(&lab, "", &store_backend(&root, "never"));
+    let keep = pseudo_random(4096, 77);
+    let (st, ..) = raw(&srv, &lab, &put_req("/datasets/keep.bin", &keep, ""));
+    assert_eq!(st, 201);
+    let before = snapshot(&root);
+    let body = b"this must never be stored";
+
+    // (method, target, extra header lines, body)
+    let mut cases: Vec<(&str, String, String, bool)> = vec![
+        // CopyObject from a source that does not exist, and onto an existing key.
+        (
+            "PUT",
+            "/datasets/copy.bin".into(),
+            "x-amz-copy-source: /datasets/absent\r\n".into(),
+            false,
+        ),
+        (
+            "PUT",
+            "/datasets/keep.bin".into(),
+            "x-amz-copy-source: /datasets/absent\r\n".into(),
+            false,
+        ),
+        (
+            "PUT",
+            "/datasets/keep.bin".into(),
+            "x-amz-copy-source: datasets/keep.bin\r\nx-amz-metadata-directive: REPLACE\r\n".into(),
+            false,
+        ),
+        // Sub-resources on an existing key.
+        (
+            "PUT",
+            "/datasets/keep.bin?tagging".into(),
+            String::new(),
+            true,
+        ),
+        ("PUT", "/datasets/keep.bin?acl".into(), String::new(), true),
+        (
+            "PUT",
+            "/datasets/keep.bin?retention".into(),
+            String::new(),
+            true,
+        ),
+        (
+            "PUT",
+            "/datasets/keep.bin?legal-hold".into(),
+            String::new(),
+            true,
+        ),
+        (
+            "PUT",
+            "/datasets/keep.bin?partNumber=1&uploadId=abc".into(),
+            String::new(),
+            true,
+        ),
+        (
+            "POST",
+            "/datasets/keep.bin?uploads".into(),
+            String::new(),
+            false,
+        ),
+        (
+            "POST",
+            "/datasets/keep.bin?uploadId=abc".into(),
+            String::new(),
+            true,
+        ),
+        ("POST", "/datasets?delete".into(), String::new(), true),
+        (
+            "DELETE",
+            "/datasets/keep.bin?tagging".into(),
+            String::new(),
+            false,
+        ),
+        (
+            "DELETE",
+            "/datasets/keep.bin?versionId=1".into(),
+            String::new(),
+            false,
+        ),
+        (
+            "DELETE",
+            "/datasets/keep.bin?uploadId=abc".into(),
+            String::new(),
+            false,
+        ),
+        ("DELETE", "/datasets".into(), String::new(), false),
+        ("PUT", "/newbucket".into(), String::new(), false),
+        ("HEAD", "/datasets".into(), String::new(), false),
+        (
+            "GET",
+            "/datasets/keep.bin?tagging".into(),
+            String::new(),
+            false,
+        ),
+        ("GET", "/datasets/keep.bin?acl".into(), String::new(), false),
+        (
+            "GET",
+            "/datasets/keep.bin?partNumber=1".into(),
+            String::new(),
+            false,
+        ),
+        (
+            "GET",
+            "/datasets/keep.bin?versionId=1".into(),
+            String::new(),
+            false,
+        ),
+        (
+            "GET",
+            "/datasets/keep.bin?response-content-type=text/html".into(),
+            String::new(),
+            false,
+        ),
+        ("GET", "/datasets?versioning".into(), String::new(), false),
+        ("GET", "/datasets?lifecycle".into(), String::new(), false),
+        ("GET", "/datasets?policy".into(), String::new(), false),
+        ("GET", "/datasets?location".into(), String::new(), false),
+        ("GET", "/datasets?cors".into(), String::new(), false),
+        ("GET", "/datasets?uploads".into(), String::new(), false),
+        (
+            "GET",
+            "/datasets?list-type=2&delimiter=/".into(),
+            String::new(),
+            false,
+        ),
+        (
+            "GET",
+            "/datasets?list-type=2&fetch-owner=true".into(),
+            String::new(),
+            false,
+        ),
+        ("GET", "/datasets?prefix=".into(), String::new(), false),
+        ("GET", "/datasets".into(), String::new(), false),
+    ];
+    // Headers that would change what a PUT means, each onto the existing key.
+    for h in [
+        "x-amz-copy-source-range: bytes=0-1",
+        "x-amz-server-side-encryption: AES256",
+        "x-amz-server-side-encryption-aws-kms-key-id: k",
+        "x-amz-server-side-encryption-customer-algorithm: AES256",
+        "x-amz-server-side-encryption-customer-key: AAAA",
+        "x-amz-tagging: a=b",
+        "x-amz-object-lock-mode: GOVERNANCE",
+        "x-amz-object-lock-retain-until-date: 2030-01-01T00:00:00Z",
+        "x-amz-object-lock-legal-hold: ON",
+        "x-amz-website-redirect-location: /elsewhere",
+        "x-amz-grant-read: id=1",
+        "x-amz-grant-full-control: id=1",
+        "x-amz-acl: public-read",
+        "x-amz-storage-class: GLACIER",
+        "x-amz-meta-color: blue",
+        "If-Match: \"x\"",
+        "If-None-Match: *",
+        "If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT",
+        "If-Unmodified-Since: Sun, 06 Nov 1994 08:49:37 GMT",
+        "Content-Type: text/html",
+        "Content-Encoding: gzip",
+        "Content-Disposition: attachment",
+        "Cache-Control: max-age=1",
+        "x-amz-checksum-crc32c: AAAAAA==",
+        "x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "x-amz-expected-bucket-owner: 123",
+        "x-unknown-extension: 1",
+    ] {
+        cases.push(("PUT", "/datasets/keep.bin".into(), format!("{h}\r\n"), true));
+    }
+    // Preconditions the store does not evaluate on reads and deletes.
+    for (m, h) in [
+        ("GET", "If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT"),
+        ("GET", "If-Unmodified-Since: Sun, 06 Nov 1994 08:49:37 GMT"),
+        ("GET", "x-amz-server-side-encryption-customer-key: AAAA"),
+        ("DELETE", "If-Match: \"x\""),
+        ("DELETE", "x-amz-bypass-governance-retention: true"),
+    ] {
+        cases.push((m, "/datasets/keep.bin".into(), format!("{h}\r\n"), false));
+    }
+
+    let mut failures = Vec::new();
+    for (method, target, extra, with_body) in &cases {
+        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}");
+        if *with_body || matches!(*method, "PUT" | "POST") {
+            let b: &[u8] = if *with_body { body } else { b"" };
+            req += &format!("Content-Length: {}\r\n\r\n", b.len());
+            let mut v = req.into_bytes();
+            v.extend_from_slice(b);
+            req = String::from_utf8(v).unwrap();
+        } else {
+            req += "\r\n";
+        }
+        let (st, h, b) = raw(&srv, &lab, req.as_bytes());
+        let code = xml_code(&b);
+        let head_only = *method == "HEAD";
+        if st != 501
+            || (!head_only && code != "NotImplemented")
+            || header(&h, "x-amz-request-id").is_none()
+        {
+            failures.push(format!(
+                "{method} {target} [{}]: {st} {code:?}",
+                extra.trim()
+            ));
+        }
+        let now = snapshot(&root);
+        if now != before {
+            failures.push(format!(
+                "{method} {target} [{}] changed the store: {now:?}",
+                extra.trim()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}\n{}", srv.log_plain());
+    assert_eq!(std::fs::read(root.join("datasets/keep.bin")).unwrap(), keep);
+    assert!(!root.join("datasets/copy.bin").exists());
+    assert!(!root.join("newbucket").exists());
+
+    // What is implemented still works, and the store is still serving.
+    let (st, _, b) = raw(&srv, &lab, &get_req("GET", "/datasets/keep.bin"));
+    assert_eq!((st, b == keep), (200, true));
+    let etag = format!("\"{}\"", sha256_hex(&keep));
+    let (st, ..) = raw(
+        &srv,
+        &lab,
+        format!("GET /datasets/keep.bin HTTP/1.1\r\nHost: x\r\nIf-Match: {etag}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(st, 200, "If-Match with the object's ETag");
+    let (st, _, b) = raw(
+        &srv,
+        &lab,
+        b"GET /datasets/keep.bin HTTP/1.1\r\nHost: x\r\nIf-Match: \"other\"\r\n\r\n",
+    );
+    assert_eq!((st, xml_code(&b).as_str()), (412, "PreconditionFailed"));
+    let (st, _, b) = raw(
+        &srv,
+        &lab,
+        format!("GET /datasets/keep.bin HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!((st, b.len()), (304, 0));
+    let (st, ..) = raw(
+        &srv,
+        &lab,
+        &put_req("/datasets/typed.bin", b"x", "Content-Type: application/octet-stream\r\nx-amz-storage-class: STANDARD\r\nx-amz-acl: private\r\n"),
+    );
+    assert_eq!(st, 201);
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. Errors: S3 XML with codes and request ids; HEAD carries no body
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn errors_are_s3_xml_with_a_request_id_and_keep_the_reason_in_the_log() {
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let authz = r#"[[authz]]
+identity = "spiffe://lake.example/trainer/car*"
+buckets = ["datasets"]
+access = ["read", "list"]
+
+[[authz]]
+identity = "spiffe://lake.example/trainer/*"
+"#;
+    let srv = Server::start_with_authz(&lab, "", &store_backend(&root, "never"), authz);
+    let mut ids = Vec::new();
+
+    // Success responses carry a request id too: 201, 200, 204.
+    let mut c = alice(&srv, &lab);
+    let (st, h, _) = c.request(&put_req("/datasets/e/a.bin", b"abc", ""));
+    assert_eq!(st, 201);
+    ids.push(
+        header(&h, "x-amz-request-id")
+            .expect("201 has x-amz-request-id")
+            .to_string(),
+    );
+    let (st, h, _) = c.request(&get_req("GET", "/datasets/e/a.bin"));
+    assert_eq!(st, 200);
+    ids.push(
+        header(&h, "x-amz-request-id")
+            .expect("200 has x-amz-request-id")
+            .to_string(),
+    );
+    let (st, h, _) = c.request(&get_req("GET", "/datasets?list-type=2"));
+    assert_eq!(st, 200);
+    ids.push(
+        header(&h, "x-amz-request-id")
+            .expect("list has x-amz-request-id")
+            .to_string(),
+    );
+
+    // 403: S3 code and a request id; no rule text in the body; the reason in the log.
+    let mut carol =
+        TlsClient::connect(srv.port, client_config(&lab, Some("carol"), false)).unwrap();
+    let (st, h, b) = carol.request(&put_req("/datasets/e/c.bin", b"nope", ""));
+    assert_eq!(st, 403);
+    let text = String::from_utf8_lossy(&b).into_owned();
+    assert_eq!(xml_code(&b), "AccessDenied", "{text}");
+    let rid = xml_all(&text, "RequestId")
+        .pop()
+        .expect("RequestId in the body");
+    assert_eq!(rid.len(), 16, "{rid}");
+    assert!(rid.bytes().all(|c| c.is_ascii_hexdigit()), "{rid}");
+    assert_eq!(header(&h, "x-amz-request-id"), Some(rid.as_str()));
+    for secret in ["trainer/car*", "authz rule", "rule 0", "does not grant"] {
+        assert!(!text.contains(secret), "403 body leaks {secret:?}: {text}");
+    }
+    assert!(
+        text.contains("<Message>") && text.contains("<Resource>/datasets/e/c.bin</Resource>"),
+        "{text}"
+    );
+    let line = srv
+        .log_line_with(&[&rid, "authz rule 0"])
+        .unwrap_or_else(|| {
+            panic!(
+                "no log line with {rid} and the reason:\n{}",
+                srv.log_plain()
+            )
+        });
+    assert!(line.contains("write"), "{line}");
+    ids.push(rid);
+    // A refused PUT's body is not read, so that connection closes: a new one.
+    let mut carol =
+        TlsClient::connect(srv.port, client_config(&lab, Some("carol"), false)).unwrap();
+    let (st, _, b) = carol.request(&get_req("GET", "/models?list-type=2"));
+    assert_eq!((st, xml_code(&b).as_str()), (403, "AccessDenied"));
+
+    // 404: NoSuchKey for a missing object, NoSuchBucket for a missing bucket.
+    let (st, h, b) = c.request(&get_req("GET", "/datasets/e/absent"));
+    assert_eq!((st, xml_code(&b).as_str()), (404, "NoSuchKey"));
+    ids.push(header(&h, "x-amz-request-id").unwrap().to_string());
+    let (st, _, b) = c.request(&get_req("GET", "/nobucket/k"));
+    assert_eq!((st, xml_code(&b).as_str()), (404, "NoSuchBucket"));
+    let (st, _, b) = c.request(&get_req("GET", "/nobucket?list-type=2"));
+    assert_eq!((st, xml_code(&b).as_str()), (404, "NoSuchBucket"));
+    let (st, _, b) = c.request(&get_req("DELETE", "/datasets/e/absent"));
+    assert_eq!((st, xml_code(&b).as_str()), (404, "NoSuchKey"));
+    let (st, _, b) = raw(&srv, &lab, &put_req("/nobucket/k", b"x", ""));
+    assert_eq!((st, xml_code(&b).as_str()), (404, "NoSuchBucket"));
+    let (st, _, b) = c.request(&get_req("GET", "/datasets/a/../b"));
+    assert_eq!((st, xml_code(&b).as_str()), (400, "InvalidArgument"));
+    let (st, _, b) = c.request(&get_req("GET", "/Bad_Bucket/k"));
+    assert_eq!((st, xml_code(&b).as_str()), (400, "InvalidBucketName"));
+    let (st, h, b) =
+        c.request(b"GET /datasets/e/a.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=10-20\r\n\r\n");
+    assert_eq!((st, xml_code(&b).as_str()), (416, "InvalidRange"));
+    assert_eq!(header(&h, "content-range"), Some("bytes */3"));
+    let (st, _, b) = raw(&srv, &lab, b"GET /datasets/%zz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((st, xml_code(&b).as_str()), (400, "InvalidURI"));
+    let (st, _, b) = raw(
+        &srv,
+        &lab,
+        b"PATCH /datasets/e/a.bin HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!((st, xml_code(&b).as_str()), (405, "MethodNotAllowed"));
+    let (st, _, b) = raw(&srv, &lab, b"PUT /datasets/e/n HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((st, xml_code(&b).as_str()), (411, "MissingContentLength"));
+    let big = format!(
+        "GET /datasets/e/a.bin HTTP/1.1\r\nHost: x\r\nx-f: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let (st, _, b) = raw(&srv, &lab, big.as_bytes());
+    assert_eq!(
+        (st, xml_code(&b).as_str()),
+        (431, "RequestHeaderSectionTooLarge")
+    );
+    let (st, _, b) = raw(
+        &srv,
+        &lab,
+        &put_req(
+            "/datasets/e/bad-md5",
+            b"abc",
+            "Content-MD5: 1B2M2Y8AsgTpgAmY7PhCfg==\r\n",
+        ),
+    );
+    assert_eq!((st, xml_code(&b).as_str()), (400, "BadDigest"));
+    let (st, _, b) = raw(
+        &srv,
+        &lab,
+        &put_req("/datasets/e/junk-md5", b"abc", "Content-MD5: junk\r\n"),
+    );
+    assert_eq!((st, xml_code(&b).as_str()), (400, "InvalidDigest"));
+
+    // HEAD: the error's headers, no body; the next request on the connection parses.
+    let h2 = alice(&srv, &lab);
+    h2.send(&get_req("HEAD", "/datasets/e/absent")).unwrap();
+    h2.send(&get_req("GET", "/datasets/e/a.bin")).unwrap();
+    let mut r = h2.plain_reader();
+    let (st, h, _) = read_response(&mut r, true).unwrap();
+    assert_eq!(st, 404);
+    assert!(header(&h, "x-amz-request-id").is_some());
+    let (st, _, b) = read_response(&mut r, false).unwrap();
+    assert_eq!(
+        (st, b.as_slice()),
+        (200, &b"abc"[..]),
+        "the HEAD's body leaked into the next response"
+    );
+
+    let (st, h, _) = c.request(&get_req("DELETE", "/datasets/e/a.bin"));
+    assert_eq!(st, 204);
+    ids.push(
+        header(&h, "x-amz-request-id")
+            .expect("204 has x-amz-request-id")
+            .to_string(),
+    );
+    let mut uniq = ids.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), ids.len(), "request ids repeat: {ids:?}");
+    assert!(srv
+        .log_plain()
+        .lines()
+        .all(|l| !l.contains("os error") || !l.contains("<Error>")));
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. Slow clients: request_head_timeout and min_body_rate give 408
+// ---------------------------------------------------------------------------------------
+
+/// Send `bytes` in pieces of `piece` every `every` on `c` while another thread reads the
+/// response; stop once it is in. Returns the response and when it came.
+fn trickle(
+    c: TlsClient,
+    bytes: Vec<u8>,
+    piece: usize,
+    every: Duration,
+) -> (std::io::Result<Response>, Duration) {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut r = c.plain_reader();
+    let d2 = done.clone();
+    let t0 = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let resp = read_response(&mut r, false);
+        d2.store(true, Ordering::SeqCst);
+        (resp, t0.elapsed())
+    });
+    for chunk in bytes.chunks(piece) {
+        if done.load(Ordering::SeqCst) || c.send(chunk).is_err() {
+            break;
+        }
+        std::thread::sleep(every);
+    }
+    reader.join().unwrap()
+}
+
+#[test]
+fn slow_heads_and_bodies_get_408_and_store_nothing() {
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let srv = Server::start(
+        &lab,
+        "request_head_timeout = \"2s\"\nmin_body_rate = \"64KiB/2s\"",
+        &store_backend(&root, "never"),
+    );
+    // A fast upload is not affected.
+    let data = pseudo_random(4 * MIB as usize, 31);
+    let (st, ..) = raw(&srv, &lab, &put_req("/datasets/fast.bin", &data, ""));
+    assert_eq!(st, 201);
+
+    // A head trickled one byte per 300 ms (idle_timeout is 30 s): 408 after ~2 s.
+    let head =
+        b"GET /datasets/fast.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slowloris\r\n\r\n"
+            .to_vec();
+    let (resp, took) = trickle(alice(&srv, &lab), head, 1, Duration::from_millis(300));
+    let (st, h, b) = resp.unwrap_or_else(|e| panic!("no response: {e}\n{}", srv.log_plain()));
+    assert_eq!(st, 408, "{h:?}");
+    assert_eq!(xml_code(&b), "RequestTimeout");
+    assert!(header(&h, "x-amz-request-id").is_some());
+    assert_eq!(header(&h, "connection"), Some("close"));
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(3500),
+        "408 after {took:?}"
+    );
+
+    // A body trickled at ~3 KiB/s (under 64 KiB per 2 s): 408, nothing stored.
+    let mut req = format!(
+        "PUT /datasets/slow.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {MIB}\r\n\r\n"
+    )
+    .into_bytes();
+    req.extend_from_slice(&pseudo_random(MIB as usize, 32));
+    let (resp, took) = trickle(alice(&srv, &lab), req, 1024, Duration::from_millis(300));
+    let (st, h, b) = resp.unwrap_or_else(|e| panic!("no response: {e}\n{}", srv.log_plain()));
+    assert_eq!(st, 408, "{h:?}");
+    assert_eq!(xml_code(&b), "RequestTimeout");
+    assert!(took < Duration::from_secs(6), "408 after {took:?}");
+    assert!(!root.join("datasets/slow.bin").exists());
+    assert!(
+        eventually(Duration::from_secs(5), || temporaries(&root).is_empty()),
+        "{:?}",
+        temporaries(&root)
+    );
+
+    // Counted and logged with the reason.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            metric_with(
+                &srv.metrics(),
+                "lakegate_requests_total",
+                &["status=\"408\""],
+            ) >= 2.0
+        }),
+        "{}",
+        srv.metrics()
+    );
+    assert!(
+        srv.log_line_with(&["request_head_timeout"]).is_some(),
+        "{}",
+        srv.log_plain()
+    );
+    assert!(
+        srv.log_line_with(&["min_body_rate"]).is_some(),
+        "{}",
+        srv.log_plain()
+    );
+
+    // And the store still serves.
+    let (st, _, b) = raw(&srv, &lab, &get_req("GET", "/datasets/fast.bin"));
+    assert_eq!((st, b == data), (200, true));
+}
+
+// ---------------------------------------------------------------------------------------
+// 12. boto3 with its defaults: flexible checksums (aws-chunked + CRC32 trailer),
+//     encoding-type=url listings, If-Match on ranged downloads, S3 error codes
+// ---------------------------------------------------------------------------------------
+
+const BOTO3_DEFAULTS_SCRIPT: &str = r#"
+import hashlib, os, sys
+import boto3, botocore
+from botocore.config import Config
+
+endpoint, ca, cert, key, carol_cert, carol_key, work = sys.argv[1:8]
+MiB = 1024 * 1024
+
+def client(c, k, signed):
+    kw = dict(s3={"addressing_style": "path"}, client_cert=(c, k),
+              retries={"total_max_attempts": 1, "mode": "standard"})
+    if not signed:
+        kw["signature_version"] = botocore.UNSIGNED
+    # Fake credentials: the identity is the client certificate; a SigV4 signature is
+    # not what lakegate checks.
+    return boto3.client("s3", endpoint_url=endpoint, verify=ca, config=Config(**kw),
+                        region_name="us-east-1", aws_access_key_id="AKIDEXAMPLE",
+                        aws_secret_access_key="not-a-secret")
+
+def code(f):
+    try:
+        f()
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
+    raise AssertionError("no ClientError")
+
+for signed in (False, True):
+    s3 = client(cert, key, signed)
+    p = "signed/" if signed else "unsigned/"
+    a = os.urandom(3 * MiB + 5)
+    r = s3.put_object(Bucket="datasets", Key=p + "a b+c.bin", Body=a)
+    assert r["ETag"] == '"%s"' % hashlib.sha256(a).hexdigest(), r
+    src = os.path.join(work, "defaults-upload.bin")
+    b = os.urandom(5 * MiB)
+    with open(src, "wb") as f:
+        f.write(b)
+    s3.upload_file(src, "datasets", p + "upload.bin")
+    big = os.urandom(20 * MiB)
+    s3.put_object(Bucket="datasets", Key=p + "big.bin", Body=big)
+    # 20 MiB with the default TransferConfig: threaded ranged GETs with If-Match.
+    dst = os.path.join(work, "defaults-download.bin")
+    s3.download_file("datasets", p + "big.bin", dst)
+    with open(dst, "rb") as f:
+        assert f.read() == big, "download_file differs"
+    o = s3.get_object(Bucket="datasets", Key=p + "a b+c.bin")
+    assert o["Body"].read() == a
+    keys = sorted(x["Key"] for x in s3.list_objects_v2(Bucket="datasets", Prefix=p)["Contents"])
+    assert keys == [p + "a b+c.bin", p + "big.bin", p + "upload.bin"], keys
+    h = s3.head_object(Bucket="datasets", Key=p + "upload.bin")
+    assert h["ContentLength"] == 5 * MiB, h
+    assert code(lambda: s3.get_object(Bucket="datasets", Key=p + "absent")) == ("NoSuchKey", 404)
+    assert code(lambda: s3.get_object(Bucket="nobucket", Key="k")) == ("NoSuchBucket", 404)
+    assert code(lambda: s3.head_object(Bucket="datasets", Key=p + "absent"))[1] == 404
+    assert code(lambda: s3.copy_object(Bucket="datasets", Key=p + "copy.bin",
+                                        CopySource={"Bucket": "datasets", "Key": p + "absent"})) == ("NotImplemented", 501)
+    assert code(lambda: s3.put_object_tagging(Bucket="datasets", Key=p + "upload.bin",
+                                              Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})) == ("NotImplemented", 501)
+    assert code(lambda: s3.list_objects(Bucket="datasets")) == ("NotImplemented", 501)
+    s3.delete_object(Bucket="datasets", Key=p + "upload.bin")
+    carol = client(carol_cert, carol_key, signed)
+    assert code(lambda: carol.put_object(Bucket="models", Key="x", Body=b"x")) == ("AccessDenied", 403)
+print("boto3-defaults-ok")
+"#;
+
+#[test]
+fn boto3_with_default_settings_works_and_sees_s3_error_codes() {
+    let Some(py) = boto3_python() else {
+        return;
+    };
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let authz = r#"[[authz]]
+identity = "spiffe://lake.example/trainer/carol"
+buckets = ["datasets"]
+
+[[authz]]
+identity = "spiffe://lake.example/trainer/*"
+"#;
+    let srv = Server::start_with_authz(&lab, "", &store_backend(&root, "never"), authz);
+    let script = lab.path("boto3_defaults.py");
+    std::fs::write(&script, BOTO3_DEFAULTS_SCRIPT).unwrap();
+    let (cert, key) = lab.client("alice");
+    let (ccert, ckey) = lab.client("carol");
+    let o = Command::new(&py)
+        .arg(&script)
+        .arg(format!("https://127.0.0.1:{}", srv.port))
+        .arg(lab.path("ca.crt"))
+        .args([&cert, &key, &ccert, &ckey])
+        .arg(lab.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && stdout.contains("boto3-defaults-ok"),
+        "boto3 script failed ({}):\n{stdout}\n{}\nserver log:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr),
+        srv.log_plain()
+    );
+    for p in ["unsigned", "signed"] {
+        assert_eq!(
+            std::fs::metadata(root.join(format!("datasets/{p}/a b+c.bin")))
+                .unwrap()
+                .len(),
+            3 * MIB + 5
+        );
+        assert!(!root.join(format!("datasets/{p}/upload.bin")).exists());
+        assert!(!root.join(format!("datasets/{p}/copy.bin")).exists());
+    }
+    assert!(!root.join("models/x").exists());
+    assert!(temporaries(&root).is_empty());
+}

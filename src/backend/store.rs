@@ -10,8 +10,9 @@
 //! - object metadata: size and mtime from the inode, SHA-256 in the extended attribute
 //!   `user.lakegate.sha256` (with `user.lakegate.stamp` = size and mtime it was computed
 //!   for, so a file rewritten in place by someone else is re-hashed, not mislabelled);
-//! - body digests (SHA-256 always, MD5 when `Content-MD5` was sent), the ListObjectsV2
-//!   XML, and the mapping of filesystem errors to HTTP statuses.
+//! - body digests (SHA-256 always; MD5, CRC-32 and SHA-1 when the request carries
+//!   them), the ListObjectsV2 XML, and the mapping of filesystem errors to S3 error
+//!   codes ([`code_for_io`]; the status follows from the code).
 //!
 //! The rules that keep a key inside its bucket:
 //! - keys are validated first: no `.`/`..` or empty segments, not absolute, no NUL or
@@ -41,6 +42,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use md5::Digest as _;
 use xattr::FileExt as _;
+
+use crate::proto::s3::{self, Code};
 
 /// Longest accepted key, in bytes (S3's limit).
 pub const MAX_KEY_LEN: usize = 1024;
@@ -640,14 +643,26 @@ pub struct Listing {
 /// S3 ListObjectsV2 result XML (`ListBucketResult`): Name, Prefix, KeyCount, MaxKeys,
 /// IsTruncated, ContinuationToken (echoed when given), NextContinuationToken (base64url of
 /// [`Listing::next_start_after`]) and one Contents per entry (Key, LastModified, ETag,
-/// Size, StorageClass STANDARD). Text is XML-escaped.
+/// Size, StorageClass STANDARD). Text is XML-escaped; with `url_encode`
+/// (`encoding-type=url`) Prefix and Key are percent-encoded first and EncodingType says
+/// so, which is how S3 carries keys that XML 1.0 cannot.
 pub fn list_xml(
     bucket: &str,
     prefix: &str,
     max_keys: usize,
     continuation: Option<&str>,
     l: &Listing,
+    url_encode: bool,
 ) -> String {
+    let enc = |s: &str| {
+        if url_encode {
+            let mut e = String::with_capacity(s.len());
+            s3::url_encode_into(&mut e, s);
+            e
+        } else {
+            xml_escape(s)
+        }
+    };
     let mut x = String::with_capacity(256 + l.entries.len() * 256);
     x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     x.push_str("<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
@@ -655,11 +670,14 @@ pub fn list_xml(
         x,
         "<Name>{}</Name><Prefix>{}</Prefix><KeyCount>{}</KeyCount><MaxKeys>{}</MaxKeys><IsTruncated>{}</IsTruncated>",
         xml_escape(bucket),
-        xml_escape(prefix),
+        enc(prefix),
         l.entries.len(),
         max_keys.min(MAX_LIST_KEYS),
         l.truncated
     );
+    if url_encode {
+        x.push_str("<EncodingType>url</EncodingType>");
+    }
     if let Some(token) = continuation {
         let _ = write!(
             x,
@@ -678,7 +696,7 @@ pub fn list_xml(
         let _ = write!(
             x,
             "<Contents><Key>{}</Key><LastModified>{}</LastModified><ETag>{}</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
-            xml_escape(key),
+            enc(key),
             meta.last_modified_iso(),
             xml_escape(&meta.etag()),
             meta.size
@@ -708,19 +726,30 @@ pub fn decode_continuation(token: &str) -> Option<String> {
     String::from_utf8(raw).ok()
 }
 
-/// Streaming integrity of a request body: SHA-256 always, MD5 only when the client sent
-/// `Content-MD5`.
+/// Streaming integrity of a request body: SHA-256 always (it is the ETag), MD5, CRC-32
+/// and SHA-1 only when the request carries a checksum of that kind.
 pub struct BodyHasher {
     sha256: aws_lc_rs::digest::Context,
     md5: Option<md5::Md5>,
+    crc32: Option<crc32fast::Hasher>,
+    sha1: Option<aws_lc_rs::digest::Context>,
 }
 
 impl BodyHasher {
     /// A hasher; `want_md5` when the request carries `Content-MD5`.
     pub fn new(want_md5: bool) -> Self {
+        Self::with(want_md5, false, false)
+    }
+
+    /// A hasher that also computes MD5, CRC-32 and SHA-1 as asked.
+    pub fn with(md5: bool, crc32: bool, sha1: bool) -> Self {
         BodyHasher {
             sha256: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
-            md5: want_md5.then(md5::Md5::new),
+            md5: md5.then(md5::Md5::new),
+            crc32: crc32.then(crc32fast::Hasher::new),
+            sha1: sha1.then(|| {
+                aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY)
+            }),
         }
     }
 
@@ -729,6 +758,12 @@ impl BodyHasher {
         self.sha256.update(data);
         if let Some(md5) = &mut self.md5 {
             md5.update(data);
+        }
+        if let Some(crc) = &mut self.crc32 {
+            crc.update(data);
+        }
+        if let Some(sha1) = &mut self.sha1 {
+            sha1.update(data);
         }
     }
 
@@ -739,6 +774,8 @@ impl BodyHasher {
         Digests {
             sha256,
             md5: self.md5.map(|m| m.finalize().into()),
+            crc32: self.crc32.map(|c| c.finalize().to_be_bytes()),
+            sha1: self.sha1.and_then(|c| c.finish().as_ref().try_into().ok()),
         }
     }
 }
@@ -750,6 +787,10 @@ pub struct Digests {
     pub sha256: [u8; 32],
     /// MD5, when it was asked for.
     pub md5: Option<[u8; 16]>,
+    /// CRC-32 (big-endian, as S3 encodes it), when asked for.
+    pub crc32: Option<[u8; 4]>,
+    /// SHA-1, when asked for.
+    pub sha1: Option<[u8; 20]>,
 }
 
 impl Digests {
@@ -792,33 +833,51 @@ impl Digests {
     }
 }
 
-/// Map an I/O error of the store to an HTTP status: ENOSPC/EDQUOT → 507, EACCES/EPERM/
-/// ELOOP (a symlink on the way) → 403, ENOENT → 404, ENOTDIR/EISDIR/ENOTEMPTY (a key
-/// that collides with a folder or an object used as a folder) → 409, ENAMETOOLONG and
-/// refused input → 400, EFBIG → 413, anything else → 500.
-pub fn status_for_io(e: &io::Error) -> u16 {
+/// Map an I/O error of the store to an S3 error code: ENOSPC/EDQUOT → 507
+/// InsufficientStorage, EACCES/EPERM/ELOOP (a symlink on the way) → 403 AccessDenied,
+/// ENOENT → 404 (`not_found`: NoSuchKey or NoSuchBucket, which only the caller knows),
+/// ENOTDIR/EISDIR/ENOTEMPTY (a key that collides with a folder or an object used as a
+/// folder) → 409 KeyConflict, ENAMETOOLONG → 400 KeyTooLongError, refused input → 400
+/// InvalidArgument, EFBIG → 413 EntityTooLarge, anything else → 500 InternalError.
+pub fn code_for_io(e: &io::Error, not_found: Code) -> Code {
     if let Some(code) = e.raw_os_error() {
         match code {
-            libc::ENOSPC | libc::EDQUOT => return 507,
-            libc::EACCES | libc::EPERM | libc::ELOOP => return 403,
-            libc::ENOENT => return 404,
-            libc::ENOTDIR | libc::EISDIR | libc::ENOTEMPTY => return 409,
-            libc::ENAMETOOLONG => return 400,
-            libc::EFBIG => return 413,
+            libc::ENOSPC | libc::EDQUOT => return Code::InsufficientStorage,
+            libc::EACCES | libc::EPERM | libc::ELOOP => return Code::AccessDenied,
+            libc::ENOENT => return not_found,
+            libc::ENOTDIR | libc::EISDIR | libc::ENOTEMPTY => return Code::KeyConflict,
+            libc::ENAMETOOLONG => return Code::KeyTooLongError,
+            libc::EFBIG => return Code::EntityTooLarge,
             _ => {}
         }
     }
     match e.kind() {
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => 507,
-        io::ErrorKind::PermissionDenied => 403,
-        io::ErrorKind::NotFound => 404,
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Code::InsufficientStorage,
+        io::ErrorKind::PermissionDenied => Code::AccessDenied,
+        io::ErrorKind::NotFound => not_found,
         io::ErrorKind::NotADirectory
         | io::ErrorKind::IsADirectory
-        | io::ErrorKind::DirectoryNotEmpty => 409,
-        io::ErrorKind::InvalidInput => 400,
-        io::ErrorKind::FileTooLarge => 413,
-        _ => 500,
+        | io::ErrorKind::DirectoryNotEmpty => Code::KeyConflict,
+        io::ErrorKind::InvalidInput => Code::InvalidArgument,
+        io::ErrorKind::FileTooLarge => Code::EntityTooLarge,
+        _ => Code::InternalError,
     }
+}
+
+/// The HTTP status of [`code_for_io`] (404 for a missing key).
+pub fn status_for_io(e: &io::Error) -> u16 {
+    code_for_io(e, Code::NoSuchKey).status()
+}
+
+/// The S3 error for a refused bucket name or key: the rule broken is about the
+/// client's own request, so it is the message.
+pub fn key_error(e: &KeyError) -> s3::Error {
+    let code = match e {
+        KeyError::BadBucket(_) => Code::InvalidBucketName,
+        KeyError::TooLong => Code::KeyTooLongError,
+        _ => Code::InvalidArgument,
+    };
+    s3::Error::msg(code, e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1083,23 +1142,7 @@ fn decode_b64_exact<const N: usize>(value: &str) -> Option<[u8; N]> {
 
 fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // Keys may hold C0 controls. Tab, CR and LF as references survive a parser's
-            // whitespace normalisation; the others have no XML 1.0 form at all, and a
-            // reference is the least surprising thing to send (S3 would need
-            // encoding-type=url, which this subset does not offer).
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "&#x{:X};", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
+    s3::xml_escape_into(&mut out, s);
     out
 }
 
@@ -1885,7 +1928,7 @@ mod tests {
             pages += 1;
             assert!(l.entries.len() <= 3);
             seen.extend(keys(&l).iter().map(|k| k.to_string()));
-            let xml = list_xml("data", "", 3, token.as_deref(), &l);
+            let xml = list_xml("data", "", 3, token.as_deref(), &l, false);
             if !l.truncated {
                 assert!(!xml.contains("NextContinuationToken"));
                 break;
@@ -1916,7 +1959,7 @@ mod tests {
         assert_eq!(keys(&l), ["a&b<c"]);
         let l = store.list("data", "", None, 1).unwrap();
         assert!(l.truncated);
-        let xml = list_xml("data", "a\"'>", 1, Some("tok&"), &l);
+        let xml = list_xml("data", "a\"'>", 1, Some("tok&"), &l, false);
         assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult"));
         assert!(xml.contains("<Key>a&amp;b&lt;c</Key>"), "{xml}");
         assert!(!xml.contains("a&b"));

@@ -1,7 +1,10 @@
 //! The store backend's I/O shell: HTTP/1.1 requests over the mTLS connection, bodies
 //! streamed between decrypted TLS records and files through io_uring. The HTTP state
 //! machine ([`crate::proto::http`]) and the filesystem rules ([`crate::backend::store`])
-//! are apart from this file; here is only the plumbing between them.
+//! are apart from this file; here is only the plumbing between them. Which S3
+//! operation a request is and how a refusal is worded is [`crate::proto::s3`]'s call;
+//! when a slow head or body has run out of time is [`crate::proto::slow`]'s. This file
+//! turns their answers into timers, bytes and files.
 
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
@@ -16,6 +19,10 @@ use super::worker::Worker;
 use crate::authz::{Access, Decision};
 use crate::backend::store::{self, BodyHasher, Store};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
+use crate::proto::s3::{
+    self, BodyDigests, Code, Conditions, ListSpec, Operation, PutSpec, RequestId,
+};
+use crate::proto::slow::{BodyRate, HeadClock};
 use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
 
@@ -24,6 +31,11 @@ pub const MAX_HEAD: usize = 16 * 1024;
 
 /// Why a connection ends.
 type End = &'static str;
+
+/// The request head was not complete within `request_head_timeout`.
+const HEAD_TIMEOUT: End = "request head timeout";
+/// The body arrived slower than `min_body_rate`.
+const BODY_TOO_SLOW: End = "request body too slow";
 
 struct Conn<'a> {
     w: &'a Rc<Worker>,
@@ -45,6 +57,15 @@ struct Conn<'a> {
     log: &'a ConnLog,
     identity: Identity,
     peer: SocketAddr,
+    /// The id of the request being served (or refused), on every response and log line.
+    rid: RequestId,
+    /// A read that waits past this instant ends the connection with this reason.
+    deadline: Option<(Instant, End)>,
+    /// The body-rate meter while a request body is being received.
+    rate: Option<BodyRate>,
+    /// When the last read of a body completed: the time from there to the next read
+    /// is the server's (disk, hashing), not the client's.
+    read_done: Instant,
 }
 
 /// Serve HTTP requests until the client closes or an error ends the connection.
@@ -83,6 +104,10 @@ pub async fn serve(
         log,
         identity,
         peer,
+        rid: RequestId::default(),
+        deadline: None,
+        rate: None,
+        read_done: Instant::now(),
     };
     let end = c.run(store).await;
     c.close().await;
@@ -123,40 +148,61 @@ impl Conn<'_> {
     }
 
     /// Read until a full request head is buffered. Ok(None) on a clean close between
-    /// requests.
+    /// requests. A head that is malformed or overdue is answered here (400/431/408).
     async fn read_head(&mut self) -> Result<Option<RequestHead>, End> {
+        let mut clock = HeadClock::new(self.gen.config.server.request_head_timeout);
         loop {
             let pending = &self.plain.buf[self.pstart..self.plain.filled];
             match http::parse_head(pending, MAX_HEAD) {
                 Ok(Some((head, n))) => {
                     self.pstart += n;
+                    self.rid = self.w.next_request_id();
+                    self.deadline = None;
                     return Ok(Some(head));
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    let status = e.status();
-                    self.simple(
-                        status,
-                        "text/plain",
-                        format!("{e}\n").as_bytes(),
-                        &[],
-                        false,
-                    )
-                    .await?;
-                    self.access("-", "-", "-", status, 0, Instant::now());
+                    self.rid = self.w.next_request_id();
+                    self.deadline = None;
+                    let err = s3::Error::from(&e).detail(&e);
+                    self.refuse(None, "-", "-", &err, Instant::now(), false, &[])
+                        .await?;
                     return Err("bad request head");
                 }
             }
+            let buffered = !pending.is_empty();
             if self.peer_closed {
-                return if pending.is_empty() {
-                    Ok(None)
-                } else {
+                return if buffered {
                     Err("eof inside request head")
+                } else {
+                    Ok(None)
                 };
             }
-            match self.fill().await {
+            // The clock starts with the head's first byte: the wait before it, on a
+            // kept-alive connection, is the idle timeout's.
+            if buffered {
+                clock.on_bytes(Instant::now());
+            }
+            self.deadline = clock.deadline().map(|d| (d, HEAD_TIMEOUT));
+            let read = if clock.expired(Instant::now()) {
+                Err(HEAD_TIMEOUT)
+            } else {
+                self.fill().await
+            };
+            match read {
                 Ok(()) => {}
                 Err("client eof") if self.pstart == self.plain.filled => return Ok(None),
+                Err(HEAD_TIMEOUT) => {
+                    self.rid = self.w.next_request_id();
+                    self.deadline = None;
+                    let timeout = self.gen.config.server.request_head_timeout;
+                    let err = s3::Error::new(Code::RequestTimeout).detail(format_args!(
+                        "request head not complete {timeout:?} after its first byte (request_head_timeout)"
+                    ));
+                    let start = clock.deadline().map_or_else(Instant::now, |d| d - timeout);
+                    self.refuse(None, "-", "-", &err, start, false, &[]).await?;
+                    return Err(HEAD_TIMEOUT);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -185,14 +231,31 @@ impl Conn<'_> {
             let cap = self.inb.len();
             let inb = std::mem::take(&mut self.inb);
             let idle = self.gen.config.server.idle_timeout;
-            let (n, slice) = match read_idle(
+            let wait = read_idle(
                 self.client.read(inb.slice(self.used..cap)),
                 &self.last,
                 idle,
                 between.then(|| self.w.drain.clone()),
-            )
-            .await
-            {
+            );
+            // A slow head or body has a deadline of its own, shorter than the idle
+            // timeout; past it the read is abandoned like an idle one and the caller
+            // answers 408.
+            let hard = match &self.rate {
+                Some(rate) => Some((rate.deadline(), BODY_TOO_SLOW)),
+                None => self.deadline,
+            };
+            let waited = match hard {
+                Some((at, why)) => match tokio::time::timeout_at(at.into(), wait).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.inb = self.w.pool.take();
+                        self.used = 0;
+                        return Err(why);
+                    }
+                },
+                None => wait.await,
+            };
+            let (n, slice) = match waited {
                 Ok(x) => x,
                 Err((WaitError::Idle, _)) => {
                     self.inb = self.w.pool.take();
@@ -213,7 +276,11 @@ impl Conn<'_> {
             if n == 0 {
                 return Err("client eof");
             }
-            self.last.set(Instant::now());
+            let now = Instant::now();
+            self.last.set(now);
+            if let Some(rate) = &mut self.rate {
+                rate.on_bytes(n as u64, now);
+            }
             self.used += n;
             self.log.bytes_in.set(self.log.bytes_in.get() + n as u64);
             self.w.stats.bytes_received.add(n as u64);
@@ -272,16 +339,24 @@ impl Conn<'_> {
         Ok(())
     }
 
+    /// A complete small response (listing, 204), with the request id.
     async fn simple(
         &mut self,
         status: u16,
         ctype: &str,
         body: &[u8],
-        extra: &[(&str, &str)],
         keep_alive: bool,
     ) -> Result<(), End> {
+        let rid = self.rid;
         let mut resp = Vec::with_capacity(256 + body.len());
-        http::write_simple_response(&mut resp, status, ctype, body, extra, keep_alive);
+        http::write_simple_response(
+            &mut resp,
+            status,
+            ctype,
+            body,
+            &[("x-amz-request-id", rid.as_str())],
+            keep_alive,
+        );
         self.send(&resp).await
     }
 
@@ -329,9 +404,49 @@ impl Conn<'_> {
         );
         tracing::info!(
             target: "access",
-            worker = self.w.id, peer = %self.peer, identity = self.identity.name(), method, bucket, key,
+            worker = self.w.id, peer = %self.peer, identity = self.identity.name(),
+            request_id = %self.rid, method, bucket, key,
             status, bytes, duration_ms = start.elapsed().as_secs_f64() * 1e3, "request"
         );
+    }
+
+    /// Send `e` as an S3 error document (headers only for HEAD, which never has a
+    /// body) and log it: the detail (rule, OS error) goes to the log line under the
+    /// request id, never to the client.
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse(
+        &mut self,
+        head: Option<&RequestHead>,
+        bucket: &str,
+        key: &str,
+        e: &s3::Error,
+        start: Instant,
+        keep: bool,
+        extra: &[(&str, &str)],
+    ) -> Result<(), End> {
+        let rid = self.rid;
+        let status = e.code.status();
+        let mut body = Vec::with_capacity(384);
+        s3::error_xml(&mut body, e, head.map_or("/", |h| h.path.as_str()), &rid);
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + extra.len());
+        headers.push(("content-type", "application/xml"));
+        headers.push(("x-amz-request-id", rid.as_str()));
+        headers.extend_from_slice(extra);
+        let mut resp = Vec::with_capacity(256 + body.len());
+        http::write_response_head(&mut resp, status, &headers, Some(body.len() as u64), keep);
+        let is_head = head.is_some_and(|h| h.method == Method::Head);
+        if !is_head {
+            resp.extend_from_slice(&body);
+        }
+        let sent = self.send(&resp).await;
+        tracing::info!(
+            target: "access",
+            request_id = %rid, identity = self.identity.name(), status, code = e.code.as_str(),
+            reason = e.detail.as_deref().unwrap_or(&e.message), "request refused"
+        );
+        let method = head.map_or("-", |h| h.method_str.as_str());
+        self.access(method, bucket, key, status, 0, start);
+        sent
     }
 
     /// Answer an error; the connection stays open only if the request had no unread body.
@@ -340,19 +455,27 @@ impl Conn<'_> {
         head: &RequestHead,
         bucket: &str,
         key: &str,
-        status: u16,
-        why: &str,
+        e: s3::Error,
         start: Instant,
     ) -> Result<bool, End> {
         let body_pending = !BodyDecoder::for_request(head).is_done();
         let keep = !body_pending && head.keep_alive;
         self.linger |= body_pending;
-        let xml = error_xml(status, why);
-        self.simple(status, "application/xml", xml.as_bytes(), &[], keep)
+        self.refuse(Some(head), bucket, key, &e, start, keep, &[])
             .await?;
-        tracing::info!(target: "access", reason = why, "request refused");
-        self.access(&head.method_str, bucket, key, status, 0, start);
         Ok(keep)
+    }
+
+    /// An I/O error of the store as an S3 error; a missing file is NoSuchBucket when
+    /// the bucket's folder is what is missing.
+    fn io_error(store: &Store, bucket: &str, e: &std::io::Error) -> s3::Error {
+        let not_found =
+            if e.kind() == std::io::ErrorKind::NotFound && store.bucket_dir(bucket).is_err() {
+                Code::NoSuchBucket
+            } else {
+                Code::NoSuchKey
+            };
+        s3::Error::new(store::code_for_io(e, not_found)).detail(e)
     }
 
     async fn request(
@@ -363,61 +486,63 @@ impl Conn<'_> {
     ) -> Result<bool, End> {
         let (bucket, key) = match store::split_path(&head.path) {
             Ok(x) => x,
-            Err(e) => return self.error(head, "-", "-", 400, &e.to_string(), start).await,
-        };
-        let (bucket, key) = (bucket.to_string(), key.map(str::to_string));
-        let k = key.as_deref().unwrap_or("");
-        if let Err(e) = store::validate_bucket(&bucket) {
-            return self
-                .error(head, &bucket, k, 400, &e.to_string(), start)
-                .await;
-        }
-        if let Some(key) = &key {
-            if let Err(e) = store::validate_key(key) {
+            Err(e) => {
                 return self
-                    .error(head, &bucket, k, 400, &e.to_string(), start)
-                    .await;
-            }
-        }
-        if head.method != Method::Put && !BodyDecoder::for_request(head).is_done() {
-            // Unread body bytes would be parsed as the next request head.
-            return self
-                .error(head, &bucket, k, 400, "unexpected request body", start)
-                .await;
-        }
-        let access = match (head.method, key.is_some()) {
-            (Method::Put, true) => Access::Write,
-            (Method::Get | Method::Head, true) => Access::Read,
-            (Method::Delete, true) => Access::Delete,
-            (Method::Get, false) => Access::List,
-            _ => {
-                return self
-                    .error(head, &bucket, k, 405, "method not allowed", start)
+                    .error(head, "-", "-", store::key_error(&e), start)
                     .await
             }
         };
-        if let Decision::Denied { reason } = self.gen.authz.check(&self.identity, &bucket, access) {
-            tracing::warn!(identity = self.identity.name(), bucket, key = k, reason = %reason, "denied");
-            return self.error(head, &bucket, k, 403, &reason, start).await;
+        let (bucket, key) = (bucket.to_string(), key.map(str::to_string));
+        let k = key.as_deref().unwrap_or("");
+        let op = match s3::classify(head, key.is_some()) {
+            Ok(op) => op,
+            Err(e) => return self.error(head, &bucket, k, e, start).await,
+        };
+        if head.method != Method::Put && !BodyDecoder::for_request(head).is_done() {
+            // Unread body bytes would be parsed as the next request head.
+            let e = s3::Error::msg(Code::InvalidRequest, "unexpected request body");
+            return self.error(head, &bucket, k, e, start).await;
         }
-        match (head.method, key) {
-            (Method::Put, Some(key)) => self.put(store, head, &bucket, &key, start).await,
-            (Method::Get, Some(key)) => self.get(store, head, &bucket, &key, start, true).await,
-            (Method::Head, Some(key)) => self.get(store, head, &bucket, &key, start, false).await,
-            (Method::Delete, Some(key)) => match store.delete_object(&bucket, &key) {
+        let access = match &op {
+            Operation::PutObject(_) => Access::Write,
+            Operation::GetObject(_) | Operation::HeadObject(_) => Access::Read,
+            Operation::DeleteObject => Access::Delete,
+            Operation::ListObjectsV2(_) => Access::List,
+        };
+        if let Decision::Denied { reason } = self.gen.authz.check(&self.identity, &bucket, access) {
+            let e = s3::Error::new(Code::AccessDenied).detail(reason);
+            return self.error(head, &bucket, k, e, start).await;
+        }
+        match (op, key.as_deref()) {
+            (Operation::PutObject(spec), Some(key)) => {
+                self.put(store, head, &spec, &bucket, key, start).await
+            }
+            (Operation::GetObject(c), Some(key)) => {
+                self.get(store, head, c, &bucket, key, start, true).await
+            }
+            (Operation::HeadObject(c), Some(key)) => {
+                self.get(store, head, c, &bucket, key, start, false).await
+            }
+            (Operation::DeleteObject, Some(key)) => match store.delete_object(&bucket, key) {
                 Ok(()) => {
-                    self.simple(204, "text/plain", b"", &[], head.keep_alive)
-                        .await?;
-                    self.access("DELETE", &bucket, &key, 204, 0, start);
+                    self.simple(204, "text/plain", b"", head.keep_alive).await?;
+                    self.access("DELETE", &bucket, key, 204, 0, start);
                     Ok(true)
                 }
                 Err(e) => {
-                    let st = store::status_for_io(&e);
-                    self.error(head, &bucket, &key, st, &e.to_string(), start)
-                        .await
+                    let e = Self::io_error(store, &bucket, &e);
+                    self.error(head, &bucket, key, e, start).await
                 }
             },
-            _ => self.list(store, head, &bucket, start).await,
+            (Operation::ListObjectsV2(spec), _) => {
+                self.list(store, head, &bucket, &spec, start).await
+            }
+            // classify() only names object operations when the path has a key.
+            (_, None) => {
+                let e =
+                    s3::Error::new(Code::InternalError).detail("object operation without a key");
+                self.error(head, &bucket, k, e, start).await
+            }
         }
     }
 
@@ -426,51 +551,50 @@ impl Conn<'_> {
         store: &Store,
         head: &RequestHead,
         bucket: &str,
+        spec: &ListSpec<'_>,
         start: Instant,
     ) -> Result<bool, End> {
-        let q = |name: &str| {
-            head.query
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
-        let prefix = q("prefix").unwrap_or("");
-        let max_keys = q("max-keys")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1000usize)
-            .min(1000);
-        let token = q("continuation-token");
-        let start_after = match token {
+        let start_after = match spec.continuation {
             Some(t) => match store::decode_continuation(t) {
                 Some(s) => Some(s),
                 None => {
-                    return self
-                        .error(head, bucket, "", 400, "bad continuation-token", start)
-                        .await
+                    let e = s3::Error::msg(
+                        Code::InvalidArgument,
+                        "The continuation token provided is incorrect",
+                    );
+                    return self.error(head, bucket, "", e, start).await;
                 }
             },
-            None => q("start-after").map(str::to_string),
+            None => spec.start_after.map(str::to_string),
         };
-        match store.list(bucket, prefix, start_after.as_deref(), max_keys) {
+        match store.list(bucket, spec.prefix, start_after.as_deref(), spec.max_keys) {
             Ok(l) => {
-                let xml = store::list_xml(bucket, prefix, max_keys, token, &l);
-                self.simple(200, "application/xml", xml.as_bytes(), &[], head.keep_alive)
+                let xml = store::list_xml(
+                    bucket,
+                    spec.prefix,
+                    spec.max_keys,
+                    spec.continuation,
+                    &l,
+                    spec.url_encode,
+                );
+                self.simple(200, "application/xml", xml.as_bytes(), head.keep_alive)
                     .await?;
-                self.access("LIST", bucket, prefix, 200, xml.len() as u64, start);
+                self.access("LIST", bucket, spec.prefix, 200, xml.len() as u64, start);
                 Ok(true)
             }
             Err(e) => {
-                let st = store::status_for_io(&e);
-                self.error(head, bucket, "", st, &e.to_string(), start)
-                    .await
+                let e = s3::Error::new(store::code_for_io(&e, Code::NoSuchBucket)).detail(e);
+                self.error(head, bucket, "", e, start).await
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn get(
         &mut self,
         store: &Store,
         head: &RequestHead,
+        cond: Conditions<'_>,
         bucket: &str,
         key: &str,
         start: Instant,
@@ -479,12 +603,37 @@ impl Conn<'_> {
         let (file, meta) = match store.open_object(bucket, key) {
             Ok(x) => x,
             Err(e) => {
-                let st = store::status_for_io(&e);
-                return self
-                    .error(head, bucket, key, st, &e.to_string(), start)
-                    .await;
+                let e = Self::io_error(store, bucket, &e);
+                return self.error(head, bucket, key, e, start).await;
             }
         };
+        let etag = meta.etag();
+        let lm = meta.last_modified_http();
+        let rid = self.rid;
+        match cond.evaluate(&etag) {
+            s3::Precondition::Proceed => {}
+            s3::Precondition::Failed => {
+                let e = s3::Error::new(Code::PreconditionFailed);
+                return self.error(head, bucket, key, e, start).await;
+            }
+            s3::Precondition::NotModified => {
+                let mut h = Vec::with_capacity(256);
+                http::write_response_head(
+                    &mut h,
+                    304,
+                    &[
+                        ("etag", &etag),
+                        ("last-modified", &lm),
+                        ("x-amz-request-id", rid.as_str()),
+                    ],
+                    None,
+                    head.keep_alive,
+                );
+                self.send(&h).await?;
+                self.access(&head.method_str, bucket, key, 304, 0, start);
+                return Ok(true);
+            }
+        }
         let range = match head
             .header("range")
             .map(|r| http::parse_range(r, meta.size))
@@ -493,15 +642,17 @@ impl Conn<'_> {
             Some(Ok(Some(r))) => Some(r),
             Some(Err(())) => {
                 let cr = format!("bytes */{}", meta.size);
-                self.simple(
-                    416,
-                    "text/plain",
-                    b"range not satisfiable\n",
-                    &[("content-range", &cr)],
+                let e = s3::Error::new(Code::InvalidRange);
+                self.refuse(
+                    Some(head),
+                    bucket,
+                    key,
+                    &e,
+                    start,
                     head.keep_alive,
+                    &[("content-range", &cr)],
                 )
                 .await?;
-                self.access(&head.method_str, bucket, key, 416, 0, start);
                 return Ok(true);
             }
         };
@@ -509,8 +660,6 @@ impl Conn<'_> {
             Some((a, b)) => (206, a, b - a + 1),
             None => (200, 0, meta.size),
         };
-        let etag = meta.etag();
-        let lm = meta.last_modified_http();
         let sum = meta.checksum_sha256_b64();
         let cr = range.map(|(a, b)| format!("bytes {a}-{b}/{}", meta.size));
         let mut headers: Vec<(&str, &str)> = vec![
@@ -518,6 +667,7 @@ impl Conn<'_> {
             ("last-modified", &lm),
             ("accept-ranges", "bytes"),
             ("content-type", "application/octet-stream"),
+            ("x-amz-request-id", rid.as_str()),
         ];
         if range.is_none() {
             headers.push(("x-amz-checksum-sha256", &sum));
@@ -585,35 +735,26 @@ impl Conn<'_> {
         &mut self,
         store: &Store,
         head: &RequestHead,
+        spec: &PutSpec,
         bucket: &str,
         key: &str,
         start: Instant,
     ) -> Result<bool, End> {
         let max = self.gen.config.server.max_object_size;
-        if head.method == Method::Put && head.content_length.is_none() && !head.chunked {
-            return self
-                .error(head, bucket, key, 411, "length required", start)
-                .await;
+        if head.content_length.is_none() && !head.chunked {
+            let e = s3::Error::new(Code::MissingContentLength);
+            return self.error(head, bucket, key, e, start).await;
         }
-        if head.content_length.is_some_and(|l| l > max) {
-            return self
-                .error(
-                    head,
-                    bucket,
-                    key,
-                    413,
-                    "object larger than max_object_size",
-                    start,
-                )
-                .await;
+        if let Some(len) = spec.announced_size(head).filter(|&l| l > max) {
+            let e = s3::Error::new(Code::EntityTooLarge)
+                .detail(format_args!("{len} bytes announced, max_object_size {max}"));
+            return self.error(head, bucket, key, e, start).await;
         }
         let (std_file, temp) = match store.create_temp(bucket) {
             Ok(x) => x,
             Err(e) => {
-                let st = store::status_for_io(&e);
-                return self
-                    .error(head, bucket, key, st, &e.to_string(), start)
-                    .await;
+                let e = Self::io_error(store, bucket, &e);
+                return self.error(head, bucket, key, e, start).await;
             }
         };
         if head.expect_continue {
@@ -626,13 +767,25 @@ impl Conn<'_> {
             Ok(f) => tokio_uring::fs::File::from_std(f),
             Err(e) => {
                 store.discard_temp(bucket, &temp);
-                return self
-                    .error(head, bucket, key, 500, &e.to_string(), start)
-                    .await;
+                let e = s3::Error::new(Code::InternalError).detail(e);
+                return self.error(head, bucket, key, e, start).await;
             }
         };
-        let mut hasher = BodyHasher::new(head.header("content-md5").is_some());
-        let r = self.receive_body(head, &uring, &mut hasher, max).await;
+        let (md5, crc32, sha1) = spec.wants();
+        let mut hasher = BodyHasher::with(md5, crc32, sha1);
+        let mut inner = spec.aws_chunked.then(BodyDecoder::aws_chunked);
+        let now = Instant::now();
+        self.rate = self
+            .gen
+            .config
+            .server
+            .min_body_rate
+            .map(|m| BodyRate::new(m.bytes, m.window, now));
+        self.read_done = now;
+        let r = self
+            .receive_body(head, &mut inner, &uring, &mut hasher, max)
+            .await;
+        self.rate = None;
         let _ = uring.close().await;
         let size = match r {
             Ok(n) => n,
@@ -640,6 +793,7 @@ impl Conn<'_> {
                 store.discard_temp(bucket, &temp);
                 tracing::warn!(
                     identity = self.identity.name(),
+                    request_id = %self.rid,
                     bucket,
                     key,
                     reason = e,
@@ -648,44 +802,60 @@ impl Conn<'_> {
                 self.access("PUT", bucket, key, 499, 0, start);
                 return Err(e);
             }
-            Err(BodyError::Status(st, why)) => {
+            Err(BodyError::Refuse(e)) => {
                 store.discard_temp(bucket, &temp);
                 self.linger = true;
                 // The body was not read to its end: answer and close.
-                let xml = error_xml(st, &why);
                 let _ = self
-                    .simple(st, "application/xml", xml.as_bytes(), &[], false)
+                    .refuse(Some(head), bucket, key, &e, start, false, &[])
                     .await;
-                tracing::warn!(identity = self.identity.name(), bucket, key, status = st, reason = %why, "upload refused; nothing stored");
-                self.access("PUT", bucket, key, st, 0, start);
+                tracing::warn!(
+                    identity = self.identity.name(), request_id = %self.rid, bucket, key,
+                    status = e.code.status(), "upload refused; nothing stored"
+                );
                 return Ok(false);
             }
         };
         let digests = hasher.finish();
-        if let Err(why) = digests.verify(
-            head.header("x-amz-checksum-sha256"),
-            head.header("content-md5"),
-        ) {
+        let trailer = inner.as_ref().map_or(&[][..], BodyDecoder::trailer);
+        let checked = if inner.as_ref().is_some_and(|d| !d.is_done()) {
+            Err(s3::Error::new(Code::IncompleteBody).detail("aws-chunked body ended early"))
+        } else {
+            spec.verify(
+                size,
+                &BodyDigests {
+                    sha256: &digests.sha256,
+                    md5: digests.md5.as_ref(),
+                    crc32: digests.crc32.as_ref(),
+                    sha1: digests.sha1.as_ref(),
+                },
+                trailer,
+            )
+        };
+        if let Err(e) = checked {
             store.discard_temp(bucket, &temp);
-            return self.error(head, bucket, key, 400, &why, start).await;
+            return self.error(head, bucket, key, e, start).await;
         }
         let hex = digests.sha256_hex();
         if let Err(e) = store.commit(bucket, &temp, key, &std_file, &hex) {
             store.discard_temp(bucket, &temp);
-            let st = store::status_for_io(&e);
-            return self
-                .error(head, bucket, key, st, &e.to_string(), start)
-                .await;
+            let e = Self::io_error(store, bucket, &e);
+            return self.error(head, bucket, key, e, start).await;
         }
         drop(std_file);
         let etag = format!("\"{hex}\"");
         let b64 =
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digests.sha256);
+        let rid = self.rid;
         let mut resp = Vec::with_capacity(256);
         http::write_response_head(
             &mut resp,
             201,
-            &[("etag", &etag), ("x-amz-checksum-sha256", &b64)],
+            &[
+                ("etag", &etag),
+                ("x-amz-checksum-sha256", &b64),
+                ("x-amz-request-id", rid.as_str()),
+            ],
             Some(0),
             head.keep_alive,
         );
@@ -697,16 +867,20 @@ impl Conn<'_> {
     /// Decode the body from decrypted records and write it at increasing offsets. The
     /// write of one buffer's data overlaps the read and decryption of the next (two
     /// buffers per upload), so the socket and the disk work at once; when the disk is
-    /// slower, the next read waits for it, and TCP pushes back on the client.
+    /// slower, the next read waits for it, and TCP pushes back on the client. With
+    /// `inner` (aws-chunked), the object's bytes are decoded out of the HTTP body's in
+    /// place, the same way chunked framing is.
     async fn receive_body(
         &mut self,
         head: &RequestHead,
+        inner: &mut Option<BodyDecoder>,
         f: &tokio_uring::fs::File,
         hasher: &mut BodyHasher,
         max: u64,
     ) -> Result<u64, BodyError> {
         let mut dec = BodyDecoder::for_request(head);
         let mut off = 0u64;
+        let malformed = |e: http::HttpError| BodyError::Refuse(s3::Error::from(&e).detail(&e));
         loop {
             // Gather this buffer's body bytes into one contiguous region. With
             // Content-Length they already are; chunked framing is squeezed out in place.
@@ -714,20 +888,40 @@ impl Conn<'_> {
             while self.pstart < self.plain.filled && !dec.is_done() {
                 let step = dec
                     .step(&self.plain.buf[self.pstart..self.plain.filled])
-                    .map_err(|e| BodyError::Status(e.status(), e.to_string()))?;
-                let a = self.pstart + step.data.start;
-                let b = self.pstart + step.data.end;
+                    .map_err(malformed)?;
+                let (mut a, b) = (self.pstart + step.data.start, self.pstart + step.data.end);
                 self.pstart += step.consumed;
-                if b > a {
-                    hasher.update(&self.plain.buf[a..b]);
-                    region = Some(match region {
-                        None => (a, b),
-                        Some((s, e)) if e == a => (s, b),
-                        Some((s, e)) => {
-                            self.plain.buf.copy_within(a..b, e);
-                            (s, e + (b - a))
+                while a < b {
+                    let (x, y) = match inner.as_mut() {
+                        None => {
+                            let whole = (a, b);
+                            a = b;
+                            whole
                         }
-                    });
+                        Some(d) => {
+                            let s = d.step(&self.plain.buf[a..b]).map_err(malformed)?;
+                            if s.consumed == 0 {
+                                return Err(BodyError::Refuse(s3::Error::msg(
+                                    Code::InvalidRequest,
+                                    "data after the end of the aws-chunked body",
+                                )));
+                            }
+                            let r = (a + s.data.start, a + s.data.end);
+                            a += s.consumed;
+                            r
+                        }
+                    };
+                    if y > x {
+                        hasher.update(&self.plain.buf[x..y]);
+                        region = Some(match region {
+                            None => (x, y),
+                            Some((s, e)) if e == x => (s, y),
+                            Some((s, e)) => {
+                                self.plain.buf.copy_within(x..y, e);
+                                (s, e + (y - x))
+                            }
+                        });
+                    }
                 }
                 if step.consumed == 0 {
                     break;
@@ -743,9 +937,8 @@ impl Conn<'_> {
             };
             let len = (e - s) as u64;
             if off + len > max {
-                return Err(BodyError::Status(
-                    413,
-                    "object larger than max_object_size".into(),
+                return Err(BodyError::Refuse(
+                    s3::Error::new(Code::EntityTooLarge).detail("body over max_object_size"),
                 ));
             }
             // Hand this buffer to the write; bytes after the body region (framing of the
@@ -767,8 +960,10 @@ impl Conn<'_> {
             let (r, slice) = wres;
             self.w.pool.give(slice.into_inner());
             if let Err(err) = r {
-                let st = store::status_for_io(&err);
-                return Err(BodyError::Status(st, format!("write: {err}")));
+                let code = store::code_for_io(&err, Code::InternalError);
+                return Err(BodyError::Refuse(
+                    s3::Error::new(code).detail(format_args!("write: {err}")),
+                ));
             }
             off += len;
             more?;
@@ -778,40 +973,48 @@ impl Conn<'_> {
         }
     }
 
-    /// Read more of a body; a close before its end is a truncated upload.
+    /// Read more of a body; a close before its end is a truncated upload, and a body
+    /// slower than `min_body_rate` is refused with 408.
     async fn need_more(&mut self) -> Result<(), BodyError> {
         if self.peer_closed {
             return Err(BodyError::Client(
                 "truncated body (close_notify before the end)",
             ));
         }
-        match self.fill().await {
+        let now = Instant::now();
+        if let Some(rate) = &mut self.rate {
+            rate.pause(now.saturating_duration_since(self.read_done));
+            if rate.expired(now) {
+                return Err(BodyError::Refuse(self.too_slow()));
+            }
+        }
+        let r = self.fill().await;
+        self.read_done = Instant::now();
+        match r {
             Ok(()) => Ok(()),
             Err("client eof") => Err(BodyError::Client(
                 "truncated body (eof without close_notify)",
             )),
+            Err(BODY_TOO_SLOW) => Err(BodyError::Refuse(self.too_slow())),
             Err(e) => Err(BodyError::Client(e)),
         }
+    }
+
+    fn too_slow(&self) -> s3::Error {
+        let detail = match self.gen.config.server.min_body_rate {
+            Some(m) => format!(
+                "body slower than min_body_rate ({} bytes per {:?})",
+                m.bytes, m.window
+            ),
+            None => "body too slow".to_owned(),
+        };
+        s3::Error::new(Code::RequestTimeout).detail(detail)
     }
 }
 
 enum BodyError {
     /// The client went away or broke TLS: no response possible.
     Client(End),
-    /// Refuse with this status.
-    Status(u16, String),
-}
-
-/// The S3-style error document.
-fn error_xml(status: u16, why: &str) -> String {
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{status}</Code><Message>{}</Message></Error>\n",
-        xml_escape(why)
-    )
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    /// Refuse with this error, then close.
+    Refuse(s3::Error),
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::pool::Pool;
 use super::shared::{Generation, Shared};
+use crate::proto::s3::RequestId;
 use crate::telemetry::WorkerStats;
 
 /// Per-worker state, owned by the worker's thread.
@@ -30,6 +31,30 @@ pub struct Worker {
     /// The generation this worker last saw installed; a relay waits on it to be
     /// re-judged after a reload or CRL refresh (within a second of the swap).
     pub generation: tokio::sync::watch::Receiver<Arc<Generation>>,
+    /// This worker's request-id prefix (process random and worker index).
+    pub request_id_prefix: u64,
+    /// Requests this worker has numbered; a plain cell, as no other thread counts here.
+    pub request_seq: Cell<u64>,
+}
+
+impl Worker {
+    /// A fresh request id: unique across workers and runs without a shared counter.
+    pub fn next_request_id(&self) -> RequestId {
+        let seq = self.request_seq.get();
+        self.request_seq.set(seq.wrapping_add(1));
+        RequestId::new(self.request_id_prefix, seq)
+    }
+}
+
+/// 16 random bits per process, so that request ids of two runs differ.
+fn process_random() -> u16 {
+    static R: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *R.get_or_init(|| {
+        let mut b = [0u8; 2];
+        // A failed RNG only makes ids of two runs alike; they stay unique within one.
+        let _ = aws_lc_rs::rand::fill(&mut b);
+        u16::from_le_bytes(b)
+    })
 }
 
 /// Run worker `id` on the current thread until drained. `listener` is this worker's
@@ -64,6 +89,8 @@ pub fn run(
             open: Cell::new(0),
             drain: stop.clone(),
             generation: gen_rx,
+            request_id_prefix: RequestId::prefix(process_random(), id),
+            request_seq: Cell::new(0),
         });
         // The watchdog's proof that this loop still turns: one relaxed store a second.
         let sh = shared.clone();

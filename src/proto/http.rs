@@ -114,6 +114,10 @@ pub enum HttpError {
     /// `PUT`/`POST` with neither Content-Length nor chunked framing (411).
     #[error("length required")]
     LengthRequired,
+    /// The request target does not decode (400; S3 calls it InvalidURI). The
+    /// connection must be closed after the response, as for [`HttpError::BadRequest`].
+    #[error("bad request target: {0}")]
+    BadTarget(&'static str),
     /// A feature the codec does not implement, e.g. a transfer coding other than
     /// chunked (501).
     #[error("not implemented: {0}")]
@@ -125,7 +129,7 @@ impl HttpError {
     pub fn status(&self) -> u16 {
         match self {
             HttpError::HeadTooLarge(_) => 431,
-            HttpError::BadRequest(_) => 400,
+            HttpError::BadRequest(_) | HttpError::BadTarget(_) => 400,
             HttpError::LengthRequired => 411,
             HttpError::NotImplemented(_) => 501,
         }
@@ -313,12 +317,12 @@ fn split_target(target: &str) -> Result<(String, Vec<(String, String)>), HttpErr
     // Only origin-form is served: absolute-form is for proxies, asterisk-form for
     // OPTIONS *, authority-form for CONNECT, none of which the object API speaks.
     if !target.starts_with('/') {
-        return Err(bad("request target is not origin-form"));
+        return Err(HttpError::BadTarget("request target is not origin-form"));
     }
     // Fragments are never sent by clients (RFC 9110 section 4.2.4); a '#' here would
     // be interpreted differently by different parsers, so it is refused.
     if target.contains('#') {
-        return Err(bad("fragment in request target"));
+        return Err(HttpError::BadTarget("fragment in request target"));
     }
     let (raw_path, raw_query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -351,7 +355,11 @@ fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, HttpError> {
                 let lo = bytes.next().and_then(hex_value);
                 match (hi, lo) {
                     (Some(hi), Some(lo)) => out.push((hi << 4) | lo),
-                    _ => return Err(bad("invalid percent-escape in request target")),
+                    _ => {
+                        return Err(HttpError::BadTarget(
+                            "invalid percent-escape in request target",
+                        ))
+                    }
                 }
             }
             b'+' if plus_is_space => out.push(b' '),
@@ -359,9 +367,10 @@ fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, HttpError> {
         }
     }
     if out.contains(&0) {
-        return Err(bad("encoded NUL in request target"));
+        return Err(HttpError::BadTarget("encoded NUL in request target"));
     }
-    String::from_utf8(out).map_err(|_| bad("request target does not decode to UTF-8"))
+    String::from_utf8(out)
+        .map_err(|_| HttpError::BadTarget("request target does not decode to UTF-8"))
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -452,6 +461,8 @@ enum Framing {
 pub struct BodyDecoder {
     framing: Framing,
     delivered: u64,
+    /// The raw trailer section, kept only by [`BodyDecoder::aws_chunked`].
+    trailer: Option<Vec<u8>>,
 }
 
 impl BodyDecoder {
@@ -474,7 +485,32 @@ impl BodyDecoder {
         BodyDecoder {
             framing,
             delivered: 0,
+            trailer: None,
         }
+    }
+
+    /// A decoder for S3's `aws-chunked` content coding, applied to the body's data
+    /// after its HTTP framing: the same chunk syntax, with the checksum in a trailer
+    /// field, so the trailer section is kept (at most [`MAX_TRAILERS`] bytes) for
+    /// [`BodyDecoder::trailer`]. Chunk extensions (`chunk-signature=`) are skipped;
+    /// the caller refuses signed payloads before it gets here.
+    pub fn aws_chunked() -> BodyDecoder {
+        BodyDecoder {
+            framing: Framing::Chunked(ChunkState::Size {
+                size: 0,
+                digits: 0,
+                line: 0,
+                phase: SizePhase::Digits,
+            }),
+            delivered: 0,
+            trailer: Some(Vec::new()),
+        }
+    }
+
+    /// The raw trailer section (`name: value\r\n` lines and the final CRLF) of an
+    /// [`BodyDecoder::aws_chunked`] body; empty for other decoders.
+    pub fn trailer(&self) -> &[u8] {
+        self.trailer.as_deref().unwrap_or_default()
     }
 
     /// True once the whole body has been decoded.
@@ -531,7 +567,7 @@ impl BodyDecoder {
                 })
             }
             Framing::Chunked(state) => {
-                let result = step_chunked(state, input);
+                let result = step_chunked(state, input, self.trailer.as_mut());
                 match &result {
                     Ok(step) => {
                         self.delivered = self.delivered.saturating_add(step.data.len() as u64);
@@ -561,7 +597,11 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn step_chunked(state: &mut ChunkState, input: &[u8]) -> Result<Step, HttpError> {
+fn step_chunked(
+    state: &mut ChunkState,
+    input: &[u8],
+    mut trailer: Option<&mut Vec<u8>>,
+) -> Result<Step, HttpError> {
     let mut pos = 0usize;
     let mut data: Option<Range<usize>> = None;
     loop {
@@ -587,7 +627,12 @@ fn step_chunked(state: &mut ChunkState, input: &[u8]) -> Result<Step, HttpError>
         }
         let Some(&b) = input.get(pos) else { break };
         pos += 1;
+        let in_trailer = matches!(state, ChunkState::Trailer { .. });
         *state = next_framing_state(*state, b)?;
+        if let (true, Some(t)) = (in_trailer, trailer.as_deref_mut()) {
+            // Bounded by MAX_TRAILERS: next_framing_state fails past it.
+            t.push(b);
+        }
     }
     let data = data.unwrap_or(pos..pos);
     Ok(Step {
@@ -1181,6 +1226,29 @@ mod tests {
     }
 
     #[test]
+    fn aws_chunked_keeps_its_trailer() {
+        // What botocore's AwsChunkedWrapper sends inside the HTTP body.
+        let input = b"b\r\nhello world\r\n0\r\nx-amz-checksum-crc32:DUoRhQ==\r\n\r\n";
+        let mut dec = BodyDecoder::aws_chunked();
+        let (data, n) = decode_all(&mut dec, input).unwrap();
+        assert_eq!((data.as_slice(), n), (&b"hello world"[..], input.len()));
+        assert!(dec.is_done());
+        assert_eq!(dec.trailer(), b"x-amz-checksum-crc32:DUoRhQ==\r\n\r\n");
+        // Byte by byte, the same.
+        let mut dec = BodyDecoder::aws_chunked();
+        for b in input.chunks(1) {
+            let s = dec.step(b).unwrap();
+            assert_eq!(s.consumed, 1);
+        }
+        assert!(dec.is_done());
+        assert_eq!(dec.trailer(), b"x-amz-checksum-crc32:DUoRhQ==\r\n\r\n");
+        // A request decoder keeps none.
+        let mut dec = BodyDecoder::for_request(&chunked_head());
+        decode_all(&mut dec, input).unwrap();
+        assert_eq!(dec.trailer(), b"");
+    }
+
+    #[test]
     fn chunk_line_and_trailer_limits() {
         let mut line = b"1;".to_vec();
         line.resize(MAX_CHUNK_LINE - 2, b'a');
@@ -1376,7 +1444,7 @@ mod tests {
         ] {
             let r = path(bad_target);
             assert!(
-                matches!(r, Err(HttpError::BadRequest(_))),
+                matches!(r, Err(HttpError::BadTarget(_))),
                 "{bad_target}: {r:?}"
             );
         }
@@ -1406,7 +1474,7 @@ mod tests {
         assert!(head(b"GET /b? HTTP/1.1\r\n\r\n").query.is_empty());
         assert!(matches!(
             err(b"GET /b?prefix=%zz HTTP/1.1\r\n\r\n"),
-            HttpError::BadRequest(_)
+            HttpError::BadTarget(_)
         ));
     }
 

@@ -1,5 +1,6 @@
-//! Sans-IO protocol cores: the connection core (TLS records ↔ plaintext), HTTP/1.1
-//! and the PROXY v2 header.
+//! Sans-IO protocol cores: the connection core (TLS records ↔ plaintext), HTTP/1.1,
+//! the S3 operations and errors on top of it, the slow-client clocks, and the PROXY
+//! v2 header.
 //!
 //! Owns: turning bytes into parsed messages and actions, and messages into bytes,
 //! with the caller supplying buffers and time.
@@ -10,3 +11,5 @@
 
 pub mod http;
 pub mod proxy_v2;
+pub mod s3;
+pub mod slow;

@@ -78,9 +78,9 @@ pub const REQUEST_BUCKETS: [f64; 12] = [
 /// Methods counted in `lakegate_requests_total` (LIST is GET on a bucket).
 pub const METHODS: [&str; 6] = ["GET", "HEAD", "PUT", "DELETE", "LIST", "OTHER"];
 /// Statuses counted one by one; any other lands in the last slot, labelled "other".
-pub const STATUSES: [u16; 20] = [
-    200, 201, 204, 206, 400, 401, 403, 404, 405, 409, 411, 413, 416, 431, 499, 500, 501, 503, 507,
-    0,
+pub const STATUSES: [u16; 23] = [
+    200, 201, 204, 206, 304, 400, 401, 403, 404, 405, 408, 409, 411, 412, 413, 416, 431, 499, 500,
+    501, 503, 507, 0,
 ];
 
 /// The slot of a request's (method, status).

@@ -1,0 +1,1335 @@
+//! The S3 surface of the object API, sans-IO: which operation a parsed request head
+//! is, what the store must verify for it, and how a refusal is worded.
+//!
+//! Owns:
+//! - [`classify`]: an allow-list from a [`RequestHead`] to the operations the `store`
+//!   backend really implements ([`Operation`]). Any query parameter, header or header
+//!   value that is not on the list for that operation is [`Code::NotImplemented`]: a
+//!   request the store cannot honour whole is refused, never read as a simpler one
+//!   (a CopyObject must not become an empty PUT, a `?tagging` PUT must not overwrite
+//!   the object);
+//! - the checksums a PUT carries (headers, the aws-chunked trailer, the
+//!   `x-amz-content-sha256` payload hash), decoded up front and verified against the
+//!   body's digests by [`PutSpec::verify`];
+//! - the error vocabulary: [`Code`] maps once to an HTTP status, an S3 error code and a
+//!   bounded label for logs and metrics; [`Error`] pairs it with a message for the
+//!   client and a detail for the log only; [`error_xml`] writes the S3 error document;
+//! - request ids ([`RequestId`]): 16 hex digits from a per-worker prefix and counter.
+//!
+//! Must not touch: sockets, files, the clock, authorization. Messages written to the
+//! client never carry an OS error, a path on disk or an authz rule: those go in
+//! [`Error::detail`], which only the log sees.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+
+use super::http::{HttpError, Method, RequestHead};
+
+/// An S3 error code: one status, one code string, one label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Code {
+    /// 403: no rule admits this identity for this action, or the store refused the
+    /// path (a symlink, a permission).
+    AccessDenied,
+    /// 404: the object does not exist.
+    NoSuchKey,
+    /// 404: the bucket's folder does not exist.
+    NoSuchBucket,
+    /// 400: a parameter or header value is out of its domain.
+    InvalidArgument,
+    /// 400: the request is malformed or inconsistent.
+    InvalidRequest,
+    /// 400: the request target does not decode.
+    InvalidURI,
+    /// 400: the bucket name breaks the naming rules.
+    InvalidBucketName,
+    /// 400: the key is longer than 1024 bytes (or a segment than 255).
+    KeyTooLongError,
+    /// 400: the body is shorter than the length announced.
+    IncompleteBody,
+    /// 400: a checksum does not match the body.
+    BadDigest,
+    /// 400: a checksum header is not a well-formed value.
+    InvalidDigest,
+    /// 400: `x-amz-content-sha256` does not match the body.
+    XAmzContentSHA256Mismatch,
+    /// 405: a method the object API does not have.
+    MethodNotAllowed,
+    /// 408: the head or body did not arrive in time.
+    RequestTimeout,
+    /// 409: the key collides with a folder (or an object is used as a folder).
+    KeyConflict,
+    /// 411: a PUT without a length or chunked framing.
+    MissingContentLength,
+    /// 412: `If-Match` did not match.
+    PreconditionFailed,
+    /// 413: over `max_object_size`.
+    EntityTooLarge,
+    /// 416: the range lies outside the object.
+    InvalidRange,
+    /// 431: the request head is over its limit.
+    RequestHeaderSectionTooLarge,
+    /// 500: anything unexpected.
+    InternalError,
+    /// 501: an operation, parameter or header the store does not implement.
+    NotImplemented,
+    /// 503: the appliance is shedding load or draining.
+    SlowDown,
+    /// 507: the disk is full (the partial upload is removed).
+    InsufficientStorage,
+}
+
+impl Code {
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            Code::AccessDenied => 403,
+            Code::NoSuchKey | Code::NoSuchBucket => 404,
+            Code::InvalidArgument
+            | Code::InvalidRequest
+            | Code::InvalidURI
+            | Code::InvalidBucketName
+            | Code::KeyTooLongError
+            | Code::IncompleteBody
+            | Code::BadDigest
+            | Code::InvalidDigest
+            | Code::XAmzContentSHA256Mismatch => 400,
+            Code::MethodNotAllowed => 405,
+            Code::RequestTimeout => 408,
+            Code::KeyConflict => 409,
+            Code::MissingContentLength => 411,
+            Code::PreconditionFailed => 412,
+            Code::EntityTooLarge => 413,
+            Code::InvalidRange => 416,
+            Code::RequestHeaderSectionTooLarge => 431,
+            Code::InternalError => 500,
+            Code::NotImplemented => 501,
+            Code::SlowDown => 503,
+            Code::InsufficientStorage => 507,
+        }
+    }
+
+    /// The S3 error code, as in `<Code>`; also the bounded label for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::AccessDenied => "AccessDenied",
+            Code::NoSuchKey => "NoSuchKey",
+            Code::NoSuchBucket => "NoSuchBucket",
+            Code::InvalidArgument => "InvalidArgument",
+            Code::InvalidRequest => "InvalidRequest",
+            Code::InvalidURI => "InvalidURI",
+            Code::InvalidBucketName => "InvalidBucketName",
+            Code::KeyTooLongError => "KeyTooLongError",
+            Code::IncompleteBody => "IncompleteBody",
+            Code::BadDigest => "BadDigest",
+            Code::InvalidDigest => "InvalidDigest",
+            Code::XAmzContentSHA256Mismatch => "XAmzContentSHA256Mismatch",
+            Code::MethodNotAllowed => "MethodNotAllowed",
+            Code::RequestTimeout => "RequestTimeout",
+            Code::KeyConflict => "KeyConflict",
+            Code::MissingContentLength => "MissingContentLength",
+            Code::PreconditionFailed => "PreconditionFailed",
+            Code::EntityTooLarge => "EntityTooLarge",
+            Code::InvalidRange => "InvalidRange",
+            Code::RequestHeaderSectionTooLarge => "RequestHeaderSectionTooLarge",
+            Code::InternalError => "InternalError",
+            Code::NotImplemented => "NotImplemented",
+            Code::SlowDown => "SlowDown",
+            Code::InsufficientStorage => "InsufficientStorage",
+        }
+    }
+
+    /// The message sent when nothing more specific (and safe) is known.
+    pub fn default_message(self) -> &'static str {
+        match self {
+            Code::AccessDenied => "Access Denied",
+            Code::NoSuchKey => "The specified key does not exist.",
+            Code::NoSuchBucket => "The specified bucket does not exist.",
+            Code::InvalidArgument => "Invalid Argument",
+            Code::InvalidRequest => "Invalid Request",
+            Code::InvalidURI => "Couldn't parse the specified URI.",
+            Code::InvalidBucketName => "The specified bucket is not valid.",
+            Code::KeyTooLongError => "Your key is too long.",
+            Code::IncompleteBody => {
+                "You did not provide the number of bytes specified by the length header."
+            }
+            Code::BadDigest => "The checksum you specified did not match what we received.",
+            Code::InvalidDigest => "The checksum you specified is not valid.",
+            Code::XAmzContentSHA256Mismatch => {
+                "The provided 'x-amz-content-sha256' header does not match what was computed."
+            }
+            Code::MethodNotAllowed => "The specified method is not allowed against this resource.",
+            Code::RequestTimeout => {
+                "Your socket connection to the server was not read from or written to within the timeout period."
+            }
+            Code::KeyConflict => "The key collides with an existing folder or object.",
+            Code::MissingContentLength => "You must provide the Content-Length HTTP header.",
+            Code::PreconditionFailed => {
+                "At least one of the preconditions you specified did not hold."
+            }
+            Code::EntityTooLarge => "Your proposed upload exceeds the maximum allowed object size.",
+            Code::InvalidRange => "The requested range is not satisfiable",
+            Code::RequestHeaderSectionTooLarge => {
+                "Your request header section exceeds the maximum allowed size."
+            }
+            Code::InternalError => "We encountered an internal error. Please try again.",
+            Code::NotImplemented => {
+                "A header or query you provided implies functionality that is not implemented."
+            }
+            Code::SlowDown => "Please reduce your request rate.",
+            Code::InsufficientStorage => "The store has no space left for this object.",
+        }
+    }
+}
+
+/// A refused request: the code, what the client is told, and what only the log sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// Status, S3 code and label.
+    pub code: Code,
+    /// Sent in `<Message>`: about the request, never about the server's insides.
+    pub message: Cow<'static, str>,
+    /// The reason for the log line (rule index, OS error, ...); never sent.
+    pub detail: Option<String>,
+}
+
+impl Error {
+    /// An error with the code's default message.
+    pub fn new(code: Code) -> Error {
+        Error {
+            code,
+            message: Cow::Borrowed(code.default_message()),
+            detail: None,
+        }
+    }
+
+    /// An error with a specific message for the client (it must hold nothing secret).
+    pub fn msg(code: Code, message: impl Into<Cow<'static, str>>) -> Error {
+        Error {
+            code,
+            message: message.into(),
+            detail: None,
+        }
+    }
+
+    /// A 501 naming what is not implemented (a header or query parameter name).
+    pub fn not_implemented(what: &str) -> Error {
+        Error::msg(Code::NotImplemented, format!("{what} is not implemented"))
+    }
+
+    /// Attach the log-only detail.
+    pub fn detail(mut self, detail: impl std::fmt::Display) -> Error {
+        self.detail = Some(detail.to_string());
+        self
+    }
+}
+
+impl From<&HttpError> for Error {
+    /// What the codec refused, in S3's words; its messages describe only the request.
+    fn from(e: &HttpError) -> Error {
+        match e {
+            HttpError::HeadTooLarge(_) => Error::new(Code::RequestHeaderSectionTooLarge),
+            HttpError::BadRequest(m) => Error::msg(Code::InvalidRequest, m.clone()),
+            HttpError::BadTarget(m) => Error::msg(Code::InvalidURI, *m),
+            HttpError::LengthRequired => Error::new(Code::MissingContentLength),
+            HttpError::NotImplemented(m) => Error::not_implemented(m),
+        }
+    }
+}
+
+impl From<Code> for Error {
+    fn from(code: Code) -> Error {
+        Error::new(code)
+    }
+}
+
+/// Append the S3 error document for `e` about `resource` (the request path).
+pub fn error_xml(out: &mut Vec<u8>, e: &Error, resource: &str, request_id: &RequestId) {
+    let mut s = String::with_capacity(256);
+    s.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>");
+    s.push_str(e.code.as_str());
+    s.push_str("</Code><Message>");
+    xml_escape_into(&mut s, &e.message);
+    s.push_str("</Message><Resource>");
+    xml_escape_into(&mut s, resource);
+    s.push_str("</Resource><RequestId>");
+    s.push_str(request_id.as_str());
+    s.push_str("</RequestId></Error>\n");
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Append `s` as XML text: the five specials as entities, C0 controls as character
+/// references (the one XML escaper of the crate).
+pub fn xml_escape_into(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Keys may hold C0 controls. Tab, CR and LF as references survive a parser's
+            // whitespace normalisation; the others have no XML 1.0 form at all, and a
+            // reference is the least surprising thing to send (clients that care ask
+            // for encoding-type=url).
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "&#x{:X};", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Request ids
+// ---------------------------------------------------------------------------------------
+
+/// Bits of a request id that count requests; the rest is the worker's prefix.
+const SEQ_BITS: u32 = 36;
+/// Bits of the prefix that name the worker.
+const WORKER_BITS: u32 = 12;
+
+/// A request id: 16 uppercase hex digits, held inline (no allocation per request).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RequestId([u8; 16]);
+
+impl RequestId {
+    /// The id for request `seq` of the worker whose prefix is `prefix` (see
+    /// [`RequestId::prefix`]). Unique while a worker serves fewer than 2^36 requests.
+    pub fn new(prefix: u64, seq: u64) -> RequestId {
+        let v = (prefix & !((1 << SEQ_BITS) - 1)) | (seq & ((1 << SEQ_BITS) - 1));
+        let mut out = [b'0'; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            let nibble = (v >> (60 - 4 * i)) & 0xf;
+            *b = b"0123456789ABCDEF"[nibble as usize];
+        }
+        RequestId(out)
+    }
+
+    /// A worker's prefix: 16 random bits of this process, then the worker index, so
+    /// two workers (and two runs) never hand out the same id without sharing a counter.
+    pub fn prefix(process_random: u16, worker: usize) -> u64 {
+        let w = (worker as u64) & ((1 << WORKER_BITS) - 1);
+        (u64::from(process_random) << (SEQ_BITS + WORKER_BITS)) | (w << SEQ_BITS)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written into the array.
+        std::str::from_utf8(&self.0).unwrap_or("0000000000000000")
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId([b'0'; 16])
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Classification
+// ---------------------------------------------------------------------------------------
+
+/// An operation the `store` backend implements, with what it needs from the head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation<'a> {
+    /// `PUT /bucket/key`.
+    PutObject(PutSpec),
+    /// `GET /bucket/key`.
+    GetObject(Conditions<'a>),
+    /// `HEAD /bucket/key`.
+    HeadObject(Conditions<'a>),
+    /// `DELETE /bucket/key`.
+    DeleteObject,
+    /// `GET /bucket?list-type=2`.
+    ListObjectsV2(ListSpec<'a>),
+}
+
+/// A checksum algorithm the store computes over a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// CRC-32 (IEEE), 4 bytes big-endian: boto3's default.
+    Crc32,
+    /// SHA-1, 20 bytes.
+    Sha1,
+    /// SHA-256, 32 bytes.
+    Sha256,
+}
+
+impl Algorithm {
+    /// The header (or trailer field) that carries it.
+    pub fn header(self) -> &'static str {
+        match self {
+            Algorithm::Crc32 => "x-amz-checksum-crc32",
+            Algorithm::Sha1 => "x-amz-checksum-sha1",
+            Algorithm::Sha256 => "x-amz-checksum-sha256",
+        }
+    }
+
+    fn by_header(name: &str) -> Option<Algorithm> {
+        [Algorithm::Crc32, Algorithm::Sha1, Algorithm::Sha256]
+            .into_iter()
+            .find(|a| a.header().eq_ignore_ascii_case(name))
+    }
+
+    fn by_name(name: &str) -> Option<Algorithm> {
+        match name.to_ascii_uppercase().as_str() {
+            "CRC32" => Some(Algorithm::Crc32),
+            "SHA1" => Some(Algorithm::Sha1),
+            "SHA256" => Some(Algorithm::Sha256),
+            _ => None,
+        }
+    }
+}
+
+/// What a PUT's body must be checked against, decoded from its head.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutSpec {
+    /// `Content-Encoding: aws-chunked`: the body (after HTTP framing) is itself chunked,
+    /// with the checksum in a trailer.
+    pub aws_chunked: bool,
+    /// `x-amz-decoded-content-length`: the object's size when aws-chunked.
+    pub decoded_length: Option<u64>,
+    /// `Content-MD5`.
+    pub md5: Option<[u8; 16]>,
+    /// `x-amz-checksum-crc32`.
+    pub crc32: Option<[u8; 4]>,
+    /// `x-amz-checksum-sha1`.
+    pub sha1: Option<[u8; 20]>,
+    /// `x-amz-checksum-sha256`.
+    pub sha256: Option<[u8; 32]>,
+    /// `x-amz-content-sha256` as a hex payload hash.
+    pub content_sha256: Option<[u8; 32]>,
+    /// The checksum announced by `x-amz-trailer`, sent after the aws-chunked body.
+    pub trailer: Option<Algorithm>,
+}
+
+/// The digests of a received body that [`PutSpec::verify`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyDigests<'a> {
+    /// Always computed.
+    pub sha256: &'a [u8; 32],
+    /// Computed when [`PutSpec::wants`] asked for it.
+    pub md5: Option<&'a [u8; 16]>,
+    /// Computed when asked for.
+    pub crc32: Option<&'a [u8; 4]>,
+    /// Computed when asked for.
+    pub sha1: Option<&'a [u8; 20]>,
+}
+
+impl PutSpec {
+    /// Which optional digests the body must be run through: (md5, crc32, sha1).
+    pub fn wants(&self) -> (bool, bool, bool) {
+        (
+            self.md5.is_some(),
+            self.crc32.is_some() || self.trailer == Some(Algorithm::Crc32),
+            self.sha1.is_some() || self.trailer == Some(Algorithm::Sha1),
+        )
+    }
+
+    /// The largest body this PUT announces, for the 413 check before reading it.
+    pub fn announced_size(&self, head: &RequestHead) -> Option<u64> {
+        if self.aws_chunked {
+            self.decoded_length
+        } else {
+            head.content_length
+        }
+    }
+
+    /// Check the body's digests (and size) against every checksum sent, headers and
+    /// the trailer alike. `trailer` is the raw trailer section of an aws-chunked body.
+    pub fn verify(&self, size: u64, d: &BodyDigests<'_>, trailer: &[u8]) -> Result<(), Error> {
+        if let Some(want) = self.decoded_length {
+            if want != size {
+                return Err(Error::new(Code::IncompleteBody).detail(format!(
+                    "x-amz-decoded-content-length {want}, body {size} bytes"
+                )));
+            }
+        }
+        let mismatch =
+            |what: &str| Error::msg(Code::BadDigest, format!("{what} does not match the body"));
+        if let Some(want) = &self.content_sha256 {
+            if want != d.sha256 {
+                return Err(Error::new(Code::XAmzContentSHA256Mismatch));
+            }
+        }
+        if self.sha256.is_some_and(|w| &w != d.sha256) {
+            return Err(mismatch("x-amz-checksum-sha256"));
+        }
+        if self.md5.is_some() && self.md5.as_ref() != d.md5 {
+            return Err(mismatch("Content-MD5"));
+        }
+        if self.crc32.is_some() && self.crc32.as_ref() != d.crc32 {
+            return Err(mismatch("x-amz-checksum-crc32"));
+        }
+        if self.sha1.is_some() && self.sha1.as_ref() != d.sha1 {
+            return Err(mismatch("x-amz-checksum-sha1"));
+        }
+        if let Some(alg) = self.trailer {
+            let value = trailer_field(trailer, alg.header()).ok_or_else(|| {
+                Error::msg(
+                    Code::InvalidRequest,
+                    format!(
+                        "the trailer announced by x-amz-trailer ({}) is missing",
+                        alg.header()
+                    ),
+                )
+            })?;
+            let ok = match alg {
+                Algorithm::Crc32 => d.crc32.is_some_and(|c| b64_exact::<4>(value) == Some(*c)),
+                Algorithm::Sha1 => d.sha1.is_some_and(|c| b64_exact::<20>(value) == Some(*c)),
+                Algorithm::Sha256 => b64_exact::<32>(value) == Some(*d.sha256),
+            };
+            if !ok {
+                return Err(mismatch(alg.header()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The value of `name` in a raw trailer section (`name:value\r\n` lines).
+fn trailer_field<'t>(trailer: &'t [u8], name: &str) -> Option<&'t str> {
+    let text = std::str::from_utf8(trailer).ok()?;
+    text.split("\r\n").find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim_matches([' ', '\t']))
+    })
+}
+
+fn b64_exact<const N: usize>(value: &str) -> Option<[u8; N]> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .ok()?;
+    raw.try_into().ok()
+}
+
+/// `If-Match` / `If-None-Match` on a GET or HEAD, evaluated against the ETag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Conditions<'a> {
+    /// `If-Match`.
+    pub if_match: Option<&'a str>,
+    /// `If-None-Match`.
+    pub if_none_match: Option<&'a str>,
+}
+
+/// What [`Conditions::evaluate`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Serve the object.
+    Proceed,
+    /// 304: `If-None-Match` matched.
+    NotModified,
+    /// 412: `If-Match` did not match.
+    Failed,
+}
+
+impl Conditions<'_> {
+    /// RFC 9110 section 13.2.2 order: If-Match first (strong comparison), then
+    /// If-None-Match (weak comparison).
+    pub fn evaluate(&self, etag: &str) -> Precondition {
+        let listed = |list: &str, weak: bool| {
+            list.split(',').map(str::trim).any(|t| {
+                if t == "*" {
+                    return true;
+                }
+                let t = if weak {
+                    t.strip_prefix("W/").unwrap_or(t)
+                } else {
+                    t
+                };
+                t == etag
+            })
+        };
+        if let Some(m) = self.if_match {
+            if !listed(m, false) {
+                return Precondition::Failed;
+            }
+        }
+        if let Some(m) = self.if_none_match {
+            if listed(m, true) {
+                return Precondition::NotModified;
+            }
+        }
+        Precondition::Proceed
+    }
+}
+
+/// The ListObjectsV2 parameters the store honours.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListSpec<'a> {
+    /// `prefix`.
+    pub prefix: &'a str,
+    /// `continuation-token` (opaque; decoded by the backend).
+    pub continuation: Option<&'a str>,
+    /// `start-after` (ignored by S3 when a continuation token is given).
+    pub start_after: Option<&'a str>,
+    /// `max-keys`, capped at 1000.
+    pub max_keys: usize,
+    /// `encoding-type=url`: keys and prefixes in the result are percent-encoded.
+    pub url_encode: bool,
+}
+
+/// SHA-256 of the empty string: the only payload hash a bodiless request can carry.
+const EMPTY_SHA256_HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Headers that any operation accepts: transport, tracing, SDK bookkeeping and
+/// credentials. The identity is the client certificate; a SigV4 `Authorization` (or
+/// its session token) is neither checked nor needed, so it changes nothing.
+const ANY_OP_HEADERS: &[&str] = &[
+    "host",
+    "user-agent",
+    "accept",
+    "accept-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "content-length",
+    "transfer-encoding",
+    "expect",
+    "date",
+    "authorization",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-user-agent",
+    "amz-sdk-invocation-id",
+    "amz-sdk-request",
+    "x-amzn-trace-id",
+    "traceparent",
+    "tracestate",
+    "x-amz-content-sha256",
+];
+
+/// Which S3 operation `head` is, or why the store refuses it. `has_key` says whether
+/// the path names an object (`/bucket/key`) or a bucket (`/bucket`).
+///
+/// Operations S3 has but the store does not (CopyObject, multipart, tagging, ACLs,
+/// bucket operations, ListObjects v1, delimiters, ...) are 501 `NotImplemented`, as is
+/// every header or parameter not on the allow-list of the operation; methods S3 does
+/// not have are 405. Malformed values of allowed fields are 400.
+pub fn classify(head: &RequestHead, has_key: bool) -> Result<Operation<'_>, Error> {
+    let op = match (head.method, has_key) {
+        (Method::Put, true) => Operation::PutObject(PutSpec::default()),
+        (Method::Get, true) => Operation::GetObject(Conditions::default()),
+        (Method::Head, true) => Operation::HeadObject(Conditions::default()),
+        (Method::Delete, true) => Operation::DeleteObject,
+        (Method::Get, false) => Operation::ListObjectsV2(ListSpec::default()),
+        // CreateBucket, DeleteBucket, HeadBucket, PostObject, DeleteObjects,
+        // multipart: S3 operations the store does not have yet.
+        (Method::Put | Method::Delete | Method::Head | Method::Post, _) => {
+            let what = match (head.method, has_key) {
+                (Method::Put, false) => "CreateBucket (PUT on a bucket)",
+                (Method::Delete, false) => "DeleteBucket (DELETE on a bucket)",
+                (Method::Head, false) => "HeadBucket (HEAD on a bucket)",
+                _ => "POST",
+            };
+            return Err(Error::not_implemented(what));
+        }
+        _ => {
+            return Err(
+                Error::new(Code::MethodNotAllowed).detail(format!("method {:?}", head.method_str))
+            );
+        }
+    };
+    match op {
+        Operation::PutObject(_) => classify_put(head).map(Operation::PutObject),
+        Operation::GetObject(_) => object_read(head).map(Operation::GetObject),
+        Operation::HeadObject(_) => object_read(head).map(Operation::HeadObject),
+        Operation::DeleteObject => {
+            only_query(head, &[], "DeleteObject")?;
+            only_headers(head, &[])?;
+            bodiless_payload_hash(head)?;
+            Ok(Operation::DeleteObject)
+        }
+        Operation::ListObjectsV2(_) => classify_list(head).map(Operation::ListObjectsV2),
+    }
+}
+
+/// Every query parameter must be in `allowed` (or be `x-id` naming `op`, which newer
+/// SDKs add to every request).
+fn only_query(head: &RequestHead, allowed: &[&str], op: &str) -> Result<(), Error> {
+    for (k, v) in &head.query {
+        if allowed.contains(&k.as_str()) || (k == "x-id" && v == op) {
+            continue;
+        }
+        return Err(Error::not_implemented(&format!("query parameter {k:?}")));
+    }
+    Ok(())
+}
+
+/// Every header must be a transport/SDK header or in `allowed`.
+fn only_headers(head: &RequestHead, allowed: &[&str]) -> Result<(), Error> {
+    for (name, _) in &head.headers {
+        if ANY_OP_HEADERS.contains(&name.as_str()) || allowed.contains(&name.as_str()) {
+            continue;
+        }
+        return Err(Error::not_implemented(&format!("header {name}")));
+    }
+    Ok(())
+}
+
+/// A request without a body may still carry a payload hash, which must then be the
+/// hash of nothing (or a marker that makes no claim).
+fn bodiless_payload_hash(head: &RequestHead) -> Result<(), Error> {
+    match head.header("x-amz-content-sha256") {
+        None | Some("UNSIGNED-PAYLOAD") => Ok(()),
+        Some(v) if v.eq_ignore_ascii_case(EMPTY_SHA256_HEX) => Ok(()),
+        Some(v) if is_hex64(v) => Err(Error::new(Code::XAmzContentSHA256Mismatch)),
+        Some(_) => Err(Error::not_implemented("x-amz-content-sha256 value")),
+    }
+}
+
+fn is_hex64(v: &str) -> bool {
+    v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn object_read(head: &RequestHead) -> Result<Conditions<'_>, Error> {
+    let op = if head.method == Method::Head {
+        "HeadObject"
+    } else {
+        "GetObject"
+    };
+    only_query(head, &[], op)?;
+    only_headers(
+        head,
+        &[
+            "range",
+            "if-match",
+            "if-none-match",
+            "x-amz-checksum-mode",
+            "cache-control",
+            "pragma",
+        ],
+    )?;
+    bodiless_payload_hash(head)?;
+    if let Some(v) = head.header("x-amz-checksum-mode") {
+        // GET always returns x-amz-checksum-sha256 for a whole object.
+        if !v.eq_ignore_ascii_case("ENABLED") {
+            return Err(Error::msg(
+                Code::InvalidArgument,
+                "x-amz-checksum-mode must be ENABLED",
+            ));
+        }
+    }
+    Ok(Conditions {
+        if_match: head.header("if-match"),
+        if_none_match: head.header("if-none-match"),
+    })
+}
+
+fn classify_list(head: &RequestHead) -> Result<ListSpec<'_>, Error> {
+    match head.query.iter().find(|(k, _)| k == "list-type") {
+        Some((_, v)) if v == "2" => {}
+        Some(_) => {
+            return Err(Error::msg(
+                Code::InvalidArgument,
+                "list-type must be 2 (ListObjectsV2)",
+            ))
+        }
+        None => {
+            return Err(Error::msg(
+                Code::NotImplemented,
+                "ListObjects (v1) is not implemented; use list-type=2",
+            ))
+        }
+    }
+    only_query(
+        head,
+        &[
+            "list-type",
+            "prefix",
+            "continuation-token",
+            "max-keys",
+            "start-after",
+            "encoding-type",
+            "fetch-owner",
+        ],
+        "ListObjectsV2",
+    )?;
+    only_headers(head, &["cache-control", "pragma"])?;
+    bodiless_payload_hash(head)?;
+    let q = |name: &str| {
+        head.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let max_keys = match q("max-keys") {
+        None => 1000,
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| {
+                Error::msg(
+                    Code::InvalidArgument,
+                    "max-keys must be a non-negative integer",
+                )
+            })?
+            .min(1000) as usize,
+    };
+    let url_encode = match q("encoding-type") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("url") => true,
+        Some(_) => {
+            return Err(Error::msg(
+                Code::InvalidArgument,
+                "encoding-type must be url",
+            ))
+        }
+    };
+    // The store keeps no owners: asking for them cannot be honoured.
+    match q("fetch-owner") {
+        None | Some("false") => {}
+        Some(_) => return Err(Error::not_implemented("fetch-owner=true")),
+    }
+    Ok(ListSpec {
+        prefix: q("prefix").unwrap_or(""),
+        continuation: q("continuation-token"),
+        start_after: q("start-after"),
+        max_keys,
+        url_encode,
+    })
+}
+
+fn classify_put(head: &RequestHead) -> Result<PutSpec, Error> {
+    only_query(head, &[], "PutObject")?;
+    only_headers(
+        head,
+        &[
+            "content-md5",
+            "content-type",
+            "content-encoding",
+            "x-amz-decoded-content-length",
+            "x-amz-trailer",
+            "x-amz-sdk-checksum-algorithm",
+            "x-amz-checksum-crc32",
+            "x-amz-checksum-sha1",
+            "x-amz-checksum-sha256",
+            "x-amz-storage-class",
+            "x-amz-acl",
+        ],
+    )?;
+    let mut spec = PutSpec::default();
+    // Object metadata the store would silently drop is refused until it is stored.
+    if let Some(ct) = head.header("content-type") {
+        let base = ct.split(';').next().unwrap_or("").trim();
+        if !base.eq_ignore_ascii_case("application/octet-stream")
+            && !base.eq_ignore_ascii_case("binary/octet-stream")
+        {
+            return Err(Error::not_implemented(
+                "Content-Type other than application/octet-stream (not stored yet)",
+            ));
+        }
+    }
+    if let Some(v) = head.header("x-amz-storage-class") {
+        if v != "STANDARD" {
+            return Err(Error::not_implemented(
+                "x-amz-storage-class other than STANDARD",
+            ));
+        }
+    }
+    if let Some(v) = head.header("x-amz-acl") {
+        if v != "private" {
+            return Err(Error::not_implemented("x-amz-acl other than private"));
+        }
+    }
+    for (name, value) in &head.headers {
+        if name != "content-encoding" {
+            continue;
+        }
+        for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if coding.eq_ignore_ascii_case("aws-chunked") {
+                spec.aws_chunked = true;
+            } else {
+                return Err(Error::not_implemented(&format!(
+                    "Content-Encoding {coding:?} (not stored yet)"
+                )));
+            }
+        }
+    }
+    if let Some(v) = head.header("x-amz-decoded-content-length") {
+        if !spec.aws_chunked {
+            return Err(Error::msg(
+                Code::InvalidRequest,
+                "x-amz-decoded-content-length without Content-Encoding: aws-chunked",
+            ));
+        }
+        let n = (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| v.parse::<u64>().ok())
+            .flatten()
+            .ok_or_else(|| {
+                Error::msg(
+                    Code::InvalidArgument,
+                    "x-amz-decoded-content-length is not a number",
+                )
+            })?;
+        spec.decoded_length = Some(n);
+    }
+    let invalid = |what: &str| Error::msg(Code::InvalidDigest, format!("{what} is not valid"));
+    if let Some(v) = head.header("content-md5") {
+        spec.md5 = Some(b64_exact(v).ok_or_else(|| invalid("Content-MD5"))?);
+    }
+    if let Some(v) = head.header("x-amz-checksum-crc32") {
+        spec.crc32 = Some(b64_exact(v).ok_or_else(|| invalid("x-amz-checksum-crc32"))?);
+    }
+    if let Some(v) = head.header("x-amz-checksum-sha1") {
+        spec.sha1 = Some(b64_exact(v).ok_or_else(|| invalid("x-amz-checksum-sha1"))?);
+    }
+    if let Some(v) = head.header("x-amz-checksum-sha256") {
+        spec.sha256 = Some(b64_exact(v).ok_or_else(|| invalid("x-amz-checksum-sha256"))?);
+    }
+    if let Some(v) = head.header("x-amz-trailer") {
+        if !spec.aws_chunked {
+            return Err(Error::msg(
+                Code::InvalidRequest,
+                "x-amz-trailer without Content-Encoding: aws-chunked",
+            ));
+        }
+        let alg = Algorithm::by_header(v.trim())
+            .ok_or_else(|| Error::not_implemented(&format!("x-amz-trailer {v:?}")))?;
+        spec.trailer = Some(alg);
+    }
+    match head.header("x-amz-content-sha256") {
+        None | Some("UNSIGNED-PAYLOAD") => {}
+        Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER") if spec.aws_chunked => {}
+        Some(v) if is_hex64(v) && !spec.aws_chunked => {
+            let mut raw = [0u8; 32];
+            for (i, b) in raw.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&v[2 * i..2 * i + 2], 16).map_err(|_| {
+                    Error::msg(Code::InvalidArgument, "x-amz-content-sha256 is not valid")
+                })?;
+            }
+            spec.content_sha256 = Some(raw);
+        }
+        // Signed chunks (STREAMING-AWS4-HMAC-SHA256-PAYLOAD...) need the signing key,
+        // which the store does not have: their signatures could not be checked.
+        Some(v) => {
+            return Err(Error::not_implemented(&format!(
+                "x-amz-content-sha256 {:?}",
+                v.get(..64).unwrap_or(v)
+            )))
+        }
+    }
+    if spec.aws_chunked && spec.decoded_length.is_none() {
+        return Err(Error::new(Code::MissingContentLength)
+            .detail("aws-chunked without x-amz-decoded-content-length"));
+    }
+    // The algorithm the SDK says it used must be one whose value is here to check.
+    if let Some(v) = head.header("x-amz-sdk-checksum-algorithm") {
+        let alg = Algorithm::by_name(v)
+            .ok_or_else(|| Error::not_implemented(&format!("checksum algorithm {v:?}")))?;
+        let sent = match alg {
+            Algorithm::Crc32 => spec.crc32.is_some(),
+            Algorithm::Sha1 => spec.sha1.is_some(),
+            Algorithm::Sha256 => spec.sha256.is_some(),
+        } || spec.trailer == Some(alg);
+        if !sent {
+            return Err(Error::msg(
+                Code::InvalidRequest,
+                format!("x-amz-sdk-checksum-algorithm {v} without its checksum value"),
+            ));
+        }
+    }
+    Ok(spec)
+}
+
+/// Percent-encode a key or prefix for `encoding-type=url` listings: everything but
+/// RFC 3986 unreserved characters and `/`, so that `+` and spaces survive the
+/// form-style decoding SDKs apply.
+pub fn url_encode_into(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::http::parse_head;
+
+    fn head(text: &str) -> RequestHead {
+        let raw = format!("{text}\r\n\r\n");
+        parse_head(raw.as_bytes(), 64 * 1024)
+            .expect("parses")
+            .expect("complete")
+            .0
+    }
+
+    fn code(text: &str, has_key: bool) -> Option<Code> {
+        classify(&head(text), has_key).err().map(|e| e.code)
+    }
+
+    #[test]
+    fn the_implemented_operations() {
+        let put = head("PUT /b/k HTTP/1.1\r\nhost: x\r\ncontent-length: 1");
+        assert!(matches!(classify(&put, true), Ok(Operation::PutObject(_))));
+        let get = head("GET /b/k HTTP/1.1\r\nrange: bytes=0-1\r\nif-match: \"e\"");
+        assert!(matches!(
+            classify(&get, true),
+            Ok(Operation::GetObject(Conditions {
+                if_match: Some("\"e\""),
+                if_none_match: None
+            }))
+        ));
+        let h = head("HEAD /b/k HTTP/1.1");
+        assert!(matches!(classify(&h, true), Ok(Operation::HeadObject(_))));
+        let d = head("DELETE /b/k HTTP/1.1\r\ncontent-length: 0");
+        assert_eq!(classify(&d, true), Ok(Operation::DeleteObject));
+        let l = head(
+            "GET /b?list-type=2&prefix=p%2F&encoding-type=url&max-keys=5000&start-after=a&fetch-owner=false HTTP/1.1",
+        );
+        assert_eq!(
+            classify(&l, false),
+            Ok(Operation::ListObjectsV2(ListSpec {
+                prefix: "p/",
+                continuation: None,
+                start_after: Some("a"),
+                max_keys: 1000,
+                url_encode: true,
+            }))
+        );
+    }
+
+    #[test]
+    fn boto3_and_curl_defaults_are_accepted() {
+        // botocore 1.44 put_object / upload_file over HTTPS (flexible checksums on).
+        let put = head(
+            "PUT /b/k HTTP/1.1\r\nHost: h\r\nAccept-Encoding: identity\r\nUser-Agent: Boto3/1.44.8\r\n\
+             Expect: 100-continue\r\nTransfer-Encoding: chunked\r\nContent-Encoding: aws-chunked\r\n\
+             X-Amz-Trailer: x-amz-checksum-crc32\r\nX-Amz-Decoded-Content-Length: 11\r\n\
+             x-amz-sdk-checksum-algorithm: CRC32\r\nX-Amz-Date: 20261129T213116Z\r\n\
+             X-Amz-Content-SHA256: STREAMING-UNSIGNED-PAYLOAD-TRAILER\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=A/20261129/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n\
+             amz-sdk-invocation-id: 64ab543d\r\namz-sdk-request: attempt=1; max=1",
+        );
+        let Ok(Operation::PutObject(spec)) = classify(&put, true) else {
+            panic!("{:?}", classify(&put, true));
+        };
+        assert!(spec.aws_chunked);
+        assert_eq!(spec.decoded_length, Some(11));
+        assert_eq!(spec.trailer, Some(Algorithm::Crc32));
+        assert_eq!(spec.wants(), (false, true, false));
+        let get = head(
+            "GET /b/k HTTP/1.1\r\nHost: h\r\nx-amz-checksum-mode: ENABLED\r\n\
+             X-Amz-Content-SHA256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        );
+        assert!(classify(&get, true).is_ok());
+        let curl = head("PUT /b/k HTTP/1.1\r\nHost: h\r\nUser-Agent: curl/8\r\nAccept: */*\r\nContent-Length: 5\r\nExpect: 100-continue");
+        assert!(classify(&curl, true).is_ok());
+    }
+
+    #[test]
+    fn unimplemented_subresources_are_501() {
+        for q in [
+            "uploads",
+            "uploadId=1",
+            "partNumber=1",
+            "tagging",
+            "acl",
+            "versionId=3",
+            "response-content-type=x",
+            "retention",
+            "legal-hold",
+            "attributes",
+        ] {
+            for m in ["PUT", "GET", "HEAD", "DELETE"] {
+                let t = format!("{m} /b/k?{q} HTTP/1.1\r\ncontent-length: 0");
+                assert_eq!(code(&t, true), Some(Code::NotImplemented), "{t}");
+            }
+        }
+        for q in [
+            "versioning",
+            "lifecycle",
+            "policy",
+            "location",
+            "cors",
+            "list-type=2&delimiter=/",
+            "list-type=2&fetch-owner=true",
+            "prefix=a",
+            "",
+        ] {
+            let t = format!("GET /b?{q} HTTP/1.1");
+            assert_eq!(code(&t, false), Some(Code::NotImplemented), "{t}");
+        }
+        assert_eq!(
+            code("GET /b?list-type=1 HTTP/1.1", false),
+            Some(Code::InvalidArgument)
+        );
+        for t in [
+            "POST /b?delete HTTP/1.1\r\ncontent-length: 0",
+            "POST /b/k?uploads HTTP/1.1\r\ncontent-length: 0",
+            "PUT /b HTTP/1.1\r\ncontent-length: 0",
+            "DELETE /b HTTP/1.1",
+            "HEAD /b HTTP/1.1",
+        ] {
+            assert_eq!(
+                code(t, !t.contains(" /b ") && !t.contains(" /b?")),
+                Some(Code::NotImplemented),
+                "{t}"
+            );
+        }
+        assert_eq!(
+            code("PATCH /b/k HTTP/1.1", true),
+            Some(Code::MethodNotAllowed)
+        );
+        assert_eq!(
+            code("OPTIONS /b/k HTTP/1.1", true),
+            Some(Code::MethodNotAllowed)
+        );
+    }
+
+    #[test]
+    fn unimplemented_headers_are_501() {
+        for h in [
+            "x-amz-copy-source: /b/other",
+            "x-amz-copy-source-range: bytes=0-1",
+            "x-amz-server-side-encryption: AES256",
+            "x-amz-server-side-encryption-customer-algorithm: AES256",
+            "x-amz-tagging: a=b",
+            "x-amz-object-lock-mode: GOVERNANCE",
+            "x-amz-website-redirect-location: /x",
+            "x-amz-grant-read: id=1",
+            "x-amz-acl: public-read",
+            "x-amz-storage-class: GLACIER",
+            "x-amz-meta-color: blue",
+            "if-none-match: *",
+            "if-match: \"x\"",
+            "if-modified-since: Sun, 06 Nov 1994 08:49:37 GMT",
+            "if-unmodified-since: Sun, 06 Nov 1994 08:49:37 GMT",
+            "content-type: text/plain",
+            "content-encoding: gzip",
+            "content-disposition: attachment",
+            "cache-control: no-cache",
+            "expires: 0",
+            "x-amz-checksum-crc32c: AAAAAA==",
+            "x-amz-checksum-crc64nvme: AAAAAAAAAAA=",
+            "x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+            "x-amz-expected-bucket-owner: 1",
+            "x-amz-request-payer: requester",
+            "x-custom: 1",
+        ] {
+            let t = format!("PUT /b/k HTTP/1.1\r\ncontent-length: 1\r\n{h}");
+            assert_eq!(code(&t, true), Some(Code::NotImplemented), "{h}");
+        }
+        for h in [
+            "if-modified-since: Sun, 06 Nov 1994 08:49:37 GMT",
+            "if-unmodified-since: Sun, 06 Nov 1994 08:49:37 GMT",
+            "x-amz-server-side-encryption-customer-key: AAAA",
+            "x-amz-meta-a: 1",
+        ] {
+            assert_eq!(
+                code(&format!("GET /b/k HTTP/1.1\r\n{h}"), true),
+                Some(Code::NotImplemented),
+                "{h}"
+            );
+        }
+        assert_eq!(
+            code("DELETE /b/k HTTP/1.1\r\nif-match: \"x\"", true),
+            Some(Code::NotImplemented)
+        );
+        assert_eq!(
+            code(
+                "GET /b?list-type=2 HTTP/1.1\r\nx-amz-optional-object-attributes: RestoreStatus",
+                false
+            ),
+            Some(Code::NotImplemented)
+        );
+    }
+
+    #[test]
+    fn malformed_values_are_400() {
+        for (h, want) in [
+            ("content-md5: nope", Code::InvalidDigest),
+            ("x-amz-checksum-sha256: AAAA", Code::InvalidDigest),
+            ("x-amz-checksum-crc32: !!", Code::InvalidDigest),
+            ("x-amz-trailer: x-amz-checksum-crc32", Code::InvalidRequest),
+            ("x-amz-decoded-content-length: 1", Code::InvalidRequest),
+            ("x-amz-sdk-checksum-algorithm: CRC32", Code::InvalidRequest),
+            ("x-amz-sdk-checksum-algorithm: CRC32C", Code::NotImplemented),
+        ] {
+            let t = format!("PUT /b/k HTTP/1.1\r\ncontent-length: 1\r\n{h}");
+            assert_eq!(code(&t, true), Some(want), "{h}");
+        }
+        assert_eq!(
+            code("GET /b?list-type=2&max-keys=ten HTTP/1.1", false),
+            Some(Code::InvalidArgument)
+        );
+        assert_eq!(
+            code("GET /b?list-type=2&encoding-type=base64 HTTP/1.1", false),
+            Some(Code::InvalidArgument)
+        );
+        assert_eq!(
+            code("GET /b/k HTTP/1.1\r\nx-amz-content-sha256: 0000000000000000000000000000000000000000000000000000000000000000", true),
+            Some(Code::XAmzContentSHA256Mismatch)
+        );
+        assert_eq!(
+            code(
+                "PUT /b/k HTTP/1.1\r\ncontent-length: 1\r\ncontent-encoding: aws-chunked",
+                true
+            ),
+            Some(Code::MissingContentLength)
+        );
+    }
+
+    #[test]
+    fn put_checksums_are_verified() {
+        use base64::engine::general_purpose::STANDARD;
+        let body = b"hello world";
+        let sha256: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body)
+            .as_ref()
+            .try_into()
+            .unwrap();
+        let crc = crc32fast::hash(body).to_be_bytes();
+        let d = BodyDigests {
+            sha256: &sha256,
+            md5: None,
+            crc32: Some(&crc),
+            sha1: None,
+        };
+        let put = |extra: &str| {
+            let t = format!("PUT /b/k HTTP/1.1\r\ncontent-length: 11\r\n{extra}");
+            match classify(&head(&t), true) {
+                Ok(Operation::PutObject(spec)) => spec,
+                other => panic!("{other:?}"),
+            }
+        };
+        let spec = put(&format!("x-amz-checksum-crc32: {}", STANDARD.encode(crc)));
+        assert_eq!(spec.verify(11, &d, b""), Ok(()));
+        let spec = put(&format!(
+            "x-amz-checksum-crc32: {}",
+            STANDARD.encode([0u8; 4])
+        ));
+        assert_eq!(spec.verify(11, &d, b"").unwrap_err().code, Code::BadDigest);
+        let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
+        let spec = put(&format!("x-amz-content-sha256: {hex}"));
+        assert_eq!(spec.verify(11, &d, b""), Ok(()));
+        let other = [7u8; 32];
+        let d2 = BodyDigests {
+            sha256: &other,
+            ..d
+        };
+        assert_eq!(
+            spec.verify(11, &d2, b"").unwrap_err().code,
+            Code::XAmzContentSHA256Mismatch
+        );
+
+        // aws-chunked with a CRC32 trailer: right, wrong, missing, and a short body.
+        let spec = put(
+            "content-encoding: aws-chunked\r\nx-amz-decoded-content-length: 11\r\nx-amz-trailer: x-amz-checksum-crc32\r\nx-amz-content-sha256: STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        );
+        let good = format!("x-amz-checksum-crc32:{}\r\n\r\n", STANDARD.encode(crc));
+        assert_eq!(spec.verify(11, &d, good.as_bytes()), Ok(()));
+        let bad = format!("x-amz-checksum-crc32:{}\r\n\r\n", STANDARD.encode([1u8; 4]));
+        assert_eq!(
+            spec.verify(11, &d, bad.as_bytes()).unwrap_err().code,
+            Code::BadDigest
+        );
+        assert_eq!(
+            spec.verify(11, &d, b"\r\n").unwrap_err().code,
+            Code::InvalidRequest
+        );
+        assert_eq!(
+            spec.verify(10, &d, good.as_bytes()).unwrap_err().code,
+            Code::IncompleteBody
+        );
+    }
+
+    #[test]
+    fn conditions() {
+        let e = "\"abc\"";
+        let c = |m: Option<&'static str>, n: Option<&'static str>| {
+            Conditions {
+                if_match: m,
+                if_none_match: n,
+            }
+            .evaluate(e)
+        };
+        assert_eq!(c(None, None), Precondition::Proceed);
+        assert_eq!(c(Some("\"abc\""), None), Precondition::Proceed);
+        assert_eq!(c(Some("\"x\", \"abc\""), None), Precondition::Proceed);
+        assert_eq!(c(Some("*"), None), Precondition::Proceed);
+        assert_eq!(c(Some("\"x\""), None), Precondition::Failed);
+        assert_eq!(
+            c(Some("W/\"abc\""), None),
+            Precondition::Failed,
+            "If-Match is strong"
+        );
+        assert_eq!(c(None, Some("W/\"abc\"")), Precondition::NotModified);
+        assert_eq!(c(None, Some("*")), Precondition::NotModified);
+        assert_eq!(c(None, Some("\"x\"")), Precondition::Proceed);
+        assert_eq!(c(Some("\"x\""), Some("\"abc\"")), Precondition::Failed);
+    }
+
+    #[test]
+    fn request_ids() {
+        let p = RequestId::prefix(0xBEEF, 3);
+        let a = RequestId::new(p, 0);
+        let b = RequestId::new(p, 1);
+        assert_eq!(a.as_str(), "BEEF003000000000");
+        assert_eq!(b.as_str(), "BEEF003000000001");
+        assert_ne!(RequestId::new(RequestId::prefix(0xBEEF, 4), 1), b);
+        assert_eq!(a.as_str().len(), 16);
+    }
+
+    #[test]
+    fn error_documents() {
+        let id = RequestId::new(RequestId::prefix(1, 2), 3);
+        let e = Error::new(Code::AccessDenied).detail("authz rule 0 (spiffe://x/*) lacks write");
+        let mut out = Vec::new();
+        error_xml(&mut out, &e, "/b/<k>", &id);
+        let xml = String::from_utf8(out).unwrap();
+        assert_eq!(
+            xml,
+            format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message><Resource>/b/&lt;k&gt;</Resource><RequestId>{id}</RequestId></Error>\n")
+        );
+        assert!(!xml.contains("authz"));
+        let codes = [
+            (Code::NoSuchKey, 404),
+            (Code::NoSuchBucket, 404),
+            (Code::EntityTooLarge, 413),
+            (Code::RequestTimeout, 408),
+            (Code::MissingContentLength, 411),
+            (Code::RequestHeaderSectionTooLarge, 431),
+            (Code::MethodNotAllowed, 405),
+            (Code::InvalidRange, 416),
+            (Code::NotImplemented, 501),
+            (Code::SlowDown, 503),
+            (Code::InternalError, 500),
+            (Code::InsufficientStorage, 507),
+        ];
+        for (c, st) in codes {
+            assert_eq!(c.status(), st, "{c:?}");
+            assert_eq!(format!("{c:?}"), c.as_str());
+        }
+    }
+
+    #[test]
+    fn url_encoding_for_listings() {
+        let mut s = String::new();
+        url_encode_into(&mut s, "a b/c+d%\u{1}é");
+        assert_eq!(s, "a%20b/c%2Bd%25%01%C3%A9");
+    }
+}
