@@ -582,3 +582,136 @@ fn check_refuses_what_would_not_be_enforced_and_says_how_to_write_it() {
         "{out}"
     );
 }
+
+fn store_backend(lab: &Lab) -> String {
+    let root = lab.path("data");
+    std::fs::create_dir_all(root.join("datasets")).unwrap();
+    format!(
+        "kind = \"store\"\nroot = \"{}\"\nfsync = \"never\"",
+        root.display()
+    )
+}
+
+fn put(c: &mut TlsClient, key: &str, body: &[u8]) -> Response {
+    let mut raw = format!(
+        "PUT /datasets/{key} HTTP/1.1\r\nhost: lake\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    c.request(&raw)
+}
+
+fn get(c: &mut TlsClient, key: &str) -> std::io::Result<Response> {
+    c.try_request(format!("GET /datasets/{key} HTTP/1.1\r\nhost: lake\r\n\r\n").as_bytes())
+}
+
+#[test]
+fn a_keep_alive_connection_is_re_judged_after_a_revocation_and_a_removed_rule() {
+    let lab = Lab::new();
+    let backend = store_backend(&lab);
+    let (port, admin) = (free_port(), free_port());
+    let cfg = lab.config(port, admin, "", &backend);
+    let srv = Server::spawn_config(&lab, port, admin, &cfg);
+    let mut alice = TlsClient::connect(port, client_config(&lab, Some("alice"), false)).unwrap();
+    let mut carol = TlsClient::connect(port, client_config(&lab, Some("carol"), false)).unwrap();
+    assert_eq!(put(&mut alice, "a.bin", b"alice").0, 201);
+    assert_eq!(get(&mut carol, "a.bin").unwrap().0, 200);
+
+    // Alice is revoked and carol's rule is removed, while both connections stay open.
+    let d = lab.dir.path().to_str().unwrap().to_string();
+    lakegate(&[
+        "pki", "crl", "--dir", &d, "--revoke", "bob", "--revoke", "alice",
+    ]);
+    reload_with(&srv, &cfg, |t| {
+        t.replace(
+            "[[authz]]",
+            "[[authz]]\nidentity = \"spiffe://lake.example/trainer/carol\"\naccess = []\n\n[[authz]]",
+        )
+    });
+    let (status, headers, body) = get(&mut alice, "a.bin").unwrap();
+    assert_eq!(
+        status, 403,
+        "a revoked client was served on its open connection"
+    );
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("<Code>AccessDenied</Code>"), "{body}");
+    assert!(
+        !body.contains("revoked") && !body.contains("authz"),
+        "{body}"
+    );
+    assert_eq!(header(&headers, "connection"), Some("close"));
+    assert!(
+        get(&mut alice, "a.bin").is_err(),
+        "the connection is closed after"
+    );
+    let rid = header(&headers, "x-amz-request-id").unwrap().to_string();
+    assert!(
+        srv.log_line_with(&[&rid, "revoked"]).is_some(),
+        "{}",
+        srv.log_plain()
+    );
+
+    let (status, _, body) = get(&mut carol, "a.bin").unwrap();
+    assert_eq!(
+        status, 403,
+        "a removed rule still served an open connection"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("AccessDenied"));
+    assert_eq!(
+        srv.metric(
+            "lakegate_connections_closed_by_policy_total",
+            "reason=\"revoked\""
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_keep_alive_connection_stops_being_served_when_its_certificate_expires() {
+    let lab = Lab::new();
+    openssl_client(
+        &lab,
+        "brief",
+        "/CN=brief",
+        Some("URI:spiffe://lake.example/trainer/brief"),
+        Some(&openssl_end_in(4)),
+    );
+    let srv = Server::start(&lab, "", &store_backend(&lab));
+    let mut c = TlsClient::connect(srv.port, client_of(&lab, "brief")).unwrap();
+    assert_eq!(put(&mut c, "b.bin", b"brief").0, 201);
+    std::thread::sleep(Duration::from_secs(5));
+    let (status, headers, _) = get(&mut c, "b.bin").unwrap();
+    assert_eq!(status, 403);
+    assert_eq!(header(&headers, "connection"), Some("close"));
+    assert_eq!(
+        srv.metric(
+            "lakegate_connections_closed_by_policy_total",
+            "reason=\"expired\""
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_store_connection_is_closed_after_the_request_in_flight_at_max_connection_age() {
+    let lab = Lab::new();
+    let srv = Server::start(&lab, "max_connection_age = \"2s\"", &store_backend(&lab));
+    let mut c = TlsClient::connect(srv.port, client_config(&lab, Some("alice"), false)).unwrap();
+    let (status, headers, _) = put(&mut c, "c.bin", b"young");
+    assert_eq!(status, 201);
+    assert_eq!(header(&headers, "connection"), None);
+    std::thread::sleep(Duration::from_millis(2200));
+    // The request in flight is served, and told the connection ends with it.
+    let (status, headers, body) = get(&mut c, "c.bin").unwrap();
+    assert_eq!((status, body.as_slice()), (200, &b"young"[..]));
+    assert_eq!(header(&headers, "connection"), Some("close"));
+    assert!(get(&mut c, "c.bin").is_err());
+    assert_eq!(
+        srv.metric(
+            "lakegate_connections_closed_by_policy_total",
+            "reason=\"max_connection_age\""
+        ),
+        1.0
+    );
+}

@@ -124,7 +124,9 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
     let close = match &gen.config.backend {
         Backend::Forward { .. } => super::forward::relay(&w, &gen, client, peer, est, &log).await,
         Backend::Store { .. } => match &gen.store {
-            Some(store) => super::store::serve(&w, &gen, store, client, peer, est, &log).await,
+            Some(store) => {
+                super::store::serve(&w, gen.clone(), store, client, peer, est, &log).await
+            }
             None => {
                 refuse(&client, est, &log).await;
                 "no store"

@@ -12,6 +12,7 @@ use tokio_uring::buf::BoundedBuf;
 
 use super::driver::{ConnLog, Established};
 use super::io::{read_idle, Stream, WaitError};
+use super::io::{unix_now, until_unix};
 use super::shared::Generation;
 use super::worker::Worker;
 use crate::config::{Backend, ProxyProtocol, Upstream};
@@ -19,25 +20,8 @@ use crate::proto::proxy_v2;
 use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
 use crate::tls::policy::FailReason;
-use rustls_pki_types::{CertificateDer, UnixTime};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// The wall clock as rustls's verifier takes it.
-pub(crate) fn unix_now() -> UnixTime {
-    UnixTime::since_unix_epoch(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
-}
-
-/// How long until the Unix time `t` (zero if past).
-pub(crate) fn until_unix(t: i64) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_secs(u64::try_from(t).unwrap_or(0)).saturating_sub(now)
-}
+use rustls_pki_types::CertificateDer;
+use std::time::Duration;
 
 /// Relay until both directions are done; returns the close reason for the log.
 pub async fn relay(

@@ -97,3 +97,23 @@ where
         }
     }
 }
+
+/// The wall clock as rustls's verifier takes it (certificate validity is wall time).
+pub fn unix_now() -> rustls_pki_types::UnixTime {
+    rustls_pki_types::UnixTime::since_unix_epoch(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// The wall clock in Unix seconds.
+pub fn unix_secs() -> i64 {
+    i64::try_from(unix_now().as_secs()).unwrap_or(i64::MAX)
+}
+
+/// How long until the Unix time `t` (zero if past).
+pub fn until_unix(t: i64) -> std::time::Duration {
+    let now = std::time::Duration::from_secs(unix_now().as_secs());
+    std::time::Duration::from_secs(u64::try_from(t).unwrap_or(0)).saturating_sub(now)
+}

@@ -8,12 +8,15 @@
 
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
+
+use rustls_pki_types::CertificateDer;
 
 use tokio_uring::buf::BoundedBuf;
 
 use super::driver::{ConnLog, Established};
-use super::io::{read_idle, Stream, WaitError};
+use super::io::{read_idle, unix_now, unix_secs, Stream, WaitError};
 use super::shared::Generation;
 use super::worker::Worker;
 use crate::authz::{Access, Decision};
@@ -25,6 +28,7 @@ use crate::proto::s3::{
 use crate::proto::slow::{BodyRate, HeadClock};
 use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
+use crate::tls::policy::FailReason;
 
 /// Largest request head accepted; larger is 431.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -39,7 +43,13 @@ const BODY_TOO_SLOW: End = "request body too slow";
 
 struct Conn<'a> {
     w: &'a Rc<Worker>,
-    gen: &'a Generation,
+    /// The generation this connection was last judged under; swapped for the running
+    /// one (after re-judging) before each request.
+    gen: Arc<Generation>,
+    /// The verified client chain, to re-judge the connection under a new generation.
+    chain: Vec<CertificateDer<'static>>,
+    /// When the connection was accepted, for `max_connection_age`.
+    accepted: Instant,
     client: Stream,
     tls: TlsConn,
     inb: Vec<u8>,
@@ -71,7 +81,7 @@ struct Conn<'a> {
 /// Serve HTTP requests until the client closes or an error ends the connection.
 pub async fn serve(
     w: &Rc<Worker>,
-    gen: &Generation,
+    gen: Arc<Generation>,
     store: &Store,
     client: Stream,
     peer: SocketAddr,
@@ -85,12 +95,16 @@ pub async fn serve(
         plain,
         out,
         identity,
+        chain,
+        accepted,
         ..
     } = est;
     let tls_closed = tls.peer_closed();
     let mut c = Conn {
         w,
         gen,
+        chain,
+        accepted,
         client,
         tls,
         inb,
@@ -123,12 +137,43 @@ pub async fn serve(
 impl Conn<'_> {
     async fn run(&mut self, store: &Store) -> End {
         loop {
-            let head = match self.read_head().await {
+            let mut head = match self.read_head().await {
                 Ok(Some(h)) => h,
                 Ok(None) => return "closed",
                 Err(e) => return e,
             };
             let start = Instant::now();
+            if let Err(why) = self.rejudge() {
+                // The certificate this connection was admitted with no longer passes:
+                // answer this request 403 and close, whatever the rules would say.
+                head.keep_alive = false;
+                self.w.stats.policy_close(Some(why));
+                let e = s3::Error::new(Code::AccessDenied).detail(format!(
+                    "connection re-judged under the running policy: {}",
+                    why.as_str()
+                ));
+                let _ = self.error(&head, "-", "-", e, start).await;
+                return "no longer admitted";
+            }
+            let aged = self
+                .gen
+                .config
+                .server
+                .max_connection_age
+                .is_some_and(|age| self.accepted.elapsed() >= age);
+            let draining = self
+                .w
+                .shared
+                .draining
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if aged || draining {
+                // Said on this response, so the client does not send another request
+                // into a connection we are about to close.
+                head.keep_alive = false;
+            }
+            if aged {
+                self.w.stats.policy_close(None);
+            }
             let keep = match self.request(store, &head, start).await {
                 Ok(keep) => keep,
                 Err(e) => return e,
@@ -145,6 +190,26 @@ impl Conn<'_> {
                 return "draining";
             }
         }
+    }
+
+    /// Hold the connection to the running policy: if a reload or CRL refresh installed a
+    /// new generation since the last request, the client chain must pass its verifier
+    /// (anchors, CRLs, validity); and the certificate must not have expired meanwhile.
+    /// `[[authz]]` is then checked per request against the new generation's rules.
+    fn rejudge(&mut self) -> Result<(), FailReason> {
+        if self.identity.not_after <= unix_secs() {
+            return Err(FailReason::Expired);
+        }
+        // A guard, not a clone: no reference-count traffic shared with other workers
+        // on the common path where nothing changed.
+        let cur = self.w.shared.current.load();
+        if Arc::ptr_eq(&cur, &self.gen) {
+            return Ok(());
+        }
+        let cur = arc_swap::Guard::into_inner(cur);
+        cur.still_admits(&self.chain, &self.identity, unix_now())?;
+        self.gen = cur;
+        Ok(())
     }
 
     /// Read until a full request head is buffered. Ok(None) on a clean close between
