@@ -50,6 +50,101 @@ pub struct Config {
     pub tokens: Option<Tokens>,
 }
 
+impl Config {
+    /// Every setting of `[server]`, `[tls]`, `[admin]` and `[backend]` with the value
+    /// in force (defaults filled in), one `key = value` each, as `lakegate check`
+    /// prints them: what an operator reads to know what the file really means.
+    pub fn effective(&self) -> Vec<(&'static str, String)> {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let p = |p: &Path| p.display().to_string();
+        let s = &self.server;
+        let t = &self.tls;
+        let mut v = vec![
+            ("server.listen", s.listen.to_string()),
+            ("server.workers", s.workers.to_string()),
+            ("server.cores", format!("{:?}", s.cores)),
+            ("server.steer_by_cpu", s.steer_by_cpu.to_string()),
+            ("server.sqpoll", s.sqpoll.to_string()),
+            ("server.max_connections", s.max_connections.to_string()),
+            ("server.max_object_size", s.max_object_size.to_string()),
+            ("server.handshake_timeout", d(s.handshake_timeout)),
+            ("server.idle_timeout", d(s.idle_timeout)),
+            ("server.request_head_timeout", d(s.request_head_timeout)),
+            (
+                "server.min_body_rate",
+                s.min_body_rate.map_or("off".into(), |r| {
+                    format!("{} bytes / {}", r.bytes, d(r.window))
+                }),
+            ),
+            (
+                "server.max_connection_age",
+                s.max_connection_age.map_or("unlimited".into(), d),
+            ),
+            ("server.drain_timeout", d(s.drain_timeout)),
+            ("tls.cert", p(&t.cert)),
+            ("tls.key", p(&t.key)),
+            ("tls.client_ca", p(&t.client_ca)),
+            (
+                "tls.crl",
+                format!("{:?}", t.crl.iter().map(|c| p(c)).collect::<Vec<_>>()),
+            ),
+            ("tls.crl_refresh", d(t.crl_refresh)),
+            ("tls.crl_stale", format!("{:?}", t.crl_stale).to_lowercase()),
+            ("tls.versions", format!("{:?}", t.versions)),
+            ("tls.cipher_suites", format!("{:?}", t.cipher_suites)),
+            ("tls.session_tickets", t.session_tickets.to_string()),
+            (
+                "tls.ticket_key_file",
+                t.ticket_key_file
+                    .as_deref()
+                    .map_or("(keys of this process)".into(), p),
+            ),
+            ("tls.ticket_lifetime", d(t.ticket_lifetime)),
+            (
+                "admin.listen",
+                self.admin.listen.map_or("off".into(), |a| a.to_string()),
+            ),
+            (
+                "admin.token_file",
+                self.admin
+                    .token_file
+                    .as_deref()
+                    .map_or("(none: POST /reload refused)".into(), p),
+            ),
+        ];
+        match &self.backend {
+            Backend::Store { root, fsync } => {
+                v.push(("backend.kind", "store".into()));
+                v.push(("backend.root", p(root)));
+                v.push(("backend.fsync", format!("{fsync:?}").to_lowercase()));
+            }
+            Backend::Forward {
+                upstream,
+                proxy_protocol,
+                proxy_protocol_client_cert,
+            } => {
+                v.push(("backend.kind", "forward".into()));
+                v.push((
+                    "backend.upstream",
+                    match upstream {
+                        Upstream::Tcp(a) => a.to_string(),
+                        Upstream::Unix(u) => format!("unix:{}", u.display()),
+                    },
+                ));
+                v.push((
+                    "backend.proxy_protocol",
+                    proxy_protocol.map_or("off".into(), |x| format!("{x:?}").to_lowercase()),
+                ));
+                v.push((
+                    "backend.proxy_protocol_client_cert",
+                    proxy_protocol_client_cert.to_string(),
+                ));
+            }
+        }
+        v
+    }
+}
+
 /// The `[server]` section, with `workers` and `cores` resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Server {

@@ -105,6 +105,10 @@ fn main() -> ExitCode {
                 c.server.workers, c.server.cores, c.server.steer_by_cpu, c.server.sqpoll
             );
             print!("{}", pol.summary.render());
+            println!("effective settings:");
+            for (key, value) in c.effective() {
+                println!("  {key} = {value}");
+            }
             match (c.admin.listen, &c.admin.token_file) {
                 (None, _) => println!("admin:               off"),
                 (Some(a), Some(f)) => println!(

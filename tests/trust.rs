@@ -715,3 +715,299 @@ fn a_store_connection_is_closed_after_the_request_in_flight_at_max_connection_ag
         1.0
     );
 }
+
+/// One setting the walk below changes: where it lives, what it is set to, and whether
+/// `check` must refuse it (`Err(what the message says)`) or accept it and show it in
+/// force.
+struct Case {
+    key: &'static str,
+    forward: bool,
+    value: String,
+    refused: Option<&'static str>,
+}
+
+fn render(sections: &[(&str, Vec<(String, String)>)]) -> String {
+    let mut out = String::new();
+    for (name, kvs) in sections {
+        out.push_str(&format!("[{name}]\n"));
+        for (k, v) in kvs {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Keys of the TOML block in DESIGN.md (commented ones included), as `section.key`.
+fn design_keys() -> Option<Vec<String>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/DESIGN.md");
+    let text = std::fs::read_to_string(path).ok()?;
+    let block = text.split("```toml").nth(1)?.split("```").next()?;
+    let mut section = String::new();
+    let mut keys = Vec::new();
+    for line in block.lines().map(str::trim) {
+        if let Some(s) = line.strip_prefix("[[").or_else(|| line.strip_prefix('[')) {
+            section = s.split(']').next().unwrap_or("").to_string();
+            continue;
+        }
+        let l = line.trim_start_matches('#').trim();
+        if let Some((k, _)) = l.split_once('=') {
+            let k = k.trim();
+            if !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                keys.push(format!("{section}.{k}"));
+            }
+        }
+    }
+    Some(keys)
+}
+
+#[test]
+fn every_design_key_changes_what_runs_or_is_refused() {
+    let lab = Lab::new();
+    let d = lab.dir.path();
+    let q = |s: &str| format!("\"{s}\"");
+    write_secret(&lab.path("fleet.key"), &random_ticket_key());
+    write_secret(&lab.path("other.token"), &format!("{}\n", "t".repeat(48)));
+    std::fs::write(lab.path("jwks.json"), "{\"keys\":[]}").unwrap();
+    let pk8 = Command::new("openssl")
+        .args(["pkey", "-in", d.join("server.key").to_str().unwrap()])
+        .output()
+        .unwrap();
+    std::fs::write(lab.path("server-pk8.key"), pk8.stdout).unwrap();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::create_dir_all(d.join("data2")).unwrap();
+    lakegate(&["pki", "crl", "--dir", d.join("other").to_str().unwrap()]);
+    let base = |forward: bool| -> Vec<(&'static str, Vec<(String, String)>)> {
+        let backend = if forward {
+            vec![
+                ("kind".into(), q("forward")),
+                ("upstream".into(), q("127.0.0.1:9")),
+            ]
+        } else {
+            vec![("kind".into(), q("store")), ("root".into(), q("data"))]
+        };
+        vec![
+            (
+                "server",
+                vec![
+                    ("listen".into(), q("127.0.0.1:18443")),
+                    ("workers".into(), "1".into()),
+                ],
+            ),
+            (
+                "tls",
+                vec![
+                    ("cert".into(), q("server.crt")),
+                    ("key".into(), q("server.key")),
+                    ("client_ca".into(), q("ca.crt")),
+                    ("crl".into(), "[\"crl.pem\"]".into()),
+                ],
+            ),
+            (
+                "admin",
+                vec![
+                    ("listen".into(), q("127.0.0.1:19090")),
+                    ("token_file".into(), q("admin.token")),
+                ],
+            ),
+            ("backend", backend),
+            (
+                "[authz]",
+                vec![("identity".into(), q("spiffe://lake.example/trainer/*"))],
+            ),
+        ]
+    };
+    let c = |key: &'static str, value: &str| Case {
+        key,
+        forward: false,
+        value: value.to_string(),
+        refused: None,
+    };
+    let fwd = |key: &'static str, value: &str| Case {
+        key,
+        forward: true,
+        value: value.to_string(),
+        refused: None,
+    };
+    let no = |key: &'static str, value: &str, why: &'static str| Case {
+        key,
+        forward: false,
+        value: value.to_string(),
+        refused: Some(why),
+    };
+    let cases = vec![
+        c("server.listen", &q("127.0.0.1:18444")),
+        c("server.workers", "2"),
+        c("server.cores", "[1]"),
+        c("server.steer_by_cpu", "false"),
+        c("server.sqpoll", "true"),
+        c("server.max_connections", "10"),
+        c("server.max_object_size", &q("1MiB")),
+        c("server.handshake_timeout", &q("3s")),
+        c("server.idle_timeout", &q("7s")),
+        c("server.request_head_timeout", &q("4s")),
+        c("server.min_body_rate", &q("off")),
+        c("server.max_connection_age", &q("0")),
+        c("server.drain_timeout", &q("5s")),
+        c("tls.cert", &q("server-chain.crt")),
+        c("tls.key", &q("server-pk8.key")),
+        c("tls.client_ca", &q("other/ca.crt")),
+        c("tls.crl", "[]"),
+        c("tls.crl_refresh", &q("5s")),
+        c("tls.versions", "[\"1.2\", \"1.3\"]"),
+        c("tls.cipher_suites", "[\"TLS13_AES_256_GCM_SHA384\"]"),
+        c("tls.session_tickets", "false"),
+        c("tls.ticket_key_file", &q("fleet.key")),
+        c("tls.ticket_lifetime", &q("1h")),
+        c("tls.crl_stale", &q("refuse")),
+        c("admin.listen", &q("127.0.0.1:19091")),
+        c("admin.token_file", &q("other.token")),
+        // Forward base, compared with the store base.
+        fwd("backend.kind", &q("forward")),
+        c("backend.root", &q("data2")),
+        c("backend.fsync", &q("never")),
+        fwd("backend.upstream", &q("127.0.0.1:10")),
+        fwd("backend.proxy_protocol", &q("v2")),
+        fwd("backend.proxy_protocol_client_cert", "true"),
+        no(
+            "backend.endpoints",
+            "[\"http://127.0.0.1:8333\"]",
+            "only valid with kind = \"s3\"",
+        ),
+        no(
+            "backend.region",
+            &q("us-east-1"),
+            "only valid with kind = \"s3\"",
+        ),
+        no(
+            "backend.credentials",
+            &q("s3.toml"),
+            "only valid with kind = \"s3\"",
+        ),
+        no(
+            "backend.bucket_map",
+            "{ datasets = \"lake\" }",
+            "only valid with kind = \"s3\"",
+        ),
+        no(
+            "backend.tenant_prefix",
+            "true",
+            "only valid with kind = \"s3\"",
+        ),
+        c("authz.identity", &q("dns:*.lake.example")),
+        c("authz.buckets", "[\"datasets\"]"),
+        c("authz.access", "[\"read\"]"),
+        no("tokens.jwks", &q("jwks.json"), "not implemented"),
+        no(
+            "tokens.issuer",
+            &q("https://auth.lake.example"),
+            "not implemented",
+        ),
+        no("tokens.audience", &q("lakegate"), "not implemented"),
+        no("tokens.cert_bound", "true", "not implemented"),
+        no("tokens.required", "true", "not implemented"),
+        no("tokens.leeway", &q("30s"), "not implemented"),
+    ];
+    // A key DESIGN.md documents and this walk forgot is a failure, not a gap.
+    match design_keys() {
+        Some(keys) => {
+            for k in keys {
+                assert!(
+                    cases.iter().any(|c| c.key == k),
+                    "DESIGN.md documents {k}, which this walk does not try"
+                );
+            }
+        }
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "../shared/DESIGN.md is missing under CI"
+            );
+            println!("warning: ../shared/DESIGN.md not found; walking the built-in key list only");
+        }
+    }
+    let cfg = lab.path("walk.toml");
+    let run = |text: &str| {
+        std::fs::write(&cfg, text).unwrap();
+        check(&cfg)
+    };
+    let line_of = |out: &str, key: &str| -> Option<String> {
+        let prefix = format!("  {key} = ");
+        out.lines()
+            .find(|l| l.starts_with(&prefix))
+            .map(str::to_string)
+    };
+    let authz_lines = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with("  ["))
+            .map(str::to_string)
+            .collect()
+    };
+    for forward in [false, true] {
+        let (code, _, err) = run(&render(&base(forward)));
+        assert_eq!(code, 0, "base config (forward {forward}): {err}");
+    }
+    for case in &cases {
+        let (section, key) = case.key.split_once('.').unwrap();
+        // A key that only means something beside another (proxy_protocol_client_cert
+        // needs proxy_protocol) gets it on both sides of the comparison.
+        let with_needed = |mut conf: Vec<(&'static str, Vec<(String, String)>)>| {
+            if key == "proxy_protocol_client_cert" {
+                let b = conf.iter_mut().find(|(n, _)| *n == "backend").unwrap();
+                b.1.push(("proxy_protocol".into(), q("v2")));
+            }
+            conf
+        };
+        let mut conf = with_needed(base(case.forward));
+        // The kind is compared against the other kind's complete section.
+        let (code0, before, _) = run(&render(&with_needed(base(case.forward && key != "kind"))));
+        assert_eq!(code0, 0);
+        let table = if section == "authz" {
+            "[authz]"
+        } else {
+            section
+        };
+        if section == "tokens" && !conf.iter().any(|(n, _)| *n == "tokens") {
+            conf.push((
+                "tokens",
+                vec![
+                    ("jwks".into(), q("jwks.json")),
+                    ("issuer".into(), q("i")),
+                    ("audience".into(), q("a")),
+                ],
+            ));
+        }
+        let sec = conf.iter_mut().find(|(n, _)| *n == table).expect(case.key);
+        sec.1.retain(|(k, _)| k != key);
+        sec.1.push((key.to_string(), case.value.clone()));
+        let (code, out, err) = run(&render(&conf));
+        match case.refused {
+            Some(why) => {
+                assert_eq!(
+                    code, 1,
+                    "{} = {} was accepted:\n{out}",
+                    case.key, case.value
+                );
+                assert!(
+                    err.contains(why) && (err.contains(case.key) || section == "tokens"),
+                    "{}: {err}",
+                    case.key
+                );
+            }
+            None => {
+                assert_eq!(code, 0, "{} = {}: {err}", case.key, case.value);
+                if section == "authz" {
+                    assert_ne!(authz_lines(&before), authz_lines(&out), "{}", case.key);
+                } else {
+                    let (b, a) = (line_of(&before, case.key), line_of(&out, case.key));
+                    assert!(a.is_some(), "check does not show {}:\n{out}", case.key);
+                    assert_ne!(
+                        b, a,
+                        "{} = {} changed nothing check shows",
+                        case.key, case.value
+                    );
+                }
+            }
+        }
+    }
+}

@@ -503,12 +503,14 @@ impl Conn<'_> {
         if !is_head {
             resp.extend_from_slice(&body);
         }
-        let sent = self.send(&resp).await;
+        // Logged before the client hears of it, so the reason is on record by the time
+        // anyone can ask about the request id.
         tracing::info!(
             target: "access",
             request_id = %rid, identity = self.identity.name(), status, code = e.code.as_str(),
             reason = e.detail.as_deref().unwrap_or(&e.message), "request refused"
         );
+        let sent = self.send(&resp).await;
         let method = head.map_or("-", |h| h.method_str.as_str());
         self.access(method, bucket, key, status, 0, start);
         sent
