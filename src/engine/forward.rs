@@ -132,6 +132,7 @@ pub async fn relay(
         r
     };
     let limits = Limits {
+        gen,
         chain: &chain,
         identity: &identity,
         accepted,
@@ -185,6 +186,8 @@ async fn connect(u: &Upstream) -> std::io::Result<Stream> {
 
 /// What a relay is held to while it runs.
 struct Limits<'a> {
+    /// The generation the relay was admitted under.
+    gen: &'a Generation,
     chain: &'a [CertificateDer<'static>],
     identity: &'a Identity,
     accepted: Instant,
@@ -222,27 +225,42 @@ impl Relay<'_> {
     ) -> Option<Option<FailReason>> {
         let mut gens = self.w.generation.clone();
         gens.borrow_and_update();
+        // The handshake ran under the generation of its accept; a reload may have come
+        // since (before this worker's watch saw it): judge under the running one now.
+        let cur = self.w.shared.current.load();
+        let stale = !std::ptr::eq(&**cur, limits.gen);
         let expiry = Instant::now() + until_unix(limits.identity.not_after);
         let deadline = match limits.max_age {
             Some(age) => expiry.min(limits.accepted + age),
             None => expiry,
         };
-        let why = loop {
-            tokio::select! {
-                _ = done.notified() => return None,
-                changed = gens.changed() => {
-                    if changed.is_err() {
-                        // The worker is gone; the drain ends the relay.
-                        done.notified().await;
-                        return None;
+        let first = if stale {
+            cur.still_admits(limits.chain, limits.identity, unix_now())
+                .err()
+        } else {
+            None
+        };
+        drop(cur);
+        let why = if first.is_some() {
+            first
+        } else {
+            loop {
+                tokio::select! {
+                    _ = done.notified() => return None,
+                    changed = gens.changed() => {
+                        if changed.is_err() {
+                            // The worker is gone; the drain ends the relay.
+                            done.notified().await;
+                            return None;
+                        }
+                        let gen = gens.borrow_and_update().clone();
+                        if let Err(r) = gen.still_admits(limits.chain, limits.identity, unix_now()) {
+                            break Some(r);
+                        }
                     }
-                    let gen = gens.borrow_and_update().clone();
-                    if let Err(r) = gen.still_admits(limits.chain, limits.identity, unix_now()) {
-                        break Some(r);
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        break if Instant::now() >= expiry { Some(FailReason::Expired) } else { None };
                     }
-                }
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    break if Instant::now() >= expiry { Some(FailReason::Expired) } else { None };
                 }
             }
         };
