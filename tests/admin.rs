@@ -363,18 +363,6 @@ fn without_a_token_file_reload_is_refused_and_sighup_still_reloads() {
     assert!(eventually(|| reloads(&srv) == (1.0, 0.0)));
 }
 
-fn check(cfg: &Path) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(["check", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_and_serve_refuse_a_token_file_others_can_read() {
     let lab = Lab::new();
@@ -389,7 +377,7 @@ fn check_and_serve_refuse_a_token_file_others_can_read() {
     let token = lab.admin_token();
 
     chmod(&token_file, 0o644);
-    let (code, _, err) = check(&cfg);
+    let (code, _, err) = check_config(&cfg);
     assert_eq!(code, 1, "{err}");
     for needle in [
         &cfg.display().to_string(),
@@ -409,7 +397,7 @@ fn check_and_serve_refuse_a_token_file_others_can_read() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("mode 0644"));
 
     chmod(&token_file, 0o600);
-    let (code, out, err) = check(&cfg);
+    let (code, out, err) = check_config(&cfg);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("POST /reload needs the bearer token in")
@@ -419,7 +407,7 @@ fn check_and_serve_refuse_a_token_file_others_can_read() {
     assert!(!out.contains(&token) && !err.contains(&token));
 
     lab.write_admin_token("too-short");
-    let (code, _, err) = check(&cfg);
+    let (code, _, err) = check_config(&cfg);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("admin.token_file") && err.contains("at least 32 characters"),
@@ -428,7 +416,7 @@ fn check_and_serve_refuse_a_token_file_others_can_read() {
 
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, text.replace("token_file = \"admin.token\"\n", "")).unwrap();
-    let (code, out, err) = check(&cfg);
+    let (code, out, err) = check_config(&cfg);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("POST /reload disabled"), "{out}");
 }

@@ -40,6 +40,17 @@ fn client_of(lab: &Lab, name: &str) -> Arc<rustls::ClientConfig> {
     )
 }
 
+/// `brief`, a trainer whose openssl-made certificate expires `secs` from now.
+fn brief_client(lab: &Lab, secs: i64) {
+    openssl_client(
+        lab,
+        "brief",
+        "/CN=brief",
+        Some("URI:spiffe://lake.example/trainer/brief"),
+        Some(&openssl_end_in(secs)),
+    );
+}
+
 fn forward(lab: &Lab, up: &Upstream, tls_extra: &str) -> Server {
     let (port, admin) = (free_port(), free_port());
     let cfg = config_with_tls(lab, port, admin, &forward_backend(up), tls_extra);
@@ -80,14 +91,7 @@ fn an_expired_certificate_does_not_resume_with_its_old_ticket() {
     let lab = Lab::new();
     let up = Upstream::tcp(None);
     // Valid for a few seconds, made by openssl.
-    let end = openssl_end_in(5);
-    openssl_client(
-        &lab,
-        "brief",
-        "/CN=brief",
-        Some("URI:spiffe://lake.example/trainer/brief"),
-        Some(&end),
-    );
+    brief_client(&lab, 5);
     let srv = forward(&lab, &up, "");
     let cfg = client_of(&lab, "brief");
     assert_eq!(
@@ -327,14 +331,7 @@ fn a_forward_relay_of_a_revoked_client_is_closed_within_crl_refresh() {
 fn a_forward_relay_ends_when_its_certificate_expires_or_its_rule_is_removed() {
     let lab = Lab::new();
     let up = Upstream::tcp(None);
-    let end = openssl_end_in(4);
-    openssl_client(
-        &lab,
-        "brief",
-        "/CN=brief",
-        Some("URI:spiffe://lake.example/trainer/brief"),
-        Some(&end),
-    );
+    brief_client(&lab, 4);
     let (port, admin) = (free_port(), free_port());
     let cfg = config_with_tls(&lab, port, admin, &forward_backend(&up), "");
     let srv = Server::spawn_config(&lab, port, admin, &cfg);
@@ -488,18 +485,6 @@ fn a_deny_rule_denies_a_relay_as_it_denies_a_request() {
     );
 }
 
-fn check(cfg: &std::path::Path) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(["check", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn a_ticket_key_file_others_can_read_is_refused_by_check_and_serve() {
     use std::os::unix::fs::PermissionsExt;
@@ -515,7 +500,7 @@ fn a_ticket_key_file_others_can_read_is_refused_by_check_and_serve() {
         "kind = \"forward\"\nupstream = \"127.0.0.1:9\"",
         "ticket_key_file = \"fleet.key\"",
     );
-    let (code, _, err) = check(&cfg);
+    let (code, _, err) = check_config(&cfg);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("tls.ticket_key_file") && err.contains("fleet.key") && err.contains("0644"),
@@ -527,7 +512,7 @@ fn a_ticket_key_file_others_can_read_is_refused_by_check_and_serve() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (code, out, err) = check(&cfg);
+    let (code, out, err) = check_config(&cfg);
     assert_eq!(code, 0, "{out}{err}");
 }
 
@@ -561,7 +546,7 @@ fn check_refuses_what_would_not_be_enforced_and_says_how_to_write_it() {
         ),
     ] {
         std::fs::write(&cfg, edit).unwrap();
-        let (code, _, err) = check(&cfg);
+        let (code, _, err) = check_config(&cfg);
         assert_eq!(code, 1, "{err}");
         assert!(err.contains(key) && err.contains(says), "{err}");
     }
@@ -571,7 +556,7 @@ fn check_refuses_what_would_not_be_enforced_and_says_how_to_write_it() {
         format!("{base}\n[[authz]]\nidentity = \"dns:*.lake.example\"\naccess = []\n"),
     )
     .unwrap();
-    let (code, out, err) = check(&cfg);
+    let (code, out, err) = check_config(&cfg);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("SPIFFE ID (URI SAN)") && out.contains("admits the relay"),
@@ -670,13 +655,7 @@ fn a_keep_alive_connection_is_re_judged_after_a_revocation_and_a_removed_rule() 
 #[test]
 fn a_keep_alive_connection_stops_being_served_when_its_certificate_expires() {
     let lab = Lab::new();
-    openssl_client(
-        &lab,
-        "brief",
-        "/CN=brief",
-        Some("URI:spiffe://lake.example/trainer/brief"),
-        Some(&openssl_end_in(4)),
-    );
+    brief_client(&lab, 4);
     let srv = Server::start(&lab, "", &store_backend(&lab));
     let mut c = TlsClient::connect(srv.port, client_of(&lab, "brief")).unwrap();
     assert_eq!(put(&mut c, "b.bin", b"brief").0, 201);
@@ -929,7 +908,7 @@ fn every_design_key_changes_what_runs_or_is_refused() {
     let cfg = lab.path("walk.toml");
     let run = |text: &str| {
         std::fs::write(&cfg, text).unwrap();
-        check(&cfg)
+        check_config(&cfg)
     };
     let line_of = |out: &str, key: &str| -> Option<String> {
         let prefix = format!("  {key} = ");

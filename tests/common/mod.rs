@@ -1174,3 +1174,16 @@ pub fn openssl_end_in(secs: i64) -> String {
         t.second()
     )
 }
+
+/// Run `lakegate check` on `cfg`: (exit code, stdout, stderr).
+pub fn check_config(cfg: &Path) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
