@@ -1171,13 +1171,19 @@ impl Ctx {
 /// Whether a secret file is readable only by its owner, and owned by the user lakegate
 /// runs as or by root; the message names the mode or owner and what to do.
 pub fn check_private_file(path: &Path) -> std::result::Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
     let m = fs::metadata(path).map_err(|e| format!("cannot access {}: {e}", path.display()))?;
+    check_private_metadata(path, &m)
+}
+
+/// [`check_private_file`] on metadata already taken (of an open file, so the check
+/// and the read are of the same file).
+pub fn check_private_metadata(path: &Path, m: &fs::Metadata) -> std::result::Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
     let mode = m.mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(format!(
             "{} has mode {mode:04o}, which lets group or others use it; expected 0600 \
-             (chmod 600 {}): this file is as sensitive as a CA key",
+             (chmod 600 {}): this file is a secret",
             path.display(),
             path.display()
         ));

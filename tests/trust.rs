@@ -990,3 +990,202 @@ fn every_design_key_changes_what_runs_or_is_refused() {
         }
     }
 }
+
+/// Revoke alice and put a rule that denies her first, as one reload.
+fn revoke_and_deny_alice(lab: &Lab, srv: &Server, cfg: &std::path::Path) {
+    let d = lab.dir.path().to_str().unwrap().to_string();
+    lakegate(&[
+        "pki", "crl", "--dir", &d, "--revoke", "bob", "--revoke", "alice",
+    ]);
+    reload_with(srv, cfg, |t| {
+        t.replace(
+            "[[authz]]",
+            "[[authz]]\nidentity = \"spiffe://lake.example/trainer/alice\"\naccess = []\n\n[[authz]]",
+        )
+    });
+}
+
+fn refused(r: Result<TlsClient, String>) -> Option<String> {
+    match r {
+        Err(e) => Some(e),
+        Ok(c) => c.refused(),
+    }
+}
+
+#[test]
+fn an_upload_in_flight_stops_when_its_client_is_revoked_and_nothing_is_stored() {
+    let lab = Lab::new();
+    let backend = store_backend(&lab);
+    let (port, admin) = (free_port(), free_port());
+    let cfg = lab.config(port, admin, "", &backend);
+    let srv = Server::spawn_config(&lab, port, admin, &cfg);
+    let alice = TlsClient::connect(port, client_config(&lab, Some("alice"), false)).unwrap();
+    alice
+        .send(b"PUT /datasets/late.bin HTTP/1.1\r\nhost: lake\r\ncontent-length: 10\r\n\r\nhello")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    revoke_and_deny_alice(&lab, &srv, &cfg);
+    assert!(refused(TlsClient::connect(
+        port,
+        client_config(&lab, Some("alice"), false)
+    ))
+    .is_some());
+    // The rest of the body arrives after the reload: the upload is not committed.
+    let _ = alice.send(b"WORLD");
+    let r = read_response(&mut alice.plain_reader(), false);
+    if let Ok((status, _, body)) = &r {
+        assert_eq!(*status, 403, "{}", String::from_utf8_lossy(body));
+    }
+    assert!(
+        !lab.path("data/datasets/late.bin").exists(),
+        "a revoked client's upload was stored"
+    );
+    assert!(eventually(Duration::from_secs(5), || srv.metric(
+        "lakegate_connections_closed_by_policy_total",
+        "reason=\"revoked\""
+    ) == 1.0));
+}
+
+#[test]
+fn a_handshake_that_spans_a_reload_is_judged_under_the_new_policy_before_any_byte_moves() {
+    let lab = Lab::new();
+    let up = Upstream::tcp(None);
+    let (port, admin) = (free_port(), free_port());
+    let cfg = lab.config(port, admin, "", &forward_backend(&up));
+    let srv = Server::spawn_config(&lab, port, admin, &cfg);
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut conn = rustls::ClientConnection::new(
+        client_config(&lab, Some("alice"), false),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    // ClientHello, then the server's flight, left unanswered over the reload.
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).unwrap();
+    }
+    sock.write_all(&wire).unwrap();
+    let mut buf = vec![0u8; 65536];
+    while conn.is_handshaking() {
+        let n = sock.read(&mut buf).unwrap();
+        assert!(n > 0);
+        let mut rd = &buf[..n];
+        while !rd.is_empty() {
+            conn.read_tls(&mut rd).unwrap();
+        }
+        conn.process_new_packets().unwrap();
+    }
+    revoke_and_deny_alice(&lab, &srv, &cfg);
+    // Finished, with data in the same flight.
+    conn.writer()
+        .write_all(b"BYTES-OF-A-REVOKED-CLIENT")
+        .unwrap();
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).unwrap();
+    }
+    sock.write_all(&wire).unwrap();
+    assert!(eventually(Duration::from_secs(5), || failed(
+        &srv, "revoked"
+    ) == 1.0));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        up.seen.lock().unwrap().is_empty(),
+        "the upstream heard from a client revoked during its handshake"
+    );
+}
+
+#[test]
+fn a_reloaded_store_root_serves_open_connections_from_their_next_request() {
+    let lab = Lab::new();
+    let backend = store_backend(&lab);
+    std::fs::create_dir_all(lab.path("data2/datasets")).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = lab.config(port, admin, "", &backend);
+    let srv = Server::spawn_config(&lab, port, admin, &cfg);
+    let mut alice = TlsClient::connect(port, client_config(&lab, Some("alice"), false)).unwrap();
+    assert_eq!(put(&mut alice, "before", b"x").0, 201);
+    let root = lab.path("data").display().to_string();
+    let root2 = lab.path("data2").display().to_string();
+    reload_with(&srv, &cfg, |t| t.replace(&root, &root2));
+    assert_eq!(put(&mut alice, "after", b"x").0, 201);
+    assert!(lab.path("data/datasets/before").exists());
+    assert!(lab.path("data2/datasets/after").exists());
+    assert!(!lab.path("data/datasets/after").exists());
+}
+
+#[test]
+fn a_crl_that_goes_stale_under_refuse_stops_open_connections() {
+    let lab = Lab::new();
+    // A CRL of the lab CA due in 5 s, made by openssl ca over the lab CA.
+    openssl_client(
+        &lab,
+        "dummy",
+        "/CN=dummy",
+        Some("URI:spiffe://lake.example/x/dummy"),
+        None,
+    );
+    let db = lab.path("openssl-ca");
+    let cnf = std::fs::read_to_string(db.join("ca.cnf"))
+        .unwrap()
+        .replacen(
+            "[lab]\n",
+            &format!(
+                "[lab]\ncrlnumber = {}/crlnumber\ncrl_extensions = crl_ext\n",
+                db.display()
+            ),
+            1,
+        )
+        + "[crl_ext]\nauthorityKeyIdentifier=keyid:always\n";
+    std::fs::write(db.join("crl.cnf"), cnf).unwrap();
+    std::fs::write(db.join("crlnumber"), "1000\n").unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "ca",
+            "-config",
+            db.join("crl.cnf").to_str().unwrap(),
+            "-gencrl",
+            "-crlsec",
+            "5",
+        ])
+        .args(["-out", lab.path("crl.pem").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = Instant::now();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = config_with_tls(
+        &lab,
+        port,
+        admin,
+        &store_backend(&lab),
+        "crl_stale = \"refuse\"",
+    );
+    let srv = Server::spawn_config(&lab, port, admin, &cfg);
+    let mut alice = TlsClient::connect(port, client_config(&lab, Some("alice"), false)).unwrap();
+    assert_eq!(put(&mut alice, "fresh", b"x").0, 201);
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(t0.elapsed()));
+    assert!(refused(TlsClient::connect(
+        port,
+        client_config(&lab, Some("carol"), false)
+    ))
+    .is_some());
+    let (status, _, _) = put(&mut alice, "stale", b"x");
+    assert_eq!(
+        status, 403,
+        "an open connection was served under a stale CRL with refuse"
+    );
+    assert!(!lab.path("data/datasets/stale").exists());
+    assert_eq!(
+        srv.metric(
+            "lakegate_connections_closed_by_policy_total",
+            "reason=\"crl_stale\""
+        ),
+        1.0
+    );
+}

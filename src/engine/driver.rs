@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio_uring::buf::BoundedBuf;
 
-use super::io::Stream;
+use super::io::{unix_now, Stream};
 use super::shared::Generation;
 use super::worker::Worker;
 use crate::authz::Decision;
@@ -42,6 +42,9 @@ pub struct Established {
     pub chain: Vec<CertificateDer<'static>>,
     /// When the connection was accepted, for `max_connection_age`.
     pub accepted: Instant,
+    /// Unix seconds until which the admission holds without a new judgement
+    /// ([`Generation::valid_until`]); set once the connection is admitted.
+    pub valid_until: i64,
 }
 
 /// Per-connection counters for the close log line.
@@ -56,7 +59,7 @@ pub struct ConnLog {
 /// Serve one accepted connection to its end.
 pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
     let start = Instant::now();
-    let gen = w.shared.current.load_full();
+    let mut gen = w.shared.current.load_full();
     let _ = stream.set_nodelay(true);
     let client = Stream::Tcp(stream);
     let log = ConnLog::default();
@@ -65,7 +68,7 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
         handshake(&w, &gen, &client, &log),
     )
     .await;
-    let est = match hs {
+    let mut est = match hs {
         Ok(Ok(est)) => est,
         Ok(Err((reason, detail))) => {
             w.stats.handshake_failed(reason);
@@ -91,8 +94,23 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
 
     let identity = est.identity.clone();
     let session = est.session.clone();
-    // (A resumed session's chain was re-verified under this generation when its ticket
-    // was opened: see tls::resume.)
+    // The handshake (and a resumed session's ticket, see tls::resume) was judged under
+    // the generation of the accept. A reload may have landed while it ran: admit only
+    // under the running one, before a byte goes anywhere.
+    let running = w.shared.current.load_full();
+    if !Arc::ptr_eq(&running, &gen) {
+        gen = running;
+        if let Err(reason) = gen.still_admits(&est.chain, &identity, unix_now()) {
+            w.stats.handshake_failed(reason);
+            tracing::warn!(
+                worker = w.id, %peer, identity = identity.name(), reason = reason.as_str(),
+                "refused: the configuration loaded during the handshake no longer admits it"
+            );
+            refuse(&client, est, &log).await;
+            return;
+        }
+    }
+    est.valid_until = gen.valid_until(&est.chain);
     // Forward mode has no requests to refuse one by one: an identity no rule admits is
     // turned away before a byte reaches the upstream. The store answers 403 per request.
     let gate = matches!(gen.config.backend, Backend::Forward { .. });
@@ -125,7 +143,7 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
         Backend::Forward { .. } => super::forward::relay(&w, &gen, client, peer, est, &log).await,
         Backend::Store { .. } => match &gen.store {
             Some(store) => {
-                super::store::serve(&w, gen.clone(), store, client, peer, est, &log).await
+                super::store::serve(&w, gen.clone(), store.clone(), client, peer, est, &log).await
             }
             None => {
                 refuse(&client, est, &log).await;
@@ -251,6 +269,7 @@ async fn handshake(
                 session,
                 chain,
                 accepted,
+                valid_until: 0,
             });
         }
     }

@@ -12,7 +12,7 @@ use tokio_uring::buf::BoundedBuf;
 
 use super::driver::{ConnLog, Established};
 use super::io::{read_idle, Stream, WaitError};
-use super::io::{unix_now, until_unix};
+use super::io::{unix_now, unix_secs, until_unix};
 use super::shared::Generation;
 use super::worker::Worker;
 use crate::config::{Backend, ProxyProtocol, Upstream};
@@ -21,12 +21,13 @@ use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
 use crate::tls::policy::FailReason;
 use rustls_pki_types::CertificateDer;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Relay until both directions are done; returns the close reason for the log.
 pub async fn relay(
     w: &Rc<Worker>,
-    gen: &Generation,
+    gen: &Arc<Generation>,
     client: Stream,
     peer: SocketAddr,
     est: Established,
@@ -50,6 +51,7 @@ pub async fn relay(
         session,
         chain,
         accepted,
+        valid_until,
     } = est;
 
     let up = match connect(upstream).await {
@@ -133,6 +135,7 @@ pub async fn relay(
     };
     let limits = Limits {
         gen,
+        valid_until,
         chain: &chain,
         identity: &identity,
         accepted,
@@ -187,7 +190,9 @@ async fn connect(u: &Upstream) -> std::io::Result<Stream> {
 /// What a relay is held to while it runs.
 struct Limits<'a> {
     /// The generation the relay was admitted under.
-    gen: &'a Generation,
+    gen: &'a Arc<Generation>,
+    /// Unix seconds until which that admission holds without a new judgement.
+    valid_until: i64,
     chain: &'a [CertificateDer<'static>],
     identity: &'a Identity,
     accepted: Instant,
@@ -214,10 +219,11 @@ type Dir = Result<(), &'static str>;
 
 impl Relay<'_> {
     /// Watches a running relay: re-judges it whenever the worker sees a new generation
-    /// (reload, CRL refresh), and ends it at the certificate's expiry or at
-    /// `max_connection_age`. Ends the relay the way an idle timeout does (the upstream
-    /// side sends close_notify). `None` once the relay ended by itself; otherwise
-    /// `Some(reason)`, where `None` inside is the age limit.
+    /// (reload, CRL refresh), and again when its admission runs out by time (a
+    /// certificate in the chain expires, or, under `crl_stale = "refuse"`, a CRL goes
+    /// stale), and ends it at `max_connection_age`. Ends the relay the way an idle
+    /// timeout does (the upstream side sends close_notify). `None` once the relay ended
+    /// by itself; otherwise `Some(reason)`, where `None` inside is the age limit.
     async fn guard(
         &self,
         limits: &Limits<'_>,
@@ -225,44 +231,34 @@ impl Relay<'_> {
     ) -> Option<Option<FailReason>> {
         let mut gens = self.w.generation.clone();
         gens.borrow_and_update();
-        // The handshake ran under the generation of its accept; a reload may have come
-        // since (before this worker's watch saw it): judge under the running one now.
-        let cur = self.w.shared.current.load();
-        let stale = !std::ptr::eq(&**cur, limits.gen);
-        let expiry = Instant::now() + until_unix(limits.identity.not_after);
-        let deadline = match limits.max_age {
-            Some(age) => expiry.min(limits.accepted + age),
-            None => expiry,
-        };
-        let first = if stale {
-            cur.still_admits(limits.chain, limits.identity, unix_now())
-                .err()
-        } else {
-            None
-        };
-        drop(cur);
-        let why = if first.is_some() {
-            first
-        } else {
-            loop {
-                tokio::select! {
-                    _ = done.notified() => return None,
-                    changed = gens.changed() => {
-                        if changed.is_err() {
-                            // The worker is gone; the drain ends the relay.
-                            done.notified().await;
-                            return None;
-                        }
-                        let gen = gens.borrow_and_update().clone();
-                        if let Err(r) = gen.still_admits(limits.chain, limits.identity, unix_now()) {
-                            break Some(r);
-                        }
+        let mut gen = limits.gen.clone();
+        let mut until = limits.valid_until;
+        let aged = limits.max_age.map(|age| limits.accepted + age);
+        let why = loop {
+            let due = Instant::now() + until_unix(until);
+            let deadline = aged.map_or(due, |a| a.min(due));
+            tokio::select! {
+                _ = done.notified() => return None,
+                changed = gens.changed() => {
+                    if changed.is_err() {
+                        // The worker is gone; the drain ends the relay.
+                        done.notified().await;
+                        return None;
                     }
-                    _ = tokio::time::sleep_until(deadline.into()) => {
-                        break if Instant::now() >= expiry { Some(FailReason::Expired) } else { None };
+                    gen = gens.borrow_and_update().clone();
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if aged.is_some_and(|a| Instant::now() >= a) {
+                        break None;
                     }
                 }
             }
+            if let Err(r) = gen.still_admits(limits.chain, limits.identity, unix_now()) {
+                break Some(r);
+            }
+            // Still admitted (a CRL was replaced in time, or the second of expiry has
+            // not passed): wait for the next change, at least a second on.
+            until = gen.valid_until(limits.chain).max(unix_secs() + 1);
         };
         self.client.shutdown(Shutdown::Read);
         self.up.shutdown(Shutdown::Read);

@@ -186,5 +186,12 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.admin.listen != new.admin.listen {
         out.push("admin.listen");
     }
+    // Read once by the main loop's timers and drain.
+    if old.tls.crl_refresh != new.tls.crl_refresh {
+        out.push("tls.crl_refresh");
+    }
+    if old.server.drain_timeout != new.server.drain_timeout {
+        out.push("server.drain_timeout");
+    }
     out
 }

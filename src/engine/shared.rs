@@ -13,7 +13,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::authz::Policy;
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, CrlStale};
 use crate::telemetry::Telemetry;
 use crate::tls::identity::Identity;
 use crate::tls::policy::CrlInfo;
@@ -66,6 +66,27 @@ impl Generation {
             return Err(FailReason::Unauthorized);
         }
         Ok(())
+    }
+
+    /// Until when (Unix seconds) a connection admitted with `chain` stays admitted
+    /// without being judged again: the earliest not-after in the chain (an
+    /// intermediate may expire before the leaf) and, under `crl_stale = "refuse"`, the
+    /// earliest CRL nextUpdate, since a CRL goes stale by time alone. 0 (judge now) if
+    /// a certificate cannot be read.
+    pub fn valid_until(&self, chain: &[CertificateDer<'static>]) -> i64 {
+        let mut until = i64::MAX;
+        for cert in chain {
+            match x509_parser::parse_x509_certificate(cert) {
+                Ok((_, x)) => until = until.min(x.validity().not_after.timestamp()),
+                Err(_) => return 0,
+            }
+        }
+        if self.config.tls.crl_stale == CrlStale::Refuse {
+            for next in self.crls.iter().filter_map(|c| c.next_update) {
+                until = until.min(next);
+            }
+        }
+        until
     }
 }
 

@@ -50,6 +50,13 @@ struct Conn<'a> {
     chain: Vec<CertificateDer<'static>>,
     /// When the connection was accepted, for `max_connection_age`.
     accepted: Instant,
+    /// Unix seconds until which the admission holds without a new judgement.
+    valid_until: i64,
+    /// The store of `gen`; `None` only while a request has it out.
+    store: Option<Arc<Store>>,
+    /// The bucket and access of the request being served, held to the running policy
+    /// while its body or object streams.
+    inflight: Option<(String, Access)>,
     client: Stream,
     tls: TlsConn,
     inb: Vec<u8>,
@@ -82,7 +89,7 @@ struct Conn<'a> {
 pub async fn serve(
     w: &Rc<Worker>,
     gen: Arc<Generation>,
-    store: &Store,
+    store: Arc<Store>,
     client: Stream,
     peer: SocketAddr,
     est: Established,
@@ -97,6 +104,7 @@ pub async fn serve(
         identity,
         chain,
         accepted,
+        valid_until,
         ..
     } = est;
     let tls_closed = tls.peer_closed();
@@ -105,6 +113,9 @@ pub async fn serve(
         gen,
         chain,
         accepted,
+        valid_until,
+        store: Some(store),
+        inflight: None,
         client,
         tls,
         inb,
@@ -123,7 +134,7 @@ pub async fn serve(
         rate: None,
         read_done: Instant::now(),
     };
-    let end = c.run(store).await;
+    let end = c.run().await;
     c.close().await;
     let Conn {
         inb, plain, out, ..
@@ -135,7 +146,7 @@ pub async fn serve(
 }
 
 impl Conn<'_> {
-    async fn run(&mut self, store: &Store) -> End {
+    async fn run(&mut self) -> End {
         loop {
             let mut head = match self.read_head().await {
                 Ok(Some(h)) => h,
@@ -174,7 +185,15 @@ impl Conn<'_> {
             if aged {
                 self.w.stats.policy_close(None);
             }
-            let keep = match self.request(store, &head, start).await {
+            let Some(store) = self.store.take() else {
+                return "no store";
+            };
+            let r = self.request(&store, &head, start).await;
+            // A re-judgement during the request may have brought the next generation's
+            // store; otherwise this one serves the next request.
+            self.store.get_or_insert(store);
+            self.inflight = None;
+            let keep = match r {
                 Ok(keep) => keep,
                 Err(e) => return e,
             };
@@ -193,22 +212,59 @@ impl Conn<'_> {
     }
 
     /// Hold the connection to the running policy: if a reload or CRL refresh installed a
-    /// new generation since the last request, the client chain must pass its verifier
-    /// (anchors, CRLs, validity); and the certificate must not have expired meanwhile.
-    /// `[[authz]]` is then checked per request against the new generation's rules.
-    fn rejudge(&mut self) -> Result<(), FailReason> {
-        if self.identity.not_after <= unix_secs() {
-            return Err(FailReason::Expired);
-        }
+    /// new generation since the last judgement, or the admission ran out by time (a
+    /// certificate of the chain expired, a CRL went stale under `refuse`), the client
+    /// chain must pass the running verifier (anchors, CRLs, validity). `[[authz]]` is
+    /// checked per request against the running generation's rules. `Ok(true)` when the
+    /// connection moved to a new generation.
+    fn rejudge(&mut self) -> Result<bool, FailReason> {
         // A guard, not a clone: no reference-count traffic shared with other workers
         // on the common path where nothing changed.
         let cur = self.w.shared.current.load();
-        if Arc::ptr_eq(&cur, &self.gen) {
-            return Ok(());
+        let changed = !Arc::ptr_eq(&cur, &self.gen);
+        if !changed && unix_secs() < self.valid_until {
+            return Ok(false);
         }
-        let cur = arc_swap::Guard::into_inner(cur);
+        let cur = if changed {
+            arc_swap::Guard::into_inner(cur)
+        } else {
+            drop(cur);
+            self.gen.clone()
+        };
         cur.still_admits(&self.chain, &self.identity, unix_now())?;
-        self.gen = cur;
+        // Passing in the very second of an expiry: judged again a second on.
+        self.valid_until = cur.valid_until(&self.chain).max(unix_secs() + 1);
+        if changed {
+            // A new root serves from the next request on; another kind of backend
+            // cannot serve this connection at all.
+            self.store = Some(cur.store.clone().ok_or(FailReason::Unauthorized)?);
+            self.gen = cur;
+        }
+        Ok(changed)
+    }
+
+    /// A request in flight is held to the running policy too, between reads of its
+    /// body, chunks of its object and before its commit: a revocation or a removed
+    /// rule stops an upload or a download that is under way.
+    fn hold_inflight(&mut self) -> Result<(), s3::Error> {
+        let changed = match self.rejudge() {
+            Ok(changed) => changed,
+            Err(why) => {
+                self.w.stats.policy_close(Some(why));
+                return Err(s3::Error::new(Code::AccessDenied).detail(format!(
+                    "re-judged during the request under the running policy: {}",
+                    why.as_str()
+                )));
+            }
+        };
+        if let (true, Some((bucket, access))) = (changed, &self.inflight) {
+            if let Decision::Denied { reason } =
+                self.gen.authz.check(&self.identity, bucket, *access)
+            {
+                self.w.stats.policy_close(Some(FailReason::Unauthorized));
+                return Err(s3::Error::new(Code::AccessDenied).detail(reason));
+            }
+        }
         Ok(())
     }
 
@@ -580,6 +636,7 @@ impl Conn<'_> {
             let e = s3::Error::new(Code::AccessDenied).detail(reason);
             return self.error(head, &bucket, k, e, start).await;
         }
+        self.inflight = Some((bucket.clone(), access));
         match (op, key.as_deref()) {
             (Operation::PutObject(spec), Some(key)) => {
                 self.put(store, head, &spec, &bucket, key, start).await
@@ -777,6 +834,10 @@ impl Conn<'_> {
             if pos >= end {
                 break Ok(());
             }
+            if self.hold_inflight().is_err() {
+                // Mid-body: the client sees a truncated response, and nothing more.
+                break Err("no longer admitted");
+            }
             let n = ((end - pos) as usize).min(buf.len());
             let (r, slice) = f.read_at(buf.slice(..n), pos).await;
             buf = slice.into_inner();
@@ -904,6 +965,12 @@ impl Conn<'_> {
             return self.error(head, bucket, key, e, start).await;
         }
         let hex = digests.sha256_hex();
+        if let Err(e) = self.hold_inflight() {
+            store.discard_temp(bucket, &temp);
+            self.refuse(Some(head), bucket, key, &e, start, false, &[])
+                .await?;
+            return Ok(false);
+        }
         if let Err(e) = store.commit(bucket, &temp, key, &std_file, &hex) {
             store.discard_temp(bucket, &temp);
             let e = Self::io_error(store, bucket, &e);
@@ -1047,6 +1114,9 @@ impl Conn<'_> {
             return Err(BodyError::Client(
                 "truncated body (close_notify before the end)",
             ));
+        }
+        if let Err(e) = self.hold_inflight() {
+            return Err(BodyError::Refuse(e));
         }
         let now = Instant::now();
         if let Some(rate) = &mut self.rate {

@@ -90,17 +90,11 @@ impl AdminToken {
     /// every local user can read guards nothing), one line of at least
     /// [`MIN_TOKEN_LEN`] printable characters.
     pub fn from_file(path: &Path) -> Result<AdminToken, String> {
-        use std::os::unix::fs::PermissionsExt;
         let p = path.display();
         let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read {p}: {e}"))?;
         // The mode of the file we opened, not of whatever the path names a moment later.
         let meta = f.metadata().map_err(|e| format!("cannot read {p}: {e}"))?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "{p} has mode {mode:04o}, which lets group or others read or change it, expected 0600 (chmod 600 {p})"
-            ));
-        }
+        crate::config::check_private_metadata(path, &meta)?;
         if meta.len() > 4096 {
             return Err(format!(
                 "{p} is {} bytes, expected one line holding a token",

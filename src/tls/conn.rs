@@ -163,7 +163,11 @@ impl TlsConn {
         }
         // A ticket may have been opened and then passed over (another suite, a bad
         // binder): only a resumed handshake keeps the ticket's authentication time.
-        if matches!(self.conn.handshake_kind(), Some(HandshakeKind::Full)) {
+        if self
+            .conn
+            .handshake_kind()
+            .is_some_and(|k| k != HandshakeKind::Resumed)
+        {
             self.ticket.auth_time = None;
         }
         r
