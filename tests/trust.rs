@@ -547,7 +547,7 @@ fn check_refuses_what_would_not_be_enforced_and_says_how_to_write_it() {
         (
             format!("{base}\n[tokens]\njwks = \"jwks.json\"\nissuer = \"i\"\naudience = \"a\"\n"),
             "tokens",
-            "not implemented",
+            "relays opaque bytes",
         ),
         (
             base.replace("spiffe://lake.example/trainer/*", "*.lake.example"),

@@ -824,7 +824,9 @@ fn bench_token(c: &mut Criterion) {
     g.bench_function("cached_check", |b| {
         b.iter(|| {
             cached.check_time(&policy, black_box(now)).unwrap();
-            cached.authorize(Access::Read, black_box("datasets")).unwrap();
+            cached
+                .authorize(Access::Read, black_box("datasets"))
+                .unwrap();
         })
     });
     g.finish();
