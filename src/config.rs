@@ -51,7 +51,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Every setting of `[server]`, `[tls]`, `[admin]` and `[backend]` with the value
+    /// Every setting of `[server]`, `[tls]`, `[admin]`, `[tokens]` and `[backend]` with the value
     /// in force (defaults filled in), one `key = value` each, as `lakegate check`
     /// prints them: what an operator reads to know what the file really means.
     pub fn effective(&self) -> Vec<(&'static str, String)> {
@@ -112,6 +112,14 @@ impl Config {
                     .map_or("(none: POST /reload refused)".into(), p),
             ),
         ];
+        if let Some(tk) = &self.tokens {
+            v.push(("tokens.jwks", p(&tk.jwks)));
+            v.push(("tokens.issuer", tk.issuer.clone()));
+            v.push(("tokens.audience", tk.audience.clone()));
+            v.push(("tokens.cert_bound", tk.cert_bound.to_string()));
+            v.push(("tokens.required", format!("{:?}", tk.required)));
+            v.push(("tokens.leeway", d(tk.leeway)));
+        }
         match &self.backend {
             Backend::Store { root, fsync } => {
                 v.push(("backend.kind", "store".into()));
@@ -312,8 +320,9 @@ pub struct Tokens {
     pub audience: String,
     /// Whether tokens must be bound to the client certificate (RFC 8705).
     pub cert_bound: bool,
-    /// Whether every request needs a token.
-    pub required: bool,
+    /// When a request needs a token: always (`true`), only for matching buckets
+    /// (`["models", ...]`), or never (`false`, a token sent is still checked).
+    pub required: crate::authz::token::Required,
     /// Clock skew allowed on `exp` / `nbf`.
     pub leeway: Duration,
 }
@@ -479,7 +488,8 @@ struct RawTokens {
     issuer: Option<String>,
     audience: Option<String>,
     cert_bound: Option<bool>,
-    required: Option<bool>,
+    /// `true`, `false` or a list of bucket patterns.
+    required: Option<toml::Value>,
     leeway: Option<String>,
 }
 
@@ -518,14 +528,14 @@ fn build(text: &str, path: &Path, online: usize) -> Result<Config> {
         .map(|(i, r)| cx.authz(i, r, matches!(backend, Backend::Forward { .. })))
         .collect::<Result<Vec<_>>>()?;
     let tokens = raw.tokens.map(|t| cx.tokens(t)).transpose()?;
-    if tokens.is_some() {
-        // Accepting [tokens] without enforcing it would let an operator believe requests
-        // need a bearer token while they do not: refused until validation is built.
+    if tokens.is_some() && matches!(backend, Backend::Forward { .. }) {
+        // Tokens ride in HTTP requests; a relay carries opaque bytes and has none to
+        // check, so accepting the section would promise what is not enforced.
         return Err(cx.err(
             "tokens",
-            "bearer-token validation ([tokens]) is not implemented in this version; \
-             remove the [tokens] section (requests are authorized by client certificate \
-             and [[authz]] only)",
+            "bearer tokens are checked on the HTTP object API, but kind = \"forward\" \
+             relays opaque bytes and could not enforce them; remove [tokens] or use \
+             kind = \"store\"",
         ));
     }
 
@@ -1013,9 +1023,46 @@ impl Ctx {
             issuer,
             audience,
             cert_bound: raw.cert_bound.unwrap_or(true),
-            required: raw.required.unwrap_or(true),
+            required: self.token_required(raw.required)?,
             leeway: self.duration("tokens.leeway", raw.leeway, DEFAULT_LEEWAY, true)?,
         })
+    }
+
+    fn token_required(&self, raw: Option<toml::Value>) -> Result<crate::authz::token::Required> {
+        use crate::authz::token::Required;
+        const KEY: &str = "tokens.required";
+        let expected = |found: &dyn fmt::Display| {
+            self.err(
+                KEY,
+                format!(
+                    "expected true, false or a list of bucket patterns like [\"models\"], \
+                     found {found}"
+                ),
+            )
+        };
+        match raw {
+            None | Some(toml::Value::Boolean(true)) => Ok(Required::Always),
+            Some(toml::Value::Boolean(false)) => Ok(Required::WhenPresent),
+            Some(toml::Value::Array(list)) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, v) in list.iter().enumerate() {
+                    match v.as_str() {
+                        Some(b) if !b.is_empty() => out.push(b.to_owned()),
+                        _ => {
+                            return Err(self.err(
+                                format!("{KEY}[{i}]"),
+                                format!("expected a bucket pattern, found {v}"),
+                            ))
+                        }
+                    }
+                }
+                if out.is_empty() {
+                    return Err(expected(&"an empty list (write false)"));
+                }
+                Ok(Required::Buckets(out))
+            }
+            Some(v) => Err(expected(&v)),
+        }
     }
 
     // --- value checks ------------------------------------------------------------------
@@ -1387,7 +1434,7 @@ identity = "spiffe://lake.example/trainer/*"
 buckets = ["datasets"]
 access = ["read"]            # "read", "write", "delete", "list"
 
-[tokens]                     # (coming later) optional: OAuth/JWT bearer tokens on top of mTLS
+[tokens]                     # optional: OAuth/JWT bearer tokens on top of mTLS
 jwks = "jwks.json"
 issuer = "https://auth.lake.example"
 audience = "lakegate"
@@ -1455,12 +1502,7 @@ root = "data"
         let dir = fixture();
         let root = dir.path().join("lake");
         let text = DESIGN_EXAMPLE.replace("/srv/lake", &root.display().to_string());
-        // [tokens] is refused until it is enforced; the rest of the example parses.
-        let e = parse_err(&dir, &text);
-        assert_eq!(e.key, "tokens");
-        assert!(e.message.contains("not implemented"), "{e}");
-        let text = &text[..text.find("[tokens]").expect("tokens section")];
-        let c = parse_ok(&dir, text);
+        let c = parse_ok(&dir, &text);
         let d = dir.path();
 
         assert_eq!(c.path, d.join("lakegate.toml"));
@@ -1503,7 +1545,17 @@ root = "data"
                 access: vec![Access::Read],
             }]
         );
-        assert_eq!(c.tokens, None);
+        assert_eq!(
+            c.tokens,
+            Some(Tokens {
+                jwks: d.join("jwks.json"),
+                issuer: "https://auth.lake.example".into(),
+                audience: "lakegate".into(),
+                cert_bound: true,
+                required: crate::authz::token::Required::Always,
+                leeway: Duration::from_secs(30),
+            })
+        );
         assert_eq!(c.tls.ticket_lifetime, Duration::from_secs(6 * 3600));
         assert_eq!(
             c.server.max_connection_age,
@@ -2092,15 +2144,46 @@ root = "data"
     fn tokens_validation() {
         let dir = fixture();
         let base = "jwks = \"jwks.json\"\nissuer = \"i\"\naudience = \"a\"";
-        // A well-formed [tokens] is refused as a whole: it is not enforced yet.
-        let e = parse_err(
+        use crate::authz::token::Required;
+        let c = parse_ok(
             &dir,
             &with(
                 "tokens",
                 &format!("{base}\nrequired = false\nleeway = \"5s\""),
             ),
         );
+        let t = c.tokens.unwrap();
+        assert_eq!(t.required, Required::WhenPresent);
+        assert_eq!(t.leeway, Duration::from_secs(5));
+        assert!(t.cert_bound);
+        let c = parse_ok(&dir, &with("tokens", base));
+        assert_eq!(c.tokens.unwrap().required, Required::Always);
+        let c = parse_ok(
+            &dir,
+            &with(
+                "tokens",
+                &format!("{base}\nrequired = [\"models\", \"ckpt-*\"]"),
+            ),
+        );
+        assert_eq!(
+            c.tokens.unwrap().required,
+            Required::Buckets(vec!["models".into(), "ckpt-*".into()])
+        );
+        for bad in ["required = []", "required = \"yes\"", "required = 1"] {
+            let e = parse_err(&dir, &with("tokens", &format!("{base}\n{bad}")));
+            assert_eq!(e.key, "tokens.required", "{bad}");
+        }
+        let e = parse_err(&dir, &with("tokens", &format!("{base}\nrequired = [\"\"]")));
+        assert_eq!(e.key, "tokens.required[0]");
+        // A relay has no HTTP requests to carry a token: refused, not ignored.
+        let fwd = MINIMAL.replace(
+            "kind = \"store\"",
+            "kind = \"forward\"\nupstream = \"127.0.0.1:9000\"",
+        );
+        let fwd = fwd.replace("root = \"data\"\n", "");
+        let e = parse_err(&dir, &format!("{fwd}\n[tokens]\n{base}\n"));
         assert_eq!(e.key, "tokens");
+        assert!(e.message.contains("forward"), "{e}");
         let e = parse_err(
             &dir,
             &with("tokens", &base.replace("jwks.json", "nope.json")),

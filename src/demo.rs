@@ -1,6 +1,8 @@
 //! `lakegate demo`: the embedded default. Makes a throwaway PKI, an admin token, a
-//! config with a `store` backend and a `datasets` bucket under one folder, prints
-//! ready-to-paste `curl` commands for an allowed and a forbidden identity and for a
+//! config with a `store` backend, a `datasets` bucket and a token-protected `models`
+//! bucket under one folder (a lab token issuer: `issuer.key`, `jwks.json`, and a bearer
+//! token bound to the trainer's certificate in `trainer.token`), prints ready-to-paste
+//! `curl` commands for an allowed and a forbidden identity, the bound token and a
 //! reload, then serves.
 
 use std::net::IpAddr;
@@ -8,7 +10,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::authz::token::Alg;
 use crate::pki::{self, KeyType};
+
+/// Issuer of the demo's tokens.
+const DEMO_ISSUER: &str = "https://auth.lake.example";
+/// Key id of the demo issuer's key.
+const DEMO_KID: &str = "demo-1";
 
 /// Identity the demo's allowed client carries.
 pub const TRAINER: &str = "spiffe://lake.example/trainer/demo";
@@ -57,6 +65,30 @@ pub fn prepare(dir: &Path, port: u16, admin: u16) -> anyhow::Result<PathBuf> {
         pki::write_file(&dir.join("admin.token"), &token, true)?;
     }
     std::fs::create_dir_all(dir.join("data/datasets"))?;
+    std::fs::create_dir_all(dir.join("data/models"))?;
+    // A fresh token at every start (the last one may have expired), bound to the
+    // trainer's certificate, for the models bucket only.
+    let issuer = pki::jwt::load_or_generate(&dir.join("issuer.key"), Alg::Es256)?;
+    pki::jwt::extend_jwks(&dir.join("jwks.json"), &issuer.jwk(DEMO_KID))?;
+    let x5t = pki::jwt::thumbprint_of(&dir.join("trainer.crt"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let claims = pki::jwt::claims(
+        DEMO_ISSUER,
+        "lakegate",
+        "trainer-demo",
+        Some("lakegate-demo"),
+        "lake:read:models lake:write:models lake:list:models lake:delete:models",
+        now,
+        std::time::Duration::from_secs(12 * 3600),
+        Some(&x5t),
+    )?;
+    let mut header = serde_json::Map::new();
+    header.insert("typ".into(), serde_json::json!("JWT"));
+    header.insert("kid".into(), serde_json::json!(DEMO_KID));
+    let token = issuer.sign(&header, &claims)?;
+    pki::write_file(&dir.join("trainer.token"), &format!("{token}\n"), true)?;
     let cfg = dir.join("lakegate.toml");
     std::fs::write(
         &cfg,
@@ -84,8 +116,17 @@ fsync = "always"
 
 [[authz]]
 identity = "spiffe://lake.example/trainer/*"
-buckets = ["datasets"]
+buckets = ["datasets", "models"]
 access = ["read", "write", "delete", "list"]
+
+# Bearer tokens (RFC 8705: bound to the client certificate), required on the models
+# bucket; `lakegate pki token` mints more (trainer.token is made at every start).
+[tokens]
+jwks = "jwks.json"
+issuer = "{DEMO_ISSUER}"
+audience = "lakegate"
+cert_bound = true
+required = ["models"]
 "#
         ),
     )?;
@@ -109,6 +150,13 @@ pub fn instructions(dir: &Path, port: u16, admin: u16) -> String {
          \n\
          # the forbidden identity ({INTRUDER}) gets 403:\n\
          curl {i} -T /tmp/sample.bin {url}/datasets/sample.bin\n\
+         \n\
+         # the models bucket needs the bearer token bound to the trainer's certificate:\n\
+         curl {t} -H \"Authorization: Bearer $(cat {d}/trainer.token)\" -T /tmp/sample.bin {url}/models/sample.bin\n\
+         curl {t} -H \"Authorization: Bearer $(cat {d}/trainer.token)\" {url}/models/sample.bin -o /tmp/model.copy\n\
+         # without it: 401; the same token over the other certificate: 401 (invalid_token, bound to another certificate)\n\
+         curl -i {t} {url}/models/sample.bin\n\
+         curl -i {i} -H \"Authorization: Bearer $(cat {d}/trainer.token)\" {url}/models/sample.bin\n\
          \n\
          # no client certificate: the handshake is refused\n\
          curl --cacert {d}/ca.crt {url}/datasets/sample.bin\n\

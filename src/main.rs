@@ -143,6 +143,37 @@ fn main() -> ExitCode {
                     r.name_type().describe()
                 );
             }
+            match (&c.tokens, &gen.tokens) {
+                (Some(t), Some(g)) => {
+                    use lakegate::authz::token::Required;
+                    let keys: Vec<String> = g
+                        .jwks
+                        .keys()
+                        .iter()
+                        .map(|k| {
+                            let algs: Vec<&str> = k.algs().iter().map(|a| a.as_str()).collect();
+                            format!("{} ({})", k.kid().unwrap_or("no kid"), algs.join("/"))
+                        })
+                        .collect();
+                    let required = match &t.required {
+                        Required::Always => "on every request".to_string(),
+                        Required::WhenPresent => "checked when present".to_string(),
+                        Required::Buckets(b) => {
+                            format!("on buckets {b:?}, checked when present elsewhere")
+                        }
+                    };
+                    println!(
+                        "tokens:              bearer JWT {required}; iss {:?}, aud {:?}, \
+                         cert_bound {}, leeway {}",
+                        t.issuer,
+                        t.audience,
+                        t.cert_bound,
+                        humantime::format_duration(t.leeway)
+                    );
+                    println!("  jwks {}: {}", t.jwks.display(), keys.join(", "));
+                }
+                _ => println!("tokens:              off (no [tokens])"),
+            }
             ExitCode::SUCCESS
         }
         Cmd::Serve { config } => {

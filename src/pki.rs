@@ -23,6 +23,8 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::ParsedExtension;
 
+pub mod jwt;
+
 /// How long a CA made by `init` lives at least: leaves issued later (default 365 days)
 /// must not outlive it, so it gets ten years or `--days`, whichever is longer.
 const CA_MIN_DAYS: u32 = 3650;
@@ -96,6 +98,9 @@ pub enum PkiCommand {
         #[arg(long)]
         stale: bool,
     },
+    /// Mint a test access token (JWT) and write or extend the JWKS that verifies it;
+    /// the token is printed on stdout
+    Token(Box<jwt::TokenArgs>),
 }
 
 /// What a server certificate says, for `init` and `server`.
@@ -169,6 +174,10 @@ pub fn run(cmd: &PkiCommand) -> anyhow::Result<()> {
             days,
             stale,
         } => crl(dir, revoke, *days, *stale),
+        PkiCommand::Token(a) => {
+            println!("{}", jwt::run(a)?);
+            Ok(())
+        }
     }
 }
 
@@ -626,6 +635,13 @@ fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
 /// appliance re-reading crl.pem, say) never sees a half-written file. Private keys get
 /// mode 0600 from creation, never a moment of wider permissions.
 pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
+    write_quiet(path, contents, private)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// [`write_file`] without the note on stdout (`pki token` keeps stdout for the token).
+pub(crate) fn write_quiet(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| anyhow!("{}: not a file path", path.display()))?;
@@ -654,7 +670,6 @@ pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> anyhow::
         let _ = fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("writing {}", path.display()));
     }
-    println!("wrote {}", path.display());
     Ok(())
 }
 

@@ -532,7 +532,7 @@ fn check_refuses_what_would_not_be_enforced_and_says_how_to_write_it() {
         (
             format!("{base}\n[tokens]\njwks = \"jwks.json\"\nissuer = \"i\"\naudience = \"a\"\n"),
             "tokens",
-            "not implemented",
+            "relays opaque bytes",
         ),
         (
             base.replace("spiffe://lake.example/trainer/*", "*.lake.example"),
@@ -747,7 +747,17 @@ fn every_design_key_changes_what_runs_or_is_refused() {
     let q = |s: &str| format!("\"{s}\"");
     write_secret(&lab.path("fleet.key"), &random_ticket_key());
     write_secret(&lab.path("other.token"), &format!("{}\n", "t".repeat(48)));
-    std::fs::write(lab.path("jwks.json"), "{\"keys\":[]}").unwrap();
+    for (key, jwks) in [("k1.pem", "jwks.json"), ("k2.pem", "jwks2.json")] {
+        let (key, jwks) = (lab.path(key), lab.path(jwks));
+        lakegate(&[
+            "pki",
+            "token",
+            "--key",
+            key.to_str().unwrap(),
+            "--jwks",
+            jwks.to_str().unwrap(),
+        ]);
+    }
     let pk8 = Command::new("openssl")
         .args(["pkey", "-in", d.join("server.key").to_str().unwrap()])
         .output()
@@ -876,16 +886,12 @@ fn every_design_key_changes_what_runs_or_is_refused() {
         c("authz.identity", &q("dns:*.lake.example")),
         c("authz.buckets", "[\"datasets\"]"),
         c("authz.access", "[\"read\"]"),
-        no("tokens.jwks", &q("jwks.json"), "not implemented"),
-        no(
-            "tokens.issuer",
-            &q("https://auth.lake.example"),
-            "not implemented",
-        ),
-        no("tokens.audience", &q("lakegate"), "not implemented"),
-        no("tokens.cert_bound", "true", "not implemented"),
-        no("tokens.required", "true", "not implemented"),
-        no("tokens.leeway", &q("30s"), "not implemented"),
+        c("tokens.jwks", &q("jwks2.json")),
+        c("tokens.issuer", &q("https://auth.lake.example")),
+        c("tokens.audience", &q("lakegate")),
+        c("tokens.cert_bound", "false"),
+        c("tokens.required", "false"),
+        c("tokens.leeway", &q("5s")),
     ];
     // A key DESIGN.md documents and this walk forgot is a failure, not a gap.
     match design_keys() {

@@ -10,6 +10,8 @@
 //! | `http/parse_{put,get}_head` | `proto::http::parse_head` on an S3-style head |
 //! | `put/1MiB_sans_io` | a whole 1 MiB PUT through the store shell's sans-IO steps |
 //! | `floor/aes_gcm_plus_sha256_1MiB` | raw AES-GCM open + SHA-256 of the same 1 MiB |
+//! | `token/verify_{es256,es384,rs256,ps256,eddsa}` | `authz::token::verify` of a bound JWT: structure, key choice, signature, iss/aud/binding |
+//! | `token/cached_check` | what a kept-alive request with the same token pays: `check_time` + `authorize` |
 //!
 //! Everything is set up the way the product is: the server's rustls config, the authz
 //! policy and the store come from `engine::build_generation` over a config file and a
@@ -771,7 +773,67 @@ fn bench_put(c: &mut Criterion, lab: &Lab) {
     g.finish();
 }
 
+// ---------------------------------------------------------------------------------
+// token/*: bearer token verification (issue 10).
+
+fn bench_token(c: &mut Criterion) {
+    use lakegate::authz::token::{self, Alg, Jwks, Required, TokenPolicy};
+    use lakegate::pki::jwt::{self as labjwt, Signer};
+    let thumb = "q3MyP5kq-kzF3tDQb1y1GqPLxO8dV3y6kNqRr0lVq3k";
+    let policy = TokenPolicy {
+        issuer: "https://auth.lake.example".into(),
+        audience: "lakegate".into(),
+        cert_bound: true,
+        required: Required::Always,
+        leeway: 30,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = labjwt::claims(
+        &policy.issuer,
+        &policy.audience,
+        "alice",
+        Some("trainer"),
+        "lake:read lake:list:datasets",
+        now,
+        Duration::from_secs(3600),
+        Some(thumb),
+    )
+    .unwrap();
+    let mut g = c.benchmark_group("token");
+    let mut cached = None;
+    for alg in Alg::ALL {
+        let (signer, _) = Signer::generate(alg).unwrap();
+        let doc = serde_json::json!({ "keys": [signer.jwk("k1")] });
+        let jwks = Jwks::parse(doc.to_string().as_bytes()).unwrap();
+        let mut header = serde_json::Map::new();
+        header.insert("typ".into(), serde_json::json!("JWT"));
+        header.insert("kid".into(), serde_json::json!("k1"));
+        let t = signer.sign(&header, &claims).unwrap();
+        let name = format!("verify_{}", alg.as_str().to_ascii_lowercase());
+        g.bench_function(name, |b| {
+            b.iter(|| token::verify(black_box(&t), &jwks, &policy, thumb).unwrap())
+        });
+        if alg == Alg::Es256 {
+            cached = Some(token::verify(&t, &jwks, &policy, thumb).unwrap());
+        }
+    }
+    let cached = cached.unwrap();
+    g.bench_function("cached_check", |b| {
+        b.iter(|| {
+            cached.check_time(&policy, black_box(now)).unwrap();
+            cached
+                .authorize(Access::Read, black_box("datasets"))
+                .unwrap();
+        })
+    });
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
+    bench_token(c);
     let lab = Lab::new();
     bench_aead(c);
     bench_tls(c, &lab);

@@ -2,8 +2,8 @@
 //!
 //! Owns: the ordered `[[authz]]` rules compiled into a [`Policy`], typed identity
 //! patterns, glob matching of names and buckets, and the [`Decision`] the connection and
-//! request layers act on. JWT / RFC 8705 token binding will live beside it in this
-//! module tree.
+//! request layers act on. Bearer tokens (JWT, RFC 8705 binding) live beside it in
+//! [`token`].
 //!
 //! Must not touch: certificates (it receives an already-built
 //! [`Identity`](crate::tls::identity::Identity)), configuration parsing (config builds
@@ -44,6 +44,8 @@
 
 use std::fmt;
 use std::str::FromStr;
+
+pub mod token;
 
 use wildmatch::WildMatchPattern;
 

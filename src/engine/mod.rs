@@ -53,12 +53,47 @@ pub enum EngineError {
     },
 }
 
-/// Build one generation (TLS policy + authz + store) from a loaded config. `prev` is
-/// the running generation on reload: its in-process ticket keys carry over.
+/// Build one generation (TLS policy + authz + tokens + store) from a loaded config.
+/// `prev` is the running generation on reload: its in-process ticket keys carry over.
 pub fn build_generation(
     cfg: Config,
     prev: Option<&Generation>,
 ) -> Result<Generation, policy::PolicyError> {
+    build_generation_with(cfg, prev, false)
+}
+
+/// [`build_generation`]; with `keep_jwks`, the token keys are taken from `prev` instead
+/// of the JWKS file (a CRL refresh while the JWKS file is broken keeps the old keys).
+pub fn build_generation_with(
+    cfg: Config,
+    prev: Option<&Generation>,
+    keep_jwks: bool,
+) -> Result<Generation, policy::PolicyError> {
+    let tokens = match &cfg.tokens {
+        None => None,
+        Some(t) => {
+            let policy = crate::authz::token::TokenPolicy {
+                issuer: t.issuer.clone(),
+                audience: t.audience.clone(),
+                cert_bound: t.cert_bound,
+                required: t.required.clone(),
+                leeway: t.leeway.as_secs(),
+            };
+            let kept = prev
+                .filter(|_| keep_jwks)
+                .and_then(|g| g.tokens.as_ref())
+                .map(|g| g.jwks.clone());
+            let jwks = match kept {
+                Some(j) => j,
+                None => Arc::new(load_jwks(&t.jwks).map_err(|message| policy::PolicyError {
+                    file: cfg.path.display().to_string(),
+                    key: "tokens.jwks",
+                    message,
+                })?),
+            };
+            Some(Arc::new(crate::authz::token::TokenGate { policy, jwks }))
+        }
+    };
     let pol = policy::build_with(&cfg, prev.and_then(|g| g.ticketer.clone()))?;
     let admin_token = match &cfg.admin.token_file {
         None => None,
@@ -107,7 +142,14 @@ pub fn build_generation(
         verifier: pol.verifier,
         ticketer: pol.ticketer,
         admin_token,
+        tokens,
     })
+}
+
+/// Read and parse a JWKS file; the message names the file.
+pub fn load_jwks(path: &std::path::Path) -> Result<crate::authz::token::Jwks, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    crate::authz::token::Jwks::parse(&bytes).map_err(|m| format!("{}: {m}", path.display()))
 }
 
 /// Run the appliance until SIGTERM/SIGINT and the drain that follows. `config_path`

@@ -1,7 +1,10 @@
-//! Hot reload: re-read the config file (SIGHUP, `POST /reload`) or just the CRLs (when
-//! they change on disk), build a whole new [`Generation`] and swap it in for new
-//! handshakes. Open connections keep the generation they started with. A reload that
-//! fails validation changes nothing; it is logged with its reason and counted.
+//! Hot reload: re-read the config file (SIGHUP, `POST /reload`) or just the CRLs and
+//! the `[tokens]` JWKS file (when they change on disk, checked every `crl_refresh`),
+//! build a whole new [`Generation`] and swap it in for new handshakes. Open connections
+//! keep the generation they started with until their next request. A reload that
+//! fails validation changes nothing; it is logged with its reason and counted. A JWKS
+//! file that changed into something unusable keeps the running keys and is counted in
+//! `lakegate_jwks_reloads_total{result="failed"}` until it is fixed.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,14 @@ pub struct Reloader {
     path: PathBuf,
     shared: Arc<Shared>,
     crl_stamps: Mutex<Vec<Stamp>>,
+    /// The JWKS file as last loaded (None without `[tokens]`).
+    jwks_stamp: Mutex<Option<Stamp>>,
+    /// A JWKS file content that failed to load, so it is counted once, not per tick.
+    jwks_bad: Mutex<Option<Stamp>>,
+}
+
+fn jwks_stamp(gen: &Generation) -> Option<Stamp> {
+    gen.config.tokens.as_ref().map(|t| stamp(&t.jwks))
 }
 
 impl Reloader {
@@ -50,6 +61,8 @@ impl Reloader {
             path,
             shared,
             crl_stamps: Mutex::new(gen.config.tls.crl.iter().map(stamp).collect()),
+            jwks_stamp: Mutex::new(jwks_stamp(&gen)),
+            jwks_bad: Mutex::new(None),
         };
         r.publish(&gen);
         r.check_crl_freshness(&gen);
@@ -73,6 +86,7 @@ impl Reloader {
         let result = match built {
             Ok(gen) => {
                 *stamps = gen.config.tls.crl.iter().map(stamp).collect();
+                *self.jwks_stamp.lock().unwrap_or_else(|p| p.into_inner()) = jwks_stamp(&gen);
                 self.install(gen);
                 self.count(|c| c.reloads[0] += 1);
                 tracing::info!(trigger, config = %self.path.display(), "configuration reloaded");
@@ -88,31 +102,68 @@ impl Reloader {
         result
     }
 
-    /// The periodic CRL check (every `crl_refresh`): if a CRL file changed, rebuild
-    /// the TLS policy from the running configuration with the new lists; then log and
-    /// count any CRL past its nextUpdate.
+    /// The periodic file check (every `crl_refresh`): if a CRL file or the JWKS file
+    /// changed, rebuild the generation from the running configuration with the new
+    /// files; then log and count any CRL past its nextUpdate.
     pub fn refresh_crls(&self) {
         let mut stamps = self.crl_stamps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut jwks = self.jwks_stamp.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.shared.current.load_full();
         let now: Vec<Stamp> = cur.config.tls.crl.iter().map(stamp).collect();
+        let jwks_now = jwks_stamp(&cur);
+        let crl_changed = now != *stamps;
+        let mut bad = self.jwks_bad.lock().unwrap_or_else(|p| p.into_inner());
+        let jwks_changed = jwks_now != *jwks && jwks_now != *bad;
         let mut installed = false;
-        if now != *stamps {
+        if crl_changed || jwks_changed {
             // Rebuilt from the running config, not the file: an edit to the TOML waits
             // for the operator's SIGHUP.
-            match super::build_generation((*cur.config).clone(), Some(&cur)) {
-                Ok(gen) => {
+            let mut built = super::build_generation((*cur.config).clone(), Some(&cur));
+            let mut jwks_failed = None;
+            if let Err(e) = &built {
+                if e.key == "tokens.jwks" {
+                    jwks_failed = Some(e.to_string());
+                    // The keys cannot be used; the CRLs may still be.
+                    built = if crl_changed {
+                        super::build_generation_with((*cur.config).clone(), Some(&cur), true)
+                    } else {
+                        Err(e.clone())
+                    };
+                }
+            }
+            if let Some(e) = &jwks_failed {
+                // The running keys stay until the file changes again.
+                *bad = jwks_now.clone();
+                self.count(|c| c.jwks_reloads[1] += 1);
+                tracing::error!(error = %e, "JWKS file changed on disk but cannot be used; keeping the previous keys");
+            }
+            match built {
+                Ok(gen) if crl_changed || jwks_failed.is_none() => {
                     *stamps = now;
+                    if jwks_failed.is_none() {
+                        *jwks = jwks_now;
+                    }
                     let revoked: usize = gen.crls.iter().map(|c| c.revoked.len()).sum();
+                    let keys = gen.tokens.as_ref().map_or(0, |t| t.jwks.keys().len());
                     self.install(gen);
                     installed = true;
-                    self.count(|c| c.crl_reloads[0] += 1);
-                    tracing::info!(revoked, "CRLs changed on disk; reloaded");
+                    if crl_changed {
+                        self.count(|c| c.crl_reloads[0] += 1);
+                        tracing::info!(revoked, "CRLs changed on disk; reloaded");
+                    }
+                    if jwks_changed && jwks_failed.is_none() {
+                        self.count(|c| c.jwks_reloads[0] += 1);
+                        tracing::info!(keys, "JWKS changed on disk; reloaded");
+                    }
                 }
+                Ok(_) => {}
                 Err(e) => {
                     // Keep the old stamps so the next tick tries again (the cron job
                     // may be half-way through writing).
-                    self.count(|c| c.crl_reloads[1] += 1);
-                    tracing::error!(error = %e, "CRL changed on disk but cannot be used; keeping the previous lists");
+                    if crl_changed {
+                        self.count(|c| c.crl_reloads[1] += 1);
+                        tracing::error!(error = %e, "CRL changed on disk but cannot be used; keeping the previous lists");
+                    }
                 }
             }
         }

@@ -42,6 +42,9 @@ pub struct Generation {
     /// The credential of mutating admin requests, re-read from `[admin] token_file`
     /// with every generation; `None` refuses them.
     pub admin_token: Option<Arc<crate::telemetry::admin::AdminToken>>,
+    /// `[tokens]`: the token policy and the keys read from its JWKS file with this
+    /// generation (a changed file makes a new generation); `None` without `[tokens]`.
+    pub tokens: Option<Arc<crate::authz::token::TokenGate>>,
 }
 
 impl Generation {

@@ -19,6 +19,7 @@ use super::driver::{ConnLog, Established};
 use super::io::{read_idle, unix_now, unix_secs, Stream, WaitError};
 use super::shared::Generation;
 use super::worker::Worker;
+use crate::authz::token::{self, Claims, Refused, TokenError, TokenGate};
 use crate::authz::{Access, Decision};
 use crate::backend::store::{self, BodyHasher, Store};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
@@ -83,6 +84,63 @@ struct Conn<'a> {
     /// When the last read of a body completed: the time from there to the next read
     /// is the server's (disk, hashing), not the client's.
     read_done: Instant,
+    /// The last bearer token that verified on this connection, so a keep-alive client
+    /// sending the same token pays for its signature once per generation; time and
+    /// scope are checked on every request all the same. Cleared when the connection
+    /// moves to a new generation (new keys, new policy).
+    token_cache: Option<TokenCache>,
+    /// Whether the request being served was admitted with the cached token (its
+    /// `sub` and `jti` go on the access line).
+    token_used: bool,
+}
+
+/// A token whose signature, issuer, audience and binding were checked under the
+/// connection's generation.
+struct TokenCache {
+    token: Box<str>,
+    claims: Claims,
+}
+
+/// The token decision for one request under `gate`: `Ok(true)` admitted with a token
+/// (now in `cache`), `Ok(false)` no token where none is required.
+fn token_verdict(
+    gate: &TokenGate,
+    cache: &mut Option<TokenCache>,
+    head: &RequestHead,
+    thumbprint: &str,
+    bucket: &str,
+    access: Access,
+    now: i64,
+) -> Result<bool, Refused> {
+    let values = head
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "authorization")
+        .map(|(_, v)| v.as_str());
+    let Some(tok) = token::bearer(values)? else {
+        if gate.policy.required.for_bucket(bucket) {
+            return Err(TokenError::Missing.into());
+        }
+        return Ok(false);
+    };
+    let hit = cache.as_ref().is_some_and(|c| *c.token == *tok);
+    if !hit {
+        let claims = token::verify(tok, &gate.jwks, &gate.policy, thumbprint)?;
+        *cache = Some(TokenCache {
+            token: tok.into(),
+            claims,
+        });
+    }
+    let Some(c) = cache.as_ref() else {
+        return Err(TokenError::Missing.into());
+    };
+    let refused = |error| Refused {
+        error,
+        ids: c.claims.ids.clone(),
+    };
+    c.claims.check_time(&gate.policy, now).map_err(refused)?;
+    c.claims.authorize(access, bucket).map_err(refused)?;
+    Ok(true)
 }
 
 /// Serve HTTP requests until the client closes or an error ends the connection.
@@ -133,6 +191,8 @@ pub async fn serve(
         deadline: None,
         rate: None,
         read_done: Instant::now(),
+        token_cache: None,
+        token_used: false,
     };
     let end = c.run().await;
     c.close().await;
@@ -154,6 +214,7 @@ impl Conn<'_> {
                 Err(e) => return e,
             };
             let start = Instant::now();
+            self.token_used = false;
             if let Err(why) = self.rejudge() {
                 // The certificate this connection was admitted with no longer passes:
                 // answer this request 403 and close, whatever the rules would say.
@@ -239,6 +300,8 @@ impl Conn<'_> {
             // cannot serve this connection at all.
             self.store = Some(cur.store.clone().ok_or(FailReason::Unauthorized)?);
             self.gen = cur;
+            // A token verified under the old key set is verified again.
+            self.token_cache = None;
         }
         Ok(changed)
     }
@@ -523,12 +586,73 @@ impl Conn<'_> {
             &crate::telemetry::REQUEST_BUCKETS,
             start.elapsed().as_secs_f64(),
         );
+        let ids = self
+            .token_cache
+            .as_ref()
+            .filter(|_| self.token_used)
+            .map(|c| &c.claims.ids);
+        if let Some(ids) = ids {
+            tracing::info!(
+                target: "access",
+                worker = self.w.id, peer = %self.peer, identity = self.identity.name(),
+                request_id = %self.rid, method, bucket, key,
+                status, bytes, duration_ms = start.elapsed().as_secs_f64() * 1e3,
+                sub = ids.sub.as_deref().unwrap_or("-"),
+                client_id = ids.client_id.as_deref().unwrap_or("-"),
+                jti = ids.jti.as_deref().unwrap_or("-"), "request"
+            );
+            return;
+        }
         tracing::info!(
             target: "access",
             worker = self.w.id, peer = %self.peer, identity = self.identity.name(),
             request_id = %self.rid, method, bucket, key,
             status, bytes, duration_ms = start.elapsed().as_secs_f64() * 1e3, "request"
         );
+    }
+
+    /// Refuse a request for its token (400 / 401 / 403 with `WWW-Authenticate`), count
+    /// it and log who the token named. The token itself is never logged.
+    async fn token_refused(
+        &mut self,
+        head: &RequestHead,
+        bucket: &str,
+        key: &str,
+        r: Refused,
+        start: Instant,
+    ) -> Result<bool, End> {
+        let reason = r.error.reason();
+        self.w.stats.token(Err(reason));
+        tracing::info!(
+            target: "access",
+            request_id = %self.rid, identity = self.identity.name(),
+            sub = r.ids.sub.as_deref().unwrap_or("-"),
+            client_id = r.ids.client_id.as_deref().unwrap_or("-"),
+            jti = r.ids.jti.as_deref().unwrap_or("-"),
+            reason = reason.as_str(), status = r.error.status(), "bearer token refused"
+        );
+        let code = match r.error.status() {
+            400 => Code::InvalidRequest,
+            403 => Code::AccessDenied,
+            _ => Code::InvalidToken,
+        };
+        let e = s3::Error::msg(code, r.error.description())
+            .detail(format_args!("token {}", reason.as_str()));
+        let www = r.error.www_authenticate();
+        let body_pending = !BodyDecoder::for_request(head).is_done();
+        let keep = !body_pending && head.keep_alive;
+        self.linger |= body_pending;
+        self.refuse(
+            Some(head),
+            bucket,
+            key,
+            &e,
+            start,
+            keep,
+            &[("www-authenticate", &www)],
+        )
+        .await?;
+        Ok(keep)
     }
 
     /// Send `e` as an S3 error document (headers only for HEAD, which never has a
@@ -632,6 +756,25 @@ impl Conn<'_> {
             Operation::DeleteObject => Access::Delete,
             Operation::ListObjectsV2(_) => Access::List,
         };
+        // Both must allow: the bearer token (when [tokens] is set: valid, bound to this
+        // certificate, its scope covering the action) and the identity's [[authz]] rule.
+        if let Some(gate) = self.gen.tokens.as_deref() {
+            match token_verdict(
+                gate,
+                &mut self.token_cache,
+                head,
+                &self.identity.thumbprint,
+                &bucket,
+                access,
+                unix_secs(),
+            ) {
+                Ok(used) => {
+                    self.token_used = used;
+                    self.w.stats.token(Ok(used));
+                }
+                Err(r) => return self.token_refused(head, &bucket, k, r, start).await,
+            }
+        }
         if let Decision::Denied { reason } = self.gen.authz.check(&self.identity, &bucket, access) {
             let e = s3::Error::new(Code::AccessDenied).detail(reason);
             return self.error(head, &bucket, k, e, start).await;

@@ -126,6 +126,10 @@ pub struct LoadArgs {
     /// No live progress line (it is only shown when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// Store: send the bearer token in this file (one line, e.g. from `lakegate pki
+    /// token`) as `Authorization: Bearer` on every request.
+    #[arg(long)]
+    pub bearer_file: Option<PathBuf>,
 }
 
 /// Validated options.
@@ -169,6 +173,8 @@ pub struct Options {
     pub server_name: String,
     /// No progress line.
     pub no_progress: bool,
+    /// `Authorization: Bearer` value sent on every store request.
+    pub bearer: Option<String>,
 }
 
 fn parse_size(what: &str, s: &str) -> Result<u64, String> {
@@ -202,6 +208,20 @@ pub fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
     Ok(out)
 }
 
+/// The token in a `--bearer-file`: its one line, which must be a plain token.
+fn read_bearer(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--bearer-file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "--bearer-file {}: expected one token on one line",
+            path.display()
+        ));
+    }
+    Ok(token.to_owned())
+}
+
 /// Parse a read:write ratio such as "70:30".
 pub fn parse_mix(s: &str) -> Result<(u32, u32), String> {
     let bad = || format!("--mix {s:?}: expected READ:WRITE weights, e.g. 70:30");
@@ -215,7 +235,7 @@ pub fn parse_mix(s: &str) -> Result<(u32, u32), String> {
 }
 
 impl Options {
-    /// Check the arguments (everything but the files, which [`tls_config`] reads).
+    /// Check the arguments and read `--bearer-file` (the TLS files are [`tls_config`]'s).
     pub fn from_args(a: &LoadArgs) -> Result<Options, String> {
         let (host, port) = a
             .target
@@ -306,6 +326,7 @@ impl Options {
             cores,
             timeout,
             no_progress: a.no_progress,
+            bearer: a.bearer_file.as_deref().map(read_bearer).transpose()?,
         })
     }
 }
@@ -473,16 +494,20 @@ impl Worker {
         if put {
             let _ = write!(
                 self.head,
-                "PUT /{}/{key} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+                "PUT /{}/{key} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
                 o.bucket, o.host, o.object_size
             );
         } else {
             let _ = write!(
                 self.head,
-                "GET /{}/{key} HTTP/1.1\r\nHost: {}\r\n\r\n",
+                "GET /{}/{key} HTTP/1.1\r\nHost: {}\r\n",
                 o.bucket, o.host
             );
         }
+        if let Some(t) = &o.bearer {
+            let _ = write!(self.head, "Authorization: Bearer {t}\r\n");
+        }
+        self.head.push_str("\r\n");
         let (ws, wr) = c.wire();
         let t0 = Instant::now();
         let head = std::mem::take(&mut self.head);

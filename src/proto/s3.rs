@@ -32,8 +32,11 @@ use super::http::{HttpError, Method, RequestHead};
 #[non_exhaustive]
 pub enum Code {
     /// 403: no rule admits this identity for this action, or the store refused the
-    /// path (a symlink, a permission).
+    /// path (a symlink, a permission), or the bearer token's scope does not cover it.
     AccessDenied,
+    /// 401: `[tokens]` is set and the request has no valid bearer token (the RFC 6750
+    /// details ride in `WWW-Authenticate`).
+    InvalidToken,
     /// 404: the object does not exist.
     NoSuchKey,
     /// 404: the bucket's folder does not exist.
@@ -87,6 +90,7 @@ impl Code {
     pub fn status(self) -> u16 {
         match self {
             Code::AccessDenied => 403,
+            Code::InvalidToken => 401,
             Code::NoSuchKey | Code::NoSuchBucket => 404,
             Code::InvalidArgument
             | Code::InvalidRequest
@@ -116,6 +120,7 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::AccessDenied => "AccessDenied",
+            Code::InvalidToken => "InvalidToken",
             Code::NoSuchKey => "NoSuchKey",
             Code::NoSuchBucket => "NoSuchBucket",
             Code::InvalidArgument => "InvalidArgument",
@@ -146,6 +151,7 @@ impl Code {
     pub fn default_message(self) -> &'static str {
         match self {
             Code::AccessDenied => "Access Denied",
+            Code::InvalidToken => "The bearer token is missing or invalid.",
             Code::NoSuchKey => "The specified key does not exist.",
             Code::NoSuchBucket => "The specified bucket does not exist.",
             Code::InvalidArgument => "Invalid Argument",
@@ -592,7 +598,9 @@ const EMPTY_SHA256_HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934c
 
 /// Headers that any operation accepts: transport, tracing, SDK bookkeeping and
 /// credentials. The identity is the client certificate; a SigV4 `Authorization` (or
-/// its session token) is neither checked nor needed, so it changes nothing.
+/// its session token) is neither checked nor needed, so it changes nothing. An
+/// `Authorization: Bearer` token is checked by the store when `[tokens]` is set
+/// ([`crate::authz::token`]), and ignored like SigV4 when it is not.
 const ANY_OP_HEADERS: &[&str] = &[
     "host",
     "user-agent",

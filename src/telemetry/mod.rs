@@ -13,6 +13,7 @@ pub mod admin;
 
 use prometheus::proto::{self, MetricFamily, MetricType};
 
+use crate::authz::token::Reason as TokenReason;
 use crate::tls::policy::FailReason;
 use crate::tls::resume::ResumeRefusal;
 
@@ -132,6 +133,9 @@ pub struct WorkerStats {
     pub requests: [Counter; METHODS.len() * STATUSES.len()],
     /// Request durations (head received to response done).
     pub request_duration: Histo,
+    /// Token decisions: [0] valid, [1] absent where not required, then one per
+    /// [`TokenReason`] index (failed).
+    pub tokens: [Counter; 2 + TokenReason::ALL.len()],
     /// Client certificates seen lately, for `lakegate_client_cert_expiry_seconds`.
     /// Locked by this worker once per handshake and by the admin thread per scrape;
     /// never by another worker.
@@ -155,6 +159,7 @@ impl Default for WorkerStats {
             sessions: std::array::from_fn(|_| Counter::default()),
             requests: std::array::from_fn(|_| Counter::default()),
             request_duration: Histo::default(),
+            tokens: Default::default(),
             recent_certs: Mutex::new(RecentCerts::default()),
         }
     }
@@ -166,6 +171,17 @@ impl WorkerStats {
         if let Some(i) = FailReason::ALL.iter().position(|x| *x == r) {
             self.handshakes_failed[i].inc();
         }
+    }
+
+    /// Count a token decision: `Ok(true)` a valid token, `Ok(false)` none where none is
+    /// required, `Err(reason)` a refusal.
+    pub fn token(&self, r: Result<bool, TokenReason>) {
+        let i = match r {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(reason) => 2 + reason.index(),
+        };
+        self.tokens[i].inc();
     }
 
     /// Count an open connection ended by policy: `None` for its maximum age.
@@ -231,6 +247,8 @@ pub struct Control {
     pub last_reload_success: i64,
     /// CRL re-reads after a change on disk, by result (ok, failed).
     pub crl_reloads: [u64; 2],
+    /// JWKS re-reads after a change on disk, by result (ok, failed).
+    pub jwks_reloads: [u64; 2],
     /// Checks (at load and every `crl_refresh`) that found a CRL past nextUpdate.
     pub crl_stale: u64,
     /// (file, nextUpdate unix seconds) of every loaded CRL.
@@ -411,6 +429,28 @@ impl Telemetry {
             COUNTER,
             reqs,
         ));
+        let mut toks = vec![
+            counter(
+                vec![label("result", "ok"), label("reason", "")],
+                self.sum(|w| w.tokens[0].get()) as f64,
+            ),
+            counter(
+                vec![label("result", "absent"), label("reason", "")],
+                self.sum(|w| w.tokens[1].get()) as f64,
+            ),
+        ];
+        for (i, r) in TokenReason::ALL.iter().enumerate() {
+            toks.push(counter(
+                vec![label("result", "failed"), label("reason", r.as_str())],
+                self.sum(|w| w.tokens[2 + i].get()) as f64,
+            ));
+        }
+        out.push(family(
+            "lakegate_tokens_total",
+            "Bearer token decisions on object API requests: ok, absent (not required), or failed by reason.",
+            COUNTER,
+            toks,
+        ));
         out.push(family(
             "lakegate_request_duration_seconds",
             "Object API request time, head received to response sent.",
@@ -524,6 +564,11 @@ impl Telemetry {
             "lakegate_crl_reloads_total",
             "CRL re-reads after a file changed on disk, by result.",
             control.crl_reloads,
+        ));
+        out.push(pair(
+            "lakegate_jwks_reloads_total",
+            "Re-reads of the [tokens] JWKS file after it changed on disk, by result (failed keeps the previous keys).",
+            control.jwks_reloads,
         ));
         out.push(family(
             "lakegate_crl_stale_total",

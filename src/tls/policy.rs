@@ -24,7 +24,7 @@ use crate::tls::resume::VerifyingTicketer;
 use crate::tls::tickets::FileTicketer;
 
 /// An error building the TLS policy; names the config file, the key and what went wrong.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{file}: {key}: {message}")]
 pub struct PolicyError {
     /// The configuration file.
