@@ -54,6 +54,8 @@ pub struct ConnLog {
     pub bytes_in: Cell<u64>,
     /// TLS bytes to the client.
     pub bytes_out: Cell<u64>,
+    /// The failed handshake was already counted (before its alert went out).
+    pub failure_counted: Cell<bool>,
 }
 
 /// Serve one accepted connection to its end.
@@ -71,7 +73,9 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
     let mut est = match hs {
         Ok(Ok(est)) => est,
         Ok(Err((reason, detail))) => {
-            w.stats.handshake_failed(reason);
+            if !log.failure_counted.get() {
+                w.stats.handshake_failed(reason);
+            }
             tracing::warn!(
                 worker = w.id, %peer, reason = reason.as_str(), detail = %detail,
                 bytes_in = log.bytes_in.get(), "handshake failed"
@@ -227,6 +231,12 @@ async fn handshake(
                 reason = r.as_str(),
                 "session ticket not honoured; the client is asked for a full handshake"
             );
+        }
+        if let Some((reason, _)) = &failure {
+            // Counted before the alert leaves, so the metric never lags what the
+            // client was told.
+            w.stats.handshake_failed(*reason);
+            log.failure_counted.set(true);
         }
         if !out.is_empty() {
             // Flush the server flight, or the alert that says why we refuse.
