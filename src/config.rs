@@ -121,10 +121,15 @@ impl Config {
             v.push(("tokens.leeway", d(tk.leeway)));
         }
         match &self.backend {
-            Backend::Store { root, fsync } => {
+            Backend::Store {
+                root,
+                fsync,
+                multipart_expiry,
+            } => {
                 v.push(("backend.kind", "store".into()));
                 v.push(("backend.root", p(root)));
                 v.push(("backend.fsync", format!("{fsync:?}").to_lowercase()));
+                v.push(("backend.multipart_expiry", d(*multipart_expiry)));
             }
             Backend::Forward {
                 upstream,
@@ -261,6 +266,8 @@ pub enum Backend {
         root: PathBuf,
         /// When stored objects are fsynced.
         fsync: Fsync,
+        /// Multipart uploads with no part stored for this long are removed.
+        multipart_expiry: Duration,
     },
     /// A plaintext byte relay to an upstream.
     Forward {
@@ -388,6 +395,9 @@ const DEFAULT_MIN_BODY_RATE: MinBodyRate = MinBodyRate {
     window: Duration::from_secs(10),
 };
 const DEFAULT_CRL_REFRESH: Duration = Duration::from_secs(30);
+/// Store: multipart uploads untouched this long are removed (S3 lifecycle rules are
+/// commonly set to a day or a week; a day keeps abandoned parts from piling up).
+pub const DEFAULT_MULTIPART_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_TICKET_LIFETIME: Duration = Duration::from_secs(6 * 3600);
@@ -460,6 +470,7 @@ struct RawBackend {
     // store
     root: Option<String>,
     fsync: Option<String>,
+    multipart_expiry: Option<String>,
     // forward
     upstream: Option<String>,
     proxy_protocol: Option<String>,
@@ -853,6 +864,7 @@ impl Ctx {
         let owners = [
             ("root", raw.root.is_some(), "store"),
             ("fsync", raw.fsync.is_some(), "store"),
+            ("multipart_expiry", raw.multipart_expiry.is_some(), "store"),
             ("upstream", raw.upstream.is_some(), "forward"),
             ("proxy_protocol", raw.proxy_protocol.is_some(), "forward"),
             (
@@ -886,7 +898,17 @@ impl Ctx {
                     ))
                 }
             };
-            return Ok(Backend::Store { root, fsync });
+            let multipart_expiry = self.duration(
+                "backend.multipart_expiry",
+                raw.multipart_expiry,
+                DEFAULT_MULTIPART_EXPIRY,
+                false,
+            )?;
+            return Ok(Backend::Store {
+                root,
+                fsync,
+                multipart_expiry,
+            });
         }
 
         let upstream = self.upstream(&self.required("backend.upstream", raw.upstream)?)?;
@@ -1534,7 +1556,8 @@ root = "data"
             c.backend,
             Backend::Store {
                 root,
-                fsync: Fsync::Always
+                fsync: Fsync::Always,
+                multipart_expiry: DEFAULT_MULTIPART_EXPIRY,
             }
         );
         assert_eq!(
@@ -1587,7 +1610,8 @@ root = "data"
             c.backend,
             Backend::Store {
                 root: dir.path().join("data"),
-                fsync: Fsync::Always
+                fsync: Fsync::Always,
+                multipart_expiry: DEFAULT_MULTIPART_EXPIRY,
             }
         );
         assert!(c.authz.is_empty());

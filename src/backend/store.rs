@@ -31,7 +31,7 @@
 //! engine (tokio-uring) on the files returned here; everything in this module is plain
 //! blocking syscalls on the calling thread.
 
-use std::collections::BinaryHeap;
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io;
@@ -44,6 +44,8 @@ use md5::Digest as _;
 use xattr::FileExt as _;
 
 use crate::proto::s3::{self, Code};
+
+pub mod multipart;
 
 /// Longest accepted key, in bytes (S3's limit).
 pub const MAX_KEY_LEN: usize = 1024;
@@ -58,7 +60,11 @@ const RESERVED_PREFIX: &str = ".lakegate";
 const TEMP_PREFIX: &str = ".lakegate-tmp-";
 /// The object's SHA-256, lowercase hex.
 const XATTR_SHA256: &str = "user.lakegate.sha256";
-/// `<size>:<mtime seconds>.<mtime nanoseconds>` the SHA-256 attribute was computed for.
+/// The S3 ETag of an object assembled from a multipart upload (`<hex>-<parts>`), which
+/// is not its SHA-256; such an object has no SHA-256 attribute until one is computed.
+const XATTR_ETAG: &str = "user.lakegate.etag";
+/// `<size>:<mtime seconds>.<mtime nanoseconds>` the SHA-256 (or ETag) attribute was
+/// computed for.
 const XATTR_STAMP: &str = "user.lakegate.stamp";
 /// Read size when an object's SHA-256 has to be computed from its bytes.
 const HASH_CHUNK: usize = 256 * 1024;
@@ -338,7 +344,20 @@ impl Store {
         file: &File,
         sha256_hex: &str,
     ) -> io::Result<()> {
-        let result = self.commit_inner(bucket, temp, key, file, sha256_hex);
+        self.commit_tagged(bucket, temp, key, file, Tag::Sha256(sha256_hex))
+    }
+
+    /// [`Store::commit`] with the SHA-256 or, for an assembled multipart upload, the
+    /// multipart ETag.
+    pub fn commit_tagged(
+        &self,
+        bucket: &str,
+        temp: &str,
+        key: &str,
+        file: &File,
+        tag: Tag<'_>,
+    ) -> io::Result<()> {
+        let result = self.commit_inner(bucket, temp, key, file, tag);
         if result.is_err() {
             self.discard_temp(bucket, temp);
         }
@@ -351,14 +370,18 @@ impl Store {
         temp: &str,
         key: &str,
         file: &File,
-        sha256_hex: &str,
+        tag: Tag<'_>,
     ) -> io::Result<()> {
         validate_key(key)?;
         check_temp_name(temp)?;
-        if !is_sha256_hex(sha256_hex) {
+        let well_formed = match tag {
+            Tag::Sha256(h) => is_sha256_hex(h),
+            Tag::Multipart(e) => is_multipart_etag(e),
+        };
+        if !well_formed {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "SHA-256 must be 64 lowercase hex digits",
+                "SHA-256 must be 64 lowercase hex digits, a multipart ETag <32 hex>-<parts>",
             ));
         }
         let dir = self.bucket_dir(bucket)?;
@@ -371,7 +394,10 @@ impl Store {
         }
         // Attributes before the fsync, so that one fsync makes them durable too.
         if self.xattrs {
-            store_sha256(file, sha256_hex, &stamp(&md))?;
+            match tag {
+                Tag::Sha256(h) => store_sha256(file, h, &stamp(&md))?,
+                Tag::Multipart(e) => store_xattr(file, XATTR_ETAG, e, &stamp(&md))?,
+            }
         }
         if self.fsync {
             file.sync_all()?;
@@ -531,25 +557,43 @@ impl Store {
         start_after: Option<&str>,
         max_keys: usize,
     ) -> io::Result<Listing> {
+        self.list_delimited(bucket, prefix, None, start_after, max_keys)
+    }
+
+    /// [`Store::list`] with a `delimiter`: a key whose rest after `prefix` holds the
+    /// delimiter is rolled up into the common prefix that ends with its first
+    /// occurrence; common prefixes and keys share one sorted page of `max_keys`. A
+    /// folder whose keys all roll up into one common prefix is not walked beyond its
+    /// first object.
+    pub fn list_delimited(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> io::Result<Listing> {
         let dir = self.bucket_dir(bucket)?;
         let max_keys = max_keys.min(MAX_LIST_KEYS);
         if max_keys == 0 {
             return Ok(Listing {
                 entries: Vec::new(),
+                common_prefixes: Vec::new(),
                 truncated: false,
                 next_start_after: None,
             });
         }
         let mut pick = Picker {
             prefix,
+            delimiter: delimiter.filter(|d| !d.is_empty()),
             after: start_after,
             limit: max_keys + 1,
-            best: BinaryHeap::new(),
+            best: BTreeSet::new(),
         };
         let mut base = String::new();
         walk(&dir, &mut base, &mut pick)?;
 
-        let mut keys = pick.best.into_sorted_vec();
+        let mut keys: Vec<String> = std::mem::take(&mut pick.best).into_iter().collect();
         let truncated = keys.len() > max_keys;
         keys.truncate(max_keys);
         let next_start_after = if truncated {
@@ -558,7 +602,12 @@ impl Store {
             None
         };
         let mut entries = Vec::with_capacity(keys.len());
+        let mut common_prefixes = Vec::new();
         for key in keys {
+            if pick.rollup(&key).is_some() {
+                common_prefixes.push(key);
+                continue;
+            }
             let meta = open_object_at(&dir, &key).and_then(|f| object_meta(&f, self.xattrs));
             match meta {
                 Ok(meta) => entries.push((key, meta)),
@@ -571,6 +620,7 @@ impl Store {
         }
         Ok(Listing {
             entries,
+            common_prefixes,
             truncated,
             next_start_after,
         })
@@ -584,14 +634,42 @@ pub struct ObjectMeta {
     pub size: u64,
     /// Last modification time.
     pub mtime: SystemTime,
-    /// SHA-256 of the bytes, lowercase hex.
-    pub sha256_hex: String,
+    /// SHA-256 of the bytes, lowercase hex; `None` for an object assembled from a
+    /// multipart upload, whose bytes were never hashed whole (its ETag is then
+    /// [`ObjectMeta::multipart_etag`]).
+    pub sha256_hex: Option<String>,
+    /// The S3 multipart ETag (`<hex>-<parts>`, without quotes) of an object assembled by
+    /// CompleteMultipartUpload, while its bytes are unchanged.
+    pub multipart_etag: Option<String>,
+}
+
+/// What [`Store::commit_tagged`] records on an object: its SHA-256 (a single PUT, a
+/// copy), or the multipart ETag of an assembled upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag<'a> {
+    /// SHA-256, 64 lowercase hex digits.
+    Sha256(&'a str),
+    /// `<32 hex>-<parts>`.
+    Multipart(&'a str),
 }
 
 impl ObjectMeta {
-    /// The `ETag` header value: the SHA-256 hex in double quotes.
+    /// The `ETag` header value in double quotes: the SHA-256 hex, or the multipart ETag.
     pub fn etag(&self) -> String {
-        format!("\"{}\"", self.sha256_hex)
+        match (&self.sha256_hex, &self.multipart_etag) {
+            (_, Some(m)) => format!("\"{m}\""),
+            (Some(sha), None) => format!("\"{sha}\""),
+            (None, None) => "\"\"".to_owned(),
+        }
+    }
+
+    /// How a copy of this object is tagged.
+    pub fn tag(&self) -> Option<Tag<'_>> {
+        match (&self.multipart_etag, &self.sha256_hex) {
+            (Some(m), _) => Some(Tag::Multipart(m)),
+            (None, Some(s)) => Some(Tag::Sha256(s)),
+            (None, None) => None,
+        }
     }
 
     /// `Last-Modified` as an IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
@@ -623,7 +701,7 @@ impl ObjectMeta {
     /// `x-amz-checksum-sha256`: the SHA-256 in standard base64; empty if the hex is not a
     /// SHA-256 (which the store never produces).
     pub fn checksum_sha256_b64(&self) -> String {
-        unhex32(&self.sha256_hex)
+        unhex32(self.sha256_hex.as_deref().unwrap_or(""))
             .map(|raw| base64::engine::general_purpose::STANDARD.encode(raw))
             .unwrap_or_default()
     }
@@ -634,6 +712,8 @@ impl ObjectMeta {
 pub struct Listing {
     /// Keys with their metadata, sorted bytewise.
     pub entries: Vec<(String, ObjectMeta)>,
+    /// Common prefixes (with a delimiter), sorted bytewise.
+    pub common_prefixes: Vec<String>,
     /// More keys follow this page.
     pub truncated: bool,
     /// Where the next page starts (exclusive) when `truncated`.
@@ -654,8 +734,47 @@ pub fn list_xml(
     l: &Listing,
     url_encode: bool,
 ) -> String {
+    list_result_xml(
+        &ListXml {
+            v2: true,
+            bucket,
+            prefix,
+            delimiter: None,
+            max_keys,
+            continuation,
+            start_after: None,
+            url_encode,
+        },
+        l,
+    )
+}
+
+/// What a `ListBucketResult` echoes of its request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListXml<'a> {
+    /// ListObjectsV2 (KeyCount, continuation tokens) or ListObjects (Marker, NextMarker).
+    pub v2: bool,
+    /// The bucket.
+    pub bucket: &'a str,
+    /// `prefix`.
+    pub prefix: &'a str,
+    /// `delimiter`.
+    pub delimiter: Option<&'a str>,
+    /// `max-keys`.
+    pub max_keys: usize,
+    /// v2: `continuation-token` as sent.
+    pub continuation: Option<&'a str>,
+    /// v2: `start-after`; v1: `marker`.
+    pub start_after: Option<&'a str>,
+    /// `encoding-type=url`.
+    pub url_encode: bool,
+}
+
+/// The `ListBucketResult` of ListObjectsV2 or ListObjects (v1), with CommonPrefixes
+/// when a delimiter was given. See [`list_xml`].
+pub fn list_result_xml(q: &ListXml<'_>, l: &Listing) -> String {
     let enc = |s: &str| {
-        if url_encode {
+        if q.url_encode {
             let mut e = String::with_capacity(s.len());
             s3::url_encode_into(&mut e, s);
             e
@@ -668,29 +787,53 @@ pub fn list_xml(
     x.push_str("<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
     let _ = write!(
         x,
-        "<Name>{}</Name><Prefix>{}</Prefix><KeyCount>{}</KeyCount><MaxKeys>{}</MaxKeys><IsTruncated>{}</IsTruncated>",
-        xml_escape(bucket),
-        enc(prefix),
-        l.entries.len(),
-        max_keys.min(MAX_LIST_KEYS),
+        "<Name>{}</Name><Prefix>{}</Prefix>",
+        xml_escape(q.bucket),
+        enc(q.prefix)
+    );
+    if q.v2 {
+        let _ = write!(
+            x,
+            "<KeyCount>{}</KeyCount>",
+            l.entries.len() + l.common_prefixes.len()
+        );
+    } else {
+        let _ = write!(x, "<Marker>{}</Marker>", enc(q.start_after.unwrap_or("")));
+    }
+    let _ = write!(
+        x,
+        "<MaxKeys>{}</MaxKeys><IsTruncated>{}</IsTruncated>",
+        q.max_keys.min(MAX_LIST_KEYS),
         l.truncated
     );
-    if url_encode {
+    if let Some(d) = q.delimiter {
+        let _ = write!(x, "<Delimiter>{}</Delimiter>", enc(d));
+    }
+    if q.url_encode {
         x.push_str("<EncodingType>url</EncodingType>");
     }
-    if let Some(token) = continuation {
-        let _ = write!(
-            x,
-            "<ContinuationToken>{}</ContinuationToken>",
-            xml_escape(token)
-        );
+    if q.v2 {
+        if let Some(token) = q.continuation {
+            let _ = write!(
+                x,
+                "<ContinuationToken>{}</ContinuationToken>",
+                xml_escape(token)
+            );
+        }
+        if let Some(sa) = q.start_after {
+            let _ = write!(x, "<StartAfter>{}</StartAfter>", enc(sa));
+        }
     }
     if let (true, Some(next)) = (l.truncated, &l.next_start_after) {
-        let _ = write!(
-            x,
-            "<NextContinuationToken>{}</NextContinuationToken>",
-            encode_continuation(next)
-        );
+        if q.v2 {
+            let _ = write!(
+                x,
+                "<NextContinuationToken>{}</NextContinuationToken>",
+                encode_continuation(next)
+            );
+        } else {
+            let _ = write!(x, "<NextMarker>{}</NextMarker>", enc(next));
+        }
     }
     for (key, meta) in &l.entries {
         let _ = write!(
@@ -700,6 +843,13 @@ pub fn list_xml(
             meta.last_modified_iso(),
             xml_escape(&meta.etag()),
             meta.size
+        );
+    }
+    for cp in &l.common_prefixes {
+        let _ = write!(
+            x,
+            "<CommonPrefixes><Prefix>{}</Prefix></CommonPrefixes>",
+            enc(cp)
         );
     }
     x.push_str("</ListBucketResult>");
@@ -797,6 +947,11 @@ impl Digests {
     /// SHA-256 as lowercase hex (the ETag and the stored attribute).
     pub fn sha256_hex(&self) -> String {
         hex(&self.sha256)
+    }
+
+    /// MD5 as lowercase hex (a part's ETag), when it was computed.
+    pub fn md5_hex(&self) -> Option<String> {
+        self.md5.map(|m| hex(&m))
     }
 
     /// Verify a client-sent `x-amz-checksum-sha256` and/or `Content-MD5` (both base64).
@@ -1040,8 +1195,12 @@ fn stamp(md: &std::fs::Metadata) -> String {
 }
 
 fn store_sha256(file: &File, sha256_hex: &str, stamp: &str) -> io::Result<()> {
+    store_xattr(file, XATTR_SHA256, sha256_hex, stamp)
+}
+
+fn store_xattr(file: &File, name: &str, value: &str, stamp: &str) -> io::Result<()> {
     let set = file
-        .set_xattr(XATTR_SHA256, sha256_hex.as_bytes())
+        .set_xattr(name, value.as_bytes())
         .and_then(|()| file.set_xattr(XATTR_STAMP, stamp.as_bytes()));
     match set {
         Err(e) if is_unsupported(&e) => Ok(()),
@@ -1057,6 +1216,26 @@ fn cached_sha256(file: &File, stamp: &str) -> Option<String> {
     (is_sha256_hex(&sha) && at == stamp.as_bytes()).then_some(sha)
 }
 
+/// The cached multipart ETag if it and the stamp are there, well formed and current.
+fn cached_etag(file: &File, stamp: &str) -> Option<String> {
+    let etag = file.get_xattr(XATTR_ETAG).ok()??;
+    let at = file.get_xattr(XATTR_STAMP).ok()??;
+    let etag = String::from_utf8(etag).ok()?;
+    (is_multipart_etag(&etag) && at == stamp.as_bytes()).then_some(etag)
+}
+
+/// `<32 lowercase hex>-<1..=10000>`.
+fn is_multipart_etag(s: &str) -> bool {
+    s.split_once('-').is_some_and(|(h, n)| {
+        h.len() == 32
+            && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && n.parse::<u32>()
+                .is_ok_and(|n| (1..=s3::MAX_PARTS).contains(&n))
+    })
+}
+
 fn object_meta(file: &File, xattrs: bool) -> io::Result<ObjectMeta> {
     let md = file.metadata()?;
     let stamp = stamp(&md);
@@ -1065,6 +1244,19 @@ fn object_meta(file: &File, xattrs: bool) -> io::Result<ObjectMeta> {
     } else {
         None
     };
+    let multipart_etag = if xattrs {
+        cached_etag(file, &stamp)
+    } else {
+        None
+    };
+    if cached.is_none() && multipart_etag.is_some() {
+        return Ok(ObjectMeta {
+            size: md.len(),
+            mtime: md.modified()?,
+            sha256_hex: None,
+            multipart_etag,
+        });
+    }
     let sha256_hex = match cached {
         Some(sha) => sha,
         None => {
@@ -1081,7 +1273,8 @@ fn object_meta(file: &File, xattrs: bool) -> io::Result<ObjectMeta> {
     Ok(ObjectMeta {
         size: md.len(),
         mtime: md.modified()?,
-        sha256_hex,
+        sha256_hex: Some(sha256_hex),
+        multipart_etag,
     })
 }
 
@@ -1197,25 +1390,37 @@ impl Civil {
 // ---------------------------------------------------------------------------------------
 // Listing.
 
-/// Keeps the smallest `limit` keys that pass the filters, so memory stays bounded by the
-/// page size however large the bucket is.
+/// Keeps the smallest `limit` entries (keys, or common prefixes they roll up into) that
+/// pass the filters, so memory stays bounded by the page size however large the bucket
+/// is.
 struct Picker<'a> {
     prefix: &'a str,
+    delimiter: Option<&'a str>,
     after: Option<&'a str>,
     limit: usize,
-    /// Max-heap: the top is the largest key kept, the first to go.
-    best: BinaryHeap<String>,
+    /// Sorted; the last is the largest kept, the first to go.
+    best: BTreeSet<String>,
 }
 
 impl Picker<'_> {
     fn below_bound(&self, s: &str) -> bool {
-        self.best.len() < self.limit || self.best.peek().is_some_and(|top| s < top.as_str())
+        self.best.len() < self.limit || self.best.last().is_some_and(|top| s < top.as_str())
     }
 
-    fn wants_key(&self, key: &str) -> bool {
-        key.starts_with(self.prefix)
-            && self.after.is_none_or(|after| key > after)
-            && self.below_bound(key)
+    /// The common prefix `s` (a key, or a folder path ending in '/') rolls up into:
+    /// `prefix` + its rest up to and including the delimiter's first occurrence.
+    fn rollup(&self, s: &str) -> Option<String> {
+        let d = self.delimiter?;
+        let rest = s.strip_prefix(self.prefix)?;
+        let at = rest.find(d)?;
+        Some(format!("{}{}", self.prefix, &rest[..at + d.len()]))
+    }
+
+    fn wants_entry(&self, entry: &str) -> bool {
+        entry.starts_with(self.prefix)
+            && self.after.is_none_or(|after| entry > after)
+            && !self.best.contains(entry)
+            && self.below_bound(entry)
     }
 
     /// Whether any key starting with `dir` (which ends in '/') could be wanted.
@@ -1224,7 +1429,8 @@ impl Picker<'_> {
             return false;
         }
         // Every key in the subtree is `dir` + more, so it is below `after` exactly when
-        // `dir` sorts before `after` without being a prefix of it.
+        // `dir` sorts before `after` without being a prefix of it. The same holds for
+        // the common prefixes they roll up into, which then also extend `dir`.
         if self
             .after
             .is_some_and(|after| dir < after && !after.starts_with(dir))
@@ -1234,10 +1440,10 @@ impl Picker<'_> {
         self.below_bound(dir)
     }
 
-    fn offer(&mut self, key: String) {
-        self.best.push(key);
+    fn offer(&mut self, entry: String) {
+        self.best.insert(entry);
         if self.best.len() > self.limit {
-            self.best.pop();
+            self.best.pop_last();
         }
     }
 }
@@ -1251,12 +1457,24 @@ fn walk(dir: &File, base: &mut String, pick: &mut Picker<'_>) -> io::Result<()> 
         let len = base.len();
         base.push_str(&name);
         match resolve_kind(dir, &name, kind)? {
-            Kind::File if base.len() <= MAX_KEY_LEN && pick.wants_key(base) => {
-                pick.offer(base.clone());
+            Kind::File if base.len() <= MAX_KEY_LEN => {
+                let entry = pick.rollup(base).unwrap_or_else(|| base.clone());
+                if pick.wants_entry(&entry) {
+                    pick.offer(entry);
+                }
             }
             Kind::Dir if base.len() < MAX_KEY_LEN => {
                 base.push('/');
-                if pick.wants_subtree(base) {
+                if let Some(cp) = pick.rollup(base) {
+                    // Every key below rolls up into `cp`: one object is enough.
+                    if pick.wants_entry(&cp) {
+                        if let Ok(sub) = open_dir_nofollow(dir, &name) {
+                            if has_object(&sub, base.len())? {
+                                pick.offer(cp);
+                            }
+                        }
+                    }
+                } else if pick.wants_subtree(base) {
                     // Raced with a rename or removal, or became a symlink: skip it.
                     if let Ok(sub) = open_dir_nofollow(dir, &name) {
                         walk(&sub, base, pick)?;
@@ -1268,6 +1486,29 @@ fn walk(dir: &File, base: &mut String, pick: &mut Picker<'_>) -> io::Result<()> 
         base.truncate(len);
     }
     Ok(())
+}
+
+/// Whether the folder `dir` (whose keys are `depth` bytes long before its names) holds
+/// at least one object a listing would show.
+fn has_object(dir: &File, depth: usize) -> io::Result<bool> {
+    for (name, kind) in sys::read_dir(dir)? {
+        if name == "." || name == ".." || validate_segment(&name).is_err() || name.contains('\\') {
+            continue;
+        }
+        let len = depth + name.len();
+        match resolve_kind(dir, &name, kind)? {
+            Kind::File if len <= MAX_KEY_LEN => return Ok(true),
+            Kind::Dir if len < MAX_KEY_LEN => {
+                if let Ok(sub) = open_dir_nofollow(dir, &name) {
+                    if has_object(&sub, len + 1)? {
+                        return Ok(true);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(false)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1377,6 +1618,32 @@ mod sys {
     }
 
     /// `mkdirat(dir, name, mode)`.
+    /// `copy_file_range(2)` of up to `len` bytes from `src` at `off_in` to `dst` at
+    /// `off_out`; the number of bytes copied (0 at the end of `src`).
+    pub(super) fn copy_file_range(
+        src: &File,
+        off_in: u64,
+        dst: &File,
+        off_out: u64,
+        len: usize,
+    ) -> io::Result<usize> {
+        let mut a =
+            i64::try_from(off_in).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut b =
+            i64::try_from(off_out).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: both descriptors are borrowed open files for the whole call; the two
+        // offsets are valid, exclusively borrowed i64s the kernel updates; no buffer of
+        // ours is involved.
+        let n = unsafe {
+            libc::copy_file_range(src.as_raw_fd(), &mut a, dst.as_raw_fd(), &mut b, len, 0)
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
     pub(super) fn mkdir_at(dir: &File, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
         // SAFETY: `dir` is an open descriptor borrowed for the call and `name` a
         // NUL-terminated string valid for the call; mkdirat keeps neither.
@@ -1666,7 +1933,7 @@ mod tests {
         file.read_exact_at(&mut got, 0).unwrap();
         assert_eq!(got, body);
         assert_eq!(meta.size, body.len() as u64);
-        assert_eq!(meta.sha256_hex, d.sha256_hex());
+        assert_eq!(meta.sha256_hex, Some(d.sha256_hex()));
         assert_eq!(meta.etag(), format!("\"{}\"", d.sha256_hex()));
         assert_eq!(
             meta.checksum_sha256_b64(),
@@ -1767,14 +2034,21 @@ mod tests {
             ABC_SHA256.as_bytes()
         );
         assert_eq!(
-            store.head_object("data", "x/y").unwrap().sha256_hex,
-            ABC_SHA256
+            store
+                .head_object("data", "x/y")
+                .unwrap()
+                .sha256_hex
+                .as_deref(),
+            Some(ABC_SHA256)
         );
 
         // Attribute wins over the bytes while the stamp is current: proves it is read.
         let fake = "0".repeat(64);
         f.set_xattr(XATTR_SHA256, fake.as_bytes()).unwrap();
-        assert_eq!(store.head_object("data", "x/y").unwrap().sha256_hex, fake);
+        assert_eq!(
+            store.head_object("data", "x/y").unwrap().sha256_hex,
+            Some(fake)
+        );
 
         // Rewritten in place (cp onto an existing file keeps xattrs): re-hashed and
         // stored again.
@@ -1783,14 +2057,18 @@ mod tests {
         let mut h = BodyHasher::new(false);
         h.update(b"abcd");
         let want = h.finish().sha256_hex();
-        assert_eq!(meta.sha256_hex, want);
+        assert_eq!(meta.sha256_hex.as_deref(), Some(want.as_str()));
         assert_eq!(f.get_xattr(XATTR_SHA256).unwrap().unwrap(), want.as_bytes());
 
         // A file the operator dropped in directly: computed once, then cached.
         std::fs::write(store.root().join("data/plain"), b"abc").unwrap();
         assert_eq!(
-            store.head_object("data", "plain").unwrap().sha256_hex,
-            ABC_SHA256
+            store
+                .head_object("data", "plain")
+                .unwrap()
+                .sha256_hex
+                .as_deref(),
+            Some(ABC_SHA256)
         );
         let plain = File::open(store.root().join("data/plain")).unwrap();
         assert_eq!(
@@ -2172,7 +2450,8 @@ mod tests {
         let at = |secs: u64, ms: u64| ObjectMeta {
             size: 0,
             mtime: UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms),
-            sha256_hex: String::new(),
+            sha256_hex: None,
+            multipart_etag: None,
         };
         let m = at(784_111_777, 0);
         assert_eq!(m.last_modified_http(), "Sun, 06 Nov 1994 08:49:37 GMT");

@@ -108,7 +108,7 @@ pub fn build_generation_with(
         )),
     };
     let store = match &cfg.backend {
-        crate::config::Backend::Store { root, fsync } => Some(Arc::new(
+        crate::config::Backend::Store { root, fsync, .. } => Some(Arc::new(
             crate::backend::store::Store::new(root, *fsync == crate::config::Fsync::Always)
                 .map_err(|e| policy::PolicyError {
                     file: cfg.path.display().to_string(),
@@ -181,6 +181,13 @@ pub fn serve(gen: Generation, config_path: PathBuf) -> Result<(), EngineError> {
             ),
             Err(e) => tracing::warn!(error = %e, "could not clean stale temporaries"),
         }
+    }
+    if gen_store.is_some() {
+        let sh = shared.clone();
+        std::thread::Builder::new()
+            .name("lg-mpu-sweep".into())
+            .spawn(move || sweep_uploads(&sh))
+            .map_err(EngineError::Thread)?;
     }
     let listeners =
         listener::bind(cfg.server.listen, &cores, cfg.server.steer_by_cpu).map_err(|source| {
@@ -325,6 +332,43 @@ pub fn serve(gen: Generation, config_path: PathBuf) -> Result<(), EngineError> {
         return Err(EngineError::WorkerDied);
     }
     Ok(())
+}
+
+/// Remove multipart uploads abandoned for longer than `[backend] multipart_expiry`: at
+/// start, then every quarter of that (at least every second, at most every hour), off
+/// the worker threads, under the running configuration; counted in
+/// `lakegate_multipart_uploads_expired_total`.
+fn sweep_uploads(shared: &Shared) {
+    loop {
+        if shared.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        let gen = shared.current.load_full();
+        let expiry = match &gen.config.backend {
+            crate::config::Backend::Store {
+                multipart_expiry, ..
+            } => *multipart_expiry,
+            crate::config::Backend::Forward { .. } => return,
+        };
+        if let Some(store) = &gen.store {
+            match store.sweep_uploads(expiry, std::time::SystemTime::now()) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(expired = n, ?expiry, "removed abandoned multipart uploads");
+                    let mut c = shared
+                        .telemetry
+                        .control
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    c.multipart_expired += n as u64;
+                }
+                Err(e) => tracing::warn!(error = %e, "multipart upload sweep failed"),
+            }
+        }
+        drop(gen);
+        let every = (expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        std::thread::sleep(every);
+    }
 }
 
 /// Workers whose heartbeat is older than `limit` (at least 3 s).

@@ -745,16 +745,30 @@ impl Conn<'_> {
             Ok(op) => op,
             Err(e) => return self.error(head, &bucket, k, e, start).await,
         };
-        if head.method != Method::Put && !BodyDecoder::for_request(head).is_done() {
+        if !matches!(head.method, Method::Put | Method::Post)
+            && !BodyDecoder::for_request(head).is_done()
+        {
             // Unread body bytes would be parsed as the next request head.
             let e = s3::Error::msg(Code::InvalidRequest, "unexpected request body");
             return self.error(head, &bucket, k, e, start).await;
         }
         let access = match &op {
-            Operation::PutObject(_) => Access::Write,
+            // The write verb covers a whole multipart upload, and a copy's destination
+            // (its source needs read, checked with the copy).
+            Operation::PutObject(_)
+            | Operation::CopyObject(_)
+            | Operation::CreateMultipartUpload(_)
+            | Operation::UploadPart { .. }
+            | Operation::CompleteMultipartUpload { .. }
+            | Operation::AbortMultipartUpload { .. }
+            | Operation::ListParts { .. } => Access::Write,
             Operation::GetObject(_) | Operation::HeadObject(_) => Access::Read,
-            Operation::DeleteObject => Access::Delete,
-            Operation::ListObjectsV2(_) => Access::List,
+            Operation::DeleteObject | Operation::DeleteObjects(_) => Access::Delete,
+            Operation::ListObjectsV2(_)
+            | Operation::ListObjects(_)
+            | Operation::ListMultipartUploads(_) => Access::List,
+            // Bucket existence: read or list (the second is tried below).
+            Operation::HeadBucket | Operation::GetBucketLocation => Access::Read,
         };
         // Both must allow: the bearer token (when [tokens] is set: valid, bound to this
         // certificate, its scope covering the action) and the identity's [[authz]] rule.
@@ -775,14 +789,133 @@ impl Conn<'_> {
                 Err(r) => return self.token_refused(head, &bucket, k, r, start).await,
             }
         }
-        if let Decision::Denied { reason } = self.gen.authz.check(&self.identity, &bucket, access) {
+        let mut decision = self.gen.authz.check(&self.identity, &bucket, access);
+        if matches!(op, Operation::HeadBucket | Operation::GetBucketLocation)
+            && !decision.is_allowed()
+        {
+            decision = self.gen.authz.check(&self.identity, &bucket, Access::List);
+        }
+        if let Decision::Denied { reason } = decision {
             let e = s3::Error::new(Code::AccessDenied).detail(reason);
             return self.error(head, &bucket, k, e, start).await;
         }
         self.inflight = Some((bucket.clone(), access));
         match (op, key.as_deref()) {
             (Operation::PutObject(spec), Some(key)) => {
-                self.put(store, head, &spec, &bucket, key, start).await
+                self.put(store, head, &spec, &bucket, key, None, start)
+                    .await
+            }
+            (
+                Operation::UploadPart {
+                    upload_id,
+                    part,
+                    spec,
+                },
+                Some(key),
+            ) => {
+                self.put(
+                    store,
+                    head,
+                    &spec,
+                    &bucket,
+                    key,
+                    Some((upload_id, part)),
+                    start,
+                )
+                .await
+            }
+            (Operation::CreateMultipartUpload(spec), Some(key)) => {
+                self.create_upload(store, head, &spec, &bucket, key, start)
+                    .await
+            }
+            (
+                Operation::CompleteMultipartUpload {
+                    upload_id,
+                    checksums,
+                },
+                Some(key),
+            ) => {
+                self.complete_upload(store, head, upload_id, &checksums, &bucket, key, start)
+                    .await
+            }
+            (Operation::AbortMultipartUpload { upload_id }, Some(key)) => {
+                match store.abort_upload(&bucket, key, upload_id, &self.owner()) {
+                    Ok(()) => {
+                        self.simple(204, "text/plain", b"", head.keep_alive).await?;
+                        self.access("DELETE", &bucket, key, 204, 0, start);
+                        Ok(true)
+                    }
+                    Err(e) => {
+                        let e = Self::upload_error(store, &bucket, &e);
+                        self.error(head, &bucket, key, e, start).await
+                    }
+                }
+            }
+            (
+                Operation::ListParts {
+                    upload_id,
+                    max_parts,
+                    marker,
+                },
+                Some(key),
+            ) => match store.list_parts(&bucket, key, upload_id, &self.owner()) {
+                Ok(parts) => {
+                    let xml = store::multipart::list_parts_xml(
+                        &bucket, key, upload_id, &parts, marker, max_parts,
+                    );
+                    self.xml_ok(head, &bucket, key, &xml, start).await
+                }
+                Err(e) => {
+                    let e = Self::upload_error(store, &bucket, &e);
+                    self.error(head, &bucket, key, e, start).await
+                }
+            },
+            (Operation::ListMultipartUploads(spec), _) => {
+                let r = store.list_uploads(
+                    &bucket,
+                    &self.owner(),
+                    spec.prefix,
+                    spec.key_marker,
+                    spec.upload_id_marker,
+                    spec.max_uploads,
+                );
+                match r {
+                    Ok((uploads, more)) => {
+                        let xml =
+                            store::multipart::list_uploads_xml(&bucket, &spec, &uploads, more);
+                        self.xml_ok(head, &bucket, "", &xml, start).await
+                    }
+                    Err(e) => {
+                        let e =
+                            s3::Error::new(store::code_for_io(&e, Code::NoSuchBucket)).detail(e);
+                        self.error(head, &bucket, "", e, start).await
+                    }
+                }
+            }
+            (Operation::CopyObject(spec), Some(key)) => {
+                self.copy(store, head, spec, &bucket, key, start).await
+            }
+            (Operation::DeleteObjects(spec), _) => {
+                self.delete_objects(store, head, &spec, &bucket, start)
+                    .await
+            }
+            (Operation::HeadBucket | Operation::GetBucketLocation, _) => {
+                if let Err(e) = store.bucket_dir(&bucket) {
+                    let e = s3::Error::new(store::code_for_io(&e, Code::NoSuchBucket)).detail(e);
+                    return self.error(head, &bucket, "", e, start).await;
+                }
+                if head.method == Method::Head {
+                    self.simple(200, "application/xml", b"", head.keep_alive)
+                        .await?;
+                    self.access("HEAD", &bucket, "", 200, 0, start);
+                    Ok(true)
+                } else {
+                    self.xml_ok(head, &bucket, "", &s3::location_xml(), start)
+                        .await
+                }
+            }
+            (Operation::ListObjects(spec), _) => {
+                self.list(store, head, &bucket, &spec, false, start).await
             }
             (Operation::GetObject(c), Some(key)) => {
                 self.get(store, head, c, &bucket, key, start, true).await
@@ -802,7 +935,7 @@ impl Conn<'_> {
                 }
             },
             (Operation::ListObjectsV2(spec), _) => {
-                self.list(store, head, &bucket, &spec, start).await
+                self.list(store, head, &bucket, &spec, true, start).await
             }
             // classify() only names object operations when the path has a key.
             (_, None) => {
@@ -819,9 +952,10 @@ impl Conn<'_> {
         head: &RequestHead,
         bucket: &str,
         spec: &ListSpec<'_>,
+        v2: bool,
         start: Instant,
     ) -> Result<bool, End> {
-        let start_after = match spec.continuation {
+        let start_after = match spec.continuation.filter(|_| v2) {
             Some(t) => match store::decode_continuation(t) {
                 Some(s) => Some(s),
                 None => {
@@ -834,15 +968,26 @@ impl Conn<'_> {
             },
             None => spec.start_after.map(str::to_string),
         };
-        match store.list(bucket, spec.prefix, start_after.as_deref(), spec.max_keys) {
+        match store.list_delimited(
+            bucket,
+            spec.prefix,
+            spec.delimiter,
+            start_after.as_deref(),
+            spec.max_keys,
+        ) {
             Ok(l) => {
-                let xml = store::list_xml(
-                    bucket,
-                    spec.prefix,
-                    spec.max_keys,
-                    spec.continuation,
+                let xml = store::list_result_xml(
+                    &store::ListXml {
+                        v2,
+                        bucket,
+                        prefix: spec.prefix,
+                        delimiter: spec.delimiter,
+                        max_keys: spec.max_keys,
+                        continuation: spec.continuation.filter(|_| v2),
+                        start_after: spec.start_after,
+                        url_encode: spec.url_encode,
+                    },
                     &l,
-                    spec.url_encode,
                 );
                 self.simple(200, "application/xml", xml.as_bytes(), head.keep_alive)
                     .await?;
@@ -936,7 +1081,8 @@ impl Conn<'_> {
             ("content-type", "application/octet-stream"),
             ("x-amz-request-id", rid.as_str()),
         ];
-        if range.is_none() {
+        // An object assembled from parts was never hashed whole: no SHA-256 to give.
+        if range.is_none() && !sum.is_empty() {
             headers.push(("x-amz-checksum-sha256", &sum));
         }
         if let Some(cr) = &cr {
@@ -1002,6 +1148,10 @@ impl Conn<'_> {
         res
     }
 
+    /// PutObject, or UploadPart when `part` names the upload and part number: the same
+    /// body path and checks; a part is MD5-hashed (its ETag) and committed into its
+    /// upload's folder instead of onto the key.
+    #[allow(clippy::too_many_arguments)]
     async fn put(
         &mut self,
         store: &Store,
@@ -1009,17 +1159,29 @@ impl Conn<'_> {
         spec: &PutSpec,
         bucket: &str,
         key: &str,
+        part: Option<(&str, u32)>,
         start: Instant,
     ) -> Result<bool, End> {
-        let max = self.gen.config.server.max_object_size;
+        let mut max = self.gen.config.server.max_object_size;
+        if part.is_some() {
+            max = max.min(s3::MAX_PART_SIZE);
+        }
         if head.content_length.is_none() && !head.chunked {
             let e = s3::Error::new(Code::MissingContentLength);
             return self.error(head, bucket, key, e, start).await;
         }
         if let Some(len) = spec.announced_size(head).filter(|&l| l > max) {
             let e = s3::Error::new(Code::EntityTooLarge)
-                .detail(format_args!("{len} bytes announced, max_object_size {max}"));
+                .detail(format_args!("{len} bytes announced, limit {max}"));
             return self.error(head, bucket, key, e, start).await;
+        }
+        if let Some((id, _)) = part {
+            // Before a byte of the body is read: an upload of another identity is
+            // answered exactly like one that does not exist.
+            if let Err(e) = store.check_upload(bucket, key, id, &self.owner()) {
+                let e = Self::upload_error(store, bucket, &e);
+                return self.error(head, bucket, key, e, start).await;
+            }
         }
         let (std_file, temp) = match store.create_temp(bucket) {
             Ok(x) => x,
@@ -1043,7 +1205,7 @@ impl Conn<'_> {
             }
         };
         let (md5, crc32, sha1) = spec.wants();
-        let mut hasher = BodyHasher::with(md5, crc32, sha1);
+        let mut hasher = BodyHasher::with(md5 || part.is_some(), crc32, sha1);
         let mut inner = spec.aws_chunked.then(BodyDecoder::aws_chunked);
         let now = Instant::now();
         self.rate = self
@@ -1107,6 +1269,21 @@ impl Conn<'_> {
             store.discard_temp(bucket, &temp);
             return self.error(head, bucket, key, e, start).await;
         }
+        if let Some((id, number)) = part {
+            return self
+                .commit_part(
+                    store,
+                    head,
+                    bucket,
+                    key,
+                    (id, number),
+                    (std_file, temp),
+                    &digests,
+                    size,
+                    start,
+                )
+                .await;
+        }
         let hex = digests.sha256_hex();
         if let Err(e) = self.hold_inflight() {
             store.discard_temp(bucket, &temp);
@@ -1139,6 +1316,468 @@ impl Conn<'_> {
         self.send(&resp).await?;
         self.access("PUT", bucket, key, 201, size, start);
         Ok(true)
+    }
+
+    /// The identity an upload is recorded under: the SPIFFE ID, else `x5t:` and the
+    /// certificate's SHA-256 thumbprint (never a CN or DNS name, which another
+    /// certificate may carry too).
+    fn owner(&self) -> String {
+        match &self.identity.spiffe {
+            Some(id) => id.clone(),
+            None => format!("x5t:{}", self.identity.thumbprint),
+        }
+    }
+
+    /// An I/O error about an upload: a missing (or foreign) upload is NoSuchUpload.
+    fn upload_error(store: &Store, bucket: &str, e: &std::io::Error) -> s3::Error {
+        let not_found =
+            if e.kind() == std::io::ErrorKind::NotFound && store.bucket_dir(bucket).is_err() {
+                Code::NoSuchBucket
+            } else {
+                Code::NoSuchUpload
+            };
+        s3::Error::new(store::code_for_io(e, not_found)).detail(e)
+    }
+
+    /// Run `f` (a long copy) on a thread of its own, so this worker keeps serving its
+    /// other connections meanwhile; inline when no thread can be had.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        store: &Store,
+        f: impl FnOnce(&Store) -> Result<T, s3::Error> + Send + 'static,
+    ) -> Result<T, s3::Error> {
+        static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        const MAX_THREADS: usize = 32;
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(arc) = self.gen.store.clone() else {
+            return f(store);
+        };
+        if RUNNING.fetch_add(1, Relaxed) >= MAX_THREADS {
+            RUNNING.fetch_sub(1, Relaxed);
+            return f(store);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = std::sync::Arc::new(std::sync::Mutex::new(Some(f)));
+        let theirs = job.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lg-store-copy".into())
+            .spawn(move || {
+                let f = theirs.lock().ok().and_then(|mut g| g.take());
+                if let Some(f) = f {
+                    let _ = tx.send(f(&arc));
+                }
+                RUNNING.fetch_sub(1, Relaxed);
+            });
+        if spawned.is_err() {
+            RUNNING.fetch_sub(1, Relaxed);
+            let f = job.lock().ok().and_then(|mut g| g.take());
+            if let Some(f) = f {
+                return f(store);
+            }
+            return Err(s3::Error::new(Code::InternalError).detail("no thread for a store copy"));
+        }
+        match rx.await {
+            Ok(v) => v,
+            // The thread died (a panic) without answering.
+            Err(_) => Err(s3::Error::new(Code::InternalError).detail("store copy thread failed")),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_part(
+        &mut self,
+        store: &Store,
+        head: &RequestHead,
+        bucket: &str,
+        key: &str,
+        (id, number): (&str, u32),
+        (file, temp): (std::fs::File, String),
+        d: &store::Digests,
+        size: u64,
+        start: Instant,
+    ) -> Result<bool, End> {
+        use base64::engine::general_purpose::STANDARD;
+        let b64 = |b: &[u8]| base64::Engine::encode(&STANDARD, b);
+        let Some(md5) = d.md5_hex() else {
+            store.discard_temp(bucket, &temp);
+            let e = s3::Error::new(Code::InternalError).detail("part without its MD5");
+            return self.error(head, bucket, key, e, start).await;
+        };
+        let info = store::multipart::PartInfo {
+            number,
+            file: String::new(),
+            size,
+            md5: md5.clone(),
+            sha256: Some(b64(&d.sha256)),
+            crc32: d.crc32.map(|c| b64(&c)),
+            sha1: d.sha1.map(|c| b64(&c)),
+            modified: 0,
+        };
+        let (crc32, sha1, sha256) = (info.crc32.clone(), info.sha1.clone(), info.sha256.clone());
+        if let Err(e) = store.commit_part(bucket, key, id, &self.owner(), &temp, &file, info) {
+            let e = Self::upload_error(store, bucket, &e);
+            return self.error(head, bucket, key, e, start).await;
+        }
+        drop(file);
+        let etag = format!("\"{md5}\"");
+        let rid = self.rid;
+        let mut headers: Vec<(&str, &str)> =
+            vec![("etag", &etag), ("x-amz-request-id", rid.as_str())];
+        if let Some(v) = &crc32 {
+            headers.push(("x-amz-checksum-crc32", v));
+        }
+        if let Some(v) = &sha1 {
+            headers.push(("x-amz-checksum-sha1", v));
+        }
+        if let Some(v) = &sha256 {
+            headers.push(("x-amz-checksum-sha256", v));
+        }
+        let mut resp = Vec::with_capacity(256);
+        http::write_response_head(&mut resp, 200, &headers, Some(0), head.keep_alive);
+        self.send(&resp).await?;
+        self.access("PUT", bucket, key, 200, size, start);
+        Ok(true)
+    }
+
+    /// Read a whole small request body (an XML document) of at most `limit` bytes.
+    async fn read_small_body(
+        &mut self,
+        head: &RequestHead,
+        limit: u64,
+    ) -> Result<Vec<u8>, BodyError> {
+        let mut dec = BodyDecoder::for_request(head);
+        if dec.remaining().is_some_and(|n| n > limit) {
+            return Err(BodyError::Refuse(
+                s3::Error::msg(
+                    Code::MalformedXML,
+                    format!("the request body is over {limit} bytes"),
+                )
+                .detail("XML body over its limit"),
+            ));
+        }
+        if head.expect_continue && !dec.is_done() {
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(BodyError::Client)?;
+        }
+        let now = Instant::now();
+        self.rate = self
+            .gen
+            .config
+            .server
+            .min_body_rate
+            .map(|m| BodyRate::new(m.bytes, m.window, now));
+        self.read_done = now;
+        let mut out = Vec::new();
+        let r = loop {
+            let mut failed = None;
+            while self.pstart < self.plain.filled && !dec.is_done() {
+                let step = match dec.step(&self.plain.buf[self.pstart..self.plain.filled]) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        failed = Some(BodyError::Refuse(s3::Error::from(&e).detail(&e)));
+                        break;
+                    }
+                };
+                out.extend_from_slice(
+                    &self.plain.buf[self.pstart + step.data.start..self.pstart + step.data.end],
+                );
+                self.pstart += step.consumed;
+                if out.len() as u64 > limit {
+                    failed = Some(BodyError::Refuse(s3::Error::msg(
+                        Code::MalformedXML,
+                        format!("the request body is over {limit} bytes"),
+                    )));
+                    break;
+                }
+                if step.consumed == 0 {
+                    break;
+                }
+            }
+            if let Some(f) = failed {
+                break Err(f);
+            }
+            if dec.is_done() {
+                break Ok(out);
+            }
+            if let Err(e) = self.need_more().await {
+                break Err(e);
+            }
+        };
+        self.rate = None;
+        r
+    }
+
+    /// Answer a body that could not be read whole: nothing more can be said to a
+    /// client that went away; a refusal closes the connection after it.
+    async fn body_failed(
+        &mut self,
+        head: &RequestHead,
+        bucket: &str,
+        key: &str,
+        err: BodyError,
+        start: Instant,
+    ) -> Result<bool, End> {
+        match err {
+            BodyError::Client(e) => {
+                self.access(&head.method_str, bucket, key, 499, 0, start);
+                Err(e)
+            }
+            BodyError::Refuse(e) => {
+                self.linger = true;
+                let _ = self
+                    .refuse(Some(head), bucket, key, &e, start, false, &[])
+                    .await;
+                Ok(false)
+            }
+        }
+    }
+
+    /// A 200 with an XML document.
+    async fn xml_ok(
+        &mut self,
+        head: &RequestHead,
+        bucket: &str,
+        key: &str,
+        xml: &str,
+        start: Instant,
+    ) -> Result<bool, End> {
+        self.simple(200, "application/xml", xml.as_bytes(), head.keep_alive)
+            .await?;
+        self.access(&head.method_str, bucket, key, 200, xml.len() as u64, start);
+        Ok(true)
+    }
+
+    async fn create_upload(
+        &mut self,
+        store: &Store,
+        head: &RequestHead,
+        spec: &s3::CreateSpec,
+        bucket: &str,
+        key: &str,
+        start: Instant,
+    ) -> Result<bool, End> {
+        let alg = spec.checksum.map(|a| match a {
+            s3::Algorithm::Crc32 => "CRC32",
+            s3::Algorithm::Sha1 => "SHA1",
+            s3::Algorithm::Sha256 => "SHA256",
+        });
+        match store.create_upload(bucket, key, &self.owner(), alg) {
+            Ok(id) => {
+                let xml = s3::initiate_xml(bucket, key, &id);
+                tracing::info!(identity = self.identity.name(), request_id = %self.rid, bucket, key, upload_id = %id, "multipart upload created");
+                self.xml_ok(head, bucket, key, &xml, start).await
+            }
+            Err(e) => {
+                let e = Self::io_error(store, bucket, &e);
+                self.error(head, bucket, key, e, start).await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn complete_upload(
+        &mut self,
+        store: &Store,
+        head: &RequestHead,
+        id: &str,
+        checksums: &PutSpec,
+        bucket: &str,
+        key: &str,
+        start: Instant,
+    ) -> Result<bool, End> {
+        // Ownership first, before the body is read: the same answer for every id that
+        // is not this identity's.
+        if let Err(e) = store.check_upload(bucket, key, id, &self.owner()) {
+            let e = Self::upload_error(store, bucket, &e);
+            return self.error(head, bucket, key, e, start).await;
+        }
+        let body = match self.read_small_body(head, s3::MAX_COMPLETE_BODY).await {
+            Ok(b) => b,
+            Err(e) => return self.body_failed(head, bucket, key, e, start).await,
+        };
+        if let Err(e) = Self::verify_small_body(checksums, &body) {
+            return self.error(head, bucket, key, e, start).await;
+        }
+        let parts = match s3::parse_complete(&body) {
+            Ok(p) => p,
+            Err(e) => return self.error(head, bucket, key, e, start).await,
+        };
+        let max = self.gen.config.server.max_object_size;
+        let (b, k, i, owner) = (
+            bucket.to_owned(),
+            key.to_owned(),
+            id.to_owned(),
+            self.owner(),
+        );
+        let n = parts.len();
+        let r = self
+            .blocking(store, move |st| {
+                st.complete_upload(&b, &k, &i, &owner, &parts, max)
+            })
+            .await;
+        match r {
+            Ok((etag, _)) => {
+                tracing::info!(identity = self.identity.name(), request_id = %self.rid, bucket, key, upload_id = id, parts = n, "multipart upload completed");
+                let xml = s3::complete_xml(bucket, key, &format!("\"{etag}\""));
+                self.xml_ok(head, bucket, key, &xml, start).await
+            }
+            Err(e) => self.error(head, bucket, key, e, start).await,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn copy(
+        &mut self,
+        store: &Store,
+        head: &RequestHead,
+        spec: s3::CopySpec<'_>,
+        bucket: &str,
+        key: &str,
+        start: Instant,
+    ) -> Result<bool, End> {
+        let src = format!("/{}/{}", spec.bucket, spec.key);
+        let (src_bucket, src_key) = match store::split_path(&src) {
+            Ok((b, Some(k))) => (b.to_owned(), k.to_owned()),
+            Ok((_, None)) => {
+                let e = s3::Error::msg(Code::InvalidArgument, "x-amz-copy-source must name a key");
+                return self.error(head, bucket, key, e, start).await;
+            }
+            Err(e) => {
+                let e = store::key_error(&e);
+                return self.error(head, bucket, key, e, start).await;
+            }
+        };
+        // The destination's write was checked with the request; the source needs read.
+        if let Decision::Denied { reason } =
+            self.gen
+                .authz
+                .check(&self.identity, &src_bucket, Access::Read)
+        {
+            let e = s3::Error::new(Code::AccessDenied).detail(format!("copy source: {reason}"));
+            return self.error(head, bucket, key, e, start).await;
+        }
+        // And the bearer token, when [tokens] is set, must grant read on the source
+        // as well: both must allow, for the source as for the destination.
+        if let Some(gate) = self.gen.tokens.as_deref() {
+            if let Err(r) = token_verdict(
+                gate,
+                &mut self.token_cache,
+                head,
+                &self.identity.thumbprint,
+                &src_bucket,
+                Access::Read,
+                unix_secs(),
+            ) {
+                return self.token_refused(head, bucket, key, r, start).await;
+            }
+        }
+        if src_bucket == bucket && src_key == key {
+            let e = s3::Error::msg(
+                Code::InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
+            );
+            return self.error(head, bucket, key, e, start).await;
+        }
+        let if_match = spec.conditions.if_match.map(str::to_owned);
+        let if_none_match = spec.conditions.if_none_match.map(str::to_owned);
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        let r = self
+            .blocking(store, move |st| {
+                st.copy_object(&src_bucket, &src_key, &b, &k, |meta| {
+                    let c = Conditions {
+                        if_match: if_match.as_deref(),
+                        if_none_match: if_none_match.as_deref(),
+                    };
+                    match c.evaluate(&meta.etag()) {
+                        s3::Precondition::Proceed => Ok(()),
+                        _ => Err(s3::Error::new(Code::PreconditionFailed)
+                            .detail("x-amz-copy-source-if-* on the source")),
+                    }
+                })
+            })
+            .await;
+        match r {
+            Ok(meta) => {
+                let xml = s3::copy_xml(&meta.etag(), &meta.last_modified_iso());
+                self.xml_ok(head, bucket, key, &xml, start).await
+            }
+            Err(e) => self.error(head, bucket, key, e, start).await,
+        }
+    }
+
+    /// Check a whole in-memory body against the checksums its head carries.
+    fn verify_small_body(spec: &PutSpec, body: &[u8]) -> Result<(), s3::Error> {
+        let (md5, crc32, sha1) = spec.wants();
+        let mut h = BodyHasher::with(md5, crc32, sha1);
+        h.update(body);
+        let d = h.finish();
+        spec.verify(
+            body.len() as u64,
+            &BodyDigests {
+                sha256: &d.sha256,
+                md5: d.md5.as_ref(),
+                crc32: d.crc32.as_ref(),
+                sha1: d.sha1.as_ref(),
+            },
+            b"",
+        )
+    }
+
+    async fn delete_objects(
+        &mut self,
+        store: &Store,
+        head: &RequestHead,
+        spec: &PutSpec,
+        bucket: &str,
+        start: Instant,
+    ) -> Result<bool, End> {
+        let body = match self.read_small_body(head, s3::MAX_DELETE_BODY).await {
+            Ok(b) => b,
+            Err(e) => return self.body_failed(head, bucket, "", e, start).await,
+        };
+        if let Err(e) = Self::verify_small_body(spec, &body) {
+            return self.error(head, bucket, "", e, start).await;
+        }
+        let req = match s3::parse_delete(&body) {
+            Ok(r) => r,
+            Err(e) => return self.error(head, bucket, "", e, start).await,
+        };
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for (key, version) in req.objects {
+            if version.is_some() {
+                errors.push((key, s3::Error::not_implemented("VersionId")));
+                continue;
+            }
+            if let Err(e) = store::validate_key(&key) {
+                errors.push((key, store::key_error(&e)));
+                continue;
+            }
+            // Per key, as S3 does; the rules decide by bucket today, the store by file.
+            if let Decision::Denied { reason } =
+                self.gen.authz.check(&self.identity, bucket, Access::Delete)
+            {
+                tracing::info!(request_id = %self.rid, identity = self.identity.name(), bucket, key, reason, "DeleteObjects key refused");
+                errors.push((key, s3::Error::new(Code::AccessDenied)));
+                continue;
+            }
+            match store.delete_object(bucket, &key) {
+                Ok(()) => deleted.push(key),
+                // S3 reports a key that was not there as deleted.
+                Err(e) if store::code_for_io(&e, Code::NoSuchKey) == Code::NoSuchKey => {
+                    deleted.push(key)
+                }
+                Err(e) => {
+                    let code = store::code_for_io(&e, Code::NoSuchKey);
+                    tracing::info!(request_id = %self.rid, identity = self.identity.name(), bucket, key, error = %e, "DeleteObjects key failed");
+                    errors.push((key, s3::Error::new(code)));
+                }
+            }
+        }
+        let xml = s3::delete_xml(&deleted, &errors, req.quiet);
+        tracing::info!(request_id = %self.rid, identity = self.identity.name(), bucket, deleted = deleted.len(), errors = errors.len(), "DeleteObjects");
+        self.xml_ok(head, bucket, "", &xml, start).await
     }
 
     /// Decode the body from decrypted records and write it at increasing offsets. The

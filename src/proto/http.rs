@@ -339,6 +339,12 @@ fn split_target(target: &str) -> Result<(String, Vec<(String, String)>), HttpErr
     Ok((path, query))
 }
 
+/// Percent-decode a path the way request targets are (`+` kept literally), for
+/// headers that carry one (`x-amz-copy-source`). Strict: see [`percent_decode`].
+pub fn percent_decode_path(s: &str) -> Result<String, HttpError> {
+    percent_decode(s, false)
+}
+
 /// Strict percent-decoding: every `%` must be followed by two hex digits (a lenient
 /// decoder that passes `%zz` through would let two layers see two different keys),
 /// and the result must be UTF-8 without NUL, since keys become file names.

@@ -259,6 +259,8 @@ pub struct Control {
     /// Admin connections closed unanswered: over the connection limit, and request
     /// head not complete in time.
     pub admin_dropped: [u64; 2],
+    /// Multipart uploads removed by the sweep after `multipart_expiry`.
+    pub multipart_expired: u64,
 }
 
 /// The slot of a (version, suite, resumed) triple; `suites` is the provider's list.
@@ -612,6 +614,12 @@ impl Telemetry {
                 counter(vec![label("reason", "over_limit")], control.admin_dropped[0] as f64),
                 counter(vec![label("reason", "head_timeout")], control.admin_dropped[1] as f64),
             ],
+        ));
+        out.push(family(
+            "lakegate_multipart_uploads_expired_total",
+            "Multipart uploads removed because no part was stored for longer than backend.multipart_expiry.",
+            COUNTER,
+            vec![counter(vec![], control.multipart_expired as f64)],
         ));
         drop(control);
 

@@ -1,0 +1,848 @@
+//! Multipart uploads and server-side copies on the store's filesystem.
+//!
+//! Owns the upload folders: `bucket/.lakegate-mpu/<upload id>/` (the reserved
+//! `.lakegate` prefix keeps them out of keys and listings) holding `upload.json` (the
+//! key, the identity that created the upload, when, and the announced checksum
+//! algorithm), and per part a data file `part-NNNNN.<16 hex>` and its record
+//! `part-NNNNN.json` (size, MD5, the checksums computed, the data file's name). A part
+//! is received into an ordinary temporary in the bucket folder, then renamed into the
+//! upload folder under a fresh name, then its record is renamed over the old one: a
+//! re-upload of a part number replaces it whole, and a record never names a file that
+//! is not complete. Completion assembles the parts in one temporary with
+//! `copy_file_range` (the kernel copies, or shares extents on filesystems that can;
+//! read/write where it cannot), records the multipart ETag, and renames the result into
+//! place like a PUT. Abort and expiry rename the upload folder to `dead-<id>` first, so
+//! that the id stops resolving at once, then remove it.
+//!
+//! Must not touch: sockets, TLS, the runtime, authorization. Ownership is checked here
+//! by comparing the identity string the engine passes; any mismatch (another identity,
+//! another key, a malformed id) is `NotFound`, like an id that never existed.
+
+use std::fs::File;
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use md5::Digest as _;
+
+use super::{
+    check_temp_name, hex, object_meta, open_dir_nofollow, open_object_at, sys, validate_bucket,
+    validate_key, Kind, ObjectMeta, Store, Tag,
+};
+use crate::proto::s3::{self, Code, CompletePart, MAX_PARTS, MIN_PART_SIZE};
+
+/// The folder of a bucket's multipart uploads.
+pub const MPU_DIR: &str = ".lakegate-mpu";
+/// An upload's own record.
+const UPLOAD_RECORD: &str = "upload.json";
+/// Prefix of an upload folder that is being removed.
+const DEAD_PREFIX: &str = "dead-";
+/// Largest record file read back (a key is at most 1 KiB, an identity a few hundred
+/// bytes).
+const MAX_RECORD: u64 = 16 * 1024;
+/// Read/write fallback buffer when `copy_file_range` cannot be used.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// What an upload's `upload.json` holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UploadInfo {
+    /// The object key the upload completes into.
+    pub key: String,
+    /// The identity that created it (see the engine for the form); the only one that
+    /// may use it.
+    pub owner: String,
+    /// When it was created, unix seconds.
+    pub created: u64,
+    /// `x-amz-checksum-algorithm` of the create, if any.
+    pub checksum: Option<String>,
+}
+
+/// What a part's record holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartInfo {
+    /// 1 to 10,000.
+    pub number: u32,
+    /// The data file's name in the upload folder.
+    pub file: String,
+    /// Bytes.
+    pub size: u64,
+    /// MD5 of the bytes, lowercase hex: the part's ETag.
+    pub md5: String,
+    /// SHA-256, standard base64.
+    pub sha256: Option<String>,
+    /// CRC-32, standard base64 of the 4 big-endian bytes, when computed.
+    pub crc32: Option<String>,
+    /// SHA-1, standard base64, when computed.
+    pub sha1: Option<String>,
+    /// When it was stored, unix seconds.
+    pub modified: u64,
+}
+
+impl PartInfo {
+    /// The checksum recorded for `alg`, base64.
+    pub fn checksum(&self, alg: s3::Algorithm) -> Option<&str> {
+        match alg {
+            s3::Algorithm::Crc32 => self.crc32.as_deref(),
+            s3::Algorithm::Sha1 => self.sha1.as_deref(),
+            s3::Algorithm::Sha256 => self.sha256.as_deref(),
+        }
+    }
+}
+
+/// One upload in a ListMultipartUploads page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadEntry {
+    /// The key.
+    pub key: String,
+    /// The upload id.
+    pub id: String,
+    /// Created, unix seconds.
+    pub created: u64,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn not_found(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, why)
+}
+
+/// Upload ids are 32 lowercase hex digits; anything else names no upload.
+pub fn valid_upload_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn random_hex(bytes: usize) -> io::Result<String> {
+    let mut raw = vec![0u8; bytes];
+    aws_lc_rs::rand::fill(&mut raw)
+        .map_err(|_| io::Error::other("the system random generator failed"))?;
+    Ok(hex(&raw))
+}
+
+fn part_record(n: u32) -> String {
+    format!("part-{n:05}.json")
+}
+
+/// Read a small file in `dir` whole.
+fn read_small(dir: &File, name: &str) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let f = sys::open_at(
+        dir,
+        &sys::cstr(name)?,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        0,
+    )?;
+    let md = f.metadata()?;
+    if !md.is_file() || md.len() > MAX_RECORD {
+        return Err(not_found("not a record"));
+    }
+    let mut out = Vec::with_capacity(md.len() as usize);
+    (&f).take(MAX_RECORD).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Write `data` to `name` in `dir` through a temporary and a rename (fsynced first
+/// when `fsync`).
+fn write_record(dir: &File, name: &str, data: &[u8], fsync: bool) -> io::Result<()> {
+    use std::io::Write as _;
+    let tmp = format!(".tmp-{}", random_hex(8)?);
+    let tmp_c = sys::cstr(&tmp)?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+    let mut f = sys::open_at(dir, &tmp_c, flags, 0o644)?;
+    let written = f
+        .write_all(data)
+        .and_then(|()| if fsync { f.sync_all() } else { Ok(()) });
+    let renamed = written.and_then(|()| sys::rename_at(dir, &tmp_c, dir, &sys::cstr(name)?));
+    if renamed.is_err() {
+        let _ = sys::unlink_at(dir, &tmp_c, 0);
+    }
+    renamed
+}
+
+/// Remove every entry of `dir` (files only: upload folders hold no folders), then the
+/// folder `name` itself from `parent`.
+fn remove_folder(parent: &File, name: &str) -> io::Result<()> {
+    let c = sys::cstr(name)?;
+    for _ in 0..3 {
+        let dir = match open_dir_nofollow(parent, name) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for (entry, _) in sys::read_dir(&dir)? {
+            if entry == "." || entry == ".." {
+                continue;
+            }
+            let _ = sys::unlink_at(&dir, &sys::cstr(&entry)?, 0);
+        }
+        match sys::unlink_at(parent, &c, libc::AT_REMOVEDIR) {
+            Ok(()) => return Ok(()),
+            // A part renamed in meanwhile: empty it again.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(
+        "upload folder kept filling while being removed",
+    ))
+}
+
+/// Copy `len` bytes of `src` from offset 0 to `dst` at `dst_off`: `copy_file_range`,
+/// so the bytes never enter user space (and filesystems with reflinks share extents);
+/// read/write when the kernel or filesystem cannot. `UnexpectedEof` if `src` is
+/// shorter.
+pub fn copy_range(src: &File, dst: &File, dst_off: u64, len: u64) -> io::Result<()> {
+    let mut done = 0u64;
+    let mut kernel = true;
+    while done < len {
+        if kernel {
+            let chunk = (len - done).min(1 << 30) as usize;
+            match sys::copy_file_range(src, done, dst, dst_off + done, chunk) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    done += n as u64;
+                    continue;
+                }
+                Err(e)
+                    if done == 0
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(
+                                libc::EXDEV
+                                    | libc::EINVAL
+                                    | libc::ENOSYS
+                                    | libc::EOPNOTSUPP
+                                    | libc::EBADF
+                            )
+                        ) =>
+                {
+                    kernel = false;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        copy_user_space(src, dst, done, dst_off, len)?;
+        done = len;
+    }
+    Ok(())
+}
+
+fn copy_user_space(src: &File, dst: &File, from: u64, dst_off: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut pos = from;
+    while pos < len {
+        let want = ((len - pos) as usize).min(COPY_CHUNK);
+        let n = match src.read_at(&mut buf[..want], pos) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all_at(&buf[..n], dst_off + pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The bucket's upload folder, created if `create`.
+    fn mpu_root(&self, bucket: &str, create: bool) -> io::Result<File> {
+        let dir = self.bucket_dir(bucket)?;
+        if create {
+            match sys::mkdir_at(&dir, &sys::cstr(MPU_DIR)?, 0o755) {
+                Ok(()) => {
+                    if self.fsync {
+                        dir.sync_all()?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        open_dir_nofollow(&dir, MPU_DIR)
+    }
+
+    /// Start an upload of `key` for `owner`; returns the new upload id.
+    pub fn create_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        owner: &str,
+        checksum: Option<&str>,
+    ) -> io::Result<String> {
+        validate_key(key)?;
+        let root = self.mpu_root(bucket, true)?;
+        let info = UploadInfo {
+            key: key.to_owned(),
+            owner: owner.to_owned(),
+            created: unix(SystemTime::now()),
+            checksum: checksum.map(str::to_owned),
+        };
+        let record = serde_json::to_vec(&info).map_err(io::Error::other)?;
+        for _ in 0..4 {
+            let id = random_hex(16)?;
+            match sys::mkdir_at(&root, &sys::cstr(&id)?, 0o755) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+            let dir = open_dir_nofollow(&root, &id)?;
+            if let Err(e) = write_record(&dir, UPLOAD_RECORD, &record, self.fsync) {
+                let _ = remove_folder(&root, &id);
+                return Err(e);
+            }
+            if self.fsync {
+                root.sync_all()?;
+            }
+            return Ok(id);
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no unused upload id after 4 random tries",
+        ))
+    }
+
+    /// The upload `id` of `key`, if it exists and `owner` created it: its folder and
+    /// record. `NotFound` otherwise, whatever the reason.
+    fn upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &str,
+        owner: &str,
+    ) -> io::Result<(File, File, UploadInfo)> {
+        if !valid_upload_id(id) {
+            return Err(not_found("malformed upload id"));
+        }
+        let root = self.mpu_root(bucket, false).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound && self.bucket_dir(bucket).is_ok() {
+                not_found("no uploads in this bucket")
+            } else {
+                e
+            }
+        })?;
+        let dir = open_dir_nofollow(&root, id)?;
+        let info: UploadInfo = serde_json::from_slice(&read_small(&dir, UPLOAD_RECORD)?)
+            .map_err(|_| not_found("unreadable upload record"))?;
+        if info.owner != owner || info.key != key {
+            return Err(not_found("upload of another identity or key"));
+        }
+        Ok((root, dir, info))
+    }
+
+    /// Whether `owner` may use upload `id` of `key` (`NotFound` if not).
+    pub fn check_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &str,
+        owner: &str,
+    ) -> io::Result<UploadInfo> {
+        self.upload(bucket, key, id, owner).map(|(_, _, info)| info)
+    }
+
+    /// Make a received part (the temporary `temp` in the bucket folder, written through
+    /// `file`) part `info.number` of the upload, replacing an earlier one. On any
+    /// failure the temporary is removed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &str,
+        owner: &str,
+        temp: &str,
+        file: &File,
+        mut info: PartInfo,
+    ) -> io::Result<()> {
+        let r = self.commit_part_inner(bucket, key, id, owner, temp, file, &mut info);
+        if r.is_err() {
+            self.discard_temp(bucket, temp);
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit_part_inner(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &str,
+        owner: &str,
+        temp: &str,
+        file: &File,
+        info: &mut PartInfo,
+    ) -> io::Result<()> {
+        check_temp_name(temp)?;
+        if !(1..=MAX_PARTS).contains(&info.number) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "part number out of range",
+            ));
+        }
+        let bucket_dir = self.bucket_dir(bucket)?;
+        let (_, dir, _) = self.upload(bucket, key, id, owner)?;
+        if self.fsync {
+            file.sync_all()?;
+        }
+        let record_name = part_record(info.number);
+        let previous: Option<PartInfo> = read_small(&dir, &record_name)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        info.file = format!("part-{:05}.{}", info.number, random_hex(8)?);
+        info.modified = unix(SystemTime::now());
+        sys::rename_at(
+            &bucket_dir,
+            &sys::cstr(temp)?,
+            &dir,
+            &sys::cstr(&info.file)?,
+        )?;
+        let record = serde_json::to_vec(&info).map_err(io::Error::other)?;
+        if let Err(e) = write_record(&dir, &record_name, &record, self.fsync) {
+            let _ = sys::unlink_at(&dir, &sys::cstr(&info.file)?, 0);
+            return Err(e);
+        }
+        if self.fsync {
+            dir.sync_all()?;
+        }
+        if let Some(prev) = previous.filter(|p| p.file != info.file && p.file.starts_with("part-"))
+        {
+            let _ = sys::unlink_at(&dir, &sys::cstr(&prev.file)?, 0);
+        }
+        Ok(())
+    }
+
+    /// The parts of an upload, by number.
+    pub fn list_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &str,
+        owner: &str,
+    ) -> io::Result<Vec<PartInfo>> {
+        let (_, dir, _) = self.upload(bucket, key, id, owner)?;
+        let mut parts = Vec::new();
+        for (name, _) in sys::read_dir(&dir)? {
+            if !(name.starts_with("part-") && name.ends_with(".json")) {
+                continue;
+            }
+            if let Ok(p) = read_small(&dir, &name)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<PartInfo>(&b).ok())
+                .ok_or(())
+            {
+                if part_record(p.number) == name {
+                    parts.push(p);
+                }
+            }
+        }
+        parts.sort_by_key(|p| p.number);
+        Ok(parts)
+    }
+
+    /// Remove an upload and its parts.
+    pub fn abort_upload(&self, bucket: &str, key: &str, id: &str, owner: &str) -> io::Result<()> {
+        let (root, _, _) = self.upload(bucket, key, id, owner)?;
+        self.remove_upload(&root, id)
+    }
+
+    /// Rename the upload folder out of the way (the id stops resolving), then remove it.
+    fn remove_upload(&self, root: &File, id: &str) -> io::Result<()> {
+        let dead = format!("{DEAD_PREFIX}{id}");
+        sys::rename_at(root, &sys::cstr(id)?, root, &sys::cstr(&dead)?)?;
+        let r = remove_folder(root, &dead);
+        if self.fsync {
+            root.sync_all()?;
+        }
+        r
+    }
+
+    /// CompleteMultipartUpload: check the listed parts against the stored ones, assemble
+    /// them in a temporary, record the multipart ETag and rename it onto the key, then
+    /// remove the upload. Returns the ETag (without quotes) and the new object's
+    /// metadata. `parts` must already be in ascending order ([`s3::parse_complete`]).
+    pub fn complete_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &str,
+        owner: &str,
+        parts: &[CompletePart],
+        max_size: u64,
+    ) -> Result<(String, ObjectMeta), s3::Error> {
+        let io_err = |e: io::Error, not_found: Code| {
+            s3::Error::new(super::code_for_io(&e, not_found)).detail(e)
+        };
+        let (root, dir, _) = self
+            .upload(bucket, key, id, owner)
+            .map_err(|e| io_err(e, Code::NoSuchUpload))?;
+        let mut stored = Vec::with_capacity(parts.len());
+        let mut total = 0u64;
+        for want in parts {
+            let invalid = |why: String| s3::Error::new(Code::InvalidPart).detail(why);
+            let info: PartInfo = read_small(&dir, &part_record(want.number))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| invalid(format!("part {} was not uploaded", want.number)))?;
+            if info.md5 != want.etag {
+                return Err(invalid(format!("part {} has another ETag", want.number)));
+            }
+            for (alg, value) in &want.checksums {
+                if info.checksum(*alg) != Some(value.as_str()) {
+                    return Err(invalid(format!(
+                        "part {} has another {}",
+                        want.number,
+                        alg.header()
+                    )));
+                }
+            }
+            total += info.size;
+            stored.push(info);
+        }
+        // Sizes once every part is known to be there: a missing part is the first
+        // thing to report.
+        if let Some(small) = stored
+            .iter()
+            .take(stored.len().saturating_sub(1))
+            .find(|p| p.size < MIN_PART_SIZE)
+        {
+            return Err(s3::Error::new(Code::EntityTooSmall).detail(format!(
+                "part {} is {} bytes, and only the last may be under 5 MiB",
+                small.number, small.size
+            )));
+        }
+        if total > max_size {
+            return Err(s3::Error::new(Code::EntityTooLarge)
+                .detail(format!("{total} bytes, max_object_size {max_size}")));
+        }
+        let mut md5s = md5::Md5::new();
+        for p in &stored {
+            let raw = unhex16(&p.md5)
+                .ok_or_else(|| s3::Error::new(Code::InternalError).detail("bad part record"))?;
+            md5s.update(raw);
+        }
+        let etag = format!("{}-{}", hex(&md5s.finalize()), stored.len());
+
+        let (out, temp) = self
+            .create_temp(bucket)
+            .map_err(|e| io_err(e, Code::NoSuchBucket))?;
+        let assembled = (|| -> io::Result<()> {
+            let mut off = 0u64;
+            for p in &stored {
+                let f = sys::open_at(
+                    &dir,
+                    &sys::cstr(&p.file)?,
+                    libc::O_RDONLY | libc::O_NOFOLLOW,
+                    0,
+                )?;
+                copy_range(&f, &out, off, p.size)?;
+                off += p.size;
+            }
+            Ok(())
+        })();
+        if let Err(e) = assembled {
+            self.discard_temp(bucket, &temp);
+            // A part vanished under us: the upload was aborted or completed meanwhile.
+            return Err(io_err(e, Code::NoSuchUpload));
+        }
+        self.commit_tagged(bucket, &temp, key, &out, Tag::Multipart(&etag))
+            .map_err(|e| io_err(e, Code::NoSuchBucket))?;
+        if let Err(e) = self.remove_upload(&root, id) {
+            tracing::warn!(bucket, upload_id = id, error = %e, "completed upload not fully removed; the sweep will");
+        }
+        let mtime = out
+            .metadata()
+            .and_then(|m| m.modified())
+            .map_err(|e| io_err(e, Code::NoSuchKey))?;
+        let meta = ObjectMeta {
+            size: total,
+            mtime,
+            sha256_hex: None,
+            multipart_etag: Some(etag.clone()),
+        };
+        Ok((etag, meta))
+    }
+
+    /// `owner`'s uploads in `bucket` whose key starts with `prefix`, sorted by key then
+    /// id, after (`key_marker`, `id_marker`); at most `max`. The bool: more follow.
+    pub fn list_uploads(
+        &self,
+        bucket: &str,
+        owner: &str,
+        prefix: &str,
+        key_marker: Option<&str>,
+        id_marker: Option<&str>,
+        max: usize,
+    ) -> io::Result<(Vec<UploadEntry>, bool)> {
+        validate_bucket(bucket)?;
+        let root = match self.mpu_root(bucket, false) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.bucket_dir(bucket)?;
+                return Ok((Vec::new(), false));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut all = Vec::new();
+        for (id, _) in sys::read_dir(&root)? {
+            if !valid_upload_id(&id) {
+                continue;
+            }
+            let Ok(dir) = open_dir_nofollow(&root, &id) else {
+                continue;
+            };
+            let Some(info) = read_small(&dir, UPLOAD_RECORD)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<UploadInfo>(&b).ok())
+            else {
+                continue;
+            };
+            if info.owner != owner || !info.key.starts_with(prefix) {
+                continue;
+            }
+            let after = match (key_marker, id_marker) {
+                (None, _) => true,
+                (Some(k), None) => info.key.as_str() > k,
+                (Some(k), Some(i)) => (info.key.as_str(), id.as_str()) > (k, i),
+            };
+            if after {
+                all.push(UploadEntry {
+                    key: info.key,
+                    id,
+                    created: info.created,
+                });
+            }
+        }
+        all.sort_by(|a, b| (&a.key, &a.id).cmp(&(&b.key, &b.id)));
+        let more = all.len() > max;
+        all.truncate(max);
+        Ok((all, more))
+    }
+
+    /// Remove uploads untouched (no part stored) for longer than `max_age`, and the
+    /// remains of removals that were interrupted; returns how many uploads expired.
+    pub fn sweep_uploads(&self, max_age: Duration, now: SystemTime) -> io::Result<usize> {
+        let mut expired = 0;
+        for (bucket, kind) in sys::read_dir(&self.root_dir)? {
+            if validate_bucket(&bucket).is_err()
+                || super::resolve_kind(&self.root_dir, &bucket, kind)? != Kind::Dir
+            {
+                continue;
+            }
+            let Ok(root) = self.mpu_root(&bucket, false) else {
+                continue;
+            };
+            for (name, _) in sys::read_dir(&root)? {
+                if name.starts_with(DEAD_PREFIX) {
+                    let _ = remove_folder(&root, &name);
+                    continue;
+                }
+                if !valid_upload_id(&name) {
+                    continue;
+                }
+                let Ok(dir) = open_dir_nofollow(&root, &name) else {
+                    continue;
+                };
+                let touched = dir.metadata().and_then(|m| m.modified()).unwrap_or(now);
+                if now.duration_since(touched).unwrap_or(Duration::ZERO) > max_age {
+                    match self.remove_upload(&root, &name) {
+                        Ok(()) => expired += 1,
+                        Err(e) => {
+                            tracing::warn!(bucket, upload_id = name, error = %e, "could not remove an expired upload")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(expired)
+    }
+
+    /// CopyObject: copy `src_key` of `src_bucket` onto `key` of `bucket` through a
+    /// temporary and a rename, after `check` approved the source's metadata (the
+    /// `x-amz-copy-source-if-*` preconditions). Nothing is created unless the source
+    /// opens, passes `check` and is copied whole. Returns the new object's metadata.
+    pub fn copy_object(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        bucket: &str,
+        key: &str,
+        check: impl FnOnce(&ObjectMeta) -> Result<(), s3::Error>,
+    ) -> Result<ObjectMeta, s3::Error> {
+        let src_missing = |e: io::Error| {
+            let nf = if e.kind() == io::ErrorKind::NotFound && self.bucket_dir(src_bucket).is_err()
+            {
+                Code::NoSuchBucket
+            } else {
+                Code::NoSuchKey
+            };
+            s3::Error::new(super::code_for_io(&e, nf)).detail(format!("copy source: {e}"))
+        };
+        validate_key(key).map_err(|e| super::key_error(&e))?;
+        let src_dir = self.bucket_dir(src_bucket).map_err(src_missing)?;
+        let src = open_object_at(&src_dir, src_key).map_err(src_missing)?;
+        let meta = object_meta(&src, self.xattrs).map_err(src_missing)?;
+        check(&meta)?;
+        let dst_err = |e: io::Error| {
+            let nf = if self.bucket_dir(bucket).is_err() {
+                Code::NoSuchBucket
+            } else {
+                Code::NoSuchKey
+            };
+            s3::Error::new(super::code_for_io(&e, nf)).detail(e)
+        };
+        let (out, temp) = self.create_temp(bucket).map_err(dst_err)?;
+        if let Err(e) = copy_range(&src, &out, 0, meta.size) {
+            self.discard_temp(bucket, &temp);
+            return Err(dst_err(e));
+        }
+        let Some(tag) = meta.tag() else {
+            self.discard_temp(bucket, &temp);
+            return Err(s3::Error::new(Code::InternalError).detail("copy source without a tag"));
+        };
+        self.commit_tagged(bucket, &temp, key, &out, tag)
+            .map_err(dst_err)?;
+        let mtime = out.metadata().and_then(|m| m.modified()).map_err(dst_err)?;
+        Ok(ObjectMeta { mtime, ..meta })
+    }
+}
+
+fn unhex16(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        let h = std::str::from_utf8(pair).ok()?;
+        *o = u8::from_str_radix(h, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn iso(secs: u64) -> String {
+    ObjectMeta {
+        size: 0,
+        mtime: UNIX_EPOCH + Duration::from_secs(secs),
+        sha256_hex: None,
+        multipart_etag: None,
+    }
+    .last_modified_iso()
+}
+
+fn text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    s3::xml_escape_into(&mut out, s);
+    out
+}
+
+/// The ListParts result: the page of `parts` after `marker`, at most `max`.
+pub fn list_parts_xml(
+    bucket: &str,
+    key: &str,
+    id: &str,
+    parts: &[PartInfo],
+    marker: u32,
+    max: usize,
+) -> String {
+    use std::fmt::Write as _;
+    let page: Vec<&PartInfo> = parts
+        .iter()
+        .filter(|p| p.number > marker)
+        .take(max)
+        .collect();
+    let truncated = parts.iter().filter(|p| p.number > marker).count() > page.len();
+    let mut x = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListPartsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket><Key>{}</Key><UploadId>{}</UploadId><PartNumberMarker>{marker}</PartNumberMarker>",
+        text(bucket),
+        text(key),
+        text(id)
+    );
+    if let Some(last) = page.last() {
+        let _ = write!(
+            x,
+            "<NextPartNumberMarker>{}</NextPartNumberMarker>",
+            last.number
+        );
+    }
+    let _ = write!(
+        x,
+        "<MaxParts>{max}</MaxParts><IsTruncated>{truncated}</IsTruncated><StorageClass>STANDARD</StorageClass>"
+    );
+    for p in page {
+        let _ = write!(
+            x,
+            "<Part><PartNumber>{}</PartNumber><LastModified>{}</LastModified><ETag>&quot;{}&quot;</ETag><Size>{}</Size>",
+            p.number,
+            iso(p.modified),
+            p.md5,
+            p.size
+        );
+        for (tag, v) in [
+            ("ChecksumCRC32", &p.crc32),
+            ("ChecksumSHA1", &p.sha1),
+            ("ChecksumSHA256", &p.sha256),
+        ] {
+            if let Some(v) = v {
+                let _ = write!(x, "<{tag}>{}</{tag}>", text(v));
+            }
+        }
+        x.push_str("</Part>");
+    }
+    x.push_str("</ListPartsResult>");
+    x
+}
+
+/// The ListMultipartUploads result.
+pub fn list_uploads_xml(
+    bucket: &str,
+    spec: &s3::UploadsSpec<'_>,
+    uploads: &[UploadEntry],
+    truncated: bool,
+) -> String {
+    use std::fmt::Write as _;
+    let enc = |s: &str| {
+        if spec.url_encode {
+            let mut e = String::new();
+            s3::url_encode_into(&mut e, s);
+            e
+        } else {
+            text(s)
+        }
+    };
+    let mut x = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListMultipartUploadsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{}</Bucket><KeyMarker>{}</KeyMarker><UploadIdMarker>{}</UploadIdMarker>",
+        text(bucket),
+        enc(spec.key_marker.unwrap_or("")),
+        text(spec.upload_id_marker.unwrap_or(""))
+    );
+    if let (true, Some(last)) = (truncated, uploads.last()) {
+        let _ = write!(
+            x,
+            "<NextKeyMarker>{}</NextKeyMarker><NextUploadIdMarker>{}</NextUploadIdMarker>",
+            enc(&last.key),
+            text(&last.id)
+        );
+    }
+    let _ = write!(
+        x,
+        "<Prefix>{}</Prefix><MaxUploads>{}</MaxUploads><IsTruncated>{truncated}</IsTruncated>",
+        enc(spec.prefix),
+        spec.max_uploads
+    );
+    if spec.url_encode {
+        x.push_str("<EncodingType>url</EncodingType>");
+    }
+    for u in uploads {
+        let _ = write!(
+            x,
+            "<Upload><Key>{}</Key><UploadId>{}</UploadId><StorageClass>STANDARD</StorageClass><Initiated>{}</Initiated></Upload>",
+            enc(&u.key),
+            text(&u.id),
+            iso(u.created)
+        );
+    }
+    x.push_str("</ListMultipartUploadsResult>");
+    x
+}
