@@ -855,6 +855,7 @@ fn every_design_key_changes_what_runs_or_is_refused() {
         fwd("backend.kind", &q("forward")),
         c("backend.root", &q("data2")),
         c("backend.fsync", &q("never")),
+        c("backend.multipart_expiry", &q("1h")),
         fwd("backend.upstream", &q("127.0.0.1:10")),
         fwd("backend.proxy_protocol", &q("v2")),
         fwd("backend.proxy_protocol_client_cert", "true"),

@@ -1,0 +1,447 @@
+//! End-to-end: the S3 operations real tools use by default, against the real binary
+//! with the `store` backend, driven by boto3 with its DEFAULT settings (flexible
+//! checksums, 8 MiB multipart threshold and parts) and a client certificate: multipart
+//! upload (and its errors, ownership and expiry), CopyObject, DeleteObjects,
+//! HeadBucket, GetBucketLocation, ListObjects v1 and v2 with a delimiter.
+//!
+//! Contract: ../shared/DESIGN.md "HTTP object API" and the README's S3 table.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The Python with boto3, or None (skip) outside CI; in CI a missing one is a failure.
+fn boto3_python() -> Option<PathBuf> {
+    let py = std::env::var_os("LAKEGATE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tests/bin/python"));
+    let ok = Command::new(&py)
+        .args(["-c", "import boto3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(py);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(!ci, "CI: no Python with boto3 at {}", py.display());
+    eprintln!("skipped: no boto3 venv ({})", py.display());
+    None
+}
+
+/// A store root under the lab with the two buckets the tests use.
+fn store_root(lab: &Lab) -> PathBuf {
+    let root = lab.path("store");
+    for b in ["datasets", "models"] {
+        std::fs::create_dir_all(root.join(b)).unwrap();
+    }
+    root
+}
+
+fn store_backend(root: &Path, extra: &str) -> String {
+    format!(
+        "kind = \"store\"\nroot = \"{}\"\nfsync = \"never\"\n{extra}",
+        root.display()
+    )
+}
+
+/// Every file (not folder) under `dir`, recursively, as paths relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What is left under the buckets' `.lakegate-mpu` folders (upload folders and files).
+fn mpu_residue(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in ["datasets", "models"] {
+        let mpu = root.join(b).join(".lakegate-mpu");
+        if let Ok(rd) = std::fs::read_dir(&mpu) {
+            for e in rd.flatten() {
+                out.push(format!(
+                    "{b}/.lakegate-mpu/{}",
+                    e.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Run `script` with boto3: argv = endpoint, ca, alice cert/key, carol cert/key, work
+/// dir, store root, then `extra`. Panics with both logs unless it prints `ok`.
+fn run_boto3(
+    py: &Path,
+    lab: &Lab,
+    srv: &Server,
+    root: &Path,
+    name: &str,
+    script: &str,
+    extra: &[&str],
+) -> String {
+    let path = lab.path(name);
+    std::fs::write(&path, format!("{PRELUDE}\n{script}")).unwrap();
+    let (cert, key) = lab.client("alice");
+    let (ccert, ckey) = lab.client("carol");
+    let o = Command::new(py)
+        .arg(&path)
+        .arg(format!("https://127.0.0.1:{}", srv.port))
+        .arg(lab.path("ca.crt"))
+        .args([&cert, &key, &ccert, &ckey])
+        .arg(lab.dir.path())
+        .arg(root)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success() && stdout.lines().any(|l| l == "ok"),
+        "{name} failed ({}):\n{stdout}\n{}\nserver log:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr),
+        srv.log_plain()
+    );
+    stdout
+}
+
+/// boto3 clients with default settings (flexible checksums on, default transfer
+/// config); only the endpoint, path-style addressing, the CA, the client certificate
+/// and fake credentials are given. `code(f)` is the S3 error code and status of a call.
+const PRELUDE: &str = r#"
+import hashlib, os, sys
+import boto3, botocore
+from botocore.config import Config
+
+endpoint, ca, cert, key, carol_cert, carol_key, work, root = sys.argv[1:9]
+extra = sys.argv[9:]
+MiB = 1024 * 1024
+
+def client(c, k):
+    cfg = Config(s3={"addressing_style": "path"}, client_cert=(c, k),
+                 retries={"total_max_attempts": 1, "mode": "standard"})
+    return boto3.client("s3", endpoint_url=endpoint, verify=ca, config=cfg,
+                        region_name="us-east-1", aws_access_key_id="AKIDEXAMPLE",
+                        aws_secret_access_key="not-a-secret")
+
+s3 = client(cert, key)
+carol = client(carol_cert, carol_key)
+
+def code(f):
+    try:
+        f()
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
+    raise AssertionError("no ClientError")
+
+def sha_file(p):
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+def get_bytes(bucket, k):
+    return s3.get_object(Bucket=bucket, Key=k)["Body"].read()
+"#;
+
+const TRANSFER_SCRIPT: &str = r#"
+# upload_file of 40 MiB with the default TransferConfig: 8 MiB threshold, 8 MiB parts.
+src = os.path.join(work, "big.bin")
+with open(src, "wb") as f:
+    for _ in range(40):
+        f.write(os.urandom(MiB))
+s3.upload_file(src, "datasets", "mp/big.bin")
+h = s3.head_object(Bucket="datasets", Key="mp/big.bin")
+assert h["ContentLength"] == 40 * MiB, h
+assert h["ETag"].endswith('-5"'), h["ETag"]   # five 8 MiB parts: a multipart ETag
+dst = os.path.join(work, "big.back")
+s3.download_file("datasets", "mp/big.bin", dst)
+assert sha_file(dst) == sha_file(src), "download_file differs"
+listed = s3.list_objects_v2(Bucket="datasets", Prefix="mp/")["Contents"]
+assert [(o["Key"], o["Size"], o["ETag"]) for o in listed] == [("mp/big.bin", 40 * MiB, h["ETag"])], listed
+
+# CopyObject in the same bucket and into another, byte-exact.
+small = os.urandom(3 * MiB + 7)
+s3.put_object(Bucket="datasets", Key="c/src.bin", Body=small)
+r = s3.copy_object(Bucket="datasets", Key="c/copy.bin", CopySource={"Bucket": "datasets", "Key": "c/src.bin"})
+assert r["CopyObjectResult"]["ETag"] == '"%s"' % hashlib.sha256(small).hexdigest(), r
+assert get_bytes("datasets", "c/copy.bin") == small
+r = s3.copy_object(Bucket="models", Key="from datasets/big+copy.bin",
+                   CopySource={"Bucket": "datasets", "Key": "mp/big.bin"})
+assert r["CopyObjectResult"]["ETag"] == h["ETag"], r
+s3.download_file("models", "from datasets/big+copy.bin", dst)
+assert sha_file(dst) == sha_file(src), "copy of the multipart object differs"
+# Preconditions on the source.
+assert code(lambda: s3.copy_object(Bucket="datasets", Key="c/never.bin", CopySource="datasets/c/src.bin",
+                                   CopySourceIfMatch='"nope"')) == ("PreconditionFailed", 412)
+s3.copy_object(Bucket="datasets", Key="c/if.bin", CopySource="datasets/c/src.bin",
+               CopySourceIfMatch='"%s"' % hashlib.sha256(small).hexdigest())
+# A missing source: 404 and nothing at the destination (the bug issue 12 reports).
+assert code(lambda: s3.copy_object(Bucket="datasets", Key="c/ghost.bin",
+                                   CopySource={"Bucket": "datasets", "Key": "c/absent"})) == ("NoSuchKey", 404)
+assert code(lambda: s3.head_object(Bucket="datasets", Key="c/ghost.bin"))[1] == 404
+assert code(lambda: s3.copy_object(Bucket="datasets", Key="c/ghost.bin",
+                                   CopySource={"Bucket": "nobucket", "Key": "x"})) == ("NoSuchBucket", 404)
+assert code(lambda: s3.copy_object(Bucket="datasets", Key="c/src.bin",
+                                   CopySource={"Bucket": "datasets", "Key": "c/src.bin"}))[1] == 400
+assert code(lambda: s3.copy_object(Bucket="datasets", Key="c/v.bin",
+                                   CopySource={"Bucket": "datasets", "Key": "c/src.bin", "VersionId": "3"})) == ("NotImplemented", 501)
+
+# DeleteObjects: three real keys, a missing one (reported deleted, as S3 does) and a
+# symlink the store refuses to delete (per-key AccessDenied); then quiet mode.
+for k in ("d/1", "d/2", "d/3"):
+    s3.put_object(Bucket="datasets", Key=k, Body=b"x")
+os.symlink("/etc/hostname", os.path.join(root, "datasets", "d", "link"))
+r = s3.delete_objects(Bucket="datasets", Delete={"Objects": [{"Key": k} for k in ("d/1", "d/link", "d/2", "d/absent")]})
+assert sorted(d["Key"] for d in r["Deleted"]) == ["d/1", "d/2", "d/absent"], r
+assert [(e["Key"], e["Code"]) for e in r["Errors"]] == [("d/link", "AccessDenied")], r
+assert os.path.islink(os.path.join(root, "datasets", "d", "link"))
+r = s3.delete_objects(Bucket="datasets", Delete={"Objects": [{"Key": "d/3"}, {"Key": "d/link"}], "Quiet": True})
+assert "Deleted" not in r or r["Deleted"] == [], r
+assert [(e["Key"], e["Code"]) for e in r["Errors"]] == [("d/link", "AccessDenied")], r
+assert code(lambda: s3.head_object(Bucket="datasets", Key="d/3"))[1] == 404
+# Carol has no delete: the whole request is refused.
+assert code(lambda: carol.delete_objects(Bucket="datasets", Delete={"Objects": [{"Key": "c/src.bin"}]})) == ("AccessDenied", 403)
+
+# HeadBucket and GetBucketLocation.
+assert s3.head_bucket(Bucket="datasets")["ResponseMetadata"]["HTTPStatusCode"] == 200
+assert code(lambda: s3.head_bucket(Bucket="nobucket"))[1] == 404
+assert s3.get_bucket_location(Bucket="datasets")["LocationConstraint"] is None
+
+# Listings with a delimiter, a page of two entries at a time, v2 and v1.
+for k in ("t/a/1", "t/a/2", "t/b/x/1", "t/c", "t/d", "t/e/1"):
+    s3.put_object(Bucket="datasets", Key=k, Body=b"k")
+for name in ("list_objects_v2", "list_objects"):
+    keys, prefixes, pages = [], [], 0
+    for page in s3.get_paginator(name).paginate(Bucket="datasets", Prefix="t/", Delimiter="/",
+                                                PaginationConfig={"PageSize": 2}):
+        pages += 1
+        got = len(page.get("Contents", [])) + len(page.get("CommonPrefixes", []))
+        assert got <= 2, page
+        keys += [o["Key"] for o in page.get("Contents", [])]
+        prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+    assert keys == ["t/c", "t/d"], (name, keys)
+    assert prefixes == ["t/a/", "t/b/", "t/e/"], (name, prefixes)
+    assert pages == 3, (name, pages)
+r = s3.list_objects(Bucket="datasets", Prefix="t/", Marker="t/b/x/1")
+assert [o["Key"] for o in r["Contents"]] == ["t/c", "t/d", "t/e/1"], r
+r = s3.list_objects_v2(Bucket="datasets", Prefix="t/", Delimiter="/", StartAfter="t/c")
+assert [o["Key"] for o in r["Contents"]] == ["t/d"] and [p["Prefix"] for p in r["CommonPrefixes"]] == ["t/e/"], r
+print("ok")
+"#;
+
+#[test]
+fn boto3_defaults_multipart_copy_delete_head_bucket_and_delimited_listings() {
+    let Some(py) = boto3_python() else {
+        return;
+    };
+    let lab = Lab::new();
+    let root = store_root(&lab);
+    let authz = r#"[[authz]]
+identity = "spiffe://lake.example/trainer/carol"
+buckets = ["datasets", "models"]
+access = ["read", "write", "list"]
+
+[[authz]]
+identity = "spiffe://lake.example/trainer/*"
+"#;
+    let srv = Server::start_with_authz(&lab, "", &store_backend(&root, ""), authz);
+    run_boto3(&py, &lab, &srv, &root, "transfer.py", TRANSFER_SCRIPT, &[]);
+    // What the multipart upload left: the object, and no upload folder or temporary.
+    assert_eq!(
+        std::fs::metadata(root.join("datasets/mp/big.bin"))
+            .unwrap()
+            .len(),
+        40 << 20
+    );
+    assert!(mpu_residue(&root).is_empty(), "{:?}", mpu_residue(&root));
+    let stray: Vec<String> = files_under(&root)
+        .into_iter()
+        .filter(|f| f.contains(".lakegate"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    assert!(!root.join("datasets/c/ghost.bin").exists());
+    assert!(!root.join("datasets/c/never.bin").exists());
+
+    // HEAD on a bucket has no body: the next response on the connection parses.
+    let mut c = TlsClient::connect(srv.port, client_config(&lab, Some("alice"), false)).unwrap();
+    let (st, h, b) = c.request(b"HEAD /datasets HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((st, b.len()), (200, 0));
+    assert!(header(&h, "x-amz-request-id").is_some());
+    let (st, _, b) = c.request(b"HEAD /nobucket HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((st, b.len()), (404, 0));
+    let (st, _, b) = c.request(b"GET /datasets/c/src.bin HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((st, b.len()), (200, 3 * 1024 * 1024 + 7));
+}
+
+const MULTIPART_ERRORS_SCRIPT: &str = r#"
+B = "datasets"
+def create(k, who=s3):
+    return who.create_multipart_upload(Bucket=B, Key=k)["UploadId"]
+def part(k, u, n, body, who=s3):
+    return {"PartNumber": n, "ETag": who.upload_part(Bucket=B, Key=k, UploadId=u, PartNumber=n, Body=body)["ETag"]}
+def complete(k, u, parts, who=s3):
+    return who.complete_multipart_upload(Bucket=B, Key=k, UploadId=u, MultipartUpload={"Parts": parts})
+
+five = os.urandom(5 * MiB)
+# Part ETags are the MD5 of the part, as S3's.
+u = create("e/ok.bin")
+p1 = part("e/ok.bin", u, 1, five)
+assert p1["ETag"] == '"%s"' % hashlib.md5(five).hexdigest(), p1
+p2 = part("e/ok.bin", u, 2, b"tail")
+lp = s3.list_parts(Bucket=B, Key="e/ok.bin", UploadId=u)
+assert [(p["PartNumber"], p["Size"]) for p in lp["Parts"]] == [(1, 5 * MiB), (2, 4)], lp
+ups = s3.list_multipart_uploads(Bucket=B)
+assert [(x["Key"], x["UploadId"]) for x in ups.get("Uploads", [])] == [("e/ok.bin", u)], ups
+
+# Another identity: every use of the upload is NoSuchUpload (404), never 403, and it
+# does not see it listed.
+assert code(lambda: carol.upload_part(Bucket=B, Key="e/ok.bin", UploadId=u, PartNumber=3, Body=b"x")) == ("NoSuchUpload", 404)
+assert code(lambda: complete("e/ok.bin", u, [p1, p2], carol)) == ("NoSuchUpload", 404)
+assert code(lambda: carol.abort_multipart_upload(Bucket=B, Key="e/ok.bin", UploadId=u)) == ("NoSuchUpload", 404)
+assert code(lambda: carol.list_parts(Bucket=B, Key="e/ok.bin", UploadId=u)) == ("NoSuchUpload", 404)
+assert carol.list_multipart_uploads(Bucket=B).get("Uploads", []) == []
+# The same identity with another key, or a made-up id: NoSuchUpload too.
+assert code(lambda: complete("e/other.bin", u, [p1, p2])) == ("NoSuchUpload", 404)
+assert code(lambda: complete("e/ok.bin", "0" * 32, [p1, p2])) == ("NoSuchUpload", 404)
+assert code(lambda: complete("e/ok.bin", "../../x", [p1, p2])) == ("NoSuchUpload", 404)
+
+# The errors of CompleteMultipartUpload, each leaving the upload usable.
+assert code(lambda: complete("e/ok.bin", u, [p2, p1])) == ("InvalidPartOrder", 400)
+assert code(lambda: complete("e/ok.bin", u, [p1, {"PartNumber": 2, "ETag": '"%s"' % ("0" * 32)}])) == ("InvalidPart", 400)
+assert code(lambda: complete("e/ok.bin", u, [p1, p2, {"PartNumber": 3, "ETag": p2["ETag"]}])) == ("InvalidPart", 400)
+assert code(lambda: s3.head_object(Bucket=B, Key="e/ok.bin"))[1] == 404
+r = complete("e/ok.bin", u, [p1, p2])
+md5s = hashlib.md5(hashlib.md5(five).digest() + hashlib.md5(b"tail").digest()).hexdigest()
+assert r["ETag"] == '"%s-2"' % md5s, r
+assert s3.head_object(Bucket=B, Key="e/ok.bin")["ETag"] == r["ETag"]
+assert get_bytes(B, "e/ok.bin") == five + b"tail"
+assert code(lambda: complete("e/ok.bin", u, [p1, p2])) == ("NoSuchUpload", 404)
+
+u = create("e/small.bin")
+s1 = part("e/small.bin", u, 1, os.urandom(MiB))
+s2 = part("e/small.bin", u, 2, os.urandom(MiB))
+assert code(lambda: complete("e/small.bin", u, [s1, s2])) == ("EntityTooSmall", 400)
+# A part uploaded again replaces the first.
+s1 = part("e/small.bin", u, 1, five)
+r = complete("e/small.bin", u, [s1, s2])
+assert s3.head_object(Bucket=B, Key="e/small.bin")["ContentLength"] == 6 * MiB
+
+# Aborted half way: two of four parts in, then abort: nothing left.
+u = create("e/aborted.bin")
+part("e/aborted.bin", u, 1, five)
+part("e/aborted.bin", u, 2, five)
+assert s3.abort_multipart_upload(Bucket=B, Key="e/aborted.bin", UploadId=u)["ResponseMetadata"]["HTTPStatusCode"] == 204
+assert code(lambda: part("e/aborted.bin", u, 3, five)) == ("NoSuchUpload", 404)
+assert code(lambda: s3.head_object(Bucket=B, Key="e/aborted.bin"))[1] == 404
+assert s3.list_multipart_uploads(Bucket=B).get("Uploads", []) == []
+
+# A part whose checksum does not match its body is refused and not stored.
+u = create("e/bad.bin")
+import base64
+assert code(lambda: s3.upload_part(Bucket=B, Key="e/bad.bin", UploadId=u, PartNumber=1, Body=b"abc",
+                                   ChecksumSHA256=base64.b64encode(b"\0" * 32).decode()))[0] in ("BadDigest", "InvalidRequest")
+assert s3.list_parts(Bucket=B, Key="e/bad.bin", UploadId=u).get("Parts", []) == []
+s3.abort_multipart_upload(Bucket=B, Key="e/bad.bin", UploadId=u)
+
+# CopyObject without read on the source: 403 and nothing created. (Carol may write
+# models but not read datasets.)
+assert code(lambda: carol.copy_object(Bucket="models", Key="stolen.bin",
+                                      CopySource={"Bucket": "datasets", "Key": "e/ok.bin"})) == ("AccessDenied", 403)
+print("ok")
+"#;
+
+#[test]
+fn multipart_errors_ownership_abort_and_copy_without_read() {
+    let Some(py) = boto3_python() else {
+        return;
+    };
+    let lab = Lab::new();
+    let root = store_root(&lab);
+    // Carol may write both buckets and list, never read or delete.
+    let authz = r#"[[authz]]
+identity = "spiffe://lake.example/trainer/carol"
+buckets = ["datasets", "models"]
+access = ["write", "list"]
+
+[[authz]]
+identity = "spiffe://lake.example/trainer/*"
+"#;
+    let srv = Server::start_with_authz(&lab, "", &store_backend(&root, ""), authz);
+    run_boto3(
+        &py,
+        &lab,
+        &srv,
+        &root,
+        "mperrors.py",
+        MULTIPART_ERRORS_SCRIPT,
+        &[],
+    );
+    assert!(!root.join("datasets/e/aborted.bin").exists());
+    assert!(!root.join("models/stolen.bin").exists());
+    assert!(mpu_residue(&root).is_empty(), "{:?}", mpu_residue(&root));
+    let objects: Vec<String> = files_under(&root)
+        .into_iter()
+        .filter(|f| !f.contains(".lakegate"))
+        .collect();
+    assert_eq!(objects, ["datasets/e/ok.bin", "datasets/e/small.bin"]);
+    assert!(files_under(&root)
+        .iter()
+        .all(|f| !f.contains(".lakegate-tmp")));
+}
+
+const EXPIRY_SCRIPT: &str = r#"
+u = s3.create_multipart_upload(Bucket="datasets", Key="x/abandoned.bin")["UploadId"]
+s3.upload_part(Bucket="datasets", Key="x/abandoned.bin", UploadId=u, PartNumber=1, Body=b"part")
+print(u)
+print("ok")
+"#;
+
+#[test]
+fn abandoned_uploads_expire_and_are_counted() {
+    let Some(py) = boto3_python() else {
+        return;
+    };
+    let lab = Lab::new();
+    let root = store_root(&lab);
+    let srv = Server::start(&lab, "", &store_backend(&root, "multipart_expiry = \"2s\""));
+    let out = run_boto3(&py, &lab, &srv, &root, "expiry.py", EXPIRY_SCRIPT, &[]);
+    let id = out.lines().next().unwrap().trim().to_owned();
+    assert!(root.join("datasets/.lakegate-mpu").join(&id).is_dir());
+    let t = Instant::now();
+    while !mpu_residue(&root).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "upload not expired: {:?}\n{}",
+            mpu_residue(&root),
+            srv.log_plain()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        srv.metric("lakegate_multipart_uploads_expired_total", ""),
+        1.0
+    );
+    assert!(!root.join("datasets/x/abandoned.bin").exists());
+}
