@@ -751,6 +751,37 @@ const ANY_OP_HEADERS: &[&str] = &[
     "x-amz-content-sha256",
 ];
 
+/// A query parameter, or a header that steers the operation, given twice is refused:
+/// reading either copy could read the request as something the client did not mean
+/// (a second `x-amz-checksum-sha256` left unchecked, a second `prefix` ignored).
+/// `Authorization` is the token layer's to judge (RFC 6750 wants its own error).
+fn no_duplicates(head: &RequestHead) -> Result<(), Error> {
+    let steering = |n: &str| {
+        n.starts_with("x-amz-")
+            || n.starts_with("content-")
+            || n.starts_with("if-")
+            || n == "range"
+            || n == "expect"
+    };
+    for (i, (n, _)) in head.headers.iter().enumerate() {
+        if steering(n) && head.headers[..i].iter().any(|(m, _)| m == n) {
+            return Err(Error::msg(
+                Code::InvalidRequest,
+                format!("header {n} is given more than once"),
+            ));
+        }
+    }
+    for (i, (k, _)) in head.query.iter().enumerate() {
+        if head.query[..i].iter().any(|(m, _)| m == k) {
+            return Err(Error::msg(
+                Code::InvalidRequest,
+                format!("query parameter {k} is given more than once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Which S3 operation `head` is, or why the store refuses it. `has_key` says whether
 /// the path names an object (`/bucket/key`) or a bucket (`/bucket`).
 ///
@@ -759,6 +790,7 @@ const ANY_OP_HEADERS: &[&str] = &[
 /// parameter not on the allow-list of the operation; methods S3 does not have are 405.
 /// Malformed values of allowed fields are 400.
 pub fn classify(head: &RequestHead, has_key: bool) -> Result<Operation<'_>, Error> {
+    no_duplicates(head)?;
     let has = |name: &str| head.query.iter().any(|(k, _)| k == name);
     match (head.method, has_key) {
         (Method::Put, true) if head.header("x-amz-copy-source").is_some() => {
@@ -1861,6 +1893,22 @@ mod tests {
                 delimiter: None,
             }))
         );
+    }
+
+    #[test]
+    fn a_steering_header_or_query_parameter_given_twice_is_refused() {
+        for text in [
+            "PUT /b/k HTTP/1.1\r\ncontent-length: 1\r\nx-amz-checksum-sha256: a\r\nx-amz-checksum-sha256: b",
+            "GET /b/k HTTP/1.1\r\nrange: bytes=0-1\r\nrange: bytes=2-3",
+            "GET /b/k HTTP/1.1\r\nif-match: \"a\"\r\nif-match: \"b\"",
+            "GET /b?list-type=2&prefix=a&prefix=b HTTP/1.1",
+        ] {
+            let has_key = !text.starts_with("GET /b?");
+            assert_eq!(code(text, has_key), Some(Code::InvalidRequest), "{text}");
+        }
+        // Repeated headers that do not steer the operation are left alone.
+        let h = head("GET /b/k HTTP/1.1\r\naccept: a\r\naccept: b");
+        assert!(classify(&h, true).is_ok());
     }
 
     #[test]
