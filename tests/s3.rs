@@ -14,26 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The Python with boto3, or None (skip) outside CI; in CI a missing one is a failure.
-fn boto3_python() -> Option<PathBuf> {
-    let py = std::env::var_os("LAKEGATE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tests/bin/python"));
-    let ok = Command::new(&py)
-        .args(["-c", "import boto3"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    assert!(!ci, "CI: no Python with boto3 at {}", py.display());
-    eprintln!("skipped: no boto3 venv ({})", py.display());
-    None
-}
-
 /// A store root under the lab with the two buckets the tests use.
 fn store_root(lab: &Lab) -> PathBuf {
     let root = lab.path("store");
@@ -253,7 +233,7 @@ print("ok")
 
 #[test]
 fn boto3_defaults_multipart_copy_delete_head_bucket_and_delimited_listings() {
-    let Some(py) = boto3_python() else {
+    let Some(py) = python_with("boto3") else {
         return;
     };
     let lab = Lab::new();
@@ -374,7 +354,7 @@ print("ok")
 
 #[test]
 fn multipart_errors_ownership_abort_and_copy_without_read() {
-    let Some(py) = boto3_python() else {
+    let Some(py) = python_with("boto3") else {
         return;
     };
     let lab = Lab::new();
@@ -420,7 +400,7 @@ print("ok")
 
 #[test]
 fn abandoned_uploads_expire_and_are_counted() {
-    let Some(py) = boto3_python() else {
+    let Some(py) = python_with("boto3") else {
         return;
     };
     let lab = Lab::new();

@@ -495,33 +495,9 @@ print("put.bin", sha(a))
 print("boto3-ok")
 "#;
 
-/// The Python with boto3, or None (skip) outside CI; in CI a missing one is a failure.
-fn boto3_python() -> Option<PathBuf> {
-    let py = std::env::var_os("LAKEGATE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tests/bin/python"));
-    let ok = Command::new(&py)
-        .args(["-c", "import boto3"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    assert!(
-        !ci,
-        "CI: no Python with boto3 at {} (.ci/run makes .venv-tests; or set LAKEGATE_TEST_PYTHON)",
-        py.display()
-    );
-    eprintln!("skipped: no boto3 venv ({})", py.display());
-    None
-}
-
 #[test]
 fn boto3_puts_uploads_lists_and_gets_identical_objects() {
-    let Some(py) = boto3_python() else {
+    let Some(py) = python_with("boto3") else {
         return;
     };
     let lab = Lab::new();
@@ -1901,7 +1877,7 @@ print("boto3-defaults-ok")
 
 #[test]
 fn boto3_with_default_settings_works_and_sees_s3_error_codes() {
-    let Some(py) = boto3_python() else {
+    let Some(py) = python_with("boto3") else {
         return;
     };
     let lab = Lab::new();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -301,31 +301,6 @@ fn unbound_token_is_refused_when_cert_bound() {
 // ---------------------------------------------------------------------------------------
 // An independent implementation: PyJWT + cryptography
 // ---------------------------------------------------------------------------------------
-
-/// The test Python with `modules` importable, or None (skip loudly) outside CI; under
-/// CI a missing one fails.
-fn python_with(modules: &str) -> Option<PathBuf> {
-    let py = std::env::var_os("LAKEGATE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tests/bin/python"));
-    let ok = Command::new(&py)
-        .args(["-c", &format!("import {modules}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    assert!(
-        !ci,
-        "CI: no Python with {modules} at {} (.ci/run makes .venv-tests; or set LAKEGATE_TEST_PYTHON)",
-        py.display()
-    );
-    eprintln!("SKIPPED: no Python with {modules} ({})", py.display());
-    None
-}
 
 const PYJWT_SCRIPT: &str = r#"
 import base64, json, sys, time

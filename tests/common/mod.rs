@@ -1187,3 +1187,28 @@ pub fn check_config(cfg: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The test Python with `modules` importable, or None (skip loudly) outside CI; under
+/// CI a missing one fails.
+pub fn python_with(modules: &str) -> Option<PathBuf> {
+    let py = std::env::var_os("LAKEGATE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-tests/bin/python"));
+    let ok = Command::new(&py)
+        .args(["-c", &format!("import {modules}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(py);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(
+        !ci,
+        "CI: no Python with {modules} at {} (.ci/run makes .venv-tests; or set LAKEGATE_TEST_PYTHON)",
+        py.display()
+    );
+    eprintln!("SKIPPED: no Python with {modules} ({})", py.display());
+    None
+}
