@@ -258,7 +258,7 @@ impl Store {
     /// the configuration's job; the HTTP API never creates buckets).
     pub fn create_bucket(&self, bucket: &str) -> io::Result<()> {
         validate_bucket(bucket)?;
-        match sys::mkdir_at(&self.root_dir, &sys::cstr(bucket)?, 0o755) {
+        match sys::mkdir_at(&self.root_dir, &sys::cstr(bucket)?, 0o750) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
@@ -319,7 +319,7 @@ impl Store {
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
         for _ in 0..4 {
             let name = temp_name()?;
-            match sys::open_at(&dir, &sys::cstr(&name)?, flags, 0o644) {
+            match sys::open_at(&dir, &sys::cstr(&name)?, flags, 0o640) {
                 Ok(file) => return Ok((file, name)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -448,7 +448,7 @@ impl Store {
         for component in parents.split('/') {
             let at = cur.as_ref().unwrap_or(dir);
             let name = sys::cstr(component)?;
-            let created = match sys::mkdir_at(at, &name, 0o755) {
+            let created = match sys::mkdir_at(at, &name, 0o750) {
                 Ok(()) => true,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
                 Err(e) => return Err(e),
@@ -2125,6 +2125,8 @@ mod tests {
         let md = std::fs::metadata(bucket.join(&temp)).unwrap();
         assert!(md.is_file());
         assert_eq!(md.mode() & 0o7000, 0);
+        // Objects are never for other local users, whatever the umask.
+        assert_eq!(md.mode() & 0o007, 0);
         let (_g, other) = store.create_temp("data").unwrap();
         assert_ne!(temp, other);
 

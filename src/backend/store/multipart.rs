@@ -148,7 +148,7 @@ fn write_record(dir: &File, name: &str, data: &[u8], fsync: bool) -> io::Result<
     let tmp = format!(".tmp-{}", random_hex(8)?);
     let tmp_c = sys::cstr(&tmp)?;
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-    let mut f = sys::open_at(dir, &tmp_c, flags, 0o644)?;
+    let mut f = sys::open_at(dir, &tmp_c, flags, 0o640)?;
     let written = f
         .write_all(data)
         .and_then(|()| if fsync { f.sync_all() } else { Ok(()) });
@@ -251,7 +251,7 @@ impl Store {
     fn mpu_root(&self, bucket: &str, create: bool) -> io::Result<File> {
         let dir = self.bucket_dir(bucket)?;
         if create {
-            match sys::mkdir_at(&dir, &sys::cstr(MPU_DIR)?, 0o755) {
+            match sys::mkdir_at(&dir, &sys::cstr(MPU_DIR)?, 0o750) {
                 Ok(()) => {
                     if self.fsync {
                         dir.sync_all()?;
@@ -283,7 +283,7 @@ impl Store {
         let record = serde_json::to_vec(&info).map_err(io::Error::other)?;
         for _ in 0..4 {
             let id = random_hex(16)?;
-            match sys::mkdir_at(&root, &sys::cstr(&id)?, 0o755) {
+            match sys::mkdir_at(&root, &sys::cstr(&id)?, 0o750) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
