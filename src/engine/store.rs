@@ -714,15 +714,20 @@ impl Conn<'_> {
     }
 
     /// An I/O error of the store as an S3 error; a missing file is NoSuchBucket when
-    /// the bucket's folder is what is missing.
-    fn io_error(store: &Store, bucket: &str, e: &std::io::Error) -> s3::Error {
+    /// the bucket's folder is what is missing, else `missing`.
+    fn missing_as(store: &Store, bucket: &str, e: &std::io::Error, missing: Code) -> s3::Error {
         let not_found =
             if e.kind() == std::io::ErrorKind::NotFound && store.bucket_dir(bucket).is_err() {
                 Code::NoSuchBucket
             } else {
-                Code::NoSuchKey
+                missing
             };
         s3::Error::new(store::code_for_io(e, not_found)).detail(e)
+    }
+
+    /// An I/O error about an object: a missing one is NoSuchKey.
+    fn io_error(store: &Store, bucket: &str, e: &std::io::Error) -> s3::Error {
+        Self::missing_as(store, bucket, e, Code::NoSuchKey)
     }
 
     async fn request(
@@ -1330,13 +1335,7 @@ impl Conn<'_> {
 
     /// An I/O error about an upload: a missing (or foreign) upload is NoSuchUpload.
     fn upload_error(store: &Store, bucket: &str, e: &std::io::Error) -> s3::Error {
-        let not_found =
-            if e.kind() == std::io::ErrorKind::NotFound && store.bucket_dir(bucket).is_err() {
-                Code::NoSuchBucket
-            } else {
-                Code::NoSuchUpload
-            };
-        s3::Error::new(store::code_for_io(e, not_found)).detail(e)
+        Self::missing_as(store, bucket, e, Code::NoSuchUpload)
     }
 
     /// Run `f` (a long copy) on a thread of its own, so this worker keeps serving its
