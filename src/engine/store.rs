@@ -844,17 +844,9 @@ impl Conn<'_> {
                     .await
             }
             (Operation::AbortMultipartUpload { upload_id }, Some(key)) => {
-                match store.abort_upload(&bucket, key, upload_id, &self.owner()) {
-                    Ok(()) => {
-                        self.simple(204, "text/plain", b"", head.keep_alive).await?;
-                        self.access("DELETE", &bucket, key, 204, 0, start);
-                        Ok(true)
-                    }
-                    Err(e) => {
-                        let e = Self::upload_error(store, &bucket, &e);
-                        self.error(head, &bucket, key, e, start).await
-                    }
-                }
+                let r = store.abort_upload(&bucket, key, upload_id, &self.owner());
+                self.removed(store, head, &bucket, key, r, Self::upload_error, start)
+                    .await
             }
             (
                 Operation::ListParts {
@@ -928,17 +920,11 @@ impl Conn<'_> {
             (Operation::HeadObject(c), Some(key)) => {
                 self.get(store, head, c, &bucket, key, start, false).await
             }
-            (Operation::DeleteObject, Some(key)) => match store.delete_object(&bucket, key) {
-                Ok(()) => {
-                    self.simple(204, "text/plain", b"", head.keep_alive).await?;
-                    self.access("DELETE", &bucket, key, 204, 0, start);
-                    Ok(true)
-                }
-                Err(e) => {
-                    let e = Self::io_error(store, &bucket, &e);
-                    self.error(head, &bucket, key, e, start).await
-                }
-            },
+            (Operation::DeleteObject, Some(key)) => {
+                let r = store.delete_object(&bucket, key);
+                self.removed(store, head, &bucket, key, r, Self::io_error, start)
+                    .await
+            }
             (Operation::ListObjectsV2(spec), _) => {
                 self.list(store, head, &bucket, &spec, true, start).await
             }
@@ -1330,6 +1316,31 @@ impl Conn<'_> {
         match &self.identity.spiffe {
             Some(id) => id.clone(),
             None => format!("x5t:{}", self.identity.thumbprint),
+        }
+    }
+
+    /// Answer a DELETE (an object, an upload): 204, or the error `map` makes of it.
+    #[allow(clippy::too_many_arguments)]
+    async fn removed(
+        &mut self,
+        store: &Store,
+        head: &RequestHead,
+        bucket: &str,
+        key: &str,
+        r: std::io::Result<()>,
+        map: fn(&Store, &str, &std::io::Error) -> s3::Error,
+        start: Instant,
+    ) -> Result<bool, End> {
+        match r {
+            Ok(()) => {
+                self.simple(204, "text/plain", b"", head.keep_alive).await?;
+                self.access("DELETE", bucket, key, 204, 0, start);
+                Ok(true)
+            }
+            Err(e) => {
+                let e = map(store, bucket, &e);
+                self.error(head, bucket, key, e, start).await
+            }
         }
     }
 
