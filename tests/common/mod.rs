@@ -772,6 +772,11 @@ pub fn read_response(r: &mut impl Read, head_only: bool) -> std::io::Result<Resp
 }
 
 impl TlsClient {
+    /// Full or resumed: how this connection's handshake went.
+    pub fn handshake_kind(&self) -> Option<HandshakeKind> {
+        self.conn.lock().unwrap().handshake_kind()
+    }
+
     /// A reader of this connection's plaintext (shares the connection).
     pub fn plain_reader(&self) -> PlainReader {
         PlainReader {
