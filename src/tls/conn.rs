@@ -4,18 +4,23 @@
 //! API (0.24 drops the unbuffered one) touches only this file. It owns no socket: the
 //! caller hands in received bytes and gets back bytes to transmit and plaintext.
 //!
-//! Copies: rustls decrypts each record in place in the caller's `incoming` buffer, then
-//! (0.23.x, `ReadTraffic::next_record`) hands the payload over from an owned chunk; we
-//! append it to the caller's plaintext buffer. Encryption writes straight into the
-//! caller's outgoing buffer.
+//! rustls runs the handshake. After it, a TLS 1.3 connection is handed to lakegate's own
+//! record layer ([`crate::tls::record`]) through rustls's `KernelConnection`, which keeps
+//! the key schedule for KeyUpdate: records are opened in place in the caller's
+//! `incoming` buffer and their content copied once, into the caller's plaintext buffer,
+//! with no allocation per record (rustls 0.23's `ReadTraffic` hands each payload over
+//! through an owned chunk first). TLS 1.2 (opt-in) stays on rustls. Encryption writes
+//! straight into the caller's outgoing buffer either way.
 
 use std::sync::Arc;
 
-use rustls::server::UnbufferedServerConnection;
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
-use rustls::{HandshakeKind, ServerConfig};
+use rustls::{HandshakeKind, ServerConfig, SupportedCipherSuite};
 use rustls_pki_types::CertificateDer;
 
+use crate::tls::record::{RecordError, RecordLayer};
 use crate::tls::resume::{self, ResumeRefusal, TicketCtx};
 
 /// Room for one maximal TLS record (16 KiB payload + header + tag + padding slack).
@@ -56,7 +61,7 @@ impl OutBuf {
     }
 
     /// Spare room after the fill mark, grown to at least `need` bytes.
-    fn spare(&mut self, need: usize) -> &mut [u8] {
+    pub(crate) fn spare(&mut self, need: usize) -> &mut [u8] {
         if self.buf.len() - self.filled < need {
             self.buf.resize(self.filled + need, 0);
         }
@@ -103,6 +108,9 @@ pub enum TlsError {
     /// Asked to send after we already closed.
     #[error("tls: connection closed")]
     Closed,
+    /// lakegate's TLS 1.3 record layer refused the peer's records.
+    #[error("tls: {0}")]
+    Record(#[from] RecordError),
 }
 
 /// Facts of an established session, for identity, logs and metrics.
@@ -116,9 +124,27 @@ pub struct SessionInfo {
     pub resumed: bool,
 }
 
+/// Who carries the records.
+enum State {
+    /// The handshake, and TLS 1.2 throughout.
+    /// Boxed, so an established connection does not keep rustls's 1 KiB inline.
+    Rustls(Box<UnbufferedServerConnection>),
+    /// An established TLS 1.3 session on lakegate's record layer.
+    Records(Box<Established>),
+    /// The hand-over failed; nothing more is carried.
+    Gone,
+}
+
+/// What is kept of an established session once rustls keeps only the key schedule.
+struct Established {
+    layer: RecordLayer<KernelConnection<ServerConnectionData>>,
+    certs: Vec<CertificateDer<'static>>,
+    info: SessionInfo,
+}
+
 /// A server-side TLS connection with no I/O: bytes in, bytes and plaintext out.
 pub struct TlsConn {
-    conn: UnbufferedServerConnection,
+    state: State,
     handshaking: bool,
     peer_closed: bool,
     sent_close: bool,
@@ -127,13 +153,18 @@ pub struct TlsConn {
     failed: bool,
     /// What the ticketer knows of this connection (see [`crate::tls::resume`]).
     ticket: TicketCtx,
+    /// The config lets rustls hand over the traffic secrets (`enable_secret_extraction`),
+    /// so the record layer can take over after the handshake; else rustls keeps it.
+    own_records: bool,
 }
 
 impl TlsConn {
     /// Start a server connection under `config`.
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
+        let own_records = config.enable_secret_extraction;
         Ok(TlsConn {
-            conn: UnbufferedServerConnection::new(config)?,
+            own_records,
+            state: State::Rustls(Box::new(UnbufferedServerConnection::new(config)?)),
             handshaking: true,
             peer_closed: false,
             sent_close: false,
@@ -163,14 +194,51 @@ impl TlsConn {
         }
         // A ticket may have been opened and then passed over (another suite, a bad
         // binder): only a resumed handshake keeps the ticket's authentication time.
-        if self
-            .conn
-            .handshake_kind()
-            .is_some_and(|k| k != HandshakeKind::Resumed)
-        {
-            self.ticket.auth_time = None;
+        if let State::Rustls(conn) = &self.state {
+            if conn
+                .handshake_kind()
+                .is_some_and(|k| k != HandshakeKind::Resumed)
+            {
+                self.ticket.auth_time = None;
+            }
         }
         r
+    }
+
+    /// The rustls connection while it carries the records.
+    fn rustls(&mut self) -> Result<&mut UnbufferedServerConnection, TlsError> {
+        match &mut self.state {
+            State::Rustls(c) => Ok(c),
+            _ => Err(TlsError::Closed),
+        }
+    }
+
+    /// Hand an established TLS 1.3 session to lakegate's record layer. rustls is at
+    /// `WriteTraffic` with its tickets already encoded into our output, which is what
+    /// `dangerous_into_kernel_connection` needs.
+    fn hand_over_records(&mut self) -> Result<(), TlsError> {
+        let State::Rustls(conn) = std::mem::replace(&mut self.state, State::Gone) else {
+            return Ok(());
+        };
+        let info = session_info_of(&conn);
+        let certs = conn
+            .peer_certificates()
+            .map(<[_]>::to_vec)
+            .unwrap_or_default();
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection()?;
+        let limit = match kernel.negotiated_cipher_suite() {
+            SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
+            #[allow(unreachable_patterns)]
+            _ => return Err(TlsError::Closed),
+        };
+        let layer = RecordLayer::new(
+            kernel,
+            (secrets.rx.0, &secrets.rx.1),
+            (secrets.tx.0, &secrets.tx.1),
+            limit,
+        )?;
+        self.state = State::Records(Box::new(Established { layer, certs, info }));
+        Ok(())
     }
 
     /// Whether the handshake is still in progress.
@@ -195,11 +263,48 @@ impl TlsConn {
         if self.failed {
             return Err(TlsError::Closed);
         }
-        let r = self.in_ticket_ctx(|c| c.handle_received_inner(incoming, tls_out, plain_out));
-        if r.is_err() {
-            self.failed = true;
+        let r = match &mut self.state {
+            State::Records(e) => e.layer.open(incoming, tls_out, plain_out),
+            State::Gone => Err(TlsError::Closed),
+            State::Rustls(_) => {
+                match self.in_ticket_ctx(|c| c.handle_received_inner(incoming, tls_out, plain_out))
+                {
+                    Ok(p)
+                        if p.handshake_completed
+                            && !p.peer_closed
+                            && self.own_records
+                            && self.is_tls13() =>
+                    {
+                        self.hand_over_records().map(|()| p)
+                    }
+                    r => r,
+                }
+            }
+        };
+        match &r {
+            Ok(p) => self.peer_closed |= p.peer_closed,
+            Err(_) => self.failed = true,
         }
         r
+    }
+
+    /// Whether lakegate's record layer carries this connection (tests).
+    #[cfg(test)]
+    pub(crate) fn on_own_records(&self) -> bool {
+        matches!(self.state, State::Records(_))
+    }
+
+    /// Lower the records per send key, to see KeyUpdate without 2^24 records (tests).
+    #[cfg(test)]
+    pub(crate) fn set_send_key_limit(&mut self, n: u64) {
+        if let State::Records(e) = &mut self.state {
+            e.layer.set_send_key_limit(n);
+        }
+    }
+
+    fn is_tls13(&self) -> bool {
+        matches!(&self.state, State::Rustls(c)
+            if c.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
     }
 
     fn handle_received_inner(
@@ -210,8 +315,9 @@ impl TlsConn {
     ) -> Result<Progress, TlsError> {
         let mut p = Progress::default();
         loop {
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut incoming[p.consumed..]);
+            let UnbufferedStatus { discard, state } = self
+                .rustls()?
+                .process_tls_records(&mut incoming[p.consumed..]);
             let state = match state {
                 Ok(s) => s,
                 Err(e) => {
@@ -281,7 +387,10 @@ impl TlsConn {
     fn drain_alerts(&mut self, rest: &mut [u8], tls_out: &mut OutBuf) {
         // The fatal alert is one queued message, handed out before rustls looks at the
         // input again; stop there, since a second pass would re-read the bad bytes.
-        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(rest);
+        let State::Rustls(conn) = &mut self.state else {
+            return;
+        };
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(rest);
         if let Ok(ConnectionState::EncodeTlsData(mut enc)) = state {
             let _ = encode(&mut enc, tls_out);
         }
@@ -313,7 +422,7 @@ impl TlsConn {
         ) -> Result<R, TlsError>,
     ) -> Result<R, TlsError> {
         loop {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            let UnbufferedStatus { state, .. } = self.rustls()?.process_tls_records(&mut []);
             match state? {
                 ConnectionState::EncodeTlsData(mut enc) => encode(&mut enc, tls_out)?,
                 ConnectionState::TransmitTlsData(mut t) => {
@@ -331,8 +440,11 @@ impl TlsConn {
 
     /// Encrypt `plain` into TLS records appended to `tls_out`.
     pub fn encrypt(&mut self, plain: &[u8], tls_out: &mut OutBuf) -> Result<(), TlsError> {
-        if self.sent_close {
+        if self.sent_close || self.failed {
             return Err(TlsError::Closed);
+        }
+        if let State::Records(e) = &mut self.state {
+            return e.layer.seal(plain, tls_out);
         }
         self.with_write(tls_out, |w, out| {
             // Worst case per 16 KiB record: 5 header + 1 content type + 16 tag; be generous.
@@ -359,6 +471,11 @@ impl TlsConn {
         if self.sent_close {
             return Ok(());
         }
+        if let State::Records(e) = &mut self.state {
+            e.layer.close_notify(tls_out)?;
+            self.sent_close = true;
+            return Ok(());
+        }
         self.with_write(tls_out, |w, out| {
             let room = out.spare(64);
             let n = w
@@ -374,23 +491,38 @@ impl TlsConn {
     /// The verified client certificate chain (leaf first); also present on resumption,
     /// since the ticket carries it.
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
-        self.conn.peer_certificates()
+        match &self.state {
+            State::Rustls(c) => c.peer_certificates(),
+            State::Records(e) => Some(&e.certs[..]).filter(|c| !c.is_empty()),
+            State::Gone => None,
+        }
     }
 
     /// Version, suite and resumption of the established session.
     pub fn session_info(&self) -> SessionInfo {
-        SessionInfo {
-            version: match self.conn.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                _ => "TLSv1.3",
+        match &self.state {
+            State::Rustls(c) => session_info_of(c),
+            State::Records(e) => e.info.clone(),
+            State::Gone => SessionInfo {
+                version: "TLSv1.3",
+                suite: String::new(),
+                resumed: false,
             },
-            suite: self
-                .conn
-                .negotiated_cipher_suite()
-                .map(|s| crate::tls::policy::suite_name(&s))
-                .unwrap_or_default(),
-            resumed: matches!(self.conn.handshake_kind(), Some(HandshakeKind::Resumed)),
         }
+    }
+}
+
+fn session_info_of(conn: &UnbufferedServerConnection) -> SessionInfo {
+    SessionInfo {
+        version: match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLSv1.3",
+        },
+        suite: conn
+            .negotiated_cipher_suite()
+            .map(|s| crate::tls::policy::suite_name(&s))
+            .unwrap_or_default(),
+        resumed: matches!(conn.handshake_kind(), Some(HandshakeKind::Resumed)),
     }
 }
 

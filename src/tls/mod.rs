@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod identity;
 pub mod policy;
+pub mod record;
 pub mod resume;
 pub mod tickets;
 

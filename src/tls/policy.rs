@@ -472,6 +472,9 @@ pub fn build_with(
         })?;
     // No 0-RTT: early data is replayable, and an upload must never be applied twice.
     sc.max_early_data_size = 0;
+    // After the handshake, TLS 1.3 records are carried by tls::record through rustls's
+    // KernelConnection, which needs the traffic secrets.
+    sc.enable_secret_extraction = true;
     let mut in_process = None;
     if cfg.tls.session_tickets {
         let keys: Arc<dyn ProducesTickets> = match &cfg.tls.ticket_key_file {
