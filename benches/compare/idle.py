@@ -7,6 +7,8 @@
   idle.py hold --port P --ca CA --cert CRT --key KEY -n N --ready-file F
       opens N mTLS connections one after another (TLS 1.3, full handshakes), keeps them
       open, writes F when all are up, then sleeps until killed.
+  idle.py bare --port P -n N --ready-file F
+      opens N plain TCP connections that send nothing (no TLS), keeps them open.
   idle.py probe --port P --ca CA [--cert CRT --key KEY]
       one connection: prints "accepted <version> <cipher>" if the server keeps it open
       after the handshake and a byte of data, "refused <why>" if it is torn down.
@@ -95,6 +97,19 @@ def hold(a):
         time.sleep(3600)
 
 
+def bare(a):
+    conns = []
+    t0 = time.monotonic()
+    for _ in range(a.n):
+        conns.append(socket.create_connection(("127.0.0.1", a.port), timeout=30))
+    with open(a.ready_file + ".tmp", "w") as f:
+        f.write(f"{len(conns)} {time.monotonic() - t0:.3f}\n")
+    os.rename(a.ready_file + ".tmp", a.ready_file)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        time.sleep(3600)
+
+
 def probe(a):
     ctx = context(a)
     s = socket.create_connection(("127.0.0.1", a.port), timeout=5)
@@ -131,8 +146,12 @@ def main():
         if name == "hold":
             h.add_argument("-n", type=int, required=True)
             h.add_argument("--ready-file", required=True)
+    b = sub.add_parser("bare")
+    b.add_argument("--port", type=int, required=True)
+    b.add_argument("-n", type=int, required=True)
+    b.add_argument("--ready-file", required=True)
     a = p.parse_args()
-    {"sink": sink, "hold": hold, "probe": probe}[a.cmd](a)
+    {"sink": sink, "hold": hold, "probe": probe, "bare": bare}[a.cmd](a)
 
 
 if __name__ == "__main__":

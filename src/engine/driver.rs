@@ -184,6 +184,12 @@ async fn handshake(
     log: &ConnLog,
 ) -> Result<Established, HsError> {
     let accepted = Instant::now();
+    // A connection that has sent nothing yet holds no buffer and no TLS state: anyone
+    // who can reach the port could otherwise pin three pool buffers per connect.
+    client
+        .readable()
+        .await
+        .map_err(|e| (FailReason::Protocol, format!("read: {e}")))?;
     let mut tls =
         TlsConn::new(gen.tls.clone()).map_err(|e| (FailReason::Protocol, e.to_string()))?;
     let mut refusal_counted = false;

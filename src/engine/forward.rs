@@ -305,7 +305,26 @@ impl Relay<'_> {
             self.w.pool.give(plain.buf);
             return Ok(());
         }
+        // After a short read (or at the start) the client is between bursts: wait for
+        // its next bytes holding no buffer, so an idle relay holds none.
+        let mut quiet = true;
         let result = loop {
+            if quiet && used == 0 {
+                self.w.pool.give(std::mem::take(&mut inb));
+                let ready = read_idle(
+                    async { (self.client.readable().await.map(|()| 0), ()) },
+                    &self.last,
+                    self.idle,
+                    None,
+                )
+                .await;
+                match ready {
+                    Ok(_) => {}
+                    Err((WaitError::Idle, _)) => return self.on_end(Err("idle timeout")),
+                    Err(_) => return self.on_end(Err("client read error")),
+                }
+                inb = self.w.pool.take();
+            }
             if used == inb.len() {
                 break Err("record larger than buffer");
             }
@@ -368,7 +387,8 @@ impl Relay<'_> {
             // give the buffer back so an idle connection holds none. A streaming one
             // keeps it, so a busy worker never churns the pool (or allocates when it
             // runs dry) once per record.
-            if n < TRICKLE {
+            quiet = n < TRICKLE;
+            if quiet {
                 self.w.pool.give(std::mem::take(&mut plain.buf));
             }
             if p.peer_closed {
@@ -383,7 +403,24 @@ impl Relay<'_> {
 
     /// Upstream plaintext → encrypt → client; upstream EOF → close_notify.
     async fn upstream_to_client(&self, mut ub: Vec<u8>, mut out: OutBuf) -> Dir {
+        // As the other direction: between bursts, wait for the upstream holding no buffer.
+        let mut quiet = true;
         let result = loop {
+            if quiet {
+                self.w.pool.give(std::mem::take(&mut ub));
+                let ready = read_idle(
+                    async { (self.up.readable().await.map(|()| 0), ()) },
+                    &self.last,
+                    self.idle,
+                    None,
+                )
+                .await;
+                ub = self.w.pool.take();
+                if let Err((WaitError::Io(_) | WaitError::Draining, _)) = ready {
+                    return self.on_end(Err("upstream read error"));
+                }
+                // Idle: the read below sees the same timer and says goodbye properly.
+            }
             let cap = ub.len().min(super::pool::BUF_SIZE);
             let (n, slice) =
                 match read_idle(self.up.read(ub.slice(..cap)), &self.last, self.idle, None).await {
@@ -439,7 +476,8 @@ impl Relay<'_> {
                 .set(self.log.bytes_out.get() + len as u64);
             self.w.stats.bytes_sent.add(len as u64);
             // Released after a short read only, as the plaintext buffer upstream.
-            if n < TRICKLE {
+            quiet = n < TRICKLE;
+            if quiet {
                 self.w.pool.give(std::mem::take(&mut out.buf));
             }
             if n == 0 {
