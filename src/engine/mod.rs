@@ -1,6 +1,7 @@
 //! The engine: workers pinned one per core, their listeners, buffers, and the io_uring
 //! shell that feeds the sans-IO TLS core. The only module that knows tokio-uring.
 
+pub mod blocking;
 pub mod driver;
 pub mod forward;
 pub mod io;
@@ -159,6 +160,14 @@ pub fn serve(gen: Generation, config_path: PathBuf) -> Result<(), EngineError> {
     let gen_store = gen.store.clone();
     let cores = cfg.server.cores.clone();
     let telemetry = Arc::new(Telemetry::new(cores.len(), gen.suites.clone()));
+    let blocking = blocking::BlockingPool::start(blocking::THREADS, blocking::QUEUE)
+        .map_err(EngineError::Thread)?;
+    {
+        let pool = blocking.clone();
+        let _ = telemetry
+            .blocking_queued
+            .set(Box::new(move || pool.queued()));
+    }
     let shared = Arc::new(Shared {
         current: ArcSwap::from_pointee(gen),
         telemetry: telemetry.clone(),
@@ -167,6 +176,7 @@ pub fn serve(gen: Generation, config_path: PathBuf) -> Result<(), EngineError> {
         workers: cores.len(),
         draining: AtomicBool::new(false),
         heartbeats: (0..cores.len()).map(|_| AtomicU64::new(0)).collect(),
+        blocking,
     });
     let reloader = Arc::new(reload::Reloader::new(config_path, shared.clone()));
 
