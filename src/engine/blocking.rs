@@ -78,23 +78,21 @@ impl BlockingPool {
         Ok(BlockingPool { tx })
     }
 
-    /// Queue `f` without waiting; its result comes back on the receiver. Called from a
-    /// worker: never blocks.
-    pub fn try_submit<T, F>(&self, f: F) -> Result<Answer<T>, Refused>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
-    {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            // The worker may have given up (connection cut at the drain deadline):
-            // the result is then dropped here.
-            let _ = tx.send(f());
-        });
+    /// Queue `f` without waiting; its result comes back on the answer. Called from a
+    /// worker: never blocks. Refused, the job comes back untouched, to be offered again.
+    pub fn try_submit<T: Send + 'static>(
+        &self,
+        job: Pending<T>,
+    ) -> Result<Answer<T>, (Refused, Pending<T>)> {
+        let Pending { job, answer } = job;
         match self.tx.try_send(job) {
-            Ok(()) => Ok(Answer(rx)),
-            Err(crossbeam_channel::TrySendError::Full(_)) => Err(Refused::Full),
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(Refused::Closed),
+            Ok(()) => Ok(answer),
+            Err(crossbeam_channel::TrySendError::Full(job)) => {
+                Err((Refused::Full, Pending { job, answer }))
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(job)) => {
+                Err((Refused::Closed, Pending { job, answer }))
+            }
         }
     }
 
@@ -102,6 +100,28 @@ impl BlockingPool {
     /// `lakegate_blocking_pool_queued`; read at scrape time only.
     pub fn queued(&self) -> usize {
         self.tx.len()
+    }
+}
+
+/// A job not yet submitted, with the answer it will send.
+pub struct Pending<T> {
+    job: Job,
+    answer: Answer<T>,
+}
+
+impl<T: Send + 'static> Pending<T> {
+    /// Wrap `f` for [`BlockingPool::try_submit`].
+    pub fn new<F: FnOnce() -> T + Send + 'static>(f: F) -> Pending<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            // The worker may have given up (connection cut at the drain deadline):
+            // the result is then dropped here.
+            let _ = tx.send(f());
+        });
+        Pending {
+            job,
+            answer: Answer(rx),
+        }
     }
 }
 
@@ -129,7 +149,7 @@ mod tests {
     #[test]
     fn runs_jobs_and_returns_results() {
         let p = BlockingPool::start(2, 4).unwrap();
-        let a = p.try_submit(|| 40 + 2).unwrap();
+        let a = p.try_submit(Pending::new(|| 40 + 2)).ok().unwrap();
         assert_eq!(block_on(a.wait()), Ok(42));
     }
 
@@ -140,16 +160,20 @@ mod tests {
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
         // One job occupies the only thread, one fills the queue, the next is refused.
         let running = p
-            .try_submit(move || {
+            .try_submit(Pending::new(move || {
                 let _ = started_tx.send(());
                 let _ = hold_rx.recv();
                 1
-            })
+            }))
+            .ok()
             .unwrap();
         started_rx.recv().unwrap();
-        let queued = p.try_submit(|| 2).unwrap();
+        let queued = p.try_submit(Pending::new(|| 2)).ok().unwrap();
         assert_eq!(p.queued(), 1);
-        assert_eq!(p.try_submit(|| 3).err(), Some(Refused::Full));
+        assert_eq!(
+            p.try_submit(Pending::new(|| 3)).err().map(|e| e.0),
+            Some(Refused::Full)
+        );
         hold_tx.send(()).unwrap();
         assert_eq!(block_on(running.wait()), Ok(1));
         assert_eq!(block_on(queued.wait()), Ok(2));
@@ -158,9 +182,12 @@ mod tests {
     #[test]
     fn a_panicking_job_is_reported_and_the_thread_survives() {
         let p = BlockingPool::start(1, 2).unwrap();
-        let bad = p.try_submit(|| -> u8 { panic!("boom") }).unwrap();
+        let bad = p
+            .try_submit(Pending::new(|| -> u8 { panic!("boom") }))
+            .ok()
+            .unwrap();
         assert_eq!(block_on(bad.wait()), Err(Lost::Panicked));
-        let good = p.try_submit(|| 7u8).unwrap();
+        let good = p.try_submit(Pending::new(|| 7u8)).ok().unwrap();
         assert_eq!(block_on(good.wait()), Ok(7));
     }
 }
