@@ -43,6 +43,8 @@ type End = &'static str;
 const HEAD_TIMEOUT: End = "request head timeout";
 /// The body arrived slower than `min_body_rate`.
 const BODY_TOO_SLOW: End = "request body too slow";
+/// Still open when the drain deadline passed (`server.drain_timeout`).
+const DRAIN_CUT: End = "drain deadline";
 
 struct Conn<'a> {
     w: &'a Rc<Worker>,
@@ -412,8 +414,11 @@ impl Conn<'_> {
             if self.used == self.inb.len() {
                 return Err("record larger than buffer");
             }
-            // Between requests (nothing buffered) a drain may end the wait.
-            let between = self.pstart == self.plain.filled && self.used == 0;
+            // Between requests (nothing buffered, no request being served) a drain may
+            // end the wait. Inside a request (a body being received) it may not: that
+            // request runs on until it completes or the drain deadline cuts it.
+            let between =
+                self.inflight.is_none() && self.pstart == self.plain.filled && self.used == 0;
             let cap = self.inb.len();
             let inb = std::mem::take(&mut self.inb);
             let idle = self.gen.config.server.idle_timeout;
@@ -430,16 +435,27 @@ impl Conn<'_> {
                 Some(rate) => Some((rate.deadline(), BODY_TOO_SLOW)),
                 None => self.deadline,
             };
-            let waited = match hard {
-                Some((at, why)) => match tokio::time::timeout_at(at.into(), wait).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        self.inb = self.w.pool.take();
-                        self.used = 0;
-                        return Err(why);
-                    }
-                },
-                None => wait.await,
+            let read = async move {
+                match hard {
+                    Some((at, why)) => tokio::time::timeout_at(at.into(), wait)
+                        .await
+                        .map_err(|_| why),
+                    None => Ok(wait.await),
+                }
+            };
+            // At the drain deadline a read still waiting is abandoned like an overdue
+            // one; an upload then ends as a truncated one (its temporary removed).
+            let waited = tokio::select! {
+                r = read => r,
+                () = self.w.drain_deadline() => Err(DRAIN_CUT),
+            };
+            let waited = match waited {
+                Ok(r) => r,
+                Err(why) => {
+                    self.inb = self.w.pool.take();
+                    self.used = 0;
+                    return Err(why);
+                }
             };
             let (n, slice) = match waited {
                 Ok(x) => x,
