@@ -28,6 +28,9 @@ use std::panic::AssertUnwindSafe;
 /// one job at a time, so this caps how many slow jobs run at once for the appliance.
 pub const THREADS: usize = 4;
 
+/// The nice value of the pool's threads (workers keep 0); see [`lower_priority`].
+pub const NICE: libc::c_int = 10;
+
 /// Jobs that may wait for a thread; one more is refused (`SlowDown`). With
 /// [`THREADS`] running, at most `THREADS + QUEUE` store jobs exist at once.
 pub const QUEUE: usize = 64;
@@ -65,6 +68,7 @@ impl BlockingPool {
             std::thread::Builder::new()
                 .name(format!("lg-blocking-{i}"))
                 .spawn(move || {
+                    lower_priority();
                     // Ends when every sender (the Shared block) is gone.
                     for job in rx {
                         // A panicking job must not take a pool thread with it; its
@@ -122,6 +126,19 @@ impl<T: Send + 'static> Pending<T> {
             job,
             answer: Answer(rx),
         }
+    }
+}
+
+/// Give this pool thread a lower CPU priority than the workers (nice 10): when a
+/// hash and a worker want the same core, the worker's small requests go first and
+/// the hash takes what is left. Best effort: without it the pool still works.
+fn lower_priority() {
+    // SAFETY: setpriority takes three integers and touches no memory of this process.
+    // On Linux, PRIO_PROCESS with `who = 0` names the calling thread only (each thread
+    // has its own nice value), so the workers keep theirs.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the blocking pool's priority");
     }
 }
 
