@@ -1710,7 +1710,7 @@ impl Conn<'_> {
 
     async fn delete_objects(
         &mut self,
-        store: &Store,
+        store: &Arc<Store>,
         head: &RequestHead,
         spec: &PutSpec,
         bucket: &str,
@@ -1729,13 +1729,17 @@ impl Conn<'_> {
         };
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
+        // Checked here, deleted on the blocking pool in one job (each delete may fsync
+        // its folder), answered in the request's order.
+        let mut checked = Vec::with_capacity(req.objects.len());
         for (key, version) in req.objects {
             if version.is_some() {
-                errors.push((key, s3::Error::not_implemented("VersionId")));
+                checked.push((key, Err(s3::Error::not_implemented("VersionId"))));
                 continue;
             }
             if let Err(e) = store::validate_key(&key) {
-                errors.push((key, store::key_error(&e)));
+                let e = store::key_error(&e);
+                checked.push((key, Err(e)));
                 continue;
             }
             // Per key, as S3 does; the rules decide by bucket today, the store by file.
@@ -1743,10 +1747,24 @@ impl Conn<'_> {
                 self.gen.authz.check(&self.identity, bucket, Access::Delete)
             {
                 tracing::info!(request_id = %self.rid, identity = self.identity.name(), bucket, key, reason, "DeleteObjects key refused");
-                errors.push((key, s3::Error::new(Code::AccessDenied)));
+                checked.push((key, Err(s3::Error::new(Code::AccessDenied))));
                 continue;
             }
-            match store.delete_object(bucket, &key) {
+            checked.push((key, Ok(())));
+        }
+        let outcomes = match self.delete_many_off_loop(store, bucket, checked).await {
+            Ok(o) => o,
+            Err(e) => return self.error(head, bucket, "", e, start).await,
+        };
+        for (key, outcome) in outcomes {
+            let result = match outcome {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push((key, e));
+                    continue;
+                }
+            };
+            match result {
                 Ok(()) => deleted.push(key),
                 // S3 reports a key that was not there as deleted.
                 Err(e) if store::code_for_io(&e, Code::NoSuchKey) == Code::NoSuchKey => {

@@ -195,6 +195,28 @@ impl Conn<'_> {
             .await
     }
 
+    /// DeleteObjects' deletes in one pool job, in the request's order: each key
+    /// checked `Ok(())` is deleted; a refused one passes through with its error.
+    #[allow(clippy::type_complexity)]
+    pub(super) async fn delete_many_off_loop(
+        &self,
+        store: &Arc<Store>,
+        bucket: &str,
+        checked: Vec<(String, Result<(), s3::Error>)>,
+    ) -> Result<Vec<(String, Result<std::io::Result<()>, s3::Error>)>, s3::Error> {
+        let b = bucket.to_owned();
+        self.blocking(store, move |st| {
+            Ok(checked
+                .into_iter()
+                .map(|(k, c)| {
+                    let r = c.map(|()| st.delete_object(&b, &k));
+                    (k, r)
+                })
+                .collect())
+        })
+        .await
+    }
+
     /// Whether the response to `head` may say keep-alive: not once the appliance is
     /// draining, even for a request that started before, so the client sends nothing
     /// more on a connection that is about to close.
