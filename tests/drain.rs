@@ -54,7 +54,10 @@ fn small_gets_are_served_while_a_head_hashes_a_large_unhashed_object() {
     let head = curl(&lab).args(["-I", &url]).spawn().unwrap();
     let head = std::thread::spawn(move || {
         let o = head.wait_with_output().unwrap();
-        (String::from_utf8_lossy(&o.stdout).into_owned(), Instant::now())
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            Instant::now(),
+        )
     });
     let mut worst = Duration::ZERO;
     let mut served = 0;
