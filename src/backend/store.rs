@@ -489,6 +489,28 @@ impl Store {
         Ok((file, meta))
     }
 
+    /// [`Store::open_object`] without its one unbounded step: the metadata is `None`
+    /// when the object has no current stored digest, and the caller computes it with
+    /// [`Store::object_meta`] away from its event loop. What is done here (openat2,
+    /// fstat, xattr reads) is answered from the kernel's caches.
+    pub fn open_object_cached(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> io::Result<(File, Option<ObjectMeta>)> {
+        validate_key(key)?;
+        let dir = self.bucket_dir(bucket)?;
+        let file = open_object_at(&dir, key)?;
+        let meta = cached_meta(&file, self.xattrs)?;
+        Ok((file, meta))
+    }
+
+    /// The metadata of an open object, hashing its bytes (and storing the digest) when
+    /// no current one is stored: blocks for as long as reading the whole file takes.
+    pub fn object_meta(&self, file: &File) -> io::Result<ObjectMeta> {
+        object_meta(file, self.xattrs)
+    }
+
     /// The metadata [`Store::open_object`] would return, without keeping the file.
     pub fn head_object(&self, bucket: &str, key: &str) -> io::Result<ObjectMeta> {
         self.open_object(bucket, key).map(|(_, meta)| meta)
@@ -565,6 +587,13 @@ impl Store {
     /// occurrence; common prefixes and keys share one sorted page of `max_keys`. A
     /// folder whose keys all roll up into one common prefix is not walked beyond its
     /// first object.
+    ///
+    /// Memory per call is bounded whatever the bucket's size: the page being picked
+    /// (`max_keys + 1` ≤ 1,001 names of ≤ 1,024 bytes, about 1 MiB at worst) plus one
+    /// [`sys::DIRENT_BUF`] (32 KiB) `getdents64` buffer and one descriptor per folder
+    /// level open in the walk; entries are streamed from that buffer, never collected.
+    /// Time is not bounded (every entry is looked at once per page): call it off any
+    /// event loop.
     pub fn list_delimited(
         &self,
         bucket: &str,
@@ -1236,6 +1265,27 @@ fn is_multipart_etag(s: &str) -> bool {
     })
 }
 
+/// The metadata of `file` when it can be had without reading its bytes: a current
+/// SHA-256 or multipart ETag in the xattrs; `None` when [`object_meta`] would hash.
+fn cached_meta(file: &File, xattrs: bool) -> io::Result<Option<ObjectMeta>> {
+    if !xattrs {
+        return Ok(None);
+    }
+    let md = file.metadata()?;
+    let stamp = stamp(&md);
+    let sha256_hex = cached_sha256(file, &stamp);
+    let multipart_etag = cached_etag(file, &stamp);
+    if sha256_hex.is_none() && multipart_etag.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(ObjectMeta {
+        size: md.len(),
+        mtime: md.modified()?,
+        sha256_hex,
+        multipart_etag,
+    }))
+}
+
 fn object_meta(file: &File, xattrs: bool) -> io::Result<ObjectMeta> {
     let md = file.metadata()?;
     let stamp = stamp(&md);
@@ -1448,67 +1498,80 @@ impl Picker<'_> {
     }
 }
 
-/// Depth-first walk of the folder `dir`, whose keys start with `base`.
+/// Depth-first walk of the folder `dir`, whose keys start with `base`. Entries are
+/// streamed from one `getdents64` buffer per folder level, never collected: memory is
+/// the Picker's `limit` keys plus [`sys::DIRENT_BUF`] per level of the walk, whatever
+/// the number of entries (see [`Store::list_delimited`]).
 fn walk(dir: &File, base: &mut String, pick: &mut Picker<'_>) -> io::Result<()> {
-    for (name, kind) in sys::read_dir(dir)? {
-        if name == "." || name == ".." || validate_segment(&name).is_err() || name.contains('\\') {
-            continue;
-        }
-        let len = base.len();
-        base.push_str(&name);
-        match resolve_kind(dir, &name, kind)? {
-            Kind::File if base.len() <= MAX_KEY_LEN => {
-                let entry = pick.rollup(base).unwrap_or_else(|| base.clone());
-                if pick.wants_entry(&entry) {
-                    pick.offer(entry);
-                }
+    sys::for_each_entry(dir, |name, kind| {
+        walk_entry(dir, name, kind, base, pick).map(|()| true)
+    })
+}
+
+fn walk_entry(
+    dir: &File,
+    name: &str,
+    kind: Kind,
+    base: &mut String,
+    pick: &mut Picker<'_>,
+) -> io::Result<()> {
+    if name == "." || name == ".." || validate_segment(name).is_err() || name.contains('\\') {
+        return Ok(());
+    }
+    let len = base.len();
+    base.push_str(name);
+    match resolve_kind(dir, name, kind)? {
+        Kind::File if base.len() <= MAX_KEY_LEN => {
+            let entry = pick.rollup(base).unwrap_or_else(|| base.clone());
+            if pick.wants_entry(&entry) {
+                pick.offer(entry);
             }
-            Kind::Dir if base.len() < MAX_KEY_LEN => {
-                base.push('/');
-                if let Some(cp) = pick.rollup(base) {
-                    // Every key below rolls up into `cp`: one object is enough.
-                    if pick.wants_entry(&cp) {
-                        if let Ok(sub) = open_dir_nofollow(dir, &name) {
-                            if has_object(&sub, base.len())? {
-                                pick.offer(cp);
-                            }
+        }
+        Kind::Dir if base.len() < MAX_KEY_LEN => {
+            base.push('/');
+            if let Some(cp) = pick.rollup(base) {
+                // Every key below rolls up into `cp`: one object is enough.
+                if pick.wants_entry(&cp) {
+                    if let Ok(sub) = open_dir_nofollow(dir, name) {
+                        if has_object(&sub, base.len())? {
+                            pick.offer(cp);
                         }
                     }
-                } else if pick.wants_subtree(base) {
-                    // Raced with a rename or removal, or became a symlink: skip it.
-                    if let Ok(sub) = open_dir_nofollow(dir, &name) {
-                        walk(&sub, base, pick)?;
-                    }
+                }
+            } else if pick.wants_subtree(base) {
+                // Raced with a rename or removal, or became a symlink: skip it.
+                if let Ok(sub) = open_dir_nofollow(dir, name) {
+                    walk(&sub, base, pick)?;
                 }
             }
-            _ => {}
         }
-        base.truncate(len);
+        _ => {}
     }
+    base.truncate(len);
     Ok(())
 }
 
 /// Whether the folder `dir` (whose keys are `depth` bytes long before its names) holds
 /// at least one object a listing would show.
 fn has_object(dir: &File, depth: usize) -> io::Result<bool> {
-    for (name, kind) in sys::read_dir(dir)? {
-        if name == "." || name == ".." || validate_segment(&name).is_err() || name.contains('\\') {
-            continue;
+    let mut found = false;
+    sys::for_each_entry(dir, |name, kind| {
+        if name == "." || name == ".." || validate_segment(name).is_err() || name.contains('\\') {
+            return Ok(true);
         }
         let len = depth + name.len();
-        match resolve_kind(dir, &name, kind)? {
-            Kind::File if len <= MAX_KEY_LEN => return Ok(true),
+        match resolve_kind(dir, name, kind)? {
+            Kind::File if len <= MAX_KEY_LEN => found = true,
             Kind::Dir if len < MAX_KEY_LEN => {
-                if let Ok(sub) = open_dir_nofollow(dir, &name) {
-                    if has_object(&sub, len + 1)? {
-                        return Ok(true);
-                    }
+                if let Ok(sub) = open_dir_nofollow(dir, name) {
+                    found = has_object(&sub, len + 1)?;
                 }
             }
             _ => {}
         }
-    }
-    Ok(false)
+        Ok(!found)
+    })?;
+    Ok(found)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1712,16 +1775,34 @@ mod sys {
     }
 
     /// A `getdents64` buffer, aligned for `struct linux_dirent64`.
+    /// Bytes of one `getdents64` buffer: what a folder being read holds in memory,
+    /// however many entries it has.
+    pub(super) const DIRENT_BUF: usize = 32 * 1024;
+
     #[repr(C, align(8))]
-    struct DirentBuf([u8; 32 * 1024]);
+    struct DirentBuf([u8; DIRENT_BUF]);
 
     /// Every entry of the folder `dir` (except `.` and `..`) whose name is UTF-8, with
     /// its type from the entry (`Kind::Unknown` when the filesystem does not say).
     /// Reads through a fresh descriptor so that `dir`'s own offset is untouched.
     pub(super) fn read_dir(dir: &File) -> io::Result<Vec<(String, Kind)>> {
-        let dir = open_at(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-        let mut buf = Box::new(DirentBuf([0u8; 32 * 1024]));
         let mut out = Vec::new();
+        for_each_entry(dir, |name, kind| {
+            out.push((name.to_owned(), kind));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// [`read_dir`] without collecting: `f` sees each entry as it is decoded from one
+    /// [`DIRENT_BUF`] buffer and returns whether to go on. Memory stays one buffer
+    /// whatever the folder's size.
+    pub(super) fn for_each_entry(
+        dir: &File,
+        mut f: impl FnMut(&str, Kind) -> io::Result<bool>,
+    ) -> io::Result<()> {
+        let dir = open_at(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let mut buf = Box::new(DirentBuf([0u8; DIRENT_BUF]));
         loop {
             let n = loop {
                 // SAFETY: getdents64(fd, buf, len) writes at most `len` bytes into `buf`,
@@ -1744,15 +1825,20 @@ mod sys {
                 }
             };
             if n == 0 {
-                return Ok(out);
+                return Ok(());
             }
-            parse_dirents(buf.0.get(..n).unwrap_or_default(), &mut out)?;
+            if !parse_dirents(buf.0.get(..n).unwrap_or_default(), &mut f)? {
+                return Ok(());
+            }
         }
     }
 
     /// Parse `struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; char
-    /// name[]; }` records.
-    fn parse_dirents(mut b: &[u8], out: &mut Vec<(String, Kind)>) -> io::Result<()> {
+    /// name[]; }` records, handing each to `f`; `Ok(false)` when `f` said stop.
+    fn parse_dirents(
+        mut b: &[u8],
+        f: &mut impl FnMut(&str, Kind) -> io::Result<bool>,
+    ) -> io::Result<bool> {
         const HEADER: usize = 19;
         let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "malformed getdents64 record");
         while !b.is_empty() {
@@ -1781,9 +1867,11 @@ mod sys {
                 libc::DT_UNKNOWN => Kind::Unknown,
                 _ => Kind::Other,
             };
-            out.push((name.to_owned(), kind));
+            if !f(name, kind)? {
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 }
 

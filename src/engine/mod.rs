@@ -1,6 +1,7 @@
 //! The engine: workers pinned one per core, their listeners, buffers, and the io_uring
 //! shell that feeds the sans-IO TLS core. The only module that knows tokio-uring.
 
+pub mod blocking;
 pub mod driver;
 pub mod forward;
 pub mod io;
@@ -159,6 +160,14 @@ pub fn serve(gen: Generation, config_path: PathBuf) -> Result<(), EngineError> {
     let gen_store = gen.store.clone();
     let cores = cfg.server.cores.clone();
     let telemetry = Arc::new(Telemetry::new(cores.len(), gen.suites.clone()));
+    let blocking = blocking::BlockingPool::start(blocking::THREADS, blocking::QUEUE)
+        .map_err(EngineError::Thread)?;
+    {
+        let pool = blocking.clone();
+        let _ = telemetry
+            .blocking_queued
+            .set(Box::new(move || pool.queued()));
+    }
     let shared = Arc::new(Shared {
         current: ArcSwap::from_pointee(gen),
         telemetry: telemetry.clone(),
@@ -167,6 +176,7 @@ pub fn serve(gen: Generation, config_path: PathBuf) -> Result<(), EngineError> {
         workers: cores.len(),
         draining: AtomicBool::new(false),
         heartbeats: (0..cores.len()).map(|_| AtomicU64::new(0)).collect(),
+        blocking,
     });
     let reloader = Arc::new(reload::Reloader::new(config_path, shared.clone()));
 
@@ -238,16 +248,19 @@ pub fn serve(gen: Generation, config_path: PathBuf) -> Result<(), EngineError> {
         .map_err(EngineError::Thread)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Turns true at the drain deadline: workers cut what is still open and count it.
+    let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
     for (id, (l, core)) in listeners.into_iter().zip(cores.iter().copied()).enumerate() {
         let sh = shared.clone();
         let rx = stop_rx.clone();
+        let cut = cut_rx.clone();
         let done = done_tx.clone();
         let sqpoll = cfg.server.sqpoll;
         std::thread::Builder::new()
             .name(format!("lg-worker-{id}"))
             .spawn(move || {
-                if let Err(e) = worker::run(id, core, sh, l, sqpoll, rx) {
+                if let Err(e) = worker::run(id, core, sh, l, sqpoll, rx, cut) {
                     tracing::error!(worker = id, error = %e, "worker failed");
                 }
                 let _ = done.send(id);
@@ -319,10 +332,23 @@ pub fn serve(gen: Generation, config_path: PathBuf) -> Result<(), EngineError> {
         match done_rx.recv_timeout(left.max(Duration::from_millis(1))) {
             Ok(_) => finished += 1,
             Err(_) => {
+                // Requests still in flight are cut now (each worker counts its own in
+                // lakegate_drain_cut_connections_total); a short grace lets them
+                // remove their temporaries before the process ends.
                 tracing::warn!(
                     open = shared.active.load(Ordering::Relaxed),
-                    "drain deadline passed; closing remaining connections"
+                    "drain deadline passed; cutting remaining connections"
                 );
+                let _ = cut_tx.send(true);
+                // Workers stop waiting for their connections 0.5 s after the cut.
+                let grace = Instant::now() + Duration::from_secs(2);
+                while finished < cores.len() {
+                    let left = grace.saturating_duration_since(Instant::now());
+                    match done_rx.recv_timeout(left.max(Duration::from_millis(1))) {
+                        Ok(_) => finished += 1,
+                        Err(_) => break,
+                    }
+                }
                 break;
             }
         }

@@ -111,4 +111,7 @@ pub struct Shared {
     /// Per-worker liveness: unix seconds of each worker's last tick, for the systemd
     /// watchdog (written once a second by its worker, read by the main thread).
     pub heartbeats: Vec<AtomicU64>,
+    /// The store's blocking pool (hashing, listing, commit), shared by all workers;
+    /// see [`super::blocking`].
+    pub blocking: super::blocking::BlockingPool,
 }

@@ -31,6 +31,8 @@ use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
 use crate::tls::policy::FailReason;
 
+mod offload;
+
 /// Largest request head accepted; larger is 431.
 pub const MAX_HEAD: usize = 16 * 1024;
 
@@ -41,6 +43,8 @@ type End = &'static str;
 const HEAD_TIMEOUT: End = "request head timeout";
 /// The body arrived slower than `min_body_rate`.
 const BODY_TOO_SLOW: End = "request body too slow";
+/// Still open when the drain deadline passed (`server.drain_timeout`).
+const DRAIN_CUT: End = "drain deadline";
 
 struct Conn<'a> {
     w: &'a Rc<Worker>,
@@ -410,8 +414,11 @@ impl Conn<'_> {
             if self.used == self.inb.len() {
                 return Err("record larger than buffer");
             }
-            // Between requests (nothing buffered) a drain may end the wait.
-            let between = self.pstart == self.plain.filled && self.used == 0;
+            // Between requests (nothing buffered, no request being served) a drain may
+            // end the wait. Inside a request (a body being received) it may not: that
+            // request runs on until it completes or the drain deadline cuts it.
+            let between =
+                self.inflight.is_none() && self.pstart == self.plain.filled && self.used == 0;
             let cap = self.inb.len();
             let inb = std::mem::take(&mut self.inb);
             let idle = self.gen.config.server.idle_timeout;
@@ -428,16 +435,27 @@ impl Conn<'_> {
                 Some(rate) => Some((rate.deadline(), BODY_TOO_SLOW)),
                 None => self.deadline,
             };
-            let waited = match hard {
-                Some((at, why)) => match tokio::time::timeout_at(at.into(), wait).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        self.inb = self.w.pool.take();
-                        self.used = 0;
-                        return Err(why);
-                    }
-                },
-                None => wait.await,
+            let read = async move {
+                match hard {
+                    Some((at, why)) => tokio::time::timeout_at(at.into(), wait)
+                        .await
+                        .map_err(|_| why),
+                    None => Ok(wait.await),
+                }
+            };
+            // At the drain deadline a read still waiting is abandoned like an overdue
+            // one; an upload then ends as a truncated one (its temporary removed).
+            let waited = tokio::select! {
+                r = read => r,
+                () = self.w.drain_deadline() => Err(DRAIN_CUT),
+            };
+            let waited = match waited {
+                Ok(r) => r,
+                Err(why) => {
+                    self.inb = self.w.pool.take();
+                    self.used = 0;
+                    return Err(why);
+                }
             };
             let (n, slice) = match waited {
                 Ok(x) => x,
@@ -732,7 +750,7 @@ impl Conn<'_> {
 
     async fn request(
         &mut self,
-        store: &Store,
+        store: &Arc<Store>,
         head: &RequestHead,
         start: Instant,
     ) -> Result<bool, End> {
@@ -921,9 +939,13 @@ impl Conn<'_> {
                 self.get(store, head, c, &bucket, key, start, false).await
             }
             (Operation::DeleteObject, Some(key)) => {
-                let r = store.delete_object(&bucket, key);
-                self.removed(store, head, &bucket, key, r, Self::io_error, start)
-                    .await
+                match self.delete_off_loop(store, &bucket, key).await {
+                    Ok(r) => {
+                        self.removed(store, head, &bucket, key, r, Self::io_error, start)
+                            .await
+                    }
+                    Err(e) => self.error(head, &bucket, key, e, start).await,
+                }
             }
             (Operation::ListObjectsV2(spec), _) => {
                 self.list(store, head, &bucket, &spec, true, start).await
@@ -939,7 +961,7 @@ impl Conn<'_> {
 
     async fn list(
         &mut self,
-        store: &Store,
+        store: &Arc<Store>,
         head: &RequestHead,
         bucket: &str,
         spec: &ListSpec<'_>,
@@ -959,13 +981,17 @@ impl Conn<'_> {
             },
             None => spec.start_after.map(str::to_string),
         };
-        match store.list_delimited(
-            bucket,
-            spec.prefix,
-            spec.delimiter,
-            start_after.as_deref(),
-            spec.max_keys,
-        ) {
+        let page = self
+            .list_page(
+                store,
+                bucket,
+                spec.prefix,
+                spec.delimiter,
+                start_after,
+                spec.max_keys,
+            )
+            .await;
+        match page {
             Ok(l) => {
                 let xml = store::list_result_xml(
                     &store::ListXml {
@@ -985,17 +1011,14 @@ impl Conn<'_> {
                 self.access("LIST", bucket, spec.prefix, 200, xml.len() as u64, start);
                 Ok(true)
             }
-            Err(e) => {
-                let e = s3::Error::new(store::code_for_io(&e, Code::NoSuchBucket)).detail(e);
-                self.error(head, bucket, "", e, start).await
-            }
+            Err(e) => self.error(head, bucket, "", e, start).await,
         }
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn get(
         &mut self,
-        store: &Store,
+        store: &Arc<Store>,
         head: &RequestHead,
         cond: Conditions<'_>,
         bucket: &str,
@@ -1003,12 +1026,9 @@ impl Conn<'_> {
         start: Instant,
         body: bool,
     ) -> Result<bool, End> {
-        let (file, meta) = match store.open_object(bucket, key) {
+        let (file, meta) = match self.open_object(store, bucket, key).await {
             Ok(x) => x,
-            Err(e) => {
-                let e = Self::io_error(store, bucket, &e);
-                return self.error(head, bucket, key, e, start).await;
-            }
+            Err(e) => return self.error(head, bucket, key, e, start).await,
         };
         let etag = meta.etag();
         let lm = meta.last_modified_http();
@@ -1080,7 +1100,7 @@ impl Conn<'_> {
             headers.push(("content-range", cr));
         }
         let mut h = Vec::with_capacity(512);
-        http::write_response_head(&mut h, status, &headers, Some(len), head.keep_alive);
+        http::write_response_head(&mut h, status, &headers, Some(len), self.keep_alive(head));
         self.send(&h).await?;
         if body && len > 0 {
             let f = tokio_uring::fs::File::from_std(file);
@@ -1145,7 +1165,7 @@ impl Conn<'_> {
     #[allow(clippy::too_many_arguments)]
     async fn put(
         &mut self,
-        store: &Store,
+        store: &Arc<Store>,
         head: &RequestHead,
         spec: &PutSpec,
         bucket: &str,
@@ -1282,12 +1302,9 @@ impl Conn<'_> {
                 .await?;
             return Ok(false);
         }
-        if let Err(e) = store.commit(bucket, &temp, key, &std_file, &hex) {
-            store.discard_temp(bucket, &temp);
-            let e = Self::io_error(store, bucket, &e);
+        if let Err(e) = self.commit(store, bucket, &temp, key, std_file, &hex).await {
             return self.error(head, bucket, key, e, start).await;
         }
-        drop(std_file);
         let etag = format!("\"{hex}\"");
         let b64 =
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digests.sha256);
@@ -1302,7 +1319,7 @@ impl Conn<'_> {
                 ("x-amz-request-id", rid.as_str()),
             ],
             Some(0),
-            head.keep_alive,
+            self.keep_alive(head),
         );
         self.send(&resp).await?;
         self.access("PUT", bucket, key, 201, size, start);
@@ -1349,54 +1366,10 @@ impl Conn<'_> {
         Self::missing_as(store, bucket, e, Code::NoSuchUpload)
     }
 
-    /// Run `f` (a long copy) on a thread of its own, so this worker keeps serving its
-    /// other connections meanwhile; inline when no thread can be had.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        store: &Store,
-        f: impl FnOnce(&Store) -> Result<T, s3::Error> + Send + 'static,
-    ) -> Result<T, s3::Error> {
-        static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        const MAX_THREADS: usize = 32;
-        use std::sync::atomic::Ordering::Relaxed;
-        let Some(arc) = self.gen.store.clone() else {
-            return f(store);
-        };
-        if RUNNING.fetch_add(1, Relaxed) >= MAX_THREADS {
-            RUNNING.fetch_sub(1, Relaxed);
-            return f(store);
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = std::sync::Arc::new(std::sync::Mutex::new(Some(f)));
-        let theirs = job.clone();
-        let spawned = std::thread::Builder::new()
-            .name("lg-store-copy".into())
-            .spawn(move || {
-                let f = theirs.lock().ok().and_then(|mut g| g.take());
-                if let Some(f) = f {
-                    let _ = tx.send(f(&arc));
-                }
-                RUNNING.fetch_sub(1, Relaxed);
-            });
-        if spawned.is_err() {
-            RUNNING.fetch_sub(1, Relaxed);
-            let f = job.lock().ok().and_then(|mut g| g.take());
-            if let Some(f) = f {
-                return f(store);
-            }
-            return Err(s3::Error::new(Code::InternalError).detail("no thread for a store copy"));
-        }
-        match rx.await {
-            Ok(v) => v,
-            // The thread died (a panic) without answering.
-            Err(_) => Err(s3::Error::new(Code::InternalError).detail("store copy thread failed")),
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
     async fn commit_part(
         &mut self,
-        store: &Store,
+        store: &Arc<Store>,
         head: &RequestHead,
         bucket: &str,
         key: &str,
@@ -1424,11 +1397,12 @@ impl Conn<'_> {
             modified: 0,
         };
         let (crc32, sha1, sha256) = (info.crc32.clone(), info.sha1.clone(), info.sha256.clone());
-        if let Err(e) = store.commit_part(bucket, key, id, &self.owner(), &temp, &file, info) {
-            let e = Self::upload_error(store, bucket, &e);
+        let committed = self
+            .commit_part_off_loop(store, bucket, key, id, &temp, file, info)
+            .await;
+        if let Err(e) = committed {
             return self.error(head, bucket, key, e, start).await;
         }
-        drop(file);
         let etag = format!("\"{md5}\"");
         let rid = self.rid;
         let mut headers: Vec<(&str, &str)> =
@@ -1443,7 +1417,7 @@ impl Conn<'_> {
             headers.push(("x-amz-checksum-sha256", v));
         }
         let mut resp = Vec::with_capacity(256);
-        http::write_response_head(&mut resp, 200, &headers, Some(0), head.keep_alive);
+        http::write_response_head(&mut resp, 200, &headers, Some(0), self.keep_alive(head));
         self.send(&resp).await?;
         self.access("PUT", bucket, key, 200, size, start);
         Ok(true)
@@ -1588,7 +1562,7 @@ impl Conn<'_> {
     #[allow(clippy::too_many_arguments)]
     async fn complete_upload(
         &mut self,
-        store: &Store,
+        store: &Arc<Store>,
         head: &RequestHead,
         id: &str,
         checksums: &PutSpec,
@@ -1639,7 +1613,7 @@ impl Conn<'_> {
     #[allow(clippy::too_many_arguments)]
     async fn copy(
         &mut self,
-        store: &Store,
+        store: &Arc<Store>,
         head: &RequestHead,
         spec: s3::CopySpec<'_>,
         bucket: &str,
@@ -1736,7 +1710,7 @@ impl Conn<'_> {
 
     async fn delete_objects(
         &mut self,
-        store: &Store,
+        store: &Arc<Store>,
         head: &RequestHead,
         spec: &PutSpec,
         bucket: &str,
@@ -1755,13 +1729,17 @@ impl Conn<'_> {
         };
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
+        // Checked here, deleted on the blocking pool in one job (each delete may fsync
+        // its folder), answered in the request's order.
+        let mut checked = Vec::with_capacity(req.objects.len());
         for (key, version) in req.objects {
             if version.is_some() {
-                errors.push((key, s3::Error::not_implemented("VersionId")));
+                checked.push((key, Err(s3::Error::not_implemented("VersionId"))));
                 continue;
             }
             if let Err(e) = store::validate_key(&key) {
-                errors.push((key, store::key_error(&e)));
+                let e = store::key_error(&e);
+                checked.push((key, Err(e)));
                 continue;
             }
             // Per key, as S3 does; the rules decide by bucket today, the store by file.
@@ -1769,10 +1747,24 @@ impl Conn<'_> {
                 self.gen.authz.check(&self.identity, bucket, Access::Delete)
             {
                 tracing::info!(request_id = %self.rid, identity = self.identity.name(), bucket, key, reason, "DeleteObjects key refused");
-                errors.push((key, s3::Error::new(Code::AccessDenied)));
+                checked.push((key, Err(s3::Error::new(Code::AccessDenied))));
                 continue;
             }
-            match store.delete_object(bucket, &key) {
+            checked.push((key, Ok(())));
+        }
+        let outcomes = match self.delete_many_off_loop(store, bucket, checked).await {
+            Ok(o) => o,
+            Err(e) => return self.error(head, bucket, "", e, start).await,
+        };
+        for (key, outcome) in outcomes {
+            let result = match outcome {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push((key, e));
+                    continue;
+                }
+            };
+            match result {
                 Ok(()) => deleted.push(key),
                 // S3 reports a key that was not there as deleted.
                 Err(e) if store::code_for_io(&e, Code::NoSuchKey) == Code::NoSuchKey => {

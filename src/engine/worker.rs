@@ -28,6 +28,10 @@ pub struct Worker {
     pub open: Cell<usize>,
     /// Turns true when the appliance starts draining.
     pub drain: tokio::sync::watch::Receiver<bool>,
+    /// Turns true when the drain deadline has passed: what is still open is cut. This
+    /// worker's own channel (fed from the process-wide one by one task), so waiting
+    /// on it touches nothing another worker touches.
+    pub cut: tokio::sync::watch::Receiver<bool>,
     /// The generation this worker last saw installed; a relay waits on it to be
     /// re-judged after a reload or CRL refresh (within a second of the swap).
     pub generation: tokio::sync::watch::Receiver<Arc<Generation>>,
@@ -37,7 +41,20 @@ pub struct Worker {
     pub request_seq: Cell<u64>,
 }
 
+/// How long connections get, after the drain deadline has told them to stop, to
+/// remove what they leave (an upload's temporary) before the worker stops waiting.
+const CUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl Worker {
+    /// Resolves once the drain deadline has passed; never before.
+    pub async fn drain_deadline(&self) {
+        let mut rx = self.cut.clone();
+        if rx.wait_for(|cut| *cut).await.is_err() {
+            // The sender lives as long as the worker: this only ends with it.
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// A fresh request id: unique across workers and runs without a shared counter.
     pub fn next_request_id(&self) -> RequestId {
         let seq = self.request_seq.get();
@@ -66,6 +83,7 @@ pub fn run(
     listener: std::net::TcpListener,
     sqpoll: bool,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    mut deadline: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: core });
     if !pinned {
@@ -77,9 +95,15 @@ pub fn run(
         builder.uring_builder(tokio_uring::uring_builder().setup_sqpoll(50));
     }
     let stats = shared.telemetry.workers[id].clone();
+    // A second descriptor of the listening socket, to stop it listening at the drain:
+    // dropping tokio-uring's listener closes its descriptor only once the cancelled
+    // accept has completed, and until then the kernel keeps completing handshakes
+    // into the backlog of a socket nobody accepts from.
+    let closer = listener.try_clone()?;
     builder.start(async move {
         let listener = tokio_uring::net::TcpListener::from_std(listener);
         let (gen_tx, gen_rx) = tokio::sync::watch::channel(shared.current.load_full());
+        let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
         let w = Rc::new(Worker {
             id,
             core,
@@ -88,9 +112,23 @@ pub fn run(
             pool: Pool::new(256),
             open: Cell::new(0),
             drain: stop.clone(),
+            cut: cut_rx,
             generation: gen_rx,
             request_id_prefix: RequestId::prefix(process_random(), id),
             request_seq: Cell::new(0),
+        });
+        // The drain deadline: count what is still open on this worker (each of those is
+        // cut), then tell them.
+        let wc = w.clone();
+        tokio_uring::spawn(async move {
+            if deadline.wait_for(|d| *d).await.is_ok() {
+                let open = wc.open.get();
+                wc.stats.drain_cut.add(open as u64);
+                if open > 0 {
+                    tracing::warn!(worker = wc.id, open, "drain deadline passed; cutting open connections");
+                }
+                let _ = cut_tx.send(true);
+            }
         });
         // The watchdog's proof that this loop still turns: one relaxed store a second.
         let sh = shared.clone();
@@ -145,10 +183,28 @@ pub fn run(
                 super::driver::serve(w2, stream, peer).await;
             });
         }
+        // shutdown(SHUT_RD) on a listening TCP socket moves it to CLOSE at once: it
+        // leaves the reuseport group, its backlog is reset, and new connects to the
+        // port are refused once every worker has done the same.
+        if let Err(e) = socket2::SockRef::from(&closer).shutdown(std::net::Shutdown::Read) {
+            tracing::warn!(worker = id, error = %e, "could not stop listening");
+        }
+        drop(closer);
         drop(listener);
         shared.ready_workers.fetch_sub(1, Ordering::SeqCst);
         tracing::info!(worker = id, open = w.open.get(), "draining");
+        let mut cut_since: Option<std::time::Instant> = None;
         while w.open.get() > 0 {
+            if *w.cut.borrow() {
+                let since = *cut_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= CUT_GRACE {
+                    // Connections that did not wind up by themselves (a download to a
+                    // client that does not read, a job on the blocking pool) end with
+                    // the runtime.
+                    tracing::warn!(worker = id, open = w.open.get(), "stopping with connections open");
+                    break;
+                }
+            }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     });

@@ -140,6 +140,11 @@ pub struct WorkerStats {
     /// Locked by this worker once per handshake and by the admin thread per scrape;
     /// never by another worker.
     pub recent_certs: Mutex<RecentCerts>,
+    /// Store jobs refused because the blocking pool's queue was full (answered 503
+    /// `SlowDown`).
+    pub blocking_rejected: Counter,
+    /// Connections still open on this worker when the drain deadline passed, cut then.
+    pub drain_cut: Counter,
 }
 
 impl Default for WorkerStats {
@@ -161,6 +166,8 @@ impl Default for WorkerStats {
             request_duration: Histo::default(),
             tokens: Default::default(),
             recent_certs: Mutex::new(RecentCerts::default()),
+            blocking_rejected: Counter::default(),
+            drain_cut: Counter::default(),
         }
     }
 }
@@ -277,6 +284,9 @@ pub struct Telemetry {
     pub suites: Vec<String>,
     /// Reload, certificate and CRL state.
     pub control: Mutex<Control>,
+    /// Jobs waiting in the store's blocking pool, asked at scrape time (the engine
+    /// installs it; telemetry does not know the pool).
+    pub blocking_queued: std::sync::OnceLock<Box<dyn Fn() -> usize + Send + Sync>>,
 }
 
 fn label(name: &str, value: &str) -> proto::LabelPair {
@@ -320,6 +330,7 @@ impl Telemetry {
                 .collect(),
             suites,
             control: Mutex::new(Control::default()),
+            blocking_queued: std::sync::OnceLock::new(),
         }
     }
 
@@ -482,6 +493,29 @@ impl Telemetry {
                 vec![],
                 self.sum(|w| w.connections_refused.get()) as f64,
             )],
+        ));
+        out.push(family(
+            "lakegate_blocking_pool_rejected_total",
+            "Store jobs (hashing, listing, commit, delete) refused with 503 SlowDown because the blocking pool's queue was full.",
+            COUNTER,
+            vec![counter(
+                vec![],
+                self.sum(|w| w.blocking_rejected.get()) as f64,
+            )],
+        ));
+        if let Some(queued) = self.blocking_queued.get() {
+            out.push(family(
+                "lakegate_blocking_pool_queued",
+                "Store jobs waiting for a thread of the blocking pool.",
+                GAUGE,
+                vec![gauge(vec![], queued() as f64)],
+            ));
+        }
+        out.push(family(
+            "lakegate_drain_cut_connections_total",
+            "Connections still open at the drain deadline, cut then.",
+            COUNTER,
+            vec![counter(vec![], self.sum(|w| w.drain_cut.get()) as f64)],
         ));
         out.push(family(
             "lakegate_bytes_received_total",

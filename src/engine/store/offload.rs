@@ -1,0 +1,231 @@
+//! The request cycle's store calls that must not run on the worker's loop: each is
+//! handed to the process's blocking pool ([`crate::engine::blocking`]) and awaited, so
+//! the worker serves its other connections meanwhile. Kept apart from `store.rs` so
+//! that file keeps only the call sites. What goes to the pool and what stays on the
+//! worker, and why, is said in [`crate::engine::blocking`].
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Conn;
+use crate::backend::store::{self, Listing, ObjectMeta, Store};
+use crate::engine::blocking::{Pending, Refused};
+use crate::proto::http::RequestHead;
+use crate::proto::s3::{self, Code};
+
+/// How long a commit waits for room in a full pool queue before it is refused: the
+/// whole body is already on disk, so a short wait is cheaper for everyone than a 503
+/// that makes the client send it all again. Other jobs are refused at once.
+const COMMIT_PATIENCE: Duration = Duration::from_secs(1);
+
+impl Conn<'_> {
+    /// Run `f` on the blocking pool and await its result. A full queue is 503
+    /// `SlowDown` (counted in `lakegate_blocking_pool_rejected_total`), at once or,
+    /// with `patience`, after retrying that long.
+    pub(super) async fn offload<T: Send + 'static>(
+        &self,
+        store: &Arc<Store>,
+        patience: Duration,
+        f: impl FnOnce(&Store) -> Result<T, s3::Error> + Send + 'static,
+    ) -> Result<T, s3::Error> {
+        let st = store.clone();
+        let mut job = Pending::new(move || f(&st));
+        let give_up = std::time::Instant::now() + patience;
+        loop {
+            match self.w.shared.blocking.try_submit(job) {
+                Ok(answer) => {
+                    return answer.wait().await.unwrap_or_else(|_| {
+                        Err(s3::Error::new(Code::InternalError)
+                            .detail("a blocking store job failed (panicked)"))
+                    });
+                }
+                Err((Refused::Full, back)) if std::time::Instant::now() < give_up => {
+                    job = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((Refused::Full, _)) => {
+                    self.w.stats.blocking_rejected.inc();
+                    return Err(s3::Error::new(Code::SlowDown)
+                        .detail("the store's blocking pool queue is full"));
+                }
+                Err((Refused::Closed, _)) => {
+                    return Err(s3::Error::new(Code::InternalError)
+                        .detail("the store's blocking pool is gone"));
+                }
+            }
+        }
+    }
+
+    /// Run `f` on the blocking pool; refused at once when its queue is full.
+    pub(super) async fn blocking<T: Send + 'static>(
+        &self,
+        store: &Arc<Store>,
+        f: impl FnOnce(&Store) -> Result<T, s3::Error> + Send + 'static,
+    ) -> Result<T, s3::Error> {
+        self.offload(store, Duration::ZERO, f).await
+    }
+
+    /// Open an object with its metadata. The open, `fstat` and the cached digest's
+    /// xattr are read here (answered from the kernel's caches); hashing an object that
+    /// has no current stored digest reads all of it, so it runs on the pool.
+    pub(super) async fn open_object(
+        &self,
+        store: &Arc<Store>,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(File, ObjectMeta), s3::Error> {
+        let (file, cached) = store
+            .open_object_cached(bucket, key)
+            .map_err(|e| Self::io_error(store, bucket, &e))?;
+        if let Some(meta) = cached {
+            return Ok((file, meta));
+        }
+        self.blocking(store, move |st| {
+            Ok(st.object_meta(&file).map(|m| (file, m)))
+        })
+        .await?
+        .map_err(|e| Self::io_error(store, bucket, &e))
+    }
+
+    /// A listing page: a walk of the bucket's folders (time grows with the bucket,
+    /// memory does not; see [`Store::list_delimited`]), on the pool.
+    pub(super) async fn list_page(
+        &self,
+        store: &Arc<Store>,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        start_after: Option<String>,
+        max_keys: usize,
+    ) -> Result<Listing, s3::Error> {
+        let (b, p, d) = (
+            bucket.to_owned(),
+            prefix.to_owned(),
+            delimiter.map(str::to_owned),
+        );
+        self.blocking(store, move |st| {
+            st.list_delimited(&b, &p, d.as_deref(), start_after.as_deref(), max_keys)
+                .map_err(|e| s3::Error::new(store::code_for_io(&e, Code::NoSuchBucket)).detail(e))
+        })
+        .await
+    }
+
+    /// Commit an upload (xattrs, fsync, parent folders, rename, folder fsync) on the
+    /// pool, in that order as one job. The temporary is gone afterwards unless the
+    /// commit succeeded, including when the pool refused the job.
+    pub(super) async fn commit(
+        &self,
+        store: &Arc<Store>,
+        bucket: &str,
+        temp: &str,
+        key: &str,
+        file: File,
+        sha256_hex: &str,
+    ) -> Result<(), s3::Error> {
+        let (b, t, k, h) = (
+            bucket.to_owned(),
+            temp.to_owned(),
+            key.to_owned(),
+            sha256_hex.to_owned(),
+        );
+        let r = self
+            .offload(store, COMMIT_PATIENCE, move |st| {
+                Ok(st.commit(&b, &t, &k, &file, &h))
+            })
+            .await;
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                store.discard_temp(bucket, temp);
+                Err(Self::io_error(store, bucket, &e))
+            }
+            Err(e) => {
+                store.discard_temp(bucket, temp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Commit a multipart part (fsync, record, rename) on the pool; the temporary is
+    /// gone afterwards unless it succeeded.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn commit_part_off_loop(
+        &self,
+        store: &Arc<Store>,
+        bucket: &str,
+        key: &str,
+        id: &str,
+        temp: &str,
+        file: File,
+        info: store::multipart::PartInfo,
+    ) -> Result<(), s3::Error> {
+        let (b, k, i, o, t) = (
+            bucket.to_owned(),
+            key.to_owned(),
+            id.to_owned(),
+            self.owner(),
+            temp.to_owned(),
+        );
+        let r = self
+            .offload(store, COMMIT_PATIENCE, move |st| {
+                Ok(st.commit_part(&b, &k, &i, &o, &t, &file, info))
+            })
+            .await;
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Self::upload_error(store, bucket, &e)),
+            Err(e) => {
+                store.discard_temp(bucket, temp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Delete an object (unlink, prune empty folders, fsync the folder) on the pool;
+    /// the inner result is the store's, for [`Conn::removed`].
+    pub(super) async fn delete_off_loop(
+        &self,
+        store: &Arc<Store>,
+        bucket: &str,
+        key: &str,
+    ) -> Result<std::io::Result<()>, s3::Error> {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        self.blocking(store, move |st| Ok(st.delete_object(&b, &k)))
+            .await
+    }
+
+    /// DeleteObjects' deletes in one pool job, in the request's order: each key
+    /// checked `Ok(())` is deleted; a refused one passes through with its error.
+    #[allow(clippy::type_complexity)]
+    pub(super) async fn delete_many_off_loop(
+        &self,
+        store: &Arc<Store>,
+        bucket: &str,
+        checked: Vec<(String, Result<(), s3::Error>)>,
+    ) -> Result<Vec<(String, Result<std::io::Result<()>, s3::Error>)>, s3::Error> {
+        let b = bucket.to_owned();
+        self.blocking(store, move |st| {
+            Ok(checked
+                .into_iter()
+                .map(|(k, c)| {
+                    let r = c.map(|()| st.delete_object(&b, &k));
+                    (k, r)
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Whether the response to `head` may say keep-alive: not once the appliance is
+    /// draining, even for a request that started before, so the client sends nothing
+    /// more on a connection that is about to close.
+    pub(super) fn keep_alive(&self, head: &RequestHead) -> bool {
+        head.keep_alive
+            && !self
+                .w
+                .shared
+                .draining
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
