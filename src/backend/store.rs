@@ -63,6 +63,13 @@ const XATTR_SHA256: &str = "user.lakegate.sha256";
 /// The S3 ETag of an object assembled from a multipart upload (`<hex>-<parts>`), which
 /// is not its SHA-256; such an object has no SHA-256 attribute until one is computed.
 const XATTR_ETAG: &str = "user.lakegate.etag";
+/// The object's MD5, lowercase hex, recorded at PutObject under `etag = "md5"`: its
+/// ETag. Valid under the same stamp as the SHA-256.
+const XATTR_MD5: &str = "user.lakegate.md5";
+/// `Content-Type` and `x-amz-meta-*` as JSON ([`s3::Metadata`]). Set on the temporary
+/// before the rename, so an object is never visible without the metadata it was
+/// stored with; not stamped: it describes the object, not its bytes.
+const XATTR_META: &str = "user.lakegate.meta";
 /// `<size>:<mtime seconds>.<mtime nanoseconds>` the SHA-256 (or ETag) attribute was
 /// computed for.
 const XATTR_STAMP: &str = "user.lakegate.stamp";
@@ -206,6 +213,11 @@ pub fn split_path(path: &str) -> Result<(&str, Option<&str>), KeyError> {
 /// flags. All methods block the calling thread on filesystem syscalls.
 #[derive(Debug)]
 pub struct Store {
+    /// Held around the rename (or unlink) that changes which object a key names, and
+    /// across an `If-Match` check and its rename, so that no other commit or delete
+    /// of this store slips between the check and the write. Not on the per-byte path:
+    /// one short critical section per commit.
+    commit_lock: std::sync::Mutex<()>,
     root: PathBuf,
     /// The root, opened once: every lookup starts here, never at a path string.
     root_dir: File,
@@ -242,6 +254,7 @@ impl Store {
             );
         }
         Ok(Store {
+            commit_lock: std::sync::Mutex::new(()),
             root: root.to_path_buf(),
             root_dir,
             fsync,
@@ -252,6 +265,83 @@ impl Store {
     /// The root folder.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether the filesystem keeps the extended attributes that hold an object's MD5
+    /// ETag, Content-Type and user metadata; without them those cannot be stored.
+    pub fn keeps_attributes(&self) -> bool {
+        self.xattrs
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic while holding it left nothing half-done.
+        self.commit_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// CreateBucket: a new folder for `bucket` under the root. `AlreadyExists` if
+    /// there is one (or anything else by that name).
+    pub fn create_bucket_new(&self, bucket: &str) -> io::Result<()> {
+        validate_bucket(bucket)?;
+        sys::mkdir_at(&self.root_dir, &sys::cstr(bucket)?, 0o750)?;
+        if self.fsync {
+            self.root_dir.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// DeleteBucket: remove the bucket's folder if it holds no object (and no
+    /// multipart upload, temporary or anything else): `DirectoryNotEmpty` otherwise.
+    /// An empty upload folder is removed with it. Nothing is ever removed recursively,
+    /// so a racing PUT either lands first (and the bucket stays) or finds no bucket.
+    pub fn delete_bucket(&self, bucket: &str) -> io::Result<()> {
+        let dir = self.bucket_dir(bucket)?;
+        let not_empty =
+            |why: &str| io::Error::new(io::ErrorKind::DirectoryNotEmpty, why.to_owned());
+        if has_object(&dir, 0)? {
+            return Err(not_empty("the bucket holds objects"));
+        }
+        match sys::unlink_at(&dir, &sys::cstr(multipart::MPU_DIR)?, libc::AT_REMOVEDIR) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                return Err(not_empty("the bucket has multipart uploads in progress"))
+            }
+            Err(e) => return Err(e),
+        }
+        match sys::unlink_at(&self.root_dir, &sys::cstr(bucket)?, libc::AT_REMOVEDIR) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                return Err(not_empty("the bucket folder is not empty"))
+            }
+            Err(e) => return Err(e),
+        }
+        if self.fsync {
+            self.root_dir.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Every bucket: folders directly under the root whose names are valid bucket
+    /// names (never a symlink), sorted, with their creation time (birth time where the
+    /// filesystem keeps it, else the last change of the folder).
+    pub fn list_buckets(&self) -> io::Result<Vec<(String, SystemTime)>> {
+        let mut out = Vec::new();
+        for (name, kind) in sys::read_dir(&self.root_dir)? {
+            if validate_bucket(&name).is_err()
+                || resolve_kind(&self.root_dir, &name, kind)? != Kind::Dir
+            {
+                continue;
+            }
+            let Ok(md) = self.bucket_dir(&name).and_then(|d| d.metadata()) else {
+                continue; // removed or replaced meanwhile
+            };
+            let created = md.created().or_else(|_| md.modified())?;
+            out.push((name, created));
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Create the folder for `bucket` under the root if it is missing (the operator's or
@@ -357,7 +447,22 @@ impl Store {
         file: &File,
         tag: Tag<'_>,
     ) -> io::Result<()> {
-        let result = self.commit_inner(bucket, temp, key, file, tag);
+        self.commit_with(bucket, temp, key, file, tag, CommitOpts::default())
+    }
+
+    /// [`Store::commit_tagged`] that also records the MD5 ETag and the metadata of
+    /// `opts`, and renames only if its write conditions hold at that moment
+    /// ([`PreconditionFailed`] otherwise, and nothing changes).
+    pub fn commit_with(
+        &self,
+        bucket: &str,
+        temp: &str,
+        key: &str,
+        file: &File,
+        tag: Tag<'_>,
+        opts: CommitOpts<'_>,
+    ) -> io::Result<()> {
+        let result = self.commit_inner(bucket, temp, key, file, tag, opts);
         if result.is_err() {
             self.discard_temp(bucket, temp);
         }
@@ -371,6 +476,7 @@ impl Store {
         key: &str,
         file: &File,
         tag: Tag<'_>,
+        opts: CommitOpts<'_>,
     ) -> io::Result<()> {
         validate_key(key)?;
         check_temp_name(temp)?;
@@ -398,6 +504,26 @@ impl Store {
                 Tag::Sha256(h) => store_sha256(file, h, &stamp(&md))?,
                 Tag::Multipart(e) => store_xattr(file, XATTR_ETAG, e, &stamp(&md))?,
             }
+            if let (Tag::Sha256(_), Some(m)) = (tag, opts.md5_hex) {
+                if !(m.len() == 32 && m.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "MD5 must be 32 lowercase hex digits",
+                    ));
+                }
+                store_xattr(file, XATTR_MD5, m, &stamp(&md))?;
+            }
+        }
+        if let Some(meta) = opts.meta.filter(|m| !m.is_empty()) {
+            if !self.xattrs {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the store's filesystem keeps no user extended attributes for metadata",
+                ));
+            }
+            let json = serde_json::to_vec(meta).map_err(io::Error::other)?;
+            // Not store_xattr: metadata that cannot be kept must fail the write.
+            file.set_xattr(XATTR_META, &json)?;
         }
         if self.fsync {
             file.sync_all()?;
@@ -417,7 +543,38 @@ impl Store {
                 None => None,
             };
             let target = parent.as_ref().unwrap_or(&dir);
-            match sys::rename_at(&dir, &temp_c, target, &leaf_c) {
+            let renamed = match opts.cond.filter(|c| !c.is_empty()) {
+                None => {
+                    let _g = self.lock();
+                    sys::rename_at(&dir, &temp_c, target, &leaf_c)
+                }
+                Some(c) if c.if_none_match_star && c.if_match.is_none() => {
+                    // The kernel refuses to replace: atomic against every writer, this
+                    // process or another.
+                    match sys::rename_noreplace(&dir, &temp_c, target, &leaf_c) {
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(
+                            io::Error::other(PreconditionFailed("an object has the key")),
+                        ),
+                        r => r,
+                    }
+                }
+                Some(c) => {
+                    let _g = self.lock();
+                    let current = match open_object_at(&dir, key) {
+                        Ok(f) => Some(object_meta(&f, self.xattrs)?.etag()),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                        Err(e) => return Err(e),
+                    };
+                    if c.holds(current.as_deref()) {
+                        sys::rename_at(&dir, &temp_c, target, &leaf_c)
+                    } else {
+                        Err(io::Error::other(PreconditionFailed(
+                            "the object at the key does not match If-Match / If-None-Match",
+                        )))
+                    }
+                }
+            };
+            match renamed {
                 Ok(()) => {
                     if self.fsync {
                         target.sync_all()?;
@@ -523,7 +680,10 @@ impl Store {
             }
             _ => return Err(not_found("the key names no object")),
         }
-        sys::unlink_at(parent, &leaf_c, 0).map_err(not_dir_is_not_found)?;
+        {
+            let _g = self.lock();
+            sys::unlink_at(parent, &leaf_c, 0).map_err(not_dir_is_not_found)?;
+        }
 
         // Prune folders that became empty, deepest first; stop at the first that is not.
         let mut last_changed = parent;
@@ -641,7 +801,27 @@ pub struct ObjectMeta {
     /// The S3 multipart ETag (`<hex>-<parts>`, without quotes) of an object assembled by
     /// CompleteMultipartUpload, while its bytes are unchanged.
     pub multipart_etag: Option<String>,
+    /// The MD5 (lowercase hex) recorded when the object was stored under
+    /// `etag = "md5"`, while its bytes are unchanged: then its ETag.
+    pub md5_hex: Option<String>,
 }
+
+/// What a commit records besides the SHA-256 (or multipart) tag, and the write
+/// conditions it checks atomically with the rename.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitOpts<'a> {
+    /// The MD5 (lowercase hex) of a single-part object, to be its ETag.
+    pub md5_hex: Option<&'a str>,
+    /// `Content-Type` and user metadata.
+    pub meta: Option<&'a s3::Metadata>,
+    /// `If-None-Match: *` / `If-Match`.
+    pub cond: Option<&'a s3::WriteConditions>,
+}
+
+/// A write's precondition did not hold at its commit; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("precondition failed: {0}")]
+pub struct PreconditionFailed(pub &'static str);
 
 /// What [`Store::commit_tagged`] records on an object: its SHA-256 (a single PUT, a
 /// copy), or the multipart ETag of an assembled upload.
@@ -654,13 +834,23 @@ pub enum Tag<'a> {
 }
 
 impl ObjectMeta {
-    /// The `ETag` header value in double quotes: the SHA-256 hex, or the multipart ETag.
+    /// The `ETag` header value in double quotes: the multipart ETag, else the MD5 the
+    /// object was stored with, else the SHA-256 hex (objects stored before MD5 ETags,
+    /// or under `etag = "sha256"`, keep answering with what they have).
     pub fn etag(&self) -> String {
-        match (&self.sha256_hex, &self.multipart_etag) {
-            (_, Some(m)) => format!("\"{m}\""),
-            (Some(sha), None) => format!("\"{sha}\""),
-            (None, None) => "\"\"".to_owned(),
+        match (&self.multipart_etag, &self.md5_hex, &self.sha256_hex) {
+            (Some(m), _, _) => format!("\"{m}\""),
+            (None, Some(md5), _) => format!("\"{md5}\""),
+            (None, None, Some(sha)) => format!("\"{sha}\""),
+            (None, None, None) => "\"\"".to_owned(),
         }
+    }
+
+    /// Unix seconds of the last modification (the grain of HTTP dates).
+    pub fn mtime_secs(&self) -> u64 {
+        self.mtime
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
     }
 
     /// How a copy of this object is tagged.
@@ -995,6 +1185,12 @@ impl Digests {
 /// folder) → 409 KeyConflict, ENAMETOOLONG → 400 KeyTooLongError, refused input → 400
 /// InvalidArgument, EFBIG → 413 EntityTooLarge, anything else → 500 InternalError.
 pub fn code_for_io(e: &io::Error, not_found: Code) -> Code {
+    if e.get_ref().is_some_and(|i| i.is::<PreconditionFailed>()) {
+        return Code::PreconditionFailed;
+    }
+    if e.kind() == io::ErrorKind::Unsupported {
+        return Code::NotImplemented;
+    }
     if let Some(code) = e.raw_os_error() {
         match code {
             libc::ENOSPC | libc::EDQUOT => return Code::InsufficientStorage,
@@ -1255,10 +1451,16 @@ fn object_meta(file: &File, xattrs: bool) -> io::Result<ObjectMeta> {
             mtime: md.modified()?,
             sha256_hex: None,
             multipart_etag,
+            md5_hex: None,
         });
     }
+    // An MD5 is only as current as the stamp; after a re-hash there is none.
+    let mut md5_hex = None;
     let sha256_hex = match cached {
-        Some(sha) => sha,
+        Some(sha) => {
+            md5_hex = cached_md5(file, &stamp);
+            sha
+        }
         None => {
             let sha = hash_file(file)?;
             // Best effort: a read-only file or filesystem still serves, only slower.
@@ -1275,7 +1477,28 @@ fn object_meta(file: &File, xattrs: bool) -> io::Result<ObjectMeta> {
         mtime: md.modified()?,
         sha256_hex: Some(sha256_hex),
         multipart_etag,
+        md5_hex,
     })
+}
+
+/// The recorded MD5 if it and the stamp are there, well formed and current.
+fn cached_md5(file: &File, stamp: &str) -> Option<String> {
+    let md5 = String::from_utf8(file.get_xattr(XATTR_MD5).ok()??).ok()?;
+    let at = file.get_xattr(XATTR_STAMP).ok()??;
+    let ok = md5.len() == 32 && md5.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (ok && at == stamp.as_bytes()).then_some(md5)
+}
+
+/// An object's `Content-Type` and user metadata (empty when none was stored, or the
+/// filesystem keeps no attributes).
+pub fn read_metadata(file: &File) -> s3::Metadata {
+    match file.get_xattr(XATTR_META) {
+        Ok(Some(raw)) => serde_json::from_slice(&raw).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "an object's metadata attribute does not parse; ignored");
+            s3::Metadata::default()
+        }),
+        _ => s3::Metadata::default(),
+    }
 }
 
 fn hash_file(file: &File) -> io::Result<String> {
@@ -1341,6 +1564,18 @@ fn xml_escape(s: &str) -> String {
 
 // ---------------------------------------------------------------------------------------
 // Time formatting, UTC, without a calendar crate.
+
+/// `t` as S3 listings write times: ISO 8601 UTC with milliseconds.
+pub fn iso_time(t: SystemTime) -> String {
+    ObjectMeta {
+        size: 0,
+        mtime: t,
+        sha256_hex: None,
+        multipart_etag: None,
+        md5_hex: None,
+    }
+    .last_modified_iso()
+}
 
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -1668,6 +1903,45 @@ mod sys {
             )
         })
         .map(drop)
+    }
+
+    /// `renameat2(from_dir, from, to_dir, to, RENAME_NOREPLACE)`: `AlreadyExists` if
+    /// `to` exists, atomically. Where the filesystem lacks the flag (`EINVAL`), a hard
+    /// link (which never replaces either) and the unlink of `from`.
+    pub(super) fn rename_noreplace(
+        from_dir: &File,
+        from: &CStr,
+        to_dir: &File,
+        to: &CStr,
+    ) -> io::Result<()> {
+        // SAFETY: both descriptors are open and borrowed for the call; both names are
+        // NUL-terminated strings valid for the call; renameat2 keeps none of them.
+        let r = cvt(unsafe {
+            libc::renameat2(
+                from_dir.as_raw_fd(),
+                from.as_ptr(),
+                to_dir.as_raw_fd(),
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        });
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // SAFETY: as above; linkat with flags 0 follows no symlink and keeps
+                // neither name.
+                cvt(unsafe {
+                    libc::linkat(
+                        from_dir.as_raw_fd(),
+                        from.as_ptr(),
+                        to_dir.as_raw_fd(),
+                        to.as_ptr(),
+                        0,
+                    )
+                })?;
+                unlink_at(from_dir, from, 0)
+            }
+            r => r.map(drop),
+        }
     }
 
     /// `unlinkat(dir, name, flags)`; `AT_REMOVEDIR` removes an empty folder. Never follows
@@ -2454,6 +2728,7 @@ mod tests {
             mtime: UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms),
             sha256_hex: None,
             multipart_etag: None,
+            md5_hex: None,
         };
         let m = at(784_111_777, 0);
         assert_eq!(m.last_modified_http(), "Sun, 06 Nov 1994 08:49:37 GMT");
