@@ -2721,6 +2721,135 @@ mod tests {
         assert_eq!(status_for_io(&io::Error::other("x")), 500);
     }
 
+    /// Commit `body` onto `key` with `opts` (MD5 and SHA-256 of the body computed here).
+    fn put_with(
+        store: &Store,
+        key: &str,
+        body: &[u8],
+        md5: bool,
+        meta: Option<&s3::Metadata>,
+        cond: Option<&s3::WriteConditions>,
+    ) -> io::Result<Digests> {
+        let (mut file, temp) = store.create_temp("data")?;
+        file.write_all(body)?;
+        let mut h = BodyHasher::new(true);
+        h.update(body);
+        let d = h.finish();
+        let md5_hex = d.md5_hex();
+        let opts = CommitOpts {
+            md5_hex: md5_hex.as_deref().filter(|_| md5),
+            meta,
+            cond,
+        };
+        store.commit_with(
+            "data",
+            &temp,
+            key,
+            &file,
+            Tag::Sha256(&d.sha256_hex()),
+            opts,
+        )?;
+        Ok(d)
+    }
+
+    #[test]
+    fn md5_etags_metadata_and_write_conditions() {
+        let (_tmp, store) = store();
+        if !store.keeps_attributes() {
+            return; // the ETag and metadata attributes need user xattrs
+        }
+        let meta = s3::Metadata {
+            content_type: Some("text/plain".into()),
+            user: vec![("mtime".into(), "1".into())],
+        };
+        let d = put_with(&store, "k/obj", b"abc", true, Some(&meta), None).unwrap();
+        let (file, m) = store.open_object("data", "k/obj").unwrap();
+        assert_eq!(m.etag(), format!("\"{ABC_MD5}\""));
+        assert_eq!(m.sha256_hex.as_deref(), Some(ABC_SHA256));
+        assert_eq!(read_metadata(&file), meta);
+        assert_eq!(d.md5_hex().as_deref(), Some(ABC_MD5));
+
+        // If-None-Match: * onto an existing key: refused, the object unchanged, no
+        // temporary left.
+        let star = s3::WriteConditions {
+            if_none_match_star: true,
+            if_match: None,
+        };
+        let e = put_with(&store, "k/obj", b"new", true, None, Some(&star)).unwrap_err();
+        assert_eq!(code_for_io(&e, Code::NoSuchKey), Code::PreconditionFailed);
+        let m = store.head_object("data", "k/obj").unwrap();
+        assert_eq!((m.size, m.etag()), (3, format!("\"{ABC_MD5}\"")));
+        assert!(temporaries(&store.root().join("data")).is_empty());
+        // If-Match with another ETag: refused; with this one: replaced.
+        let other = s3::WriteConditions {
+            if_none_match_star: false,
+            if_match: Some("\"0123\"".into()),
+        };
+        let e = put_with(&store, "k/obj", b"new", false, None, Some(&other)).unwrap_err();
+        assert_eq!(code_for_io(&e, Code::NoSuchKey), Code::PreconditionFailed);
+        let this = s3::WriteConditions {
+            if_none_match_star: false,
+            if_match: Some(format!("\"{ABC_MD5}\"")),
+        };
+        let d = put_with(&store, "k/obj", b"new", false, None, Some(&this)).unwrap();
+        let (file, m) = store.open_object("data", "k/obj").unwrap();
+        // Stored under "sha256": the SHA-256 ETag, and no metadata left from before.
+        assert_eq!(m.etag(), format!("\"{}\"", d.sha256_hex()));
+        assert_eq!(read_metadata(&file), s3::Metadata::default());
+        // A file rewritten behind the store's back loses its MD5 ETag with its stamp.
+        put_with(&store, "k/obj", b"abc", true, None, None).unwrap();
+        std::fs::write(store.root().join("data/k/obj"), b"abcd").unwrap();
+        let m = store.head_object("data", "k/obj").unwrap();
+        assert_eq!((m.md5_hex, m.size), (None, 4));
+        store.delete_object("data", "k/obj").unwrap();
+        // If-None-Match: * onto a free key goes through.
+        put_with(&store, "k/obj", b"abc", true, None, Some(&star)).unwrap();
+    }
+
+    #[test]
+    fn buckets_are_listed_created_and_deleted_only_when_empty() {
+        let (_tmp, store) = store();
+        store.create_bucket_new("second").unwrap();
+        assert_eq!(
+            store.create_bucket_new("second").unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert!(store.create_bucket_new("No_Such").is_err());
+        std::fs::write(store.root().join("afile"), b"x").unwrap();
+        symlink(store.root().join("data"), store.root().join("linked")).unwrap();
+        let names: Vec<String> = store
+            .list_buckets()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["data", "second"]);
+        put(&store, "second", "a/b", b"x").unwrap();
+        let e = store.delete_bucket("second").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::DirectoryNotEmpty);
+        store.delete_object("second", "a/b").unwrap();
+        let id = store
+            .create_upload("second", "k", "me", None, &s3::Metadata::default())
+            .unwrap();
+        assert_eq!(
+            store.delete_bucket("second").unwrap_err().kind(),
+            io::ErrorKind::DirectoryNotEmpty
+        );
+        store.abort_upload("second", "k", &id, "me").unwrap();
+        store.delete_bucket("second").unwrap();
+        assert!(!store.root().join("second").exists());
+        assert_eq!(
+            status_for_io(&store.delete_bucket("second").unwrap_err()),
+            404
+        );
+        // A symlinked bucket is never removed through.
+        assert_eq!(
+            status_for_io(&store.delete_bucket("linked").unwrap_err()),
+            403
+        );
+        assert!(store.root().join("data").is_dir());
+    }
+
     #[test]
     fn store_time_formats() {
         let at = |secs: u64, ms: u64| ObjectMeta {
