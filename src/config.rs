@@ -2181,6 +2181,15 @@ root = "data"
         assert_eq!(e.key, "authz[0].access");
         let e = fwd("buckets = [\"datasets\"]").unwrap_err();
         assert_eq!(e.key, "authz[0].buckets");
+        let e = fwd("access = [\"read\", \"write\", \"manage\"]").unwrap_err();
+        assert_eq!(e.key, "authz[0].access");
+        // "manage" is granted by name only, never by an omitted access list.
+        let c = parse_ok(
+            &dir,
+            &format!("{MINIMAL}\n[[authz]]\nidentity = \"cn:a\"\naccess = [\"list\", \"manage\"]\n[[authz]]\nidentity = \"cn:b\"\n"),
+        );
+        assert_eq!(c.authz[0].access, vec![Access::List, Access::Manage]);
+        assert!(!c.authz[1].access.contains(&Access::Manage));
     }
 
     #[test]

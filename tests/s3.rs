@@ -636,6 +636,21 @@ identity = "spiffe://lake.example/trainer/alice"
 buckets = ["datasets", "models", "scratch-*"]
 access = ["read", "write", "delete", "list", "manage"]
 "#;
+    // `lakegate check` says what each rule means, manage included, and the ETag kind.
+    let cfg = lab.config_with_authz(
+        free_port(),
+        free_port(),
+        "",
+        &store_backend(&root, "etag = \"sha256\""),
+        authz,
+    );
+    let (code, out, err) = check_config(&cfg);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("read, write, delete, list, manage (create/delete the bucket) on buckets [\"datasets\", \"models\", \"scratch-*\"]"),
+        "{out}"
+    );
+    assert!(out.contains("backend.etag = sha256"), "{out}");
     let srv = Server::start_with_authz(&lab, "", &store_backend(&root, ""), authz);
     run_boto3(&py, &lab, &srv, &root, "buckets.py", BUCKETS_SCRIPT, &[]);
     // Refused creations made nothing; the symlink and the foreign folder are intact.
