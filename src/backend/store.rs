@@ -213,11 +213,6 @@ pub fn split_path(path: &str) -> Result<(&str, Option<&str>), KeyError> {
 /// flags. All methods block the calling thread on filesystem syscalls.
 #[derive(Debug)]
 pub struct Store {
-    /// Held around the rename (or unlink) that changes which object a key names, and
-    /// across an `If-Match` check and its rename, so that no other commit or delete
-    /// of this store slips between the check and the write. Not on the per-byte path:
-    /// one short critical section per commit.
-    commit_lock: std::sync::Mutex<()>,
     root: PathBuf,
     /// The root, opened once: every lookup starts here, never at a path string.
     root_dir: File,
@@ -254,7 +249,6 @@ impl Store {
             );
         }
         Ok(Store {
-            commit_lock: std::sync::Mutex::new(()),
             root: root.to_path_buf(),
             root_dir,
             fsync,
@@ -273,9 +267,15 @@ impl Store {
         self.xattrs
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    /// Held around the rename (or unlink) that changes which object a key names, and
+    /// across an `If-Match` check and its rename, so that no other commit or delete
+    /// slips between the check and the write. One for the process, not one per
+    /// `Store`: a reload builds a new `Store` while requests on the old one finish.
+    /// Not on the per-byte path: one short critical section per commit.
+    fn lock(&self) -> std::sync::MutexGuard<'static, ()> {
+        static COMMIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
         // The guarded data is `()`: a panic while holding it left nothing half-done.
-        self.commit_lock
+        COMMIT_LOCK
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
