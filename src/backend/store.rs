@@ -2804,6 +2804,20 @@ mod tests {
         store.delete_object("data", "k/obj").unwrap();
         // If-None-Match: * onto a free key goes through.
         put_with(&store, "k/obj", b"abc", true, None, Some(&star)).unwrap();
+        // The largest stored form classify() lets through fits beside the other
+        // attributes (one 4 KiB block on ext4).
+        let big = s3::Metadata {
+            content_type: None,
+            user: vec![(
+                "q".into(),
+                format!("{}{}", "\"".repeat(1020), "v".repeat(1000)),
+            )],
+        };
+        let json = serde_json::to_vec(&big).unwrap().len();
+        assert!(json <= s3::MAX_STORED_METADATA && json > 3000, "{json}");
+        put_with(&store, "k/big", b"abc", true, Some(&big), None).unwrap();
+        let (file, _) = store.open_object("data", "k/big").unwrap();
+        assert_eq!(read_metadata(&file), big);
     }
 
     #[test]

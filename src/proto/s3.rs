@@ -478,6 +478,12 @@ pub enum Operation<'a> {
 
 /// Most bytes of user metadata (names after `x-amz-meta-` plus values), S3's limit.
 pub const MAX_USER_METADATA: usize = 2048;
+/// Most bytes of the stored form (JSON, with Content-Type). S3's 2 KiB limit counts
+/// only names and values, so values full of characters JSON escapes (quotes,
+/// backslashes) would pass it and then overflow the one 4 KiB block a filesystem such
+/// as ext4 gives all of a file's extended attributes; refused here as
+/// MetadataTooLarge rather than failing at the commit.
+pub const MAX_STORED_METADATA: usize = 3 * 1024;
 /// Largest CreateBucketConfiguration body accepted.
 pub const MAX_CREATE_BUCKET_BODY: u64 = 64 * 1024;
 /// The one region the store answers for (GetBucketLocation's empty constraint).
@@ -531,6 +537,11 @@ impl Metadata {
             return Err(
                 Error::new(Code::MetadataTooLarge).detail(format!("{size} bytes of user metadata"))
             );
+        }
+        let stored = serde_json::to_vec(&m).map_or(usize::MAX, |v| v.len());
+        if stored > MAX_STORED_METADATA {
+            return Err(Error::new(Code::MetadataTooLarge)
+                .detail(format!("{stored} bytes in the stored form")));
         }
         Ok(m)
     }
@@ -2907,6 +2918,16 @@ mod tests {
                 true
             ),
             Some(Code::InvalidArgument)
+        );
+        // Under 2 KiB of names and values, but twice that once stored (every quote
+        // escaped): more than the one attribute block holds.
+        let quotes = format!("x-amz-meta-q: {}", "\"".repeat(2000));
+        assert_eq!(
+            code(
+                &format!("PUT /b/k HTTP/1.1\r\ncontent-length: 1\r\n{quotes}"),
+                true
+            ),
+            Some(Code::MetadataTooLarge)
         );
         // Parts carry no metadata and no preconditions.
         for h in [
