@@ -46,8 +46,18 @@ fn main() {
     let cases: [(&str, bool, bool, bool); 5] = [
         ("etag = \"sha256\": SHA-256", false, false, true),
         ("etag = \"md5\": SHA-256 + MD5", true, false, true),
-        ("etag = \"sha256\", boto3 CRC-32 trailer: SHA-256 + CRC-32", false, true, true),
-        ("etag = \"md5\", boto3 CRC-32 trailer: SHA-256 + MD5 + CRC-32", true, true, true),
+        (
+            "etag = \"sha256\", boto3 CRC-32 trailer: SHA-256 + CRC-32",
+            false,
+            true,
+            true,
+        ),
+        (
+            "etag = \"md5\", boto3 CRC-32 trailer: SHA-256 + MD5 + CRC-32",
+            true,
+            true,
+            true,
+        ),
         ("MD5 alone (md-5 crate, for reference)", true, false, false),
     ];
     println!(
