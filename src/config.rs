@@ -125,11 +125,13 @@ impl Config {
                 root,
                 fsync,
                 multipart_expiry,
+                etag,
             } => {
                 v.push(("backend.kind", "store".into()));
                 v.push(("backend.root", p(root)));
                 v.push(("backend.fsync", format!("{fsync:?}").to_lowercase()));
                 v.push(("backend.multipart_expiry", d(*multipart_expiry)));
+                v.push(("backend.etag", format!("{etag:?}").to_lowercase()));
             }
             Backend::Forward {
                 upstream,
@@ -268,6 +270,8 @@ pub enum Backend {
         fsync: Fsync,
         /// Multipart uploads with no part stored for this long are removed.
         multipart_expiry: Duration,
+        /// What a single-part object's ETag is.
+        etag: Etag,
     },
     /// A plaintext byte relay to an upstream.
     Forward {
@@ -278,6 +282,18 @@ pub enum Backend {
         /// Whether the client's DER leaf certificate rides in the PROXY header.
         proxy_protocol_client_cert: bool,
     },
+}
+
+/// The ETag of an object stored whole (PutObject): what clients such as rclone and
+/// the AWS CLI compare with the MD5 they computed. The SHA-256 is computed and kept
+/// either way (integrity, `x-amz-checksum-sha256`); a multipart object's ETag is
+/// always S3's multipart form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Etag {
+    /// The hex MD5 of the bytes, as S3's; costs an MD5 pass in the PUT.
+    Md5,
+    /// The hex SHA-256 of the bytes (64 digits), which MD5-comparing clients cannot check.
+    Sha256,
 }
 
 /// Store durability policy.
@@ -471,6 +487,7 @@ struct RawBackend {
     root: Option<String>,
     fsync: Option<String>,
     multipart_expiry: Option<String>,
+    etag: Option<String>,
     // forward
     upstream: Option<String>,
     proxy_protocol: Option<String>,
@@ -865,6 +882,7 @@ impl Ctx {
             ("root", raw.root.is_some(), "store"),
             ("fsync", raw.fsync.is_some(), "store"),
             ("multipart_expiry", raw.multipart_expiry.is_some(), "store"),
+            ("etag", raw.etag.is_some(), "store"),
             ("upstream", raw.upstream.is_some(), "forward"),
             ("proxy_protocol", raw.proxy_protocol.is_some(), "forward"),
             (
@@ -904,10 +922,21 @@ impl Ctx {
                 DEFAULT_MULTIPART_EXPIRY,
                 false,
             )?;
+            let etag = match raw.etag.as_deref() {
+                None | Some("md5") => Etag::Md5,
+                Some("sha256") => Etag::Sha256,
+                Some(other) => {
+                    return Err(self.err(
+                        "backend.etag",
+                        format!("expected \"md5\" or \"sha256\", found {other:?}"),
+                    ))
+                }
+            };
             return Ok(Backend::Store {
                 root,
                 fsync,
                 multipart_expiry,
+                etag,
             });
         }
 
@@ -1001,6 +1030,13 @@ impl Ctx {
             }
             if let Some(list) = &raw.access {
                 let has = |a: &str| list.iter().any(|x| x == a);
+                if has("manage") {
+                    return Err(self.err(
+                        format!("authz[{i}].access"),
+                        "\"manage\" creates and deletes store buckets, and a forward relay \
+                         has none, so it could not be enforced; remove it",
+                    ));
+                }
                 if has("read") != has("write") {
                     return Err(self.err(
                         format!("authz[{i}].access"),
@@ -1013,7 +1049,8 @@ impl Ctx {
         }
         let buckets = raw.buckets.unwrap_or_else(|| vec!["*".to_owned()]);
         let access = match raw.access {
-            None => Access::ALL.to_vec(),
+            // Never "manage": making and removing buckets is granted only by name.
+            None => Access::OBJECTS.to_vec(),
             Some(list) => list
                 .iter()
                 .enumerate()
@@ -1022,7 +1059,7 @@ impl Ctx {
                         self.err(
                             format!("authz[{i}].access[{j}]"),
                             format!(
-                                "expected one of \"read\", \"write\", \"delete\", \"list\", found {a:?}"
+                                "expected one of \"read\", \"write\", \"delete\", \"list\", \"manage\", found {a:?}"
                             ),
                         )
                     })
@@ -1442,6 +1479,7 @@ listen = "127.0.0.1:9090"
 kind = "store"               # or "forward"; "s3" (a distributed object store upstream) comes later
 root = "/srv/lake"           # store: where objects live
 fsync = "always"             # store: "always" | "never"
+etag = "md5"                 # store: single-part ETag "md5" (as S3) | "sha256"
 # upstream = "unix:/run/lake.sock" | "127.0.0.1:9000"   (forward)
 # proxy_protocol = "v2"                                  (forward, optional)
 # proxy_protocol_client_cert = false                     (forward: DER leaf in TLV 0x28)
@@ -1454,7 +1492,7 @@ fsync = "always"             # store: "always" | "never"
 [[authz]]                    # first match wins; no match = 403 / connection refused
 identity = "spiffe://lake.example/trainer/*"
 buckets = ["datasets"]
-access = ["read"]            # "read", "write", "delete", "list"
+access = ["read"]            # "read", "write", "delete", "list", "manage" (create/delete the bucket)
 
 [tokens]                     # optional: OAuth/JWT bearer tokens on top of mTLS
 jwks = "jwks.json"
@@ -1558,6 +1596,7 @@ root = "data"
                 root,
                 fsync: Fsync::Always,
                 multipart_expiry: DEFAULT_MULTIPART_EXPIRY,
+                etag: Etag::Md5,
             }
         );
         assert_eq!(
@@ -1612,6 +1651,7 @@ root = "data"
                 root: dir.path().join("data"),
                 fsync: Fsync::Always,
                 multipart_expiry: DEFAULT_MULTIPART_EXPIRY,
+                etag: Etag::Md5,
             }
         );
         assert!(c.authz.is_empty());
@@ -1626,7 +1666,7 @@ root = "data"
             &format!("{MINIMAL}\n[[authz]]\nidentity = \"spiffe://a\"\n"),
         );
         assert_eq!(c.authz[0].buckets, vec!["*".to_owned()]);
-        assert_eq!(c.authz[0].access, Access::ALL.to_vec());
+        assert_eq!(c.authz[0].access, Access::OBJECTS.to_vec());
     }
 
     #[test]
@@ -1924,6 +1964,19 @@ root = "data"
                 ..
             }
         ));
+        let e = parse_err(&dir, &with("backend", "etag = \"crc32\""));
+        assert_eq!(e.key, "backend.etag");
+        for (v, want) in [("md5", Etag::Md5), ("sha256", Etag::Sha256)] {
+            let c = parse_ok(&dir, &with("backend", &format!("etag = \"{v}\"")));
+            assert!(matches!(c.backend, Backend::Store { etag, .. } if etag == want));
+        }
+        assert!(matches!(
+            parse_ok(&dir, MINIMAL).backend,
+            Backend::Store {
+                etag: Etag::Md5,
+                ..
+            }
+        ));
     }
 
     fn forward(dir: &TempDir, extra: &str) -> Result<Config> {
@@ -2099,7 +2152,7 @@ root = "data"
         assert_eq!(e.key, "authz[1].access[1]");
         assert_eq!(
             e.message,
-            "expected one of \"read\", \"write\", \"delete\", \"list\", found \"admin\""
+            "expected one of \"read\", \"write\", \"delete\", \"list\", \"manage\", found \"admin\""
         );
         let e = parse_err(&dir, &format!("{MINIMAL}\n[[authz]]\nidentity = \"\"\n"));
         assert_eq!(e.key, "authz[0].identity");
@@ -2128,6 +2181,15 @@ root = "data"
         assert_eq!(e.key, "authz[0].access");
         let e = fwd("buckets = [\"datasets\"]").unwrap_err();
         assert_eq!(e.key, "authz[0].buckets");
+        let e = fwd("access = [\"read\", \"write\", \"manage\"]").unwrap_err();
+        assert_eq!(e.key, "authz[0].access");
+        // "manage" is granted by name only, never by an omitted access list.
+        let c = parse_ok(
+            &dir,
+            &format!("{MINIMAL}\n[[authz]]\nidentity = \"cn:a\"\naccess = [\"list\", \"manage\"]\n[[authz]]\nidentity = \"cn:b\"\n"),
+        );
+        assert_eq!(c.authz[0].access, vec![Access::List, Access::Manage]);
+        assert!(!c.authz[1].access.contains(&Access::Manage));
     }
 
     #[test]

@@ -113,11 +113,12 @@ token_file = "admin.token"   # POST /reload needs this token (file mode 0600)
 kind = "store"
 root = "data"
 fsync = "always"
+etag = "md5"                 # single-part ETag: "md5" (as S3; rclone/AWS CLI check it) | "sha256"
 
 [[authz]]
 identity = "spiffe://lake.example/trainer/*"
 buckets = ["datasets", "models"]
-access = ["read", "write", "delete", "list"]
+access = ["read", "write", "delete", "list"]   # + "manage": CreateBucket/DeleteBucket of these names
 
 # Bearer tokens (RFC 8705: bound to the client certificate), required on the models
 # bucket; `lakegate pki token` mints more (trainer.token is made at every start).

@@ -134,7 +134,15 @@ fn main() -> ExitCode {
                 } else if r.access().is_empty() || r.buckets().is_empty() {
                     "denies every request".to_string()
                 } else {
-                    let access: Vec<&str> = r.access().iter().map(|a| a.as_str()).collect();
+                    let access: Vec<&str> = r
+                        .access()
+                        .iter()
+                        .map(|a| match a {
+                            // Said in words: it is the one verb about buckets, not objects.
+                            lakegate::authz::Access::Manage => "manage (create/delete the bucket)",
+                            a => a.as_str(),
+                        })
+                        .collect();
                     format!("{} on buckets {:?}", access.join(", "), r.buckets())
                 };
                 println!(

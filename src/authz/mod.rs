@@ -71,21 +71,36 @@ pub enum Access {
     Write,
     /// DELETE of an object.
     Delete,
-    /// ListObjectsV2 on a bucket.
+    /// ListObjectsV2 on a bucket; the bucket shows in ListBuckets.
     List,
+    /// CreateBucket and DeleteBucket of a bucket the rule's patterns cover (so that a
+    /// conformance suite may make its own); nothing about the objects in it.
+    Manage,
 }
 
 impl Access {
     /// Every access kind, in the order the configuration documents them.
-    pub const ALL: [Access; 4] = [Access::Read, Access::Write, Access::Delete, Access::List];
+    pub const ALL: [Access; 5] = [
+        Access::Read,
+        Access::Write,
+        Access::Delete,
+        Access::List,
+        Access::Manage,
+    ];
 
-    /// The configuration spelling: `"read"`, `"write"`, `"delete"`, `"list"`.
+    /// The object verbs: what a rule without an `access` list grants. `manage` is never
+    /// implied; it must be named.
+    pub const OBJECTS: [Access; 4] = [Access::Read, Access::Write, Access::Delete, Access::List];
+
+    /// The configuration spelling: `"read"`, `"write"`, `"delete"`, `"list"`,
+    /// `"manage"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Access::Read => "read",
             Access::Write => "write",
             Access::Delete => "delete",
             Access::List => "list",
+            Access::Manage => "manage",
         }
     }
 }
@@ -96,9 +111,11 @@ impl fmt::Display for Access {
     }
 }
 
-/// An access string that is not one of `read`, `write`, `delete`, `list`.
+/// An access string that is not one of `read`, `write`, `delete`, `list`, `manage`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown access {0:?}: expected one of \"read\", \"write\", \"delete\", \"list\"")]
+#[error(
+    "unknown access {0:?}: expected one of \"read\", \"write\", \"delete\", \"list\", \"manage\""
+)]
 pub struct ParseAccessError(pub String);
 
 impl FromStr for Access {

@@ -63,6 +63,13 @@ const XATTR_SHA256: &str = "user.lakegate.sha256";
 /// The S3 ETag of an object assembled from a multipart upload (`<hex>-<parts>`), which
 /// is not its SHA-256; such an object has no SHA-256 attribute until one is computed.
 const XATTR_ETAG: &str = "user.lakegate.etag";
+/// The object's MD5, lowercase hex, recorded at PutObject under `etag = "md5"`: its
+/// ETag. Valid under the same stamp as the SHA-256.
+const XATTR_MD5: &str = "user.lakegate.md5";
+/// `Content-Type` and `x-amz-meta-*` as JSON ([`s3::Metadata`]). Set on the temporary
+/// before the rename, so an object is never visible without the metadata it was
+/// stored with; not stamped: it describes the object, not its bytes.
+const XATTR_META: &str = "user.lakegate.meta";
 /// `<size>:<mtime seconds>.<mtime nanoseconds>` the SHA-256 (or ETag) attribute was
 /// computed for.
 const XATTR_STAMP: &str = "user.lakegate.stamp";
@@ -254,6 +261,89 @@ impl Store {
         &self.root
     }
 
+    /// Whether the filesystem keeps the extended attributes that hold an object's MD5
+    /// ETag, Content-Type and user metadata; without them those cannot be stored.
+    pub fn keeps_attributes(&self) -> bool {
+        self.xattrs
+    }
+
+    /// Held around the rename (or unlink) that changes which object a key names, and
+    /// across an `If-Match` check and its rename, so that no other commit or delete
+    /// slips between the check and the write. One for the process, not one per
+    /// `Store`: a reload builds a new `Store` while requests on the old one finish.
+    /// Not on the per-byte path: one short critical section per commit.
+    fn lock(&self) -> std::sync::MutexGuard<'static, ()> {
+        static COMMIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        // The guarded data is `()`: a panic while holding it left nothing half-done.
+        COMMIT_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// CreateBucket: a new folder for `bucket` under the root. `AlreadyExists` if
+    /// there is one (or anything else by that name).
+    pub fn create_bucket_new(&self, bucket: &str) -> io::Result<()> {
+        validate_bucket(bucket)?;
+        sys::mkdir_at(&self.root_dir, &sys::cstr(bucket)?, 0o750)?;
+        if self.fsync {
+            self.root_dir.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// DeleteBucket: remove the bucket's folder if it holds no object (and no
+    /// multipart upload, temporary or anything else): `DirectoryNotEmpty` otherwise.
+    /// An empty upload folder is removed with it. Nothing is ever removed recursively,
+    /// so a racing PUT either lands first (and the bucket stays) or finds no bucket.
+    pub fn delete_bucket(&self, bucket: &str) -> io::Result<()> {
+        let dir = self.bucket_dir(bucket)?;
+        let not_empty =
+            |why: &str| io::Error::new(io::ErrorKind::DirectoryNotEmpty, why.to_owned());
+        if has_object(&dir, 0)? {
+            return Err(not_empty("the bucket holds objects"));
+        }
+        match sys::unlink_at(&dir, &sys::cstr(multipart::MPU_DIR)?, libc::AT_REMOVEDIR) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                return Err(not_empty("the bucket has multipart uploads in progress"))
+            }
+            Err(e) => return Err(e),
+        }
+        match sys::unlink_at(&self.root_dir, &sys::cstr(bucket)?, libc::AT_REMOVEDIR) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                return Err(not_empty("the bucket folder is not empty"))
+            }
+            Err(e) => return Err(e),
+        }
+        if self.fsync {
+            self.root_dir.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Every bucket: folders directly under the root whose names are valid bucket
+    /// names (never a symlink), sorted, with their creation time (birth time where the
+    /// filesystem keeps it, else the last change of the folder).
+    pub fn list_buckets(&self) -> io::Result<Vec<(String, SystemTime)>> {
+        let mut out = Vec::new();
+        for (name, kind) in sys::read_dir(&self.root_dir)? {
+            if validate_bucket(&name).is_err()
+                || resolve_kind(&self.root_dir, &name, kind)? != Kind::Dir
+            {
+                continue;
+            }
+            let Ok(md) = self.bucket_dir(&name).and_then(|d| d.metadata()) else {
+                continue; // removed or replaced meanwhile
+            };
+            let created = md.created().or_else(|_| md.modified())?;
+            out.push((name, created));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Create the folder for `bucket` under the root if it is missing (the operator's or
     /// the configuration's job; the HTTP API never creates buckets).
     pub fn create_bucket(&self, bucket: &str) -> io::Result<()> {
@@ -357,7 +447,22 @@ impl Store {
         file: &File,
         tag: Tag<'_>,
     ) -> io::Result<()> {
-        let result = self.commit_inner(bucket, temp, key, file, tag);
+        self.commit_with(bucket, temp, key, file, tag, CommitOpts::default())
+    }
+
+    /// [`Store::commit_tagged`] that also records the MD5 ETag and the metadata of
+    /// `opts`, and renames only if its write conditions hold at that moment
+    /// ([`PreconditionFailed`] otherwise, and nothing changes).
+    pub fn commit_with(
+        &self,
+        bucket: &str,
+        temp: &str,
+        key: &str,
+        file: &File,
+        tag: Tag<'_>,
+        opts: CommitOpts<'_>,
+    ) -> io::Result<()> {
+        let result = self.commit_inner(bucket, temp, key, file, tag, opts);
         if result.is_err() {
             self.discard_temp(bucket, temp);
         }
@@ -371,6 +476,7 @@ impl Store {
         key: &str,
         file: &File,
         tag: Tag<'_>,
+        opts: CommitOpts<'_>,
     ) -> io::Result<()> {
         validate_key(key)?;
         check_temp_name(temp)?;
@@ -398,6 +504,26 @@ impl Store {
                 Tag::Sha256(h) => store_sha256(file, h, &stamp(&md))?,
                 Tag::Multipart(e) => store_xattr(file, XATTR_ETAG, e, &stamp(&md))?,
             }
+            if let (Tag::Sha256(_), Some(m)) = (tag, opts.md5_hex) {
+                if !(m.len() == 32 && m.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "MD5 must be 32 lowercase hex digits",
+                    ));
+                }
+                store_xattr(file, XATTR_MD5, m, &stamp(&md))?;
+            }
+        }
+        if let Some(meta) = opts.meta.filter(|m| !m.is_empty()) {
+            if !self.xattrs {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the store's filesystem keeps no user extended attributes for metadata",
+                ));
+            }
+            let json = serde_json::to_vec(meta).map_err(io::Error::other)?;
+            // Not store_xattr: metadata that cannot be kept must fail the write.
+            file.set_xattr(XATTR_META, &json)?;
         }
         if self.fsync {
             file.sync_all()?;
@@ -417,7 +543,38 @@ impl Store {
                 None => None,
             };
             let target = parent.as_ref().unwrap_or(&dir);
-            match sys::rename_at(&dir, &temp_c, target, &leaf_c) {
+            let renamed = match opts.cond.filter(|c| !c.is_empty()) {
+                None => {
+                    let _g = self.lock();
+                    sys::rename_at(&dir, &temp_c, target, &leaf_c)
+                }
+                Some(c) if c.if_none_match_star && c.if_match.is_none() => {
+                    // The kernel refuses to replace: atomic against every writer, this
+                    // process or another.
+                    match sys::rename_noreplace(&dir, &temp_c, target, &leaf_c) {
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(
+                            io::Error::other(PreconditionFailed("an object has the key")),
+                        ),
+                        r => r,
+                    }
+                }
+                Some(c) => {
+                    let _g = self.lock();
+                    let current = match open_object_at(&dir, key) {
+                        Ok(f) => Some(object_meta(&f, self.xattrs)?.etag()),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                        Err(e) => return Err(e),
+                    };
+                    if c.holds(current.as_deref()) {
+                        sys::rename_at(&dir, &temp_c, target, &leaf_c)
+                    } else {
+                        Err(io::Error::other(PreconditionFailed(
+                            "the object at the key does not match If-Match / If-None-Match",
+                        )))
+                    }
+                }
+            };
+            match renamed {
                 Ok(()) => {
                     if self.fsync {
                         target.sync_all()?;
@@ -545,7 +702,10 @@ impl Store {
             }
             _ => return Err(not_found("the key names no object")),
         }
-        sys::unlink_at(parent, &leaf_c, 0).map_err(not_dir_is_not_found)?;
+        {
+            let _g = self.lock();
+            sys::unlink_at(parent, &leaf_c, 0).map_err(not_dir_is_not_found)?;
+        }
 
         // Prune folders that became empty, deepest first; stop at the first that is not.
         let mut last_changed = parent;
@@ -670,7 +830,27 @@ pub struct ObjectMeta {
     /// The S3 multipart ETag (`<hex>-<parts>`, without quotes) of an object assembled by
     /// CompleteMultipartUpload, while its bytes are unchanged.
     pub multipart_etag: Option<String>,
+    /// The MD5 (lowercase hex) recorded when the object was stored under
+    /// `etag = "md5"`, while its bytes are unchanged: then its ETag.
+    pub md5_hex: Option<String>,
 }
+
+/// What a commit records besides the SHA-256 (or multipart) tag, and the write
+/// conditions it checks atomically with the rename.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitOpts<'a> {
+    /// The MD5 (lowercase hex) of a single-part object, to be its ETag.
+    pub md5_hex: Option<&'a str>,
+    /// `Content-Type` and user metadata.
+    pub meta: Option<&'a s3::Metadata>,
+    /// `If-None-Match: *` / `If-Match`.
+    pub cond: Option<&'a s3::WriteConditions>,
+}
+
+/// A write's precondition did not hold at its commit; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("precondition failed: {0}")]
+pub struct PreconditionFailed(pub &'static str);
 
 /// What [`Store::commit_tagged`] records on an object: its SHA-256 (a single PUT, a
 /// copy), or the multipart ETag of an assembled upload.
@@ -683,13 +863,23 @@ pub enum Tag<'a> {
 }
 
 impl ObjectMeta {
-    /// The `ETag` header value in double quotes: the SHA-256 hex, or the multipart ETag.
+    /// The `ETag` header value in double quotes: the multipart ETag, else the MD5 the
+    /// object was stored with, else the SHA-256 hex (objects stored before MD5 ETags,
+    /// or under `etag = "sha256"`, keep answering with what they have).
     pub fn etag(&self) -> String {
-        match (&self.sha256_hex, &self.multipart_etag) {
-            (_, Some(m)) => format!("\"{m}\""),
-            (Some(sha), None) => format!("\"{sha}\""),
-            (None, None) => "\"\"".to_owned(),
+        match (&self.multipart_etag, &self.md5_hex, &self.sha256_hex) {
+            (Some(m), _, _) => format!("\"{m}\""),
+            (None, Some(md5), _) => format!("\"{md5}\""),
+            (None, None, Some(sha)) => format!("\"{sha}\""),
+            (None, None, None) => "\"\"".to_owned(),
         }
+    }
+
+    /// Unix seconds of the last modification (the grain of HTTP dates).
+    pub fn mtime_secs(&self) -> u64 {
+        self.mtime
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
     }
 
     /// How a copy of this object is tagged.
@@ -1024,6 +1214,12 @@ impl Digests {
 /// folder) → 409 KeyConflict, ENAMETOOLONG → 400 KeyTooLongError, refused input → 400
 /// InvalidArgument, EFBIG → 413 EntityTooLarge, anything else → 500 InternalError.
 pub fn code_for_io(e: &io::Error, not_found: Code) -> Code {
+    if e.get_ref().is_some_and(|i| i.is::<PreconditionFailed>()) {
+        return Code::PreconditionFailed;
+    }
+    if e.kind() == io::ErrorKind::Unsupported {
+        return Code::NotImplemented;
+    }
     if let Some(code) = e.raw_os_error() {
         match code {
             libc::ENOSPC | libc::EDQUOT => return Code::InsufficientStorage,
@@ -1278,11 +1474,16 @@ fn cached_meta(file: &File, xattrs: bool) -> io::Result<Option<ObjectMeta>> {
     if sha256_hex.is_none() && multipart_etag.is_none() {
         return Ok(None);
     }
+    // As in object_meta: an MD5 counts only beside a current SHA-256.
+    let md5_hex = sha256_hex
+        .as_ref()
+        .and_then(|_| cached_md5(file, &stamp));
     Ok(Some(ObjectMeta {
         size: md.len(),
         mtime: md.modified()?,
         sha256_hex,
         multipart_etag,
+        md5_hex,
     }))
 }
 
@@ -1305,10 +1506,16 @@ fn object_meta(file: &File, xattrs: bool) -> io::Result<ObjectMeta> {
             mtime: md.modified()?,
             sha256_hex: None,
             multipart_etag,
+            md5_hex: None,
         });
     }
+    // An MD5 is only as current as the stamp; after a re-hash there is none.
+    let mut md5_hex = None;
     let sha256_hex = match cached {
-        Some(sha) => sha,
+        Some(sha) => {
+            md5_hex = cached_md5(file, &stamp);
+            sha
+        }
         None => {
             let sha = hash_file(file)?;
             // Best effort: a read-only file or filesystem still serves, only slower.
@@ -1325,7 +1532,28 @@ fn object_meta(file: &File, xattrs: bool) -> io::Result<ObjectMeta> {
         mtime: md.modified()?,
         sha256_hex: Some(sha256_hex),
         multipart_etag,
+        md5_hex,
     })
+}
+
+/// The recorded MD5 if it and the stamp are there, well formed and current.
+fn cached_md5(file: &File, stamp: &str) -> Option<String> {
+    let md5 = String::from_utf8(file.get_xattr(XATTR_MD5).ok()??).ok()?;
+    let at = file.get_xattr(XATTR_STAMP).ok()??;
+    let ok = md5.len() == 32 && md5.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (ok && at == stamp.as_bytes()).then_some(md5)
+}
+
+/// An object's `Content-Type` and user metadata (empty when none was stored, or the
+/// filesystem keeps no attributes).
+pub fn read_metadata(file: &File) -> s3::Metadata {
+    match file.get_xattr(XATTR_META) {
+        Ok(Some(raw)) => serde_json::from_slice(&raw).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "an object's metadata attribute does not parse; ignored");
+            s3::Metadata::default()
+        }),
+        _ => s3::Metadata::default(),
+    }
 }
 
 fn hash_file(file: &File) -> io::Result<String> {
@@ -1391,6 +1619,18 @@ fn xml_escape(s: &str) -> String {
 
 // ---------------------------------------------------------------------------------------
 // Time formatting, UTC, without a calendar crate.
+
+/// `t` as S3 listings write times: ISO 8601 UTC with milliseconds.
+pub fn iso_time(t: SystemTime) -> String {
+    ObjectMeta {
+        size: 0,
+        mtime: t,
+        sha256_hex: None,
+        multipart_etag: None,
+        md5_hex: None,
+    }
+    .last_modified_iso()
+}
 
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -1731,6 +1971,45 @@ mod sys {
             )
         })
         .map(drop)
+    }
+
+    /// `renameat2(from_dir, from, to_dir, to, RENAME_NOREPLACE)`: `AlreadyExists` if
+    /// `to` exists, atomically. Where the filesystem lacks the flag (`EINVAL`), a hard
+    /// link (which never replaces either) and the unlink of `from`.
+    pub(super) fn rename_noreplace(
+        from_dir: &File,
+        from: &CStr,
+        to_dir: &File,
+        to: &CStr,
+    ) -> io::Result<()> {
+        // SAFETY: both descriptors are open and borrowed for the call; both names are
+        // NUL-terminated strings valid for the call; renameat2 keeps none of them.
+        let r = cvt(unsafe {
+            libc::renameat2(
+                from_dir.as_raw_fd(),
+                from.as_ptr(),
+                to_dir.as_raw_fd(),
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        });
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // SAFETY: as above; linkat with flags 0 follows no symlink and keeps
+                // neither name.
+                cvt(unsafe {
+                    libc::linkat(
+                        from_dir.as_raw_fd(),
+                        from.as_ptr(),
+                        to_dir.as_raw_fd(),
+                        to.as_ptr(),
+                        0,
+                    )
+                })?;
+                unlink_at(from_dir, from, 0)
+            }
+            r => r.map(drop),
+        }
     }
 
     /// `unlinkat(dir, name, flags)`; `AT_REMOVEDIR` removes an empty folder. Never follows
@@ -2535,6 +2814,149 @@ mod tests {
         assert_eq!(status_for_io(&io::Error::other("x")), 500);
     }
 
+    /// Commit `body` onto `key` with `opts` (MD5 and SHA-256 of the body computed here).
+    fn put_with(
+        store: &Store,
+        key: &str,
+        body: &[u8],
+        md5: bool,
+        meta: Option<&s3::Metadata>,
+        cond: Option<&s3::WriteConditions>,
+    ) -> io::Result<Digests> {
+        let (mut file, temp) = store.create_temp("data")?;
+        file.write_all(body)?;
+        let mut h = BodyHasher::new(true);
+        h.update(body);
+        let d = h.finish();
+        let md5_hex = d.md5_hex();
+        let opts = CommitOpts {
+            md5_hex: md5_hex.as_deref().filter(|_| md5),
+            meta,
+            cond,
+        };
+        store.commit_with(
+            "data",
+            &temp,
+            key,
+            &file,
+            Tag::Sha256(&d.sha256_hex()),
+            opts,
+        )?;
+        Ok(d)
+    }
+
+    #[test]
+    fn md5_etags_metadata_and_write_conditions() {
+        let (_tmp, store) = store();
+        if !store.keeps_attributes() {
+            return; // the ETag and metadata attributes need user xattrs
+        }
+        let meta = s3::Metadata {
+            content_type: Some("text/plain".into()),
+            user: vec![("mtime".into(), "1".into())],
+        };
+        let d = put_with(&store, "k/obj", b"abc", true, Some(&meta), None).unwrap();
+        let (file, m) = store.open_object("data", "k/obj").unwrap();
+        assert_eq!(m.etag(), format!("\"{ABC_MD5}\""));
+        assert_eq!(m.sha256_hex.as_deref(), Some(ABC_SHA256));
+        assert_eq!(read_metadata(&file), meta);
+        assert_eq!(d.md5_hex().as_deref(), Some(ABC_MD5));
+
+        // If-None-Match: * onto an existing key: refused, the object unchanged, no
+        // temporary left.
+        let star = s3::WriteConditions {
+            if_none_match_star: true,
+            if_match: None,
+        };
+        let e = put_with(&store, "k/obj", b"new", true, None, Some(&star)).unwrap_err();
+        assert_eq!(code_for_io(&e, Code::NoSuchKey), Code::PreconditionFailed);
+        let m = store.head_object("data", "k/obj").unwrap();
+        assert_eq!((m.size, m.etag()), (3, format!("\"{ABC_MD5}\"")));
+        assert!(temporaries(&store.root().join("data")).is_empty());
+        // If-Match with another ETag: refused; with this one: replaced.
+        let other = s3::WriteConditions {
+            if_none_match_star: false,
+            if_match: Some("\"0123\"".into()),
+        };
+        let e = put_with(&store, "k/obj", b"new", false, None, Some(&other)).unwrap_err();
+        assert_eq!(code_for_io(&e, Code::NoSuchKey), Code::PreconditionFailed);
+        let this = s3::WriteConditions {
+            if_none_match_star: false,
+            if_match: Some(format!("\"{ABC_MD5}\"")),
+        };
+        let d = put_with(&store, "k/obj", b"new", false, None, Some(&this)).unwrap();
+        let (file, m) = store.open_object("data", "k/obj").unwrap();
+        // Stored under "sha256": the SHA-256 ETag, and no metadata left from before.
+        assert_eq!(m.etag(), format!("\"{}\"", d.sha256_hex()));
+        assert_eq!(read_metadata(&file), s3::Metadata::default());
+        // A file rewritten behind the store's back loses its MD5 ETag with its stamp.
+        put_with(&store, "k/obj", b"abc", true, None, None).unwrap();
+        std::fs::write(store.root().join("data/k/obj"), b"abcd").unwrap();
+        let m = store.head_object("data", "k/obj").unwrap();
+        assert_eq!((m.md5_hex, m.size), (None, 4));
+        store.delete_object("data", "k/obj").unwrap();
+        // If-None-Match: * onto a free key goes through.
+        put_with(&store, "k/obj", b"abc", true, None, Some(&star)).unwrap();
+        // The largest stored form classify() lets through fits beside the other
+        // attributes (one 4 KiB block on ext4).
+        let big = s3::Metadata {
+            content_type: None,
+            user: vec![(
+                "q".into(),
+                format!("{}{}", "\"".repeat(1020), "v".repeat(1000)),
+            )],
+        };
+        let json = serde_json::to_vec(&big).unwrap().len();
+        assert!(json <= s3::MAX_STORED_METADATA && json > 3000, "{json}");
+        put_with(&store, "k/big", b"abc", true, Some(&big), None).unwrap();
+        let (file, _) = store.open_object("data", "k/big").unwrap();
+        assert_eq!(read_metadata(&file), big);
+    }
+
+    #[test]
+    fn buckets_are_listed_created_and_deleted_only_when_empty() {
+        let (_tmp, store) = store();
+        store.create_bucket_new("second").unwrap();
+        assert_eq!(
+            store.create_bucket_new("second").unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert!(store.create_bucket_new("No_Such").is_err());
+        std::fs::write(store.root().join("afile"), b"x").unwrap();
+        symlink(store.root().join("data"), store.root().join("linked")).unwrap();
+        let names: Vec<String> = store
+            .list_buckets()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["data", "second"]);
+        put(&store, "second", "a/b", b"x").unwrap();
+        let e = store.delete_bucket("second").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::DirectoryNotEmpty);
+        store.delete_object("second", "a/b").unwrap();
+        let id = store
+            .create_upload("second", "k", "me", None, &s3::Metadata::default())
+            .unwrap();
+        assert_eq!(
+            store.delete_bucket("second").unwrap_err().kind(),
+            io::ErrorKind::DirectoryNotEmpty
+        );
+        store.abort_upload("second", "k", &id, "me").unwrap();
+        store.delete_bucket("second").unwrap();
+        assert!(!store.root().join("second").exists());
+        assert_eq!(
+            status_for_io(&store.delete_bucket("second").unwrap_err()),
+            404
+        );
+        // A symlinked bucket is never removed through.
+        assert_eq!(
+            status_for_io(&store.delete_bucket("linked").unwrap_err()),
+            403
+        );
+        assert!(store.root().join("data").is_dir());
+    }
+
     #[test]
     fn store_time_formats() {
         let at = |secs: u64, ms: u64| ObjectMeta {
@@ -2542,6 +2964,7 @@ mod tests {
             mtime: UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms),
             sha256_hex: None,
             multipart_etag: None,
+            md5_hex: None,
         };
         let m = at(784_111_777, 0);
         assert_eq!(m.last_modified_http(), "Sun, 06 Nov 1994 08:49:37 GMT");

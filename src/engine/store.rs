@@ -754,6 +754,9 @@ impl Conn<'_> {
         head: &RequestHead,
         start: Instant,
     ) -> Result<bool, End> {
+        if head.path == "/" {
+            return self.service(store, head, start).await;
+        }
         let (bucket, key) = match store::split_path(&head.path) {
             Ok(x) => x,
             Err(e) => {
@@ -792,6 +795,9 @@ impl Conn<'_> {
             | Operation::ListMultipartUploads(_) => Access::List,
             // Bucket existence: read or list (the second is tried below).
             Operation::HeadBucket | Operation::GetBucketLocation => Access::Read,
+            Operation::CreateBucket(_) | Operation::DeleteBucket => Access::Manage,
+            // Answered by service() per bucket; classify() gives it only for "/".
+            Operation::ListBuckets => Access::List,
         };
         // Both must allow: the bearer token (when [tokens] is set: valid, bound to this
         // certificate, its scope covering the action) and the identity's [[authz]] rule.
@@ -932,6 +938,34 @@ impl Conn<'_> {
             (Operation::ListObjects(spec), _) => {
                 self.list(store, head, &bucket, &spec, false, start).await
             }
+            (Operation::CreateBucket(spec), None) => {
+                self.create_bucket(store, head, &spec, &bucket, start).await
+            }
+            (Operation::DeleteBucket, None) => {
+                let r = store.delete_bucket(&bucket);
+                let r = r.map_err(|e| {
+                    let code = if e.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                        || e.raw_os_error() == Some(libc::ENOTEMPTY)
+                    {
+                        Code::BucketNotEmpty
+                    } else {
+                        store::code_for_io(&e, Code::NoSuchBucket)
+                    };
+                    (code, e)
+                });
+                match r {
+                    Ok(()) => {
+                        tracing::info!(identity = self.identity.name(), request_id = %self.rid, bucket, "bucket deleted");
+                        self.simple(204, "text/plain", b"", head.keep_alive).await?;
+                        self.access("DELETE", &bucket, "", 204, 0, start);
+                        Ok(true)
+                    }
+                    Err((code, e)) => {
+                        let e = s3::Error::new(code).detail(e);
+                        self.error(head, &bucket, "", e, start).await
+                    }
+                }
+            }
             (Operation::GetObject(c), Some(key)) => {
                 self.get(store, head, c, &bucket, key, start, true).await
             }
@@ -949,6 +983,13 @@ impl Conn<'_> {
             }
             (Operation::ListObjectsV2(spec), _) => {
                 self.list(store, head, &bucket, &spec, true, start).await
+            }
+            // classify() names bucket operations only when the path has no key, and
+            // ListBuckets only for "/" (served by service()).
+            (Operation::ListBuckets | Operation::CreateBucket(_) | Operation::DeleteBucket, _) => {
+                let e = s3::Error::new(Code::InternalError)
+                    .detail("bucket or service operation with a key");
+                self.error(head, &bucket, k, e, start).await
             }
             // classify() only names object operations when the path has a key.
             (_, None) => {
@@ -1015,6 +1056,107 @@ impl Conn<'_> {
         }
     }
 
+    /// ListBuckets (`GET /`): the bucket folders this identity may list. Each bucket
+    /// is judged like a listing of it (the `[[authz]]` rule, and the bearer token's
+    /// scope when `[tokens]` is set); a bucket either refuses is left out, so the
+    /// answer never names a bucket the caller could not list.
+    async fn service(
+        &mut self,
+        store: &Store,
+        head: &RequestHead,
+        start: Instant,
+    ) -> Result<bool, End> {
+        if let Err(e) = s3::classify_service(head) {
+            return self.error(head, "-", "", e, start).await;
+        }
+        if !BodyDecoder::for_request(head).is_done() {
+            let e = s3::Error::msg(Code::InvalidRequest, "unexpected request body");
+            return self.error(head, "-", "", e, start).await;
+        }
+        let all = match store.list_buckets() {
+            Ok(b) => b,
+            Err(e) => {
+                let e = s3::Error::new(store::code_for_io(&e, Code::InternalError)).detail(e);
+                return self.error(head, "-", "", e, start).await;
+            }
+        };
+        let mut shown = Vec::with_capacity(all.len());
+        for (name, created) in all {
+            if !self
+                .gen
+                .authz
+                .check(&self.identity, &name, Access::List)
+                .is_allowed()
+            {
+                continue;
+            }
+            if let Some(gate) = self.gen.tokens.as_deref() {
+                match token_verdict(
+                    gate,
+                    &mut self.token_cache,
+                    head,
+                    &self.identity.thumbprint,
+                    &name,
+                    Access::List,
+                    unix_secs(),
+                ) {
+                    Ok(used) => self.token_used |= used,
+                    Err(_) => continue,
+                }
+            }
+            shown.push((name, store::iso_time(created)));
+        }
+        let xml = s3::list_buckets_xml(&self.owner(), &shown);
+        self.xml_ok(head, "-", "", &xml, start).await
+    }
+
+    /// CreateBucket: a new bucket folder, for an identity granted `manage` on it.
+    async fn create_bucket(
+        &mut self,
+        store: &Store,
+        head: &RequestHead,
+        spec: &PutSpec,
+        bucket: &str,
+        start: Instant,
+    ) -> Result<bool, End> {
+        let body = match self.read_small_body(head, s3::MAX_CREATE_BUCKET_BODY).await {
+            Ok(b) => b,
+            Err(e) => return self.body_failed(head, bucket, "", e, start).await,
+        };
+        if let Err(e) =
+            Self::verify_small_body(spec, &body).and_then(|()| s3::parse_create_bucket(&body))
+        {
+            return self.error(head, bucket, "", e, start).await;
+        }
+        match store.create_bucket_new(bucket) {
+            Ok(()) => {
+                tracing::info!(identity = self.identity.name(), request_id = %self.rid, bucket, "bucket created");
+                let location = format!("/{bucket}");
+                let rid = self.rid;
+                let mut resp = Vec::with_capacity(256);
+                http::write_response_head(
+                    &mut resp,
+                    200,
+                    &[("location", &location), ("x-amz-request-id", rid.as_str())],
+                    Some(0),
+                    head.keep_alive,
+                );
+                self.send(&resp).await?;
+                self.access("PUT", bucket, "", 200, 0, start);
+                Ok(true)
+            }
+            Err(e) => {
+                let code = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Code::BucketAlreadyOwnedByYou
+                } else {
+                    store::code_for_io(&e, Code::InternalError)
+                };
+                self.error(head, bucket, "", s3::Error::new(code).detail(e), start)
+                    .await
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn get(
         &mut self,
@@ -1033,7 +1175,7 @@ impl Conn<'_> {
         let etag = meta.etag();
         let lm = meta.last_modified_http();
         let rid = self.rid;
-        match cond.evaluate(&etag) {
+        match cond.evaluate(&etag, meta.mtime_secs()) {
             s3::Precondition::Proceed => {}
             s3::Precondition::Failed => {
                 let e = s3::Error::new(Code::PreconditionFailed);
@@ -1085,13 +1227,26 @@ impl Conn<'_> {
         };
         let sum = meta.checksum_sha256_b64();
         let cr = range.map(|(a, b)| format!("bytes {a}-{b}/{}", meta.size));
+        let user = store::read_metadata(&file);
+        let ctype = user
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream");
+        let names: Vec<String> = user
+            .user
+            .iter()
+            .map(|(n, _)| format!("x-amz-meta-{n}"))
+            .collect();
         let mut headers: Vec<(&str, &str)> = vec![
             ("etag", &etag),
             ("last-modified", &lm),
             ("accept-ranges", "bytes"),
-            ("content-type", "application/octet-stream"),
+            ("content-type", ctype),
             ("x-amz-request-id", rid.as_str()),
         ];
+        for (name, (_, value)) in names.iter().zip(&user.user) {
+            headers.push((name, value));
+        }
         // An object assembled from parts was never hashed whole: no SHA-256 to give.
         if range.is_none() && !sum.is_empty() {
             headers.push(("x-amz-checksum-sha256", &sum));
@@ -1186,6 +1341,11 @@ impl Conn<'_> {
                 .detail(format_args!("{len} bytes announced, limit {max}"));
             return self.error(head, bucket, key, e, start).await;
         }
+        if part.is_none() && !spec.meta.is_empty() && !store.keeps_attributes() {
+            // Metadata the store could not keep is refused, not dropped.
+            let e = s3::Error::not_implemented("metadata on a store without extended attributes");
+            return self.error(head, bucket, key, e, start).await;
+        }
         if let Some((id, _)) = part {
             // Before a byte of the body is read: an upload of another identity is
             // answered exactly like one that does not exist.
@@ -1216,7 +1376,18 @@ impl Conn<'_> {
             }
         };
         let (md5, crc32, sha1) = spec.wants();
-        let mut hasher = BodyHasher::with(md5 || part.is_some(), crc32, sha1);
+        // The MD5 is the ETag (etag = "md5") only where the attribute that records it
+        // is kept; elsewhere the object answers with its SHA-256 from the start.
+        let md5_etag = part.is_none()
+            && store.keeps_attributes()
+            && matches!(
+                self.gen.config.backend,
+                crate::config::Backend::Store {
+                    etag: crate::config::Etag::Md5,
+                    ..
+                }
+            );
+        let mut hasher = BodyHasher::with(md5 || part.is_some() || md5_etag, crc32, sha1);
         let mut inner = spec.aws_chunked.then(BodyDecoder::aws_chunked);
         let now = Instant::now();
         self.rate = self
@@ -1302,10 +1473,24 @@ impl Conn<'_> {
                 .await?;
             return Ok(false);
         }
-        if let Err(e) = self.commit(store, bucket, &temp, key, std_file, &hex).await {
+        let md5_hex = if md5_etag { digests.md5_hex() } else { None };
+        let etag = format!("\"{}\"", md5_hex.as_deref().unwrap_or(&hex));
+        if let Err(e) = self
+            .commit(
+                store,
+                bucket,
+                &temp,
+                key,
+                std_file,
+                &hex,
+                md5_hex,
+                spec.meta.clone(),
+                spec.cond.clone(),
+            )
+            .await
+        {
             return self.error(head, bucket, key, e, start).await;
         }
-        let etag = format!("\"{hex}\"");
         let b64 =
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digests.sha256);
         let rid = self.rid;
@@ -1546,7 +1731,7 @@ impl Conn<'_> {
             s3::Algorithm::Sha1 => "SHA1",
             s3::Algorithm::Sha256 => "SHA256",
         });
-        match store.create_upload(bucket, key, &self.owner(), alg) {
+        match store.create_upload(bucket, key, &self.owner(), alg, &spec.meta) {
             Ok(id) => {
                 let xml = s3::initiate_xml(bucket, key, &id);
                 tracing::info!(identity = self.identity.name(), request_id = %self.rid, bucket, key, upload_id = %id, "multipart upload created");
@@ -1595,9 +1780,10 @@ impl Conn<'_> {
             self.owner(),
         );
         let n = parts.len();
+        let cond = checksums.cond.clone();
         let r = self
             .blocking(store, move |st| {
-                st.complete_upload(&b, &k, &i, &owner, &parts, max)
+                st.complete_upload(&b, &k, &i, &owner, &parts, max, &cond)
             })
             .await;
         match r {
@@ -1656,24 +1842,38 @@ impl Conn<'_> {
                 return self.token_refused(head, bucket, key, r, start).await;
             }
         }
-        if src_bucket == bucket && src_key == key {
+        if src_bucket == bucket && src_key == key && spec.replace.is_none() {
             let e = s3::Error::msg(
                 Code::InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
             );
             return self.error(head, bucket, key, e, start).await;
         }
-        let if_match = spec.conditions.if_match.map(str::to_owned);
-        let if_none_match = spec.conditions.if_none_match.map(str::to_owned);
+        let own = |v: Option<&str>| v.map(str::to_owned);
+        let c = &spec.conditions;
+        let conds = [
+            own(c.if_match),
+            own(c.if_none_match),
+            own(c.if_modified_since),
+            own(c.if_unmodified_since),
+        ];
+        let replace = spec.replace.clone();
+        if replace.as_ref().is_some_and(|m| !m.is_empty()) && !store.keeps_attributes() {
+            let e = s3::Error::not_implemented("metadata on a store without extended attributes");
+            return self.error(head, bucket, key, e, start).await;
+        }
         let (b, k) = (bucket.to_owned(), key.to_owned());
         let r = self
             .blocking(store, move |st| {
-                st.copy_object(&src_bucket, &src_key, &b, &k, |meta| {
+                st.copy_object(&src_bucket, &src_key, &b, &k, replace.as_ref(), |meta| {
+                    let [m, n, ims, ius] = &conds;
                     let c = Conditions {
-                        if_match: if_match.as_deref(),
-                        if_none_match: if_none_match.as_deref(),
+                        if_match: m.as_deref(),
+                        if_none_match: n.as_deref(),
+                        if_modified_since: ims.as_deref(),
+                        if_unmodified_since: ius.as_deref(),
                     };
-                    match c.evaluate(&meta.etag()) {
+                    match c.evaluate(&meta.etag(), meta.mtime_secs()) {
                         s3::Precondition::Proceed => Ok(()),
                         _ => Err(s3::Error::new(Code::PreconditionFailed)
                             .detail("x-amz-copy-source-if-* on the source")),

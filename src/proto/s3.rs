@@ -75,9 +75,18 @@ pub enum Code {
     RequestTimeout,
     /// 409: the key collides with a folder (or an object is used as a folder).
     KeyConflict,
+    /// 409: DeleteBucket on a bucket that still holds objects (or uploads).
+    BucketNotEmpty,
+    /// 409: CreateBucket of a bucket that exists.
+    BucketAlreadyOwnedByYou,
+    /// 400: the `x-amz-meta-*` headers add up to more than 2 KiB.
+    MetadataTooLarge,
+    /// 400: CreateBucket names a region other than the store's.
+    InvalidLocationConstraint,
     /// 411: a PUT without a length or chunked framing.
     MissingContentLength,
-    /// 412: `If-Match` did not match.
+    /// 412: a precondition (`If-Match`, `If-None-Match: *` on a write,
+    /// `If-Unmodified-Since`) did not hold.
     PreconditionFailed,
     /// 413: over `max_object_size`.
     EntityTooLarge,
@@ -114,10 +123,12 @@ impl Code {
             | Code::InvalidPart
             | Code::InvalidPartOrder
             | Code::EntityTooSmall
+            | Code::MetadataTooLarge
+            | Code::InvalidLocationConstraint
             | Code::MalformedXML => 400,
             Code::MethodNotAllowed => 405,
             Code::RequestTimeout => 408,
-            Code::KeyConflict => 409,
+            Code::KeyConflict | Code::BucketNotEmpty | Code::BucketAlreadyOwnedByYou => 409,
             Code::MissingContentLength => 411,
             Code::PreconditionFailed => 412,
             Code::EntityTooLarge => 413,
@@ -154,6 +165,10 @@ impl Code {
             Code::MethodNotAllowed => "MethodNotAllowed",
             Code::RequestTimeout => "RequestTimeout",
             Code::KeyConflict => "KeyConflict",
+            Code::BucketNotEmpty => "BucketNotEmpty",
+            Code::BucketAlreadyOwnedByYou => "BucketAlreadyOwnedByYou",
+            Code::MetadataTooLarge => "MetadataTooLarge",
+            Code::InvalidLocationConstraint => "InvalidLocationConstraint",
             Code::MissingContentLength => "MissingContentLength",
             Code::PreconditionFailed => "PreconditionFailed",
             Code::EntityTooLarge => "EntityTooLarge",
@@ -204,6 +219,16 @@ impl Code {
                 "Your socket connection to the server was not read from or written to within the timeout period."
             }
             Code::KeyConflict => "The key collides with an existing folder or object.",
+            Code::BucketNotEmpty => "The bucket you tried to delete is not empty.",
+            Code::BucketAlreadyOwnedByYou => {
+                "The bucket you tried to create already exists, and you own it."
+            }
+            Code::MetadataTooLarge => {
+                "Your metadata headers exceed the maximum allowed metadata size."
+            }
+            Code::InvalidLocationConstraint => {
+                "The specified location-constraint is not valid for this store."
+            }
             Code::MissingContentLength => "You must provide the Content-Length HTTP header.",
             Code::PreconditionFailed => {
                 "At least one of the preconditions you specified did not hold."
@@ -386,7 +411,8 @@ impl std::fmt::Debug for RequestId {
 /// An operation the `store` backend implements, with what it needs from the head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation<'a> {
-    /// `PUT /bucket/key`.
+    /// `PUT /bucket/key`: the body's checks, the object's metadata and the write's
+    /// preconditions.
     PutObject(PutSpec),
     /// `GET /bucket/key`.
     GetObject(Conditions<'a>),
@@ -416,7 +442,7 @@ pub enum Operation<'a> {
         /// The upload.
         upload_id: &'a str,
         /// `Content-MD5` and a hex `x-amz-content-sha256` of the XML body, verified
-        /// when sent.
+        /// when sent; `If-Match` / `If-None-Match: *` on the key in `cond`.
         checksums: PutSpec,
     },
     /// `DELETE /bucket/key?uploadId=U`.
@@ -441,6 +467,137 @@ pub enum Operation<'a> {
     HeadBucket,
     /// `GET /bucket?location`.
     GetBucketLocation,
+    /// `GET /` on the service: the buckets the identity may list.
+    ListBuckets,
+    /// `PUT /bucket`, with an optional `CreateBucketConfiguration` body whose checksums
+    /// are here.
+    CreateBucket(PutSpec),
+    /// `DELETE /bucket`.
+    DeleteBucket,
+}
+
+/// Most bytes of user metadata (names after `x-amz-meta-` plus values), S3's limit.
+pub const MAX_USER_METADATA: usize = 2048;
+/// Most bytes of the stored form (JSON, with Content-Type). S3's 2 KiB limit counts
+/// only names and values, so values full of characters JSON escapes (quotes,
+/// backslashes) would pass it and then overflow the one 4 KiB block a filesystem such
+/// as ext4 gives all of a file's extended attributes; refused here as
+/// MetadataTooLarge rather than failing at the commit.
+pub const MAX_STORED_METADATA: usize = 3 * 1024;
+/// Largest CreateBucketConfiguration body accepted.
+pub const MAX_CREATE_BUCKET_BODY: u64 = 64 * 1024;
+/// The one region the store answers for (GetBucketLocation's empty constraint).
+pub const REGION: &str = "us-east-1";
+
+/// What an object carries besides its bytes: `Content-Type` and the `x-amz-meta-*`
+/// pairs, stored as sent and returned on GET and HEAD.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Metadata {
+    /// `Content-Type`, when one was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// `x-amz-meta-{name}: value`: the name after the prefix (lowercase, as the head
+    /// parser gives header names) and the value, in request order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user: Vec<(String, String)>,
+}
+
+impl Metadata {
+    /// Nothing to store.
+    pub fn is_empty(&self) -> bool {
+        self.content_type.is_none() && self.user.is_empty()
+    }
+
+    /// The metadata of a request: `Content-Type` (when `with_type`) and every
+    /// `x-amz-meta-*` header, at most [`MAX_USER_METADATA`] bytes of them.
+    fn of(head: &RequestHead, with_type: bool) -> Result<Metadata, Error> {
+        let mut m = Metadata {
+            content_type: if with_type {
+                head.header("content-type").map(str::to_owned)
+            } else {
+                None
+            },
+            user: Vec::new(),
+        };
+        let mut size = 0usize;
+        for (n, v) in &head.headers {
+            let Some(name) = n.strip_prefix("x-amz-meta-") else {
+                continue;
+            };
+            if name.is_empty() {
+                return Err(Error::msg(
+                    Code::InvalidArgument,
+                    "an x-amz-meta- header needs a name after the prefix",
+                ));
+            }
+            size += name.len() + v.len();
+            m.user.push((name.to_owned(), v.clone()));
+        }
+        if size > MAX_USER_METADATA {
+            return Err(
+                Error::new(Code::MetadataTooLarge).detail(format!("{size} bytes of user metadata"))
+            );
+        }
+        let stored = serde_json::to_vec(&m).map_or(usize::MAX, |v| v.len());
+        if stored > MAX_STORED_METADATA {
+            return Err(Error::new(Code::MetadataTooLarge)
+                .detail(format!("{stored} bytes in the stored form")));
+        }
+        Ok(m)
+    }
+}
+
+/// The preconditions of a write (PutObject, CompleteMultipartUpload), checked
+/// atomically with the commit that makes the object visible.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteConditions {
+    /// `If-None-Match: *`: only if no object has the key.
+    pub if_none_match_star: bool,
+    /// `If-Match`: only if an object has the key and one of these ETags (or `*`).
+    pub if_match: Option<String>,
+}
+
+impl WriteConditions {
+    /// Whether there is anything to check.
+    pub fn is_empty(&self) -> bool {
+        !self.if_none_match_star && self.if_match.is_none()
+    }
+
+    /// Whether the object now at the key (its ETag, or `None` for no object) lets the
+    /// write go ahead.
+    pub fn holds(&self, current_etag: Option<&str>) -> bool {
+        if self.if_none_match_star && current_etag.is_some() {
+            return false;
+        }
+        match (&self.if_match, current_etag) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(list), Some(etag)) => etag_listed(list, etag, false),
+        }
+    }
+
+    /// `If-Match` / `If-None-Match` of a write; anything but `*` in If-None-Match,
+    /// or both at once, is not implemented.
+    fn of(head: &RequestHead) -> Result<WriteConditions, Error> {
+        let inm = head.header("if-none-match");
+        let im = head.header("if-match");
+        match (inm, im) {
+            (Some(_), Some(_)) => Err(Error::not_implemented(
+                "If-Match together with If-None-Match on a write",
+            )),
+            (Some(v), None) if v.trim() == "*" => Ok(WriteConditions {
+                if_none_match_star: true,
+                if_match: None,
+            }),
+            (Some(_), None) => Err(Error::not_implemented(
+                "If-None-Match other than * on a write",
+            )),
+            (None, m) => Ok(WriteConditions {
+                if_none_match_star: false,
+                if_match: m.map(str::to_owned),
+            }),
+        }
+    }
 }
 
 /// Most parts in one multipart upload (S3's limit).
@@ -463,15 +620,22 @@ pub struct CopySpec<'a> {
     pub bucket: String,
     /// The source key.
     pub key: String,
-    /// `x-amz-copy-source-if-match` / `-if-none-match`, evaluated on the source.
+    /// `x-amz-copy-source-if-match` / `-if-none-match` / `-if-modified-since` /
+    /// `-if-unmodified-since`, evaluated on the source (any failure is 412).
     pub conditions: Conditions<'a>,
+    /// `x-amz-metadata-directive: REPLACE`: the request's metadata; `None` (COPY)
+    /// keeps the source's.
+    pub replace: Option<Metadata>,
 }
 
-/// CreateMultipartUpload: the checksum algorithm the parts will carry, if announced.
+/// CreateMultipartUpload: the checksum algorithm the parts will carry, if announced,
+/// and the metadata the completed object gets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CreateSpec {
     /// `x-amz-checksum-algorithm`.
     pub checksum: Option<Algorithm>,
+    /// `Content-Type` and `x-amz-meta-*`.
+    pub meta: Metadata,
 }
 
 /// ListMultipartUploads parameters.
@@ -546,6 +710,10 @@ pub struct PutSpec {
     pub content_sha256: Option<[u8; 32]>,
     /// The checksum announced by `x-amz-trailer`, sent after the aws-chunked body.
     pub trailer: Option<Algorithm>,
+    /// PutObject: `Content-Type` and `x-amz-meta-*` to store with the object.
+    pub meta: Metadata,
+    /// PutObject, CompleteMultipartUpload: `If-None-Match: *` / `If-Match`.
+    pub cond: WriteConditions,
 }
 
 /// The digests of a received body that [`PutSpec::verify`] compares.
@@ -650,13 +818,19 @@ fn b64_exact<const N: usize>(value: &str) -> Option<[u8; N]> {
     raw.try_into().ok()
 }
 
-/// `If-Match` / `If-None-Match` on a GET or HEAD, evaluated against the ETag.
+/// The preconditions of a GET or HEAD (or of a copy's source), evaluated against the
+/// ETag and Last-Modified.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Conditions<'a> {
     /// `If-Match`.
     pub if_match: Option<&'a str>,
     /// `If-None-Match`.
     pub if_none_match: Option<&'a str>,
+    /// `If-Modified-Since` (an HTTP date; ignored when it does not parse, RFC 9110
+    /// section 13.1.3).
+    pub if_modified_since: Option<&'a str>,
+    /// `If-Unmodified-Since` (likewise).
+    pub if_unmodified_since: Option<&'a str>,
 }
 
 /// What [`Conditions::evaluate`] decided.
@@ -666,39 +840,112 @@ pub enum Precondition {
     Proceed,
     /// 304: `If-None-Match` matched.
     NotModified,
-    /// 412: `If-Match` did not match.
+    /// 412: a precondition (`If-Match`, `If-None-Match: *` on a write,
+    /// `If-Unmodified-Since`) did not hold.
     Failed,
 }
 
-impl Conditions<'_> {
-    /// RFC 9110 section 13.2.2 order: If-Match first (strong comparison), then
-    /// If-None-Match (weak comparison).
-    pub fn evaluate(&self, etag: &str) -> Precondition {
-        let listed = |list: &str, weak: bool| {
-            list.split(',').map(str::trim).any(|t| {
-                if t == "*" {
-                    return true;
-                }
-                let t = if weak {
-                    t.strip_prefix("W/").unwrap_or(t)
-                } else {
-                    t
-                };
-                t == etag
-            })
+/// Whether `etag` (quoted) is in an `If-Match` / `If-None-Match` list, or the list
+/// is `*`. `weak` ignores a `W/` prefix (If-None-Match's weak comparison).
+fn etag_listed(list: &str, etag: &str, weak: bool) -> bool {
+    list.split(',').map(str::trim).any(|t| {
+        if t == "*" {
+            return true;
+        }
+        let t = if weak {
+            t.strip_prefix("W/").unwrap_or(t)
+        } else {
+            t
         };
+        t == etag
+    })
+}
+
+impl Conditions<'_> {
+    /// RFC 9110 section 13.2.2 order, for an object with `etag` last modified at
+    /// `mtime` (unix seconds; HTTP dates have no finer grain): If-Match (strong), else
+    /// If-Unmodified-Since; then If-None-Match (weak), else If-Modified-Since. A date
+    /// that does not parse is ignored, as the RFC says.
+    pub fn evaluate(&self, etag: &str, mtime: u64) -> Precondition {
         if let Some(m) = self.if_match {
-            if !listed(m, false) {
+            if !etag_listed(m, etag, false) {
+                return Precondition::Failed;
+            }
+        } else if let Some(d) = self.if_unmodified_since.and_then(parse_http_date) {
+            if mtime > d {
                 return Precondition::Failed;
             }
         }
         if let Some(m) = self.if_none_match {
-            if listed(m, true) {
+            if etag_listed(m, etag, true) {
+                return Precondition::NotModified;
+            }
+        } else if let Some(d) = self.if_modified_since.and_then(parse_http_date) {
+            if mtime <= d {
                 return Precondition::NotModified;
             }
         }
         Precondition::Proceed
     }
+}
+
+/// An HTTP date (RFC 9110 section 5.6.7) as unix seconds: IMF-fixdate
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`), and the obsolete RFC 850
+/// (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`) forms
+/// that a recipient must also accept. `None` for anything else.
+pub fn parse_http_date(s: &str) -> Option<u64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = |m: &str| MONTHS.iter().position(|x| *x == m).map(|i| i as u64 + 1);
+    let num = |t: &str, lo: u64, hi: u64| -> Option<u64> {
+        if t.is_empty() || t.len() > 4 || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        t.parse().ok().filter(|n| (lo..=hi).contains(n))
+    };
+    let time = |t: &str| -> Option<u64> {
+        let mut it = t.split(':');
+        let (h, m, s) = (it.next()?, it.next()?, it.next()?);
+        if it.next().is_some() || h.len() != 2 || m.len() != 2 || s.len() != 2 {
+            return None;
+        }
+        // 60 for a leap second, which unix time folds into the next minute.
+        Some(num(h, 0, 23)? * 3600 + num(m, 0, 59)? * 60 + num(s, 0, 60)?)
+    };
+    let t: Vec<&str> = s.split_ascii_whitespace().collect();
+    let (y, mo, d, secs) = match t.as_slice() {
+        [wd, d, mo, y, hms, "GMT"] if wd.ends_with(',') && d.len() == 2 && y.len() == 4 => {
+            (num(y, 1970, 9999)?, month(mo)?, num(d, 1, 31)?, time(hms)?)
+        }
+        [wd, dmy, hms, "GMT"] if wd.ends_with(',') => {
+            let mut p = dmy.split('-');
+            let (d, mo, yy) = (p.next()?, p.next()?, p.next()?);
+            if p.next().is_some() || d.len() != 2 || yy.len() != 2 {
+                return None;
+            }
+            // A two-digit year more than 50 years ahead is in the past (RFC 9110).
+            let yy = num(yy, 0, 99)?;
+            let y = if yy < 70 { 2000 + yy } else { 1900 + yy };
+            (y, month(mo)?, num(d, 1, 31)?, time(hms)?)
+        }
+        [_, mo, d, hms, y] if y.len() == 4 => {
+            (num(y, 1970, 9999)?, month(mo)?, num(d, 1, 31)?, time(hms)?)
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant's algorithm), years from 1970 on.
+    let (y, m) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + secs)
 }
 
 /// The ListObjectsV2 parameters the store honours.
@@ -800,7 +1047,7 @@ pub fn classify(head: &RequestHead, has_key: bool) -> Result<Operation<'_>, Erro
             classify_copy(head).map(Operation::CopyObject)
         }
         (Method::Put, true) if has("partNumber") || has("uploadId") => classify_part(head),
-        (Method::Put, true) => classify_put(head, &[], "PutObject").map(Operation::PutObject),
+        (Method::Put, true) => classify_put(head, &[], "PutObject", true).map(Operation::PutObject),
         (Method::Get, true) if has("uploadId") => classify_list_parts(head),
         (Method::Get, true) => object_read(head).map(Operation::GetObject),
         (Method::Head, true) => object_read(head).map(Operation::HeadObject),
@@ -821,9 +1068,13 @@ pub fn classify(head: &RequestHead, has_key: bool) -> Result<Operation<'_>, Erro
         (Method::Post, true) if has("uploads") => classify_create(head),
         (Method::Post, true) if has("uploadId") => {
             only_query(head, &["uploadId"], "CompleteMultipartUpload")?;
-            only_headers(head, &["content-type", "content-md5"])?;
+            only_headers(
+                head,
+                &["content-type", "content-md5", "if-match", "if-none-match"],
+            )?;
             let mut checksums = checksum_headers(head, PutSpec::default())?;
             checksums.content_sha256 = small_body_payload_hash(head)?;
+            checksums.cond = WriteConditions::of(head)?;
             Ok(Operation::CompleteMultipartUpload {
                 upload_id: query(head, "uploadId").unwrap_or(""),
                 checksums,
@@ -844,18 +1095,91 @@ pub fn classify(head: &RequestHead, has_key: bool) -> Result<Operation<'_>, Erro
             bodiless_payload_hash(head)?;
             Ok(Operation::HeadBucket)
         }
-        (Method::Put | Method::Delete | Method::Post, _) => {
-            let what = match (head.method, has_key) {
-                (Method::Put, false) => "CreateBucket (PUT on a bucket)",
-                (Method::Delete, false) => "DeleteBucket (DELETE on a bucket)",
-                _ => "this POST",
-            };
-            Err(Error::not_implemented(what))
+        (Method::Put, false) => classify_create_bucket(head),
+        (Method::Delete, false) => {
+            only_query(head, &[], "DeleteBucket")?;
+            only_headers(head, &[])?;
+            bodiless_payload_hash(head)?;
+            Ok(Operation::DeleteBucket)
         }
+        (Method::Post, _) => Err(Error::not_implemented("this POST")),
         _ => {
             Err(Error::new(Code::MethodNotAllowed).detail(format!("method {:?}", head.method_str)))
         }
     }
+}
+
+/// Which operation a request on the service itself (`/`, no bucket) is: only
+/// ListBuckets, without the newer paging parameters (501).
+pub fn classify_service(head: &RequestHead) -> Result<Operation<'_>, Error> {
+    no_duplicates(head)?;
+    match head.method {
+        Method::Get => {
+            only_query(head, &[], "ListBuckets")?;
+            only_headers(head, &["cache-control", "pragma"])?;
+            bodiless_payload_hash(head)?;
+            Ok(Operation::ListBuckets)
+        }
+        _ => Err(Error::new(Code::MethodNotAllowed)
+            .detail(format!("method {:?} on the service", head.method_str))),
+    }
+}
+
+/// CreateBucket: no sub-resource, a private ACL at most, and an optional
+/// `CreateBucketConfiguration` body (checked by [`parse_create_bucket`]) with its
+/// checksums. Object lock, ownership controls and grants are 501.
+fn classify_create_bucket(head: &RequestHead) -> Result<Operation<'_>, Error> {
+    only_query(head, &[], "CreateBucket")?;
+    only_headers(
+        head,
+        &[
+            "content-type",
+            "content-md5",
+            "x-amz-acl",
+            "x-amz-sdk-checksum-algorithm",
+            "x-amz-checksum-crc32",
+            "x-amz-checksum-sha1",
+            "x-amz-checksum-sha256",
+        ],
+    )?;
+    storage_and_acl(head)?;
+    let mut spec = checksum_headers(head, PutSpec::default())?;
+    spec.content_sha256 = small_body_payload_hash(head)?;
+    sdk_algorithm_sent(head, &spec)?;
+    Ok(Operation::CreateBucket(spec))
+}
+
+/// A CreateBucket body: empty, or a `CreateBucketConfiguration` whose only element is
+/// a `LocationConstraint` naming [`REGION`] (or empty, which S3 reads as it).
+/// Another region is 400 `InvalidLocationConstraint`; directory-bucket elements
+/// (`Location`, `Bucket`) are 501.
+pub fn parse_create_bucket(body: &[u8]) -> Result<(), Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let root = parse_xml(body)?;
+    if root.name != "CreateBucketConfiguration" {
+        return Err(malformed("root is not CreateBucketConfiguration"));
+    }
+    for c in &root.children {
+        match c.name.as_str() {
+            "LocationConstraint" => {
+                let region = c.text.trim();
+                if !(region.is_empty() || region == REGION) {
+                    return Err(Error::msg(
+                        Code::InvalidLocationConstraint,
+                        format!("this store's only region is {REGION}"),
+                    ));
+                }
+            }
+            other => {
+                return Err(Error::not_implemented(&format!(
+                    "CreateBucketConfiguration element {other}"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn query<'h>(head: &'h RequestHead, name: &str) -> Option<&'h str> {
@@ -932,13 +1256,15 @@ fn small_body_payload_hash(head: &RequestHead) -> Result<Option<[u8; 32]>, Error
 
 fn classify_copy(head: &RequestHead) -> Result<CopySpec<'_>, Error> {
     only_query(head, &[], "CopyObject")?;
-    only_headers(
+    only_headers_or_meta(
         head,
         &[
             "x-amz-copy-source",
             "x-amz-metadata-directive",
             "x-amz-copy-source-if-match",
             "x-amz-copy-source-if-none-match",
+            "x-amz-copy-source-if-modified-since",
+            "x-amz-copy-source-if-unmodified-since",
             "x-amz-storage-class",
             "x-amz-acl",
             "content-type",
@@ -951,24 +1277,25 @@ fn classify_copy(head: &RequestHead) -> Result<CopySpec<'_>, Error> {
             "CopyObject takes no request body",
         ));
     }
-    match head.header("x-amz-metadata-directive") {
-        None => {}
-        Some(v) if v.eq_ignore_ascii_case("COPY") => {}
-        Some(v) if v.eq_ignore_ascii_case("REPLACE") => {
-            return Err(Error::not_implemented(
-                "x-amz-metadata-directive REPLACE (the store keeps no user metadata)",
-            ))
-        }
+    let replace = match head.header("x-amz-metadata-directive") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("COPY") => false,
+        Some(v) if v.eq_ignore_ascii_case("REPLACE") => true,
         Some(_) => {
             return Err(Error::msg(
                 Code::InvalidArgument,
                 "x-amz-metadata-directive must be COPY or REPLACE",
             ))
         }
-    }
-    if head.header("content-type").is_some() {
-        // Only meaningful with REPLACE.
-        return Err(Error::not_implemented("Content-Type on CopyObject"));
+    };
+    let meta = Metadata::of(head, true)?;
+    if !replace && !meta.is_empty() {
+        // S3 drops them silently under COPY; a client that sends them means something
+        // the copy would not do.
+        return Err(Error::msg(
+            Code::InvalidRequest,
+            "Content-Type and x-amz-meta-* on CopyObject need x-amz-metadata-directive: REPLACE",
+        ));
     }
     storage_and_acl(head)?;
     let raw = head.header("x-amz-copy-source").unwrap_or("");
@@ -979,7 +1306,10 @@ fn classify_copy(head: &RequestHead) -> Result<CopySpec<'_>, Error> {
         conditions: Conditions {
             if_match: head.header("x-amz-copy-source-if-match"),
             if_none_match: head.header("x-amz-copy-source-if-none-match"),
+            if_modified_since: head.header("x-amz-copy-source-if-modified-since"),
+            if_unmodified_since: head.header("x-amz-copy-source-if-unmodified-since"),
         },
+        replace: replace.then_some(meta),
     })
 }
 
@@ -1049,7 +1379,7 @@ fn octet_stream_only(head: &RequestHead) -> Result<(), Error> {
 
 fn classify_create(head: &RequestHead) -> Result<Operation<'_>, Error> {
     only_query(head, &["uploads"], "CreateMultipartUpload")?;
-    only_headers(
+    only_headers_or_meta(
         head,
         &[
             "content-type",
@@ -1066,7 +1396,7 @@ fn classify_create(head: &RequestHead) -> Result<Operation<'_>, Error> {
             "CreateMultipartUpload takes no request body",
         ));
     }
-    octet_stream_only(head)?;
+    let meta = Metadata::of(head, true)?;
     storage_and_acl(head)?;
     let checksum = match head.header("x-amz-checksum-algorithm") {
         None => None,
@@ -1084,11 +1414,14 @@ fn classify_create(head: &RequestHead) -> Result<Operation<'_>, Error> {
             )))
         }
     }
-    Ok(Operation::CreateMultipartUpload(CreateSpec { checksum }))
+    Ok(Operation::CreateMultipartUpload(CreateSpec {
+        checksum,
+        meta,
+    }))
 }
 
 fn classify_part(head: &RequestHead) -> Result<Operation<'_>, Error> {
-    let spec = classify_put(head, &["partNumber", "uploadId"], "UploadPart")?;
+    let spec = classify_put(head, &["partNumber", "uploadId"], "UploadPart", false)?;
     let upload_id = query(head, "uploadId")
         .ok_or_else(|| Error::msg(Code::InvalidRequest, "partNumber without uploadId"))?;
     let part = number_param(head, "partNumber", 1, u64::from(MAX_PARTS))?
@@ -1189,6 +1522,21 @@ fn only_headers(head: &RequestHead, allowed: &[&str]) -> Result<(), Error> {
     Ok(())
 }
 
+/// [`only_headers`], and any `x-amz-meta-*` header (user metadata the operation
+/// stores).
+fn only_headers_or_meta(head: &RequestHead, allowed: &[&str]) -> Result<(), Error> {
+    for (name, _) in &head.headers {
+        if ANY_OP_HEADERS.contains(&name.as_str())
+            || allowed.contains(&name.as_str())
+            || name.starts_with("x-amz-meta-")
+        {
+            continue;
+        }
+        return Err(Error::not_implemented(&format!("header {name}")));
+    }
+    Ok(())
+}
+
 /// A request without a body may still carry a payload hash, which must then be the
 /// hash of nothing (or a marker that makes no claim).
 fn bodiless_payload_hash(head: &RequestHead) -> Result<(), Error> {
@@ -1217,6 +1565,8 @@ fn object_read(head: &RequestHead) -> Result<Conditions<'_>, Error> {
             "range",
             "if-match",
             "if-none-match",
+            "if-modified-since",
+            "if-unmodified-since",
             "x-amz-checksum-mode",
             "cache-control",
             "pragma",
@@ -1235,6 +1585,8 @@ fn object_read(head: &RequestHead) -> Result<Conditions<'_>, Error> {
     Ok(Conditions {
         if_match: head.header("if-match"),
         if_none_match: head.header("if-none-match"),
+        if_modified_since: head.header("if-modified-since"),
+        if_unmodified_since: head.header("if-unmodified-since"),
     })
 }
 
@@ -1300,27 +1652,40 @@ fn classify_list(head: &RequestHead) -> Result<Operation<'_>, Error> {
     })
 }
 
-fn classify_put(head: &RequestHead, params: &[&str], op: &str) -> Result<PutSpec, Error> {
+/// A PUT body's checks; with `object` (PutObject, not UploadPart) also the metadata
+/// to store and the write's preconditions.
+fn classify_put(
+    head: &RequestHead,
+    params: &[&str],
+    op: &str,
+    object: bool,
+) -> Result<PutSpec, Error> {
     only_query(head, params, op)?;
-    only_headers(
-        head,
-        &[
-            "content-md5",
-            "content-type",
-            "content-encoding",
-            "x-amz-decoded-content-length",
-            "x-amz-trailer",
-            "x-amz-sdk-checksum-algorithm",
-            "x-amz-checksum-crc32",
-            "x-amz-checksum-sha1",
-            "x-amz-checksum-sha256",
-            "x-amz-storage-class",
-            "x-amz-acl",
-        ],
-    )?;
+    const BODY: &[&str] = &[
+        "content-md5",
+        "content-type",
+        "content-encoding",
+        "x-amz-decoded-content-length",
+        "x-amz-trailer",
+        "x-amz-sdk-checksum-algorithm",
+        "x-amz-checksum-crc32",
+        "x-amz-checksum-sha1",
+        "x-amz-checksum-sha256",
+        "x-amz-storage-class",
+        "x-amz-acl",
+    ];
     let mut spec = PutSpec::default();
-    // Object metadata the store would silently drop is refused until it is stored.
-    octet_stream_only(head)?;
+    if object {
+        let mut allowed = BODY.to_vec();
+        allowed.extend(["if-match", "if-none-match"]);
+        only_headers_or_meta(head, &allowed)?;
+        spec.meta = Metadata::of(head, true)?;
+        spec.cond = WriteConditions::of(head)?;
+    } else {
+        only_headers(head, BODY)?;
+        // A part's Content-Type is not the object's, and is not kept.
+        octet_stream_only(head)?;
+    }
     storage_and_acl(head)?;
     for (name, value) in &head.headers {
         if name != "content-encoding" {
@@ -1820,6 +2185,26 @@ pub fn copy_xml(etag: &str, last_modified_iso: &str) -> String {
     )
 }
 
+/// The ListBuckets result: `owner` (the caller's identity) and the buckets as (name,
+/// ISO 8601 creation time).
+pub fn list_buckets_xml(owner: &str, buckets: &[(String, String)]) -> String {
+    let mut x = format!(
+        "{XML_DECL}<ListAllMyBucketsResult xmlns=\"{S3_NS}\"><Owner><ID>{}</ID><DisplayName>{}</DisplayName></Owner><Buckets>",
+        xml_text(owner),
+        xml_text(owner)
+    );
+    for (name, created) in buckets {
+        let _ = write!(
+            x,
+            "<Bucket><Name>{}</Name><CreationDate>{}</CreationDate></Bucket>",
+            xml_text(name),
+            xml_text(created)
+        );
+    }
+    x.push_str("</Buckets></ListAllMyBucketsResult>");
+    x
+}
+
 /// The GetBucketLocation result: the store has one location, S3's default.
 pub fn location_xml() -> String {
     format!("{XML_DECL}<LocationConstraint xmlns=\"{S3_NS}\"/>")
@@ -1872,7 +2257,8 @@ mod tests {
             classify(&get, true),
             Ok(Operation::GetObject(Conditions {
                 if_match: Some("\"e\""),
-                if_none_match: None
+                if_none_match: None,
+                ..
             }))
         ));
         let h = head("HEAD /b/k HTTP/1.1");
@@ -1986,8 +2372,9 @@ mod tests {
         );
         for t in [
             "POST /b HTTP/1.1\r\ncontent-length: 0",
-            "PUT /b HTTP/1.1\r\ncontent-length: 0",
-            "DELETE /b HTTP/1.1",
+            "PUT /b?acl HTTP/1.1\r\ncontent-length: 0",
+            "PUT /b?versioning HTTP/1.1\r\ncontent-length: 0",
+            "DELETE /b?policy HTTP/1.1",
             "HEAD /b?acl HTTP/1.1",
         ] {
             assert_eq!(code(t, false), Some(Code::NotImplemented), "{t}");
@@ -2012,7 +2399,8 @@ mod tests {
         assert_eq!(
             op("POST /b/k?uploads HTTP/1.1\r\ncontent-length: 0\r\nx-amz-checksum-algorithm: CRC32", true),
             Ok(Operation::CreateMultipartUpload(CreateSpec {
-                checksum: Some(Algorithm::Crc32)
+                checksum: Some(Algorithm::Crc32),
+                meta: Metadata::default(),
             }))
         );
         assert_eq!(
@@ -2121,15 +2509,19 @@ mod tests {
             ("x-amz-copy-source: /src", Code::InvalidArgument),
             ("x-amz-copy-source: /src/%zz", Code::InvalidArgument),
             (
-                "x-amz-copy-source: /s/k\r\nx-amz-metadata-directive: REPLACE",
-                Code::NotImplemented,
-            ),
-            (
-                "x-amz-copy-source: /s/k\r\nx-amz-copy-source-if-modified-since: x",
-                Code::NotImplemented,
-            ),
-            (
                 "x-amz-copy-source: /s/k\r\nx-amz-meta-a: 1",
+                Code::InvalidRequest,
+            ),
+            (
+                "x-amz-copy-source: /s/k\r\ncontent-type: text/plain",
+                Code::InvalidRequest,
+            ),
+            (
+                "x-amz-copy-source: /s/k\r\nx-amz-metadata-directive: MERGE",
+                Code::InvalidArgument,
+            ),
+            (
+                "x-amz-copy-source: /s/k\r\nif-none-match: *",
                 Code::NotImplemented,
             ),
             (
@@ -2264,12 +2656,10 @@ mod tests {
             "x-amz-grant-read: id=1",
             "x-amz-acl: public-read",
             "x-amz-storage-class: GLACIER",
-            "x-amz-meta-color: blue",
-            "if-none-match: *",
-            "if-match: \"x\"",
+            "if-none-match: \"x\"",
+            "if-none-match: *\r\nif-match: \"x\"",
             "if-modified-since: Sun, 06 Nov 1994 08:49:37 GMT",
             "if-unmodified-since: Sun, 06 Nov 1994 08:49:37 GMT",
-            "content-type: text/plain",
             "content-encoding: gzip",
             "content-disposition: attachment",
             "cache-control: no-cache",
@@ -2285,10 +2675,9 @@ mod tests {
             assert_eq!(code(&t, true), Some(Code::NotImplemented), "{h}");
         }
         for h in [
-            "if-modified-since: Sun, 06 Nov 1994 08:49:37 GMT",
-            "if-unmodified-since: Sun, 06 Nov 1994 08:49:37 GMT",
             "x-amz-server-side-encryption-customer-key: AAAA",
             "x-amz-meta-a: 1",
+            "content-type: text/plain",
         ] {
             assert_eq!(
                 code(&format!("GET /b/k HTTP/1.1\r\n{h}"), true),
@@ -2414,8 +2803,9 @@ mod tests {
             Conditions {
                 if_match: m,
                 if_none_match: n,
+                ..Conditions::default()
             }
-            .evaluate(e)
+            .evaluate(e, 0)
         };
         assert_eq!(c(None, None), Precondition::Proceed);
         assert_eq!(c(Some("\"abc\""), None), Precondition::Proceed);
@@ -2481,5 +2871,275 @@ mod tests {
         let mut s = String::new();
         url_encode_into(&mut s, "a b/c+d%\u{1}é");
         assert_eq!(s, "a%20b/c%2Bd%25%01%C3%A9");
+    }
+
+    #[test]
+    fn metadata_and_write_conditions() {
+        let op = |t: &str, key: bool| {
+            let h: &'static RequestHead = Box::leak(Box::new(head(t)));
+            classify(h, key)
+        };
+        let Ok(Operation::PutObject(spec)) = op(
+            "PUT /b/k HTTP/1.1\r\ncontent-length: 1\r\ncontent-type: text/csv; charset=utf-8\r\nx-amz-meta-mtime: 1700000000.5\r\nX-Amz-Meta-Md5chksum: abc\r\nif-none-match: *",
+            true,
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            spec.meta.content_type.as_deref(),
+            Some("text/csv; charset=utf-8")
+        );
+        assert_eq!(
+            spec.meta.user,
+            vec![
+                ("mtime".to_owned(), "1700000000.5".to_owned()),
+                ("md5chksum".to_owned(), "abc".to_owned())
+            ]
+        );
+        assert!(spec.cond.if_none_match_star && spec.cond.if_match.is_none());
+        // 2 KiB of names and values is the limit, not one byte more.
+        let at = format!("x-amz-meta-a: {}", "v".repeat(MAX_USER_METADATA - 1));
+        assert!(op(
+            &format!("PUT /b/k HTTP/1.1\r\ncontent-length: 1\r\n{at}"),
+            true
+        )
+        .is_ok());
+        let over = format!("x-amz-meta-ab: {}", "v".repeat(MAX_USER_METADATA - 1));
+        assert_eq!(
+            code(
+                &format!("PUT /b/k HTTP/1.1\r\ncontent-length: 1\r\n{over}"),
+                true
+            ),
+            Some(Code::MetadataTooLarge)
+        );
+        assert_eq!(
+            code(
+                "PUT /b/k HTTP/1.1\r\ncontent-length: 1\r\nx-amz-meta-: v",
+                true
+            ),
+            Some(Code::InvalidArgument)
+        );
+        // Under 2 KiB of names and values, but twice that once stored (every quote
+        // escaped): more than the one attribute block holds.
+        let quotes = format!("x-amz-meta-q: {}", "\"".repeat(2000));
+        assert_eq!(
+            code(
+                &format!("PUT /b/k HTTP/1.1\r\ncontent-length: 1\r\n{quotes}"),
+                true
+            ),
+            Some(Code::MetadataTooLarge)
+        );
+        // Parts carry no metadata and no preconditions.
+        for h in [
+            "x-amz-meta-a: 1",
+            "if-none-match: *",
+            "content-type: text/plain",
+        ] {
+            let t =
+                format!("PUT /b/k?partNumber=1&uploadId=u HTTP/1.1\r\ncontent-length: 1\r\n{h}");
+            assert_eq!(code(&t, true), Some(Code::NotImplemented), "{h}");
+        }
+        // CreateMultipartUpload keeps them for the completed object.
+        let Ok(Operation::CreateMultipartUpload(c)) = op(
+            "POST /b/k?uploads HTTP/1.1\r\ncontent-length: 0\r\ncontent-type: image/png\r\nx-amz-meta-md5chksum: q",
+            true,
+        ) else {
+            panic!()
+        };
+        assert_eq!(c.meta.content_type.as_deref(), Some("image/png"));
+        assert_eq!(c.meta.user, vec![("md5chksum".to_owned(), "q".to_owned())]);
+        // CompleteMultipartUpload takes the write preconditions.
+        let Ok(Operation::CompleteMultipartUpload { checksums, .. }) = op(
+            "POST /b/k?uploadId=u HTTP/1.1\r\ncontent-length: 9\r\nif-match: \"e-2\"",
+            true,
+        ) else {
+            panic!()
+        };
+        assert_eq!(checksums.cond.if_match.as_deref(), Some("\"e-2\""));
+        // CopyObject with REPLACE carries the request's metadata; COPY none.
+        let Ok(Operation::CopyObject(c)) = op(
+            "PUT /b/k HTTP/1.1\r\ncontent-length: 0\r\nx-amz-copy-source: /b/k\r\nx-amz-metadata-directive: REPLACE\r\nx-amz-meta-mtime: 2\r\ncontent-type: a/b\r\nx-amz-copy-source-if-unmodified-since: Sun, 06 Nov 1994 08:49:37 GMT",
+            true,
+        ) else {
+            panic!()
+        };
+        let m = c.replace.expect("REPLACE");
+        assert_eq!((m.content_type.as_deref(), m.user.len()), (Some("a/b"), 1));
+        assert!(c.conditions.if_unmodified_since.is_some());
+        let Ok(Operation::CopyObject(c)) = op(
+            "PUT /b/k HTTP/1.1\r\ncontent-length: 0\r\nx-amz-copy-source: /b/j",
+            true,
+        ) else {
+            panic!()
+        };
+        assert_eq!(c.replace, None);
+
+        let w = |m: Option<&str>, star: bool| WriteConditions {
+            if_none_match_star: star,
+            if_match: m.map(str::to_owned),
+        };
+        assert!(w(None, true).holds(None));
+        assert!(!w(None, true).holds(Some("\"e\"")));
+        assert!(w(Some("\"e\""), false).holds(Some("\"e\"")));
+        assert!(!w(Some("\"e\""), false).holds(Some("\"f\"")));
+        assert!(
+            !w(Some("\"e\""), false).holds(None),
+            "If-Match on a missing key"
+        );
+        assert!(w(Some("*"), false).holds(Some("\"f\"")));
+        assert!(w(None, false).holds(None) && w(None, false).is_empty());
+    }
+
+    #[test]
+    fn http_dates_and_time_conditions() {
+        const T: u64 = 784_111_777; // Sun, 06 Nov 1994 08:49:37 GMT
+        for s in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(parse_http_date(s), Some(T), "{s}");
+        }
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(1_835_481_599)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 06 Nov 1994 8:49:37 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun, 06 Nov 1969 08:49:37 GMT",
+            "1994-11-06T08:49:37Z",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+        let before = "Sun, 06 Nov 1994 08:49:36 GMT";
+        let at = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let c = |ims: Option<&'static str>, ius: Option<&'static str>| Conditions {
+            if_modified_since: ims,
+            if_unmodified_since: ius,
+            ..Conditions::default()
+        };
+        let e = "\"abc\"";
+        assert_eq!(c(Some(at), None).evaluate(e, T), Precondition::NotModified);
+        assert_eq!(c(Some(before), None).evaluate(e, T), Precondition::Proceed);
+        assert_eq!(c(None, Some(at)).evaluate(e, T), Precondition::Proceed);
+        assert_eq!(c(None, Some(before)).evaluate(e, T), Precondition::Failed);
+        // A date that does not parse is ignored.
+        assert_eq!(
+            c(Some("soon"), Some("later")).evaluate(e, T),
+            Precondition::Proceed
+        );
+        // RFC 9110 order: If-Match decides instead of If-Unmodified-Since, and
+        // If-None-Match instead of If-Modified-Since.
+        let both = Conditions {
+            if_match: Some(e),
+            if_unmodified_since: Some(before),
+            ..Conditions::default()
+        };
+        assert_eq!(both.evaluate(e, T), Precondition::Proceed);
+        let both = Conditions {
+            if_none_match: Some("\"other\""),
+            if_modified_since: Some(at),
+            ..Conditions::default()
+        };
+        assert_eq!(both.evaluate(e, T), Precondition::Proceed);
+        // 412 wins over 304.
+        let both = Conditions {
+            if_unmodified_since: Some(before),
+            if_modified_since: Some(at),
+            ..Conditions::default()
+        };
+        assert_eq!(both.evaluate(e, T), Precondition::Failed);
+        let get = head("GET /b/k HTTP/1.1\r\nif-modified-since: Sun, 06 Nov 1994 08:49:37 GMT\r\nif-unmodified-since: x");
+        assert!(matches!(classify(&get, true), Ok(Operation::GetObject(_))));
+    }
+
+    #[test]
+    fn bucket_and_service_operations() {
+        assert_eq!(
+            classify(&head("PUT /b HTTP/1.1\r\ncontent-length: 0"), false),
+            Ok(Operation::CreateBucket(PutSpec::default()))
+        );
+        assert!(matches!(
+            classify(
+                &head("PUT /b HTTP/1.1\r\ncontent-length: 9\r\nx-amz-acl: private\r\ncontent-md5: kAFQmDzST7DWlj99KOF/cg=="),
+                false
+            ),
+            Ok(Operation::CreateBucket(PutSpec { md5: Some(_), .. }))
+        ));
+        for h in [
+            "x-amz-bucket-object-lock-enabled: true",
+            "x-amz-object-ownership: BucketOwnerEnforced",
+            "x-amz-grant-full-control: id=1",
+            "x-amz-acl: public-read",
+            "x-amz-meta-a: 1",
+        ] {
+            let t = format!("PUT /b HTTP/1.1\r\ncontent-length: 0\r\n{h}");
+            assert_eq!(code(&t, false), Some(Code::NotImplemented), "{h}");
+        }
+        assert_eq!(
+            classify(&head("DELETE /b HTTP/1.1"), false),
+            Ok(Operation::DeleteBucket)
+        );
+        assert_eq!(
+            code("DELETE /b HTTP/1.1\r\nif-match: *", false),
+            Some(Code::NotImplemented)
+        );
+        assert_eq!(parse_create_bucket(b""), Ok(()));
+        assert_eq!(parse_create_bucket(b" \n"), Ok(()));
+        assert_eq!(
+            parse_create_bucket(b"<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LocationConstraint>us-east-1</LocationConstraint></CreateBucketConfiguration>"),
+            Ok(())
+        );
+        assert_eq!(parse_create_bucket(b"<CreateBucketConfiguration/>"), Ok(()));
+        let c = |b: &str| parse_create_bucket(b.as_bytes()).unwrap_err().code;
+        assert_eq!(
+            c("<CreateBucketConfiguration><LocationConstraint>eu-west-1</LocationConstraint></CreateBucketConfiguration>"),
+            Code::InvalidLocationConstraint
+        );
+        assert_eq!(
+            c("<CreateBucketConfiguration><Bucket><Type>Directory</Type></Bucket></CreateBucketConfiguration>"),
+            Code::NotImplemented
+        );
+        assert_eq!(c("<Other/>"), Code::MalformedXML);
+        assert_eq!(c("junk"), Code::MalformedXML);
+
+        let svc = |t: &str| {
+            let h: &'static RequestHead = Box::leak(Box::new(head(t)));
+            classify_service(h).map_err(|e| e.code)
+        };
+        assert_eq!(svc("GET / HTTP/1.1"), Ok(Operation::ListBuckets));
+        assert_eq!(
+            svc("GET /?x-id=ListBuckets HTTP/1.1"),
+            Ok(Operation::ListBuckets)
+        );
+        assert_eq!(
+            svc("GET /?max-buckets=5 HTTP/1.1"),
+            Err(Code::NotImplemented)
+        );
+        assert_eq!(
+            svc("GET / HTTP/1.1\r\nx-amz-expected-bucket-owner: 1"),
+            Err(Code::NotImplemented)
+        );
+        assert_eq!(
+            svc("PUT / HTTP/1.1\r\ncontent-length: 0"),
+            Err(Code::MethodNotAllowed)
+        );
+        assert_eq!(svc("DELETE / HTTP/1.1"), Err(Code::MethodNotAllowed));
+        for (c, st) in [
+            (Code::BucketNotEmpty, 409),
+            (Code::BucketAlreadyOwnedByYou, 409),
+            (Code::MetadataTooLarge, 400),
+            (Code::InvalidLocationConstraint, 400),
+        ] {
+            assert_eq!(c.status(), st);
+            assert_eq!(format!("{c:?}"), c.as_str());
+        }
     }
 }

@@ -54,6 +54,10 @@ pub struct UploadInfo {
     pub created: u64,
     /// `x-amz-checksum-algorithm` of the create, if any.
     pub checksum: Option<String>,
+    /// `Content-Type` and `x-amz-meta-*` of the create, given to the completed object
+    /// (absent in records written before metadata was kept).
+    #[serde(default)]
+    pub meta: s3::Metadata,
 }
 
 /// What a part's record holds.
@@ -271,14 +275,22 @@ impl Store {
         key: &str,
         owner: &str,
         checksum: Option<&str>,
+        meta: &s3::Metadata,
     ) -> io::Result<String> {
         validate_key(key)?;
+        if !meta.is_empty() && !self.keeps_attributes() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the store's filesystem keeps no user extended attributes for metadata",
+            ));
+        }
         let root = self.mpu_root(bucket, true)?;
         let info = UploadInfo {
             key: key.to_owned(),
             owner: owner.to_owned(),
             created: unix(SystemTime::now()),
             checksum: checksum.map(str::to_owned),
+            meta: meta.clone(),
         };
         let record = serde_json::to_vec(&info).map_err(io::Error::other)?;
         for _ in 0..4 {
@@ -463,6 +475,7 @@ impl Store {
     /// them in a temporary, record the multipart ETag and rename it onto the key, then
     /// remove the upload. Returns the ETag (without quotes) and the new object's
     /// metadata. `parts` must already be in ascending order ([`s3::parse_complete`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn complete_upload(
         &self,
         bucket: &str,
@@ -471,11 +484,12 @@ impl Store {
         owner: &str,
         parts: &[CompletePart],
         max_size: u64,
+        cond: &s3::WriteConditions,
     ) -> Result<(String, ObjectMeta), s3::Error> {
         let io_err = |e: io::Error, not_found: Code| {
             s3::Error::new(super::code_for_io(&e, not_found)).detail(e)
         };
-        let (root, dir, _) = self
+        let (root, dir, info) = self
             .upload(bucket, key, id, owner)
             .map_err(|e| io_err(e, Code::NoSuchUpload))?;
         let mut stored = Vec::with_capacity(parts.len());
@@ -547,7 +561,13 @@ impl Store {
             // A part vanished under us: the upload was aborted or completed meanwhile.
             return Err(io_err(e, Code::NoSuchUpload));
         }
-        self.commit_tagged(bucket, &temp, key, &out, Tag::Multipart(&etag))
+        let opts = super::CommitOpts {
+            md5_hex: None,
+            meta: Some(&info.meta),
+            cond: Some(cond),
+        };
+        // A failed precondition leaves the upload as it was, to be retried or aborted.
+        self.commit_with(bucket, &temp, key, &out, Tag::Multipart(&etag), opts)
             .map_err(|e| io_err(e, Code::NoSuchBucket))?;
         if let Err(e) = self.remove_upload(&root, id) {
             tracing::warn!(bucket, upload_id = id, error = %e, "completed upload not fully removed; the sweep will");
@@ -561,6 +581,7 @@ impl Store {
             mtime,
             sha256_hex: None,
             multipart_etag: Some(etag.clone()),
+            md5_hex: None,
         };
         Ok((etag, meta))
     }
@@ -661,14 +682,17 @@ impl Store {
 
     /// CopyObject: copy `src_key` of `src_bucket` onto `key` of `bucket` through a
     /// temporary and a rename, after `check` approved the source's metadata (the
-    /// `x-amz-copy-source-if-*` preconditions). Nothing is created unless the source
-    /// opens, passes `check` and is copied whole. Returns the new object's metadata.
+    /// `x-amz-copy-source-if-*` preconditions). The copy keeps the source's ETag, and
+    /// its Content-Type and user metadata unless `replace` gives new ones. Nothing is
+    /// created unless the source opens, passes `check` and is copied whole. Returns
+    /// the new object's metadata.
     pub fn copy_object(
         &self,
         src_bucket: &str,
         src_key: &str,
         bucket: &str,
         key: &str,
+        replace: Option<&s3::Metadata>,
         check: impl FnOnce(&ObjectMeta) -> Result<(), s3::Error>,
     ) -> Result<ObjectMeta, s3::Error> {
         let src_missing = |e: io::Error| {
@@ -702,7 +726,20 @@ impl Store {
             self.discard_temp(bucket, &temp);
             return Err(s3::Error::new(Code::InternalError).detail("copy source without a tag"));
         };
-        self.commit_tagged(bucket, &temp, key, &out, tag)
+        let kept;
+        let meta_out = match replace {
+            Some(m) => m,
+            None => {
+                kept = super::read_metadata(&src);
+                &kept
+            }
+        };
+        let opts = super::CommitOpts {
+            md5_hex: meta.md5_hex.as_deref(),
+            meta: Some(meta_out),
+            cond: None,
+        };
+        self.commit_with(bucket, &temp, key, &out, tag, opts)
             .map_err(dst_err)?;
         let mtime = out.metadata().and_then(|m| m.modified()).map_err(dst_err)?;
         Ok(ObjectMeta { mtime, ..meta })
@@ -727,6 +764,7 @@ fn iso(secs: u64) -> String {
         mtime: UNIX_EPOCH + Duration::from_secs(secs),
         sha256_hex: None,
         multipart_etag: None,
+        md5_hex: None,
     }
     .last_modified_iso()
 }

@@ -114,6 +114,7 @@ impl Conn<'_> {
     /// Commit an upload (xattrs, fsync, parent folders, rename, folder fsync) on the
     /// pool, in that order as one job. The temporary is gone afterwards unless the
     /// commit succeeded, including when the pool refused the job.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn commit(
         &self,
         store: &Arc<Store>,
@@ -122,6 +123,9 @@ impl Conn<'_> {
         key: &str,
         file: File,
         sha256_hex: &str,
+        md5_hex: Option<String>,
+        meta: s3::Metadata,
+        cond: s3::WriteConditions,
     ) -> Result<(), s3::Error> {
         let (b, t, k, h) = (
             bucket.to_owned(),
@@ -131,7 +135,12 @@ impl Conn<'_> {
         );
         let r = self
             .offload(store, COMMIT_PATIENCE, move |st| {
-                Ok(st.commit(&b, &t, &k, &file, &h))
+                let opts = store::CommitOpts {
+                    md5_hex: md5_hex.as_deref(),
+                    meta: Some(&meta),
+                    cond: Some(&cond),
+                };
+                Ok(st.commit_with(&b, &t, &k, &file, store::Tag::Sha256(&h), opts))
             })
             .await;
         match r {
