@@ -281,8 +281,44 @@ table = pa.table({"id": list(range(10000)), "name": ["row %d" % i for i in range
 pq.write_table(table, "datasets/fs/t.parquet", filesystem=fs)
 assert pq.read_table("datasets/fs/t.parquet", filesystem=fs).equals(table)
 
+# Server-side copy and move, a ranged read, du and glob.
+fs.copy("datasets/fs/small/two.txt", "datasets/fs/c d+e.txt")
+fs.mv("datasets/fs/c d+e.txt", "datasets/fs/moved.txt")
+assert not fs.exists("datasets/fs/c d+e.txt") and fs.cat("datasets/fs/moved.txt") == b"two"
+assert fs.cat_file("datasets/fs/big.bin", start=5, end=9) == data[5:9]
+assert fs.du("datasets/fs/small") == 3
+assert fs.glob("datasets/fs/**/*.txt") == ["datasets/fs/moved.txt", "datasets/fs/small/two.txt"], fs.glob("datasets/fs/**/*.txt")
+# A missing object is FileNotFoundError, as on any filesystem.
+try:
+    fs.open("datasets/fs/absent.bin").read()
+    raise AssertionError("read of a missing object")
+except FileNotFoundError:
+    pass
+
 fs.rm("datasets/fs", recursive=True)
 assert fs.ls("datasets", refresh=True) == [], fs.ls("datasets")
+print("ok")
+"#;
+
+/// s3fs calls that need what is being added for issue 12 (Content-Type kept with the
+/// object, ListBuckets): `put_file` sends the type guessed from the file name.
+const S3FS_METADATA_SCRIPT: &str = r#"
+import os, sys
+import s3fs
+
+endpoint, ca, cert, key = sys.argv[1:5]
+fs = s3fs.S3FileSystem(key="AKIDEXAMPLE", secret="not-a-secret", endpoint_url=endpoint,
+                       client_kwargs={"verify": ca, "region_name": "us-east-1"},
+                       config_kwargs={"client_cert": (cert, key),
+                                      "s3": {"addressing_style": "path"}})
+local = os.path.join(os.path.dirname(sys.argv[0]), "table.csv")
+with open(local, "w") as f:
+    f.write("id,name\n1,one\n")
+fs.put_file(local, "datasets/meta/table.csv")
+assert fs.cat("datasets/meta/table.csv") == b"id,name\n1,one\n"
+info = fs.info("datasets/meta/table.csv", refresh=True)
+assert info["ContentType"] == "text/csv", info
+assert "datasets" in fs.ls("", refresh=True), fs.ls("")
 print("ok")
 "#;
 
@@ -318,6 +354,16 @@ fn s3fs_and_pyarrow_write_read_ls_rm() {
     let (srv, root) = store_server(&lab);
     run_python(&py, &lab, &srv, "s3fs_test.py", S3FS_SCRIPT);
     assert!(!root.join("datasets/fs").exists());
+}
+
+#[test]
+fn s3fs_put_file_keeps_its_content_type_and_lists_buckets() {
+    let Some(py) = python_with("s3fs") else {
+        return;
+    };
+    let lab = Lab::new();
+    let (srv, _root) = store_server(&lab);
+    run_python(&py, &lab, &srv, "s3fs_meta.py", S3FS_METADATA_SCRIPT);
 }
 
 /// The AWS CLI v1 has no setting for a client certificate (botocore reads
@@ -441,11 +487,89 @@ fn aws_cli_cp_multipart_up_and_down_and_ls() {
         out.contains(" cli/sub/again.bin") && out.contains(" cli/up.bin"),
         "{out}"
     );
-    // ListBuckets: the buckets alice may list.
-    let out = ok(&["s3", "ls"]);
-    assert!(out.lines().any(|l| l.ends_with(" datasets")), "{out}");
+    // Server-side copy and move of a small object (CopyObject). A copy over the
+    // multipart threshold is UploadPartCopy, refused (501): the CLI aborts its upload
+    // and nothing is left.
+    let o = aws(
+        "aws-config",
+        &[
+            "s3",
+            "cp",
+            "s3://datasets/cli/up.bin",
+            "s3://datasets/cli/x.bin",
+        ],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("NotImplemented"), "{}", text(&o));
+    assert!(!root.join("datasets/cli/x.bin").exists());
+    let mpu = root.join("datasets/.lakegate-mpu");
+    assert!(!mpu.exists() || std::fs::read_dir(&mpu).unwrap().next().is_none());
+    std::fs::write(lab.path("small.dat"), b"small").unwrap();
+    ok(&["s3", "cp", "small.dat", "s3://datasets/cli/small.dat"]);
+    ok(&[
+        "s3",
+        "cp",
+        "s3://datasets/cli/small.dat",
+        "s3://datasets/cli/small2.dat",
+    ]);
+    ok(&[
+        "s3",
+        "mv",
+        "s3://datasets/cli/small2.dat",
+        "s3://datasets/cli/small3.dat",
+    ]);
+    assert_eq!(
+        std::fs::read(root.join("datasets/cli/small3.dat")).unwrap(),
+        b"small"
+    );
+    assert!(!root.join("datasets/cli/small2.dat").exists());
+
+    // sync up: a second run sends nothing; --delete removes what the folder lost.
+    let tree = lab.path("tree");
+    write_file(&tree.join("one.dat"), b"1");
+    write_file(&tree.join("deep/two.dat"), &pseudo_random(9 * MIB, 4));
+    ok(&["s3", "sync", "--no-progress", "tree", "s3://datasets/tree/"]);
+    assert_eq!(
+        ok(&["s3", "sync", "--no-progress", "tree", "s3://datasets/tree/"]),
+        ""
+    );
+    std::fs::remove_file(tree.join("one.dat")).unwrap();
+    let out = ok(&[
+        "s3",
+        "sync",
+        "--no-progress",
+        "--delete",
+        "tree",
+        "s3://datasets/tree/",
+    ]);
+    assert!(out.contains("delete: s3://datasets/tree/one.dat"), "{out}");
+    assert!(!root.join("datasets/tree/one.dat").exists());
+    assert_eq!(
+        std::fs::metadata(root.join("datasets/tree/deep/two.dat"))
+            .unwrap()
+            .len(),
+        9 << 20
+    );
 
     ok(&["s3", "rm", "--recursive", "s3://datasets/cli/"]);
+    ok(&["s3", "rm", "--recursive", "s3://datasets/tree/"]);
     assert_eq!(ok(&["s3", "ls", "--recursive", "s3://datasets/"]), "");
     assert!(!root.join("datasets/cli/up.bin").exists());
+
+    // What is being added for issue 12: `cp` sends the Content-Type guessed from the
+    // file name (text/csv here), kept and returned; ListBuckets lists the buckets
+    // alice may list.
+    std::fs::write(lab.path("table.csv"), b"id\n1\n").unwrap();
+    ok(&["s3", "cp", "table.csv", "s3://datasets/cli/table.csv"]);
+    let head = ok(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "datasets",
+        "--key",
+        "cli/table.csv",
+    ]);
+    assert!(head.contains("\"ContentType\": \"text/csv\""), "{head}");
+    let out = ok(&["s3", "ls"]);
+    assert!(out.lines().any(|l| l.ends_with(" datasets")), "{out}");
 }
