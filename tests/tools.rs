@@ -197,6 +197,27 @@ fn rclone_copy_check_sync_and_lsf() {
     let (_, log) = rc.ok(&["check", src_s, "lake:datasets/r"]);
     assert!(log.contains(": 0 differences found"), "{log}");
 
+    // A ranged read; a server-side copy (CopyObject) of a key with a space and a plus.
+    let (out, _) = rc.ok(&[
+        "cat",
+        "--offset",
+        "1",
+        "--count",
+        "3",
+        "lake:datasets/r/a.txt",
+    ]);
+    assert_eq!(out, "LPH");
+    rc.ok(&[
+        "copyto",
+        "lake:datasets/r/sub/deep/d e+f.json",
+        "lake:datasets/r/sub/deep/copy.json",
+    ]);
+    assert_eq!(
+        std::fs::read(root.join("datasets/r/sub/deep/copy.json")).unwrap(),
+        b"{\"k\": 1}\n"
+    );
+    std::fs::remove_file(root.join("datasets/r/sub/deep/copy.json")).unwrap();
+
     // lsf of a prefix: one level, then recursive; a prefix that names nothing.
     let (out, _) = rc.ok(&["lsf", "lake:datasets/r/sub"]);
     assert_eq!(out, "c.bin\ndeep/\n");
@@ -226,6 +247,20 @@ fn rclone_copy_check_sync_and_lsf() {
     assert_eq!(out, "sub/deep/d e+f.json\n");
     let (out, _) = rc.ok(&["lsf", "lake:datasets/r/nothing"]);
     assert_eq!(out, "");
+    // moveto (server-side copy, then delete) into another folder: rclone first makes
+    // the parent "directory", which on S3 means CreateBucket (PUT /datasets), and goes
+    // on only on S3's answer for a bucket that exists and is the caller's (200 in
+    // us-east-1, or 409 BucketAlreadyOwnedByYou).
+    rc.ok(&[
+        "moveto",
+        "lake:datasets/r/a.txt",
+        "lake:datasets/r/archive/a.txt",
+    ]);
+    assert!(!root.join("datasets/r/a.txt").exists());
+    assert_eq!(
+        std::fs::read(root.join("datasets/r/archive/a.txt")).unwrap(),
+        b"ALPHA\n"
+    );
     // Nothing of an upload or a temporary is left in the bucket.
     assert!(
         !root.join("datasets/.lakegate-mpu").exists()
