@@ -608,6 +608,8 @@ fn aws_cli_cp_multipart_up_and_down_and_ls() {
 
     ok(&["s3", "rm", "--recursive", "s3://datasets/cli/"]);
     ok(&["s3", "rm", "--recursive", "s3://datasets/tree/"]);
+    // rm of a key that is not there succeeds, as against S3.
+    ok(&["s3", "rm", "s3://datasets/cli/never-there.bin"]);
     assert_eq!(ok(&["s3", "ls", "--recursive", "s3://datasets/"]), "");
     assert!(!root.join("datasets/cli/up.bin").exists());
 

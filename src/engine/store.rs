@@ -921,7 +921,13 @@ impl Conn<'_> {
                 self.get(store, head, c, &bucket, key, start, false).await
             }
             (Operation::DeleteObject, Some(key)) => {
-                let r = store.delete_object(&bucket, key);
+                // As S3: a key that is not there is deleted all the same (204), so a
+                // delete retried after its answer was lost, or `aws s3 rm` of a
+                // missing key, succeeds. A missing bucket is still NoSuchBucket.
+                let r = match store.delete_object(&bucket, key) {
+                    Err(e) if Self::io_error(store, &bucket, &e).code == Code::NoSuchKey => Ok(()),
+                    r => r,
+                };
                 self.removed(store, head, &bucket, key, r, Self::io_error, start)
                     .await
             }
