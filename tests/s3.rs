@@ -589,6 +589,12 @@ assert names(carol) == ["datasets"], names(carol)
 # CreateBucket and DeleteBucket need "manage": carol has none, alice only on scratch-*.
 assert code(lambda: carol.create_bucket(Bucket="scratch-carol")) == ("AccessDenied", 403)
 assert code(lambda: carol.delete_bucket(Bucket="datasets")) == ("AccessDenied", 403)
+# An existing bucket the caller works in: S3's 409 for one's own bucket (rclone asks
+# before a server-side move), without manage and without changing anything; a bucket
+# the caller has no rule for stays 403, whether or not it exists.
+assert code(lambda: carol.create_bucket(Bucket="datasets")) == ("BucketAlreadyOwnedByYou", 409)
+assert code(lambda: carol.create_bucket(Bucket="hidden")) == ("AccessDenied", 403)
+assert code(lambda: carol.create_bucket(Bucket="models")) == ("AccessDenied", 403)
 assert code(lambda: s3.create_bucket(Bucket="other-1")) == ("AccessDenied", 403)
 assert code(lambda: s3.delete_bucket(Bucket="hidden")) == ("AccessDenied", 403)
 s3.create_bucket(Bucket="scratch-1")

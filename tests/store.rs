@@ -390,7 +390,7 @@ fn curl_uploads_1_gib_then_gets_heads_lists_ranges_and_deletes_it() {
     let r = curl(&srv, &lab, "alice", key, &["-I"], None);
     assert_eq!(r.code, 404);
     let r = curl(&srv, &lab, "alice", key, &["-X", "DELETE"], None);
-    assert_eq!(r.code, 404, "DELETE of an absent object");
+    assert_eq!(r.code, 204, "DELETE of an absent object succeeds, as in S3");
     let r = curl(
         &srv,
         &lab,
@@ -1624,8 +1624,14 @@ identity = "spiffe://lake.example/trainer/*"
     assert_eq!((st, xml_code(&b).as_str()), (404, "NoSuchBucket"));
     let (st, _, b) = c.request(&get_req("GET", "/nobucket?list-type=2"));
     assert_eq!((st, xml_code(&b).as_str()), (404, "NoSuchBucket"));
+    // DELETE of a missing key succeeds as in S3 (a retried delete must not fail); in
+    // a missing bucket, or through a missing folder, it is still what S3 answers.
     let (st, _, b) = c.request(&get_req("DELETE", "/datasets/e/absent"));
-    assert_eq!((st, xml_code(&b).as_str()), (404, "NoSuchKey"));
+    assert_eq!((st, b.len()), (204, 0));
+    let (st, _, b) = c.request(&get_req("DELETE", "/datasets/no/such/folder"));
+    assert_eq!((st, b.len()), (204, 0));
+    let (st, _, b) = c.request(&get_req("DELETE", "/nobucket/k"));
+    assert_eq!((st, xml_code(&b).as_str()), (404, "NoSuchBucket"));
     let (st, _, b) = raw(&srv, &lab, &put_req("/nobucket/k", b"x", ""));
     assert_eq!((st, xml_code(&b).as_str()), (404, "NoSuchBucket"));
     let (st, _, b) = c.request(&get_req("GET", "/datasets/a/../b"));

@@ -824,9 +824,22 @@ impl Conn<'_> {
         {
             decision = self.gen.authz.check(&self.identity, &bucket, Access::List);
         }
+        let mut may_create = true;
         if let Decision::Denied { reason } = decision {
-            let e = s3::Error::new(Code::AccessDenied).detail(reason);
-            return self.error(head, &bucket, k, e, start).await;
+            // CreateBucket of a bucket the identity already works in gets S3's answer
+            // for an existing bucket of one's own, 409 BucketAlreadyOwnedByYou, which
+            // tools take as "there" (rclone asks before a server-side copy or move into
+            // another folder). Nothing is created, so it needs no `manage`.
+            let known = matches!(op, Operation::CreateBucket(_))
+                && [Access::Read, Access::Write, Access::Delete, Access::List]
+                    .into_iter()
+                    .any(|a| self.gen.authz.check(&self.identity, &bucket, a).is_allowed())
+                && store.bucket_dir(&bucket).is_ok();
+            if !known {
+                let e = s3::Error::new(Code::AccessDenied).detail(reason);
+                return self.error(head, &bucket, k, e, start).await;
+            }
+            may_create = false;
         }
         self.inflight = Some((bucket.clone(), access));
         match (op, key.as_deref()) {
@@ -939,7 +952,8 @@ impl Conn<'_> {
                 self.list(store, head, &bucket, &spec, false, start).await
             }
             (Operation::CreateBucket(spec), None) => {
-                self.create_bucket(store, head, &spec, &bucket, start).await
+                self.create_bucket(store, head, &spec, &bucket, may_create, start)
+                    .await
             }
             (Operation::DeleteBucket, None) => {
                 let r = store.delete_bucket(&bucket);
@@ -975,6 +989,16 @@ impl Conn<'_> {
             (Operation::DeleteObject, Some(key)) => {
                 match self.delete_off_loop(store, &bucket, key).await {
                     Ok(r) => {
+                        // As S3: a key that is not there is deleted all the same (204),
+                        // so a delete retried after its answer was lost, or `aws s3 rm`
+                        // of a missing key, succeeds. A missing bucket is still
+                        // NoSuchBucket.
+                        let r = match r {
+                            Err(e) if Self::io_error(store, &bucket, &e).code == Code::NoSuchKey => {
+                                Ok(())
+                            }
+                            r => r,
+                        };
                         self.removed(store, head, &bucket, key, r, Self::io_error, start)
                             .await
                     }
@@ -1117,6 +1141,7 @@ impl Conn<'_> {
         head: &RequestHead,
         spec: &PutSpec,
         bucket: &str,
+        may_create: bool,
         start: Instant,
     ) -> Result<bool, End> {
         let body = match self.read_small_body(head, s3::MAX_CREATE_BUCKET_BODY).await {
@@ -1126,6 +1151,11 @@ impl Conn<'_> {
         if let Err(e) =
             Self::verify_small_body(spec, &body).and_then(|()| s3::parse_create_bucket(&body))
         {
+            return self.error(head, bucket, "", e, start).await;
+        }
+        if !may_create {
+            let e = s3::Error::new(Code::BucketAlreadyOwnedByYou)
+                .detail("the bucket exists; creating buckets needs \"manage\"");
             return self.error(head, bucket, "", e, start).await;
         }
         match store.create_bucket_new(bucket) {

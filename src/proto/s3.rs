@@ -2389,6 +2389,129 @@ mod tests {
         );
     }
 
+    /// Every S3 API operation that the README's table marks "501": its request as the
+    /// SDKs send it (method, sub-resource, the headers that carry its arguments) on a
+    /// bucket or an object. Keep in step with that table.
+    const REFUSED_OPERATIONS: &[(&str, &str, bool)] = &[
+        // Bucket configuration sub-resources: Get/Put/Delete (and List where S3 has one).
+        ("GetBucketAccelerateConfiguration", "GET /b?accelerate", false),
+        ("PutBucketAccelerateConfiguration", "PUT /b?accelerate", false),
+        ("GetBucketAcl", "GET /b?acl", false),
+        ("PutBucketAcl", "PUT /b?acl\r\nx-amz-acl: private", false),
+        ("GetBucketAnalyticsConfiguration", "GET /b?analytics&id=a", false),
+        ("PutBucketAnalyticsConfiguration", "PUT /b?analytics&id=a", false),
+        ("DeleteBucketAnalyticsConfiguration", "DELETE /b?analytics&id=a", false),
+        ("ListBucketAnalyticsConfigurations", "GET /b?analytics", false),
+        ("GetBucketCors", "GET /b?cors", false),
+        ("PutBucketCors", "PUT /b?cors", false),
+        ("DeleteBucketCors", "DELETE /b?cors", false),
+        ("GetBucketEncryption", "GET /b?encryption", false),
+        ("PutBucketEncryption", "PUT /b?encryption", false),
+        ("DeleteBucketEncryption", "DELETE /b?encryption", false),
+        ("GetBucketIntelligentTieringConfiguration", "GET /b?intelligent-tiering&id=a", false),
+        ("PutBucketIntelligentTieringConfiguration", "PUT /b?intelligent-tiering&id=a", false),
+        ("DeleteBucketIntelligentTieringConfiguration", "DELETE /b?intelligent-tiering&id=a", false),
+        ("ListBucketIntelligentTieringConfigurations", "GET /b?intelligent-tiering", false),
+        ("GetBucketInventoryConfiguration", "GET /b?inventory&id=a", false),
+        ("PutBucketInventoryConfiguration", "PUT /b?inventory&id=a", false),
+        ("DeleteBucketInventoryConfiguration", "DELETE /b?inventory&id=a", false),
+        ("ListBucketInventoryConfigurations", "GET /b?inventory", false),
+        ("GetBucketLifecycleConfiguration", "GET /b?lifecycle", false),
+        ("PutBucketLifecycleConfiguration", "PUT /b?lifecycle", false),
+        ("DeleteBucketLifecycle", "DELETE /b?lifecycle", false),
+        ("GetBucketLogging", "GET /b?logging", false),
+        ("PutBucketLogging", "PUT /b?logging", false),
+        ("GetBucketMetricsConfiguration", "GET /b?metrics&id=a", false),
+        ("PutBucketMetricsConfiguration", "PUT /b?metrics&id=a", false),
+        ("DeleteBucketMetricsConfiguration", "DELETE /b?metrics&id=a", false),
+        ("ListBucketMetricsConfigurations", "GET /b?metrics", false),
+        ("GetBucketNotificationConfiguration", "GET /b?notification", false),
+        ("PutBucketNotificationConfiguration", "PUT /b?notification", false),
+        ("GetBucketOwnershipControls", "GET /b?ownershipControls", false),
+        ("PutBucketOwnershipControls", "PUT /b?ownershipControls", false),
+        ("DeleteBucketOwnershipControls", "DELETE /b?ownershipControls", false),
+        ("GetBucketPolicy", "GET /b?policy", false),
+        ("PutBucketPolicy", "PUT /b?policy", false),
+        ("DeleteBucketPolicy", "DELETE /b?policy", false),
+        ("GetBucketPolicyStatus", "GET /b?policyStatus", false),
+        ("GetBucketReplication", "GET /b?replication", false),
+        ("PutBucketReplication", "PUT /b?replication", false),
+        ("DeleteBucketReplication", "DELETE /b?replication", false),
+        ("GetBucketRequestPayment", "GET /b?requestPayment", false),
+        ("PutBucketRequestPayment", "PUT /b?requestPayment", false),
+        ("GetBucketTagging", "GET /b?tagging", false),
+        ("PutBucketTagging", "PUT /b?tagging", false),
+        ("DeleteBucketTagging", "DELETE /b?tagging", false),
+        ("GetBucketVersioning", "GET /b?versioning", false),
+        ("PutBucketVersioning", "PUT /b?versioning", false),
+        ("GetBucketWebsite", "GET /b?website", false),
+        ("PutBucketWebsite", "PUT /b?website", false),
+        ("DeleteBucketWebsite", "DELETE /b?website", false),
+        ("GetPublicAccessBlock", "GET /b?publicAccessBlock", false),
+        ("PutPublicAccessBlock", "PUT /b?publicAccessBlock", false),
+        ("DeletePublicAccessBlock", "DELETE /b?publicAccessBlock", false),
+        ("GetObjectLockConfiguration", "GET /b?object-lock", false),
+        ("PutObjectLockConfiguration", "PUT /b?object-lock", false),
+        ("CreateBucketMetadataTableConfiguration", "POST /b?metadataTable", false),
+        ("GetBucketMetadataTableConfiguration", "GET /b?metadataTable", false),
+        ("DeleteBucketMetadataTableConfiguration", "DELETE /b?metadataTable", false),
+        ("CreateBucketMetadataConfiguration", "POST /b?metadataConfiguration", false),
+        ("GetBucketMetadataConfiguration", "GET /b?metadataConfiguration", false),
+        ("DeleteBucketMetadataConfiguration", "DELETE /b?metadataConfiguration", false),
+        // Other bucket-level operations.
+        ("ListObjectVersions", "GET /b?versions", false),
+        ("CreateSession", "GET /b?session", false),
+        ("PostObject", "POST /b\r\ncontent-type: multipart/form-data; boundary=x", false),
+        ("HeadBucket with a sub-resource", "HEAD /b?acl", false),
+        // Object sub-resources and operations.
+        ("GetObjectAcl", "GET /b/k?acl", true),
+        ("PutObjectAcl", "PUT /b/k?acl\r\nx-amz-acl: public-read", true),
+        ("GetObjectTagging", "GET /b/k?tagging", true),
+        ("PutObjectTagging", "PUT /b/k?tagging", true),
+        ("DeleteObjectTagging", "DELETE /b/k?tagging", true),
+        ("GetObjectLegalHold", "GET /b/k?legal-hold", true),
+        ("PutObjectLegalHold", "PUT /b/k?legal-hold", true),
+        ("GetObjectRetention", "GET /b/k?retention", true),
+        ("PutObjectRetention", "PUT /b/k?retention", true),
+        ("GetObjectTorrent", "GET /b/k?torrent", true),
+        ("GetObjectAttributes", "GET /b/k?attributes\r\nx-amz-object-attributes: ETag", true),
+        ("RestoreObject", "POST /b/k?restore", true),
+        ("SelectObjectContent", "POST /b/k?select&select-type=2", true),
+        ("RenameObject", "PUT /b/k?renameObject\r\nx-amz-rename-source: /b/j", true),
+        ("UploadPartCopy", "PUT /b/k?partNumber=1&uploadId=u\r\nx-amz-copy-source: /b/j", true),
+        ("GetObject partNumber", "GET /b/k?partNumber=1", true),
+        ("GetObject versionId", "GET /b/k?versionId=v", true),
+        ("DeleteObject versionId", "DELETE /b/k?versionId=v", true),
+        ("GetObject response-* overrides", "GET /b/k?response-content-type=text/plain", true),
+        ("PutObject with tagging", "PUT /b/k\r\nx-amz-tagging: a=b", true),
+        ("PutObject with object lock", "PUT /b/k\r\nx-amz-object-lock-mode: GOVERNANCE", true),
+        ("PutObject with SSE", "PUT /b/k\r\nx-amz-server-side-encryption: AES256", true),
+        ("PutObject with SSE-C", "PUT /b/k\r\nx-amz-server-side-encryption-customer-algorithm: AES256", true),
+        ("PutObject with a website redirect", "PUT /b/k\r\nx-amz-website-redirect-location: /x", true),
+        ("PutObject with a public ACL", "PUT /b/k\r\nx-amz-acl: public-read", true),
+        ("PutObject with a storage class", "PUT /b/k\r\nx-amz-storage-class: GLACIER", true),
+        ("PutObject with request-payer", "PUT /b/k\r\nx-amz-request-payer: requester", true),
+        ("PutObject with signed aws-chunked", "PUT /b/k\r\ncontent-encoding: aws-chunked\r\nx-amz-decoded-content-length: 1\r\nx-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD", true),
+        ("CopyObject of a version", "PUT /b/k\r\nx-amz-copy-source: /b/j?versionId=v", true),
+        ("GetObject with SSE-C", "GET /b/k\r\nx-amz-server-side-encryption-customer-algorithm: AES256", true),
+    ];
+
+    #[test]
+    fn every_refused_s3_operation_is_501() {
+        for (op, req, has_key) in REFUSED_OPERATIONS {
+            let (line, headers) = req.split_once("\r\n").unwrap_or((req, ""));
+            let mut text = format!("{line} HTTP/1.1\r\nhost: x\r\ncontent-length: 0");
+            if !headers.is_empty() {
+                text = format!("{text}\r\n{headers}");
+            }
+            assert_eq!(
+                code(&text, *has_key),
+                Some(Code::NotImplemented),
+                "{op}: {text}"
+            );
+        }
+    }
+
     #[test]
     fn multipart_copy_delete_and_bucket_operations() {
         // Leaked so the operation may borrow from its head for the whole test.
