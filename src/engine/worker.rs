@@ -35,6 +35,21 @@ pub struct Worker {
     pub request_id_prefix: u64,
     /// Requests this worker has numbered; a plain cell, as no other thread counts here.
     pub request_seq: Cell<u64>,
+    /// s3 backend: this worker's idle keep-alive connections to upstream endpoints.
+    /// Never shared with another worker (a connection lives on this worker's ring).
+    pub upstream_idle: std::cell::RefCell<Vec<IdleUpstream>>,
+}
+
+/// An idle keep-alive connection to an s3 upstream endpoint.
+pub struct IdleUpstream {
+    /// [`crate::backend::s3::Upstream::id`] of the backend it was opened for.
+    pub backend: u64,
+    /// The endpoint index.
+    pub endpoint: usize,
+    /// The connection.
+    pub stream: tokio_uring::net::TcpStream,
+    /// When it went idle.
+    pub since: std::time::Instant,
 }
 
 impl Worker {
@@ -91,6 +106,7 @@ pub fn run(
             generation: gen_rx,
             request_id_prefix: RequestId::prefix(process_random(), id),
             request_seq: Cell::new(0),
+            upstream_idle: std::cell::RefCell::new(Vec::new()),
         });
         // The watchdog's proof that this loop still turns: one relaxed store a second.
         let sh = shared.clone();
