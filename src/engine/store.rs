@@ -1954,7 +1954,7 @@ impl Conn<'_> {
             self.plain.buf[..rest].copy_from_slice(&full[self.pstart..self.plain.filled]);
             self.plain.filled = rest;
             self.pstart = 0;
-            if let Sink::Upstream { total, .. } = sink {
+            if let Sink::Upstream { total, .. } | Sink::Nothing { total } = sink {
                 if off + len > *total {
                     return Err(BodyError::Refuse(
                         s3::Error::new(Code::IncompleteBody)
@@ -1973,7 +1973,7 @@ impl Conn<'_> {
             if let Err(err) = r {
                 let code = match sink {
                     Sink::File(_) => store::code_for_io(&err, Code::InternalError),
-                    Sink::Upstream { .. } => Code::BadGateway,
+                    Sink::Upstream { .. } | Sink::Nothing { .. } => Code::BadGateway,
                 };
                 return Err(BodyError::Refuse(
                     s3::Error::new(code).detail(format_args!("write: {err}")),
@@ -2042,6 +2042,11 @@ enum Sink<'a> {
         /// The last byte, once the write that would have sent it is done.
         held: Option<u8>,
     },
+    /// An empty body read before its (bodiless) upstream request is sent; data is
+    /// refused by the length check.
+    Nothing {
+        total: u64,
+    },
 }
 
 impl Sink<'_> {
@@ -2058,6 +2063,7 @@ impl Sink<'_> {
                 let (r, slice) = f.write_all_at(buf.slice(s..e), off).await;
                 (r, slice.into_inner())
             }
+            Sink::Nothing { .. } => (Ok(()), buf),
             Sink::Upstream { tcp, total, held } => {
                 let mut e = e;
                 if off + (e - s) as u64 == *total && e > s {

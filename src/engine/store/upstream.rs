@@ -210,13 +210,16 @@ impl Conn<'_> {
                     "x-amz-checksum-sha256",
                 ]);
                 let body = if total == 0 {
-                    // Nothing to hold back: read (and verify) the empty body first.
-                    match self.read_small_body(head, 0).await {
-                        Ok(b) => match Self::verify_small_body(spec, &b) {
-                            Ok(()) => Body::Bytes(Vec::new()),
-                            Err(e) => return self.error(head, &bucket, &key, e, start).await,
-                        },
-                        Err(e) => return self.body_failed(head, &bucket, &key, e, start).await,
+                    // Nothing to hold back: read and verify the (empty) body before the
+                    // request goes out at all.
+                    match self.stream_body(head, None, spec, 0, limit).await {
+                        Ok(()) => Body::Bytes(Vec::new()),
+                        Err(Failed::Body(e)) => {
+                            return self.body_failed(head, &bucket, &key, e, start).await
+                        }
+                        Err(Failed::Error(e)) => {
+                            return self.error(head, &bucket, &key, e, start).await
+                        }
                     }
                 } else {
                     Body::Stream {
@@ -518,7 +521,8 @@ impl Conn<'_> {
                         }
                     }
                     Body::Stream { spec, total, max } => {
-                        self.stream_body(head, &tcp, spec, *total, *max).await?;
+                        self.stream_body(head, Some(&tcp), spec, *total, *max)
+                            .await?;
                     }
                 }
                 match self.read_answer_head(&tcp, cfg.response_timeout).await {
@@ -578,7 +582,7 @@ impl Conn<'_> {
     async fn stream_body(
         &mut self,
         head: &RequestHead,
-        tcp: &TcpStream,
+        tcp: Option<&TcpStream>,
         spec: &PutSpec,
         total: u64,
         max: u64,
@@ -599,18 +603,22 @@ impl Conn<'_> {
             .min_body_rate
             .map(|m| BodyRate::new(m.bytes, m.window, now));
         self.read_done = now;
-        let mut sink = Sink::Upstream {
-            tcp,
-            total,
-            held: None,
+        let mut sink = match tcp {
+            Some(tcp) => Sink::Upstream {
+                tcp,
+                total,
+                held: None,
+            },
+            None => Sink::Nothing { total },
         };
         let r = self
             .receive_body(head, &mut inner, &mut sink, &mut hasher, max)
             .await;
         self.rate = None;
         let size = r.map_err(Failed::Body)?;
-        let Sink::Upstream { held, .. } = sink else {
-            return Err(Failed::Error(s3::Error::new(Code::InternalError)));
+        let held = match sink {
+            Sink::Upstream { held, .. } => held,
+            _ => None,
         };
         let digests = hasher.finish();
         let trailer = inner.as_ref().map_or(&[][..], BodyDecoder::trailer);
@@ -636,7 +644,7 @@ impl Conn<'_> {
         checked.map_err(|e| Failed::Body(BodyError::Refuse(e)))?;
         self.hold_inflight()
             .map_err(|e| Failed::Body(BodyError::Refuse(e)))?;
-        if let Some(b) = held {
+        if let (Some(b), Some(tcp)) = (held, tcp) {
             let (r, _) = tcp.write_all(vec![b]).await;
             if r.is_err() {
                 return Err(Failed::Body(BodyError::Refuse(
