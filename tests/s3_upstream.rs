@@ -173,6 +173,8 @@ impl Seaweed {
             .arg("-s3")
             .arg(format!("-s3.port={s3}"))
             .arg(format!("-s3.config={}", cfg.display()))
+            // Fixed default ports (8181, 9101) would collide between tests.
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
             .arg("-volume.max=8");
         let server = Proc::spawn(cmd, dir.path().join("server.log"));
         let sw = Seaweed {
@@ -202,6 +204,7 @@ impl Seaweed {
             .arg(format!("-filer=127.0.0.1:{}", self.filer_port))
             .arg("-ip.bind=127.0.0.1")
             .arg(format!("-port={port}"))
+            .args(["-port.iceberg=0", "-port.lance=0"])
             .arg(format!(
                 "-config={}",
                 self.dir.path().join("s3.json").display()
