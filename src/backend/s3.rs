@@ -300,11 +300,7 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, 
                     return Err(format!("upstream transfer-encoding {value:?}"));
                 }
             }
-            "connection" => {
-                if value.eq_ignore_ascii_case("close") {
-                    head.keep_alive = false;
-                }
-            }
+            "connection" if value.eq_ignore_ascii_case("close") => head.keep_alive = false,
             _ => {}
         }
         head.headers.push((name, value));

@@ -410,7 +410,6 @@ impl Conn<'_> {
             Err(Failed::Error(e)) => {
                 let keep = req.body_is_read() && head.keep_alive;
                 self.linger |= !keep;
-                let e = e;
                 return if keep {
                     self.error(head, &bucket, &key, e, start).await
                 } else {
