@@ -495,6 +495,8 @@ assert not any(k.startswith("carol/") for k in direct_keys())
 # What is in SeaweedFS is exactly what alice wrote, under the mapped bucket.
 assert direct.get_object(Bucket="lake-datasets", Key="mp/big.bin")["ContentLength"] == 64 * MiB
 assert "c/src.bin" in before and "t/c" not in before, before
+# The aws-chunked body with a wrong CRC32 trailer never became an object upstream.
+assert "curl/bad.bin" not in before and "curl/good.bin" in before, before
 print("ok")
 "#;
 
@@ -572,6 +574,56 @@ fn s3_backend_curl_boto3_listing_copy_delete_authz_and_tenants() {
     assert_eq!(st, 403);
     let (st, _) = curl(&lab, &srv, "alice", "GET", "/datasets/curl/absent", None);
     assert_eq!(st, 404);
+
+    // An aws-chunked body whose CRC32 trailer (checked by lakegate alone, after the
+    // body) does not match: 400, and the upstream never completes the object, since
+    // its last byte is held back. The same body with the right trailer is stored.
+    let data = pseudo_random(3 << 20, 11);
+    let good = crc32fast::hash(&data).to_be_bytes();
+    let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
+    for (key, crc, want) in [
+        ("curl/bad.bin", b64(&[0, 0, 0, 0]), 400),
+        ("curl/good.bin", b64(&good), 201),
+    ] {
+        let mut body = format!("{:x}\r\n", data.len()).into_bytes();
+        body.extend_from_slice(&data);
+        body.extend_from_slice(format!("\r\n0\r\nx-amz-checksum-crc32:{crc}\r\n\r\n").as_bytes());
+        let f = lab.path("chunked.body");
+        std::fs::write(&f, &body).unwrap();
+        let (cert, k) = lab.client("alice");
+        let o = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+            .args([
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                k.to_str().unwrap(),
+            ])
+            .args(["--cacert", lab.path("ca.crt").to_str().unwrap()])
+            .args(["-H", "Content-Type: application/octet-stream"])
+            .args(["-H", "Content-Encoding: aws-chunked"])
+            .args([
+                "-H",
+                &format!("x-amz-decoded-content-length: {}", data.len()),
+            ])
+            .args(["-H", "x-amz-trailer: x-amz-checksum-crc32"])
+            .args([
+                "-H",
+                "x-amz-content-sha256: STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+            ])
+            .args(["--data-binary", &format!("@{}", f.display())])
+            .arg(format!("https://127.0.0.1:{}/datasets/{key}", srv.port))
+            .output()
+            .unwrap();
+        let st: u16 = String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        assert_eq!(st, want, "{key}: {}", srv.log_plain());
+    }
+    let (st, out) = curl(&lab, &srv, "alice", "GET", "/datasets/curl/good.bin", None);
+    assert_eq!(st, 200);
+    assert_eq!(std::fs::read(out).unwrap(), data);
 
     run_boto3(&py, &lab, &srv, &sw.s3_url(), "main.py", MAIN_SCRIPT);
 

@@ -606,7 +606,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (h.status, h.content_length, h.keep_alive, n),
-            (404, Some(12), false, 69)
+            (404, Some(12), false, 65)
         );
         assert!(parse_response_head(b"HTTP/1.1 200 OK\r\n")
             .unwrap()
