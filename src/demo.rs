@@ -113,6 +113,13 @@ token_file = "admin.token"   # POST /reload needs this token (file mode 0600)
 kind = "store"
 root = "data"
 fsync = "always"
+# In front of an S3-compatible store instead (SeaweedFS, MinIO, Ceph RGW):
+# kind = "s3"
+# endpoints = ["http://127.0.0.1:8333"]        # failover in order; http only for now
+# region = "us-east-1"
+# credentials = "s3-credentials.toml"          # access_key_id, secret_access_key (0600)
+# bucket_map = { datasets = "lake-datasets" }  # client bucket -> upstream bucket
+# tenant_prefix = false                        # true: each identity under its own prefix
 
 [[authz]]
 identity = "spiffe://lake.example/trainer/*"

@@ -482,6 +482,8 @@ s3.abort_multipart_upload(Bucket="datasets", Key="mp/manual", UploadId=u)
 
 # HeadBucket and GetBucketLocation.
 assert s3.head_bucket(Bucket="datasets")["ResponseMetadata"]["HTTPStatusCode"] == 200
+assert code(lambda: s3.head_bucket(Bucket="models"))[1] == 404
+assert code(lambda: s3.list_objects_v2(Bucket="models")) == ("NoSuchBucket", 404)
 
 # carol has no write: 403, and nothing of hers reaches SeaweedFS.
 before = sorted(direct_keys())

@@ -730,7 +730,11 @@ impl Conn<'_> {
             };
             let body = body.unwrap_or_default();
             let upstream_code = up::error_code(&body).map(str::to_owned);
-            let code = up::map_error(status, upstream_code.as_deref());
+            let mut code = up::map_error(status, upstream_code.as_deref());
+            // A HEAD has no error document: a 404 on the bucket itself is the bucket's.
+            if code == Code::NoSuchKey && upstream_code.is_none() && key.is_empty() {
+                code = Code::NoSuchBucket;
+            }
             stats.results[if status >= 500 { 2 } else { 1 }].inc();
             let e = s3::Error::new(code).detail(format_args!(
                 "upstream {} answered {status} {}",
@@ -777,8 +781,10 @@ impl Conn<'_> {
                 if matches!(op, Operation::PutObject(_)) && status == 200 {
                     status = 201;
                 }
-                let len = a.head.content_length.unwrap_or(0);
-                let drained = if len > 0 && !bodiless {
+                // Whatever body comes (a length, chunks, or up to the close) is read
+                // to its end, so the connection is clean for the next request.
+                let has_body = a.head.chunked || a.head.content_length != Some(0);
+                let drained = if has_body && !bodiless {
                     self.read_whole(&mut a, upstream.cfg.response_timeout)
                         .await
                         .is_ok()
