@@ -118,7 +118,7 @@ fsync = "always"
 # endpoints = ["http://127.0.0.1:8333"]        # failover in order; http only for now
 # region = "us-east-1"
 # credentials = "s3-credentials.toml"          # access_key_id, secret_access_key (0600)
-# bucket_map = { datasets = "lake-datasets" }  # client bucket -> upstream bucket
+# bucket_map = {{ datasets = "lake-datasets" }}  # client bucket -> upstream bucket
 # tenant_prefix = false                        # true: each identity under its own prefix
 
 [[authz]]
