@@ -702,6 +702,8 @@ fn s3_backend_fails_over_and_answers_503_when_every_endpoint_is_down() {
         "{m}"
     );
 
+    promtool_check(&m);
+
     // Back again: used again once its health check passes.
     let (_back, _) = sw.gateway(first_port);
     let ok_before = srv.metric("lakegate_upstream_requests_total", &first_ok);
@@ -763,5 +765,32 @@ fn s3_credentials_file_must_be_private_and_never_printed() {
     assert!(
         !out.contains(SECRET_KEY) && !err.contains(SECRET_KEY),
         "{err}"
+    );
+}
+
+/// `promtool check metrics` on a scrape with the upstream families, when promtool is
+/// installed (tests/operate.rs checks the rest of the scrape the same way).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let Ok(mut p) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("SKIPPED: promtool check of the upstream metrics (no promtool)");
+        return;
+    };
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}"
     );
 }
