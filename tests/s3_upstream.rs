@@ -794,3 +794,85 @@ fn promtool_check(text: &str) {
         "promtool check metrics: {said}"
     );
 }
+
+/// A fake upstream on 127.0.0.1: the health probe (`HEAD /`) is answered 405 (alive),
+/// a request whose path holds `/five` 500 with an S3 error document, and every other
+/// is read and never answered.
+fn misbehaving_upstream() -> u16 {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                let mut n = 0;
+                loop {
+                    match s.read(&mut buf[n..]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let line = head.lines().next().unwrap_or("").to_owned();
+                if line.starts_with("HEAD / ") {
+                    // The health probe: alive.
+                    let _ = s.write_all(
+                        b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                if line.contains("/five") {
+                    let body = "<Error><Code>InternalError</Code><Message>boom</Message></Error>";
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+                // Hold the connection open, silent, until the peer goes.
+                while matches!(s.read(&mut buf), Ok(k) if k > 0) {}
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn s3_upstream_5xx_is_502_and_silence_is_504() {
+    let lab = Lab::new();
+    let creds = write_credentials(&lab);
+    let port = misbehaving_upstream();
+    let url = format!("http://127.0.0.1:{port}");
+    let backend = s3_backend(&[url.clone()], &creds, false)
+        .replace("response_timeout = \"20s\"", "response_timeout = \"1s\"");
+    let srv = Server::start_with_authz(&lab, "", &backend, AUTHZ);
+    let (st, out) = curl(&lab, &srv, "alice", "GET", "/datasets/five", None);
+    assert_eq!(st, 502, "{}", srv.log_plain());
+    let text = std::fs::read_to_string(out).unwrap();
+    // Our error document, not the upstream's message.
+    assert!(
+        text.contains("<Code>BadGateway</Code>") && !text.contains("boom"),
+        "{text}"
+    );
+    let t = Instant::now();
+    let (st, out) = curl(&lab, &srv, "alice", "GET", "/datasets/silent", None);
+    assert_eq!(st, 504, "{}", srv.log_plain());
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let text = std::fs::read_to_string(out).unwrap();
+    assert!(text.contains("<Code>GatewayTimeout</Code>"), "{text}");
+    let m = srv.metrics();
+    for result in ["server_error", "timeout"] {
+        let labels = format!("endpoint=\"{url}\",result=\"{result}\"");
+        assert_eq!(
+            metric_value(&m, "lakegate_upstream_requests_total", &labels),
+            1.0,
+            "{result}: {m}"
+        );
+    }
+    assert!(!srv.log_text().contains(SECRET_KEY));
+}
