@@ -848,7 +848,7 @@ fn s3_upstream_5xx_is_502_and_silence_is_504() {
     let creds = write_credentials(&lab);
     let port = misbehaving_upstream();
     let url = format!("http://127.0.0.1:{port}");
-    let backend = s3_backend(&[url.clone()], &creds, false)
+    let backend = s3_backend(std::slice::from_ref(&url), &creds, false)
         .replace("response_timeout = \"20s\"", "response_timeout = \"1s\"");
     let srv = Server::start_with_authz(&lab, "", &backend, AUTHZ);
     let (st, out) = curl(&lab, &srv, "alice", "GET", "/datasets/five", None);
