@@ -826,6 +826,16 @@ fn misbehaving_upstream() -> u16 {
                     );
                     return;
                 }
+                if line.contains("/early") {
+                    // Refuse before the body and close without reading it.
+                    let body = "<Error><Code>NoSuchBucket</Code></Error>";
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    return;
+                }
                 if line.contains("/five") {
                     let body = "<Error><Code>InternalError</Code><Message>boom</Message></Error>";
                     let _ = write!(
@@ -865,6 +875,12 @@ fn s3_upstream_5xx_is_502_and_silence_is_504() {
     assert!(t.elapsed() < Duration::from_secs(5));
     let text = std::fs::read_to_string(out).unwrap();
     assert!(text.contains("<Code>GatewayTimeout</Code>"), "{text}");
+    // An upstream that refuses a PUT before its body and closes: its answer, not a 502.
+    let big = lab.path("early.bin");
+    std::fs::write(&big, pseudo_random(8 << 20, 5)).unwrap();
+    let (st, out) = curl(&lab, &srv, "alice", "PUT", "/datasets/early", Some(&big));
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    assert_eq!(st, 404, "{text}\n{}", srv.log_plain());
     let m = srv.metrics();
     for result in ["server_error", "timeout"] {
         let labels = format!("endpoint=\"{url}\",result=\"{result}\"");

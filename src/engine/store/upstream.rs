@@ -520,8 +520,31 @@ impl Conn<'_> {
                         }
                     }
                     Body::Stream { spec, total, max } => {
-                        self.stream_body(head, Some(&tcp), spec, *total, *max)
-                            .await?;
+                        let sent = self.stream_body(head, Some(&tcp), spec, *total, *max).await;
+                        if let Err(Failed::Body(BodyError::Refuse(e))) = &sent {
+                            if e.code == Code::BadGateway {
+                                // The upstream may have refused early (a missing bucket)
+                                // and closed instead of reading the rest: its answer,
+                                // if it is there, says more than our broken write.
+                                let early =
+                                    self.read_answer_head(&tcp, Duration::from_secs(1)).await;
+                                if let Ok((rh, buf, at, filled)) = early {
+                                    let code = up::error_code(&buf[at..filled]);
+                                    let mapped = up::map_error(rh.status, code);
+                                    let detail = format!(
+                                        "upstream answered {} {} before the whole body",
+                                        rh.status,
+                                        code.unwrap_or("-")
+                                    );
+                                    self.w.pool.give(buf);
+                                    stats.results[if rh.status >= 500 { 2 } else { 1 }].inc();
+                                    return Err(Failed::Body(BodyError::Refuse(
+                                        s3::Error::new(mapped).detail(detail),
+                                    )));
+                                }
+                            }
+                        }
+                        sent?;
                     }
                 }
                 match self.read_answer_head(&tcp, cfg.response_timeout).await {
