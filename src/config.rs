@@ -152,7 +152,6 @@ impl Config {
                 v.push(("backend.tenant_prefix", b.tenant_prefix.to_string()));
                 v.push(("backend.connect_timeout", d(b.connect_timeout)));
                 v.push(("backend.response_timeout", d(b.response_timeout)));
-                v.push(("backend.tls_to_upstream", "off (plaintext HTTP/1.1)".into()));
             }
             Backend::Forward {
                 upstream,
