@@ -133,6 +133,28 @@ impl Config {
                 v.push(("backend.multipart_expiry", d(*multipart_expiry)));
                 v.push(("backend.etag", format!("{etag:?}").to_lowercase()));
             }
+            Backend::S3(b) => {
+                v.push(("backend.kind", "s3".into()));
+                let urls: Vec<&str> = b.endpoints.iter().map(|e| e.url.as_str()).collect();
+                v.push((
+                    "backend.endpoints",
+                    format!("{urls:?} (failover in this order)"),
+                ));
+                v.push(("backend.region", b.region.clone()));
+                // The path only: the file's content is a secret.
+                v.push(("backend.credentials", p(&b.credentials)));
+                v.push((
+                    "backend.bucket_map",
+                    if b.bucket_map.is_empty() {
+                        "{} (every bucket keeps its name)".into()
+                    } else {
+                        format!("{:?} (other buckets keep their name)", b.bucket_map)
+                    },
+                ));
+                v.push(("backend.tenant_prefix", b.tenant_prefix.to_string()));
+                v.push(("backend.connect_timeout", d(b.connect_timeout)));
+                v.push(("backend.response_timeout", d(b.response_timeout)));
+            }
             Backend::Forward {
                 upstream,
                 proxy_protocol,
@@ -273,6 +295,9 @@ pub enum Backend {
         /// What a single-part object's ETag is.
         etag: Etag,
     },
+    /// An S3-compatible object store upstream (SeaweedFS, MinIO, Ceph RGW): the object
+    /// API of the store backend, executed by the upstream over HTTP/1.1.
+    S3(S3Backend),
     /// A plaintext byte relay to an upstream.
     Forward {
         /// Where connections are relayed to.
@@ -295,6 +320,40 @@ pub enum Etag {
     /// The hex SHA-256 of the bytes (64 digits), which MD5-comparing clients cannot check.
     Sha256,
 }
+
+/// `kind = "s3"`: where object requests go and how they are signed and mapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Backend {
+    /// Upstream endpoints, tried in this order (failover).
+    pub endpoints: Vec<S3Endpoint>,
+    /// The SigV4 region.
+    pub region: String,
+    /// The file with `access_key_id` and `secret_access_key` (mode 0600, checked here
+    /// and again when read); its content is read with the generation, never logged.
+    pub credentials: PathBuf,
+    /// Client bucket → upstream bucket; a bucket not listed keeps its name.
+    pub bucket_map: std::collections::BTreeMap<String, String>,
+    /// Prefix each identity's keys with a segment derived from it.
+    pub tenant_prefix: bool,
+    /// Deadline for a TCP connection to an endpoint.
+    pub connect_timeout: Duration,
+    /// Deadline for the upstream's response head once the request is sent.
+    pub response_timeout: Duration,
+}
+
+/// One S3 upstream endpoint, `http://IP:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Endpoint {
+    /// As written in the file (the metric label).
+    pub url: String,
+    /// The address connected to.
+    pub addr: SocketAddr,
+}
+
+/// At most this many S3 endpoints (their metrics have a fixed slot per worker).
+pub const MAX_S3_ENDPOINTS: usize = 8;
+const DEFAULT_S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const DEFAULT_S3_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Store durability policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -492,13 +551,14 @@ struct RawBackend {
     upstream: Option<String>,
     proxy_protocol: Option<String>,
     proxy_protocol_client_cert: Option<bool>,
-    // s3: accepted here only so that `kind = "s3"` gets "not supported yet" rather
-    // than a wall of unknown-key errors.
-    endpoints: Option<toml::Value>,
-    region: Option<toml::Value>,
-    credentials: Option<toml::Value>,
-    bucket_map: Option<toml::Value>,
-    tenant_prefix: Option<toml::Value>,
+    // s3
+    endpoints: Option<Vec<String>>,
+    region: Option<String>,
+    credentials: Option<String>,
+    bucket_map: Option<std::collections::BTreeMap<String, String>>,
+    tenant_prefix: Option<bool>,
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -860,19 +920,13 @@ impl Ctx {
     }
 
     fn backend(&self, raw: RawBackend) -> Result<Backend> {
-        let kind = self.required("backend.kind", raw.kind)?;
+        let kind = self.required("backend.kind", raw.kind.clone())?;
         match kind.as_str() {
-            "store" | "forward" => {}
-            "s3" => {
-                return Err(self.err(
-                    "backend.kind",
-                    "\"s3\" is not supported yet (expected \"store\" or \"forward\")",
-                ))
-            }
+            "store" | "forward" | "s3" => {}
             _ => {
                 return Err(self.err(
                     "backend.kind",
-                    format!("expected \"store\" or \"forward\", found {kind:?}"),
+                    format!("expected \"store\", \"s3\" or \"forward\", found {kind:?}"),
                 ))
             }
         }
@@ -895,6 +949,8 @@ impl Ctx {
             ("credentials", raw.credentials.is_some(), "s3"),
             ("bucket_map", raw.bucket_map.is_some(), "s3"),
             ("tenant_prefix", raw.tenant_prefix.is_some(), "s3"),
+            ("connect_timeout", raw.connect_timeout.is_some(), "s3"),
+            ("response_timeout", raw.response_timeout.is_some(), "s3"),
         ];
         if let Some((key, _, owner)) = owners.iter().find(|(_, set, owner)| *set && *owner != kind)
         {
@@ -940,6 +996,10 @@ impl Ctx {
             });
         }
 
+        if kind == "s3" {
+            return self.s3_backend(raw).map(Backend::S3);
+        }
+
         let upstream = self.upstream(&self.required("backend.upstream", raw.upstream)?)?;
         let proxy_protocol = match raw.proxy_protocol.as_deref() {
             None => None,
@@ -963,6 +1023,94 @@ impl Ctx {
             upstream,
             proxy_protocol,
             proxy_protocol_client_cert,
+        })
+    }
+
+    fn s3_backend(&self, raw: RawBackend) -> Result<S3Backend> {
+        let list = self.required("backend.endpoints", raw.endpoints)?;
+        if list.is_empty() || list.len() > MAX_S3_ENDPOINTS {
+            return Err(self.err(
+                "backend.endpoints",
+                format!(
+                    "expected 1 to {MAX_S3_ENDPOINTS} endpoints, found {}",
+                    list.len()
+                ),
+            ));
+        }
+        let mut endpoints = Vec::with_capacity(list.len());
+        for (i, url) in list.into_iter().enumerate() {
+            let key = format!("backend.endpoints[{i}]");
+            if url.starts_with("https://") {
+                // Promising TLS and sending plaintext would be the worst outcome.
+                return Err(self.err(
+                    key,
+                    "TLS to the upstream is not implemented yet; use http:// on loopback or a private network",
+                ));
+            }
+            let addr = url
+                .strip_prefix("http://")
+                .map(|a| a.trim_end_matches('/'))
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .ok_or_else(|| {
+                    self.err(
+                        &key,
+                        format!("expected \"http://IP:PORT\" like \"http://127.0.0.1:8333\", found {url:?}"),
+                    )
+                })?;
+            if endpoints.iter().any(|e: &S3Endpoint| e.addr == addr) {
+                return Err(self.err(key, format!("{addr} is listed twice")));
+            }
+            endpoints.push(S3Endpoint { url, addr });
+        }
+        let region = raw.region.unwrap_or_else(|| "us-east-1".to_owned());
+        if region.is_empty()
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(self.err(
+                "backend.region",
+                format!("expected a region name like \"us-east-1\", found {region:?}"),
+            ));
+        }
+        let credentials = self.existing_file(
+            "backend.credentials",
+            self.required("backend.credentials", raw.credentials)?,
+        )?;
+        self.private_file("backend.credentials", &credentials)?;
+        let bucket_map = raw.bucket_map.unwrap_or_default();
+        for (from, to) in &bucket_map {
+            let ok = |b: &str| {
+                (3..=63).contains(&b.len())
+                    && b.bytes().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'
+                    })
+            };
+            if !ok(from) || !ok(to) {
+                return Err(self.err(
+                    format!("backend.bucket_map.{from}"),
+                    format!("expected S3 bucket names (3 to 63 of a-z 0-9 . -), found {from:?} = {to:?}"),
+                ));
+            }
+        }
+        Ok(S3Backend {
+            endpoints,
+            region,
+            credentials,
+            bucket_map,
+            tenant_prefix: raw.tenant_prefix.unwrap_or(false),
+            connect_timeout: self.duration(
+                "backend.connect_timeout",
+                raw.connect_timeout,
+                DEFAULT_S3_CONNECT_TIMEOUT,
+                false,
+            )?,
+            response_timeout: self.duration(
+                "backend.response_timeout",
+                raw.response_timeout,
+                DEFAULT_S3_RESPONSE_TIMEOUT,
+                false,
+            )?,
         })
     }
 
@@ -1476,18 +1624,20 @@ ticket_key_file = ""         # shared key file so a fleet resumes each other's s
 listen = "127.0.0.1:9090"
 
 [backend]
-kind = "store"               # or "forward"; "s3" (a distributed object store upstream) comes later
+kind = "store"               # or "s3" (an S3-compatible upstream) or "forward"
 root = "/srv/lake"           # store: where objects live
 fsync = "always"             # store: "always" | "never"
 etag = "md5"                 # store: single-part ETag "md5" (as S3) | "sha256"
 # upstream = "unix:/run/lake.sock" | "127.0.0.1:9000"   (forward)
 # proxy_protocol = "v2"                                  (forward, optional)
 # proxy_protocol_client_cert = false                     (forward: DER leaf in TLV 0x28)
-# endpoints = ["http://127.0.0.1:8333"]                   (s3: S3-compatible upstreams, failover in order)
+# endpoints = ["http://127.0.0.1:8333"]                   (s3: S3-compatible upstreams, failover in order; http only)
 # region = "us-east-1"                                   (s3: SigV4 region)
-# credentials = "s3-credentials.toml"                    (s3: access_key_id, secret_access_key)
-# bucket_map = { datasets = "lake-datasets" }            (s3: client bucket → upstream bucket)
+# credentials = "s3-credentials.toml"                    (s3: access_key_id, secret_access_key; mode 0600)
+# bucket_map = { datasets = "lake-datasets" }            (s3: client bucket → upstream bucket; others keep their name)
 # tenant_prefix = false                                  (s3: prefix keys with the identity)
+# connect_timeout = "3s"                                 (s3: TCP connect to an endpoint)
+# response_timeout = "30s"                               (s3: response head after the request; past it 504)
 
 [[authz]]                    # first match wins; no match = 403 / connection refused
 identity = "spiffe://lake.example/trainer/*"
@@ -2057,13 +2207,46 @@ root = "data"
             "kind = \"s3\"\nendpoints = [\"http://127.0.0.1:8333\"]\nregion = \"us-east-1\"\nbucket_map = { datasets = \"lake-datasets\" }",
         );
         let e = parse_err(&dir, &s3);
-        assert_eq!(e.key, "backend.kind");
-        assert!(e.message.contains("not supported yet"), "{e}");
+        assert_eq!(e.key, "backend.credentials");
+        assert_eq!(e.message, "missing required key");
+
+        // The credentials file is a secret: group- or world-readable is refused.
+        use std::os::unix::fs::PermissionsExt;
+        let creds = dir.path().join("s3-credentials.toml");
+        std::fs::write(
+            &creds,
+            "access_key_id = \"AK\"\nsecret_access_key = \"do-not-print\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let with_creds = s3.replace(
+            "region = ",
+            "credentials = \"s3-credentials.toml\"\nregion = ",
+        );
+        let e = parse_err(&dir, &with_creds);
+        assert_eq!(e.key, "backend.credentials");
+        assert!(e.message.contains("mode 0644"), "{e}");
+        assert!(!e.to_string().contains("do-not-print"), "{e}");
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = parse_ok(&dir, &with_creds);
+        let Backend::S3(b) = &c.backend else {
+            panic!("not s3: {:?}", c.backend)
+        };
+        assert_eq!(b.endpoints[0].addr, "127.0.0.1:8333".parse().unwrap());
+        assert_eq!(b.bucket_map["datasets"], "lake-datasets");
+        assert!(!format!("{:?}", c.effective()).contains("do-not-print"));
+
+        let e = parse_err(
+            &dir,
+            &with_creds.replace("http://127.0.0.1:8333", "https://127.0.0.1:8333"),
+        );
+        assert_eq!(e.key, "backend.endpoints[0]");
+        assert!(e.message.contains("not implemented"), "{e}");
 
         let e = parse_err(&dir, &MINIMAL.replace("\"store\"", "\"disk\""));
         assert_eq!(
             e.message,
-            "expected \"store\" or \"forward\", found \"disk\""
+            "expected \"store\", \"s3\" or \"forward\", found \"disk\""
         );
     }
 

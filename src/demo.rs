@@ -114,6 +114,13 @@ kind = "store"
 root = "data"
 fsync = "always"
 etag = "md5"                 # single-part ETag: "md5" (as S3; rclone/AWS CLI check it) | "sha256"
+# In front of an S3-compatible store instead (SeaweedFS, MinIO, Ceph RGW):
+# kind = "s3"
+# endpoints = ["http://127.0.0.1:8333"]        # failover in order; http only for now
+# region = "us-east-1"
+# credentials = "s3-credentials.toml"          # access_key_id, secret_access_key (0600)
+# bucket_map = {{ datasets = "lake-datasets" }}  # client bucket -> upstream bucket
+# tenant_prefix = false                        # true: each identity under its own prefix
 
 [[authz]]
 identity = "spiffe://lake.example/trainer/*"

@@ -119,6 +119,19 @@ fn main() -> ExitCode {
                     "admin:               {a}; POST /reload disabled (no [admin] token_file), reload with SIGHUP"
                 ),
             }
+            if let lakegate::config::Backend::S3(b) = &c.backend {
+                let urls: Vec<&str> = b.endpoints.iter().map(|e| e.url.as_str()).collect();
+                println!(
+                    "s3 upstream:         {} (failover in order, health probe every {}s), SigV4 region {}, \
+                     credentials {} (read, mode private; secret not shown), tenant_prefix {}, \
+                     plaintext HTTP/1.1 (no TLS to the upstream yet)",
+                    urls.join(", "),
+                    lakegate::backend::s3::HEALTH_INTERVAL.as_secs(),
+                    b.region,
+                    b.credentials.display(),
+                    b.tenant_prefix
+                );
+            }
             let forward = matches!(c.backend, lakegate::config::Backend::Forward { .. });
             println!(
                 "authz rules:         {} (first match decides; no match is refused)",

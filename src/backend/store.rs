@@ -1475,9 +1475,7 @@ fn cached_meta(file: &File, xattrs: bool) -> io::Result<Option<ObjectMeta>> {
         return Ok(None);
     }
     // As in object_meta: an MD5 counts only beside a current SHA-256.
-    let md5_hex = sha256_hex
-        .as_ref()
-        .and_then(|_| cached_md5(file, &stamp));
+    let md5_hex = sha256_hex.as_ref().and_then(|_| cached_md5(file, &stamp));
     Ok(Some(ObjectMeta {
         size: md.len(),
         mtime: md.modified()?,

@@ -145,15 +145,22 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
 
     let close = match &gen.config.backend {
         Backend::Forward { .. } => super::forward::relay(&w, &gen, client, peer, est, &log).await,
-        Backend::Store { .. } => match &gen.store {
-            Some(store) => {
-                super::store::serve(&w, gen.clone(), store.clone(), client, peer, est, &log).await
+        Backend::Store { .. } | Backend::S3(_) => {
+            let exec = match (&gen.store, &gen.s3) {
+                (Some(store), _) => Some(super::store::Exec::Store(store.clone())),
+                (None, Some(up)) => Some(super::store::Exec::S3(up.clone())),
+                (None, None) => None,
+            };
+            match exec {
+                Some(exec) => {
+                    super::store::serve(&w, gen.clone(), exec, client, peer, est, &log).await
+                }
+                None => {
+                    refuse(&client, est, &log).await;
+                    "no store"
+                }
             }
-            None => {
-                refuse(&client, est, &log).await;
-                "no store"
-            }
-        },
+        }
     };
     tracing::info!(
         worker = w.id, %peer, identity = identity.name(), version = session.version,

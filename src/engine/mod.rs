@@ -117,7 +117,17 @@ pub fn build_generation_with(
                     message: format!("{}: {e}", root.display()),
                 })?,
         )),
-        crate::config::Backend::Forward { .. } => None,
+        crate::config::Backend::Forward { .. } | crate::config::Backend::S3(_) => None,
+    };
+    let s3 = match &cfg.backend {
+        crate::config::Backend::S3(b) => Some(Arc::new(
+            crate::backend::s3::Upstream::new(b).map_err(|message| policy::PolicyError {
+                file: cfg.path.display().to_string(),
+                key: "backend.credentials",
+                message,
+            })?,
+        )),
+        _ => None,
     };
     let rules = cfg
         .authz
@@ -138,6 +148,7 @@ pub fn build_generation_with(
         authz: Arc::new(Policy::new(rules)),
         suites: pol.summary.suites,
         store,
+        s3,
         server_cert_not_after: pol.server_cert_not_after,
         crls: pol.crls,
         verifier: pol.verifier,
@@ -374,7 +385,7 @@ fn sweep_uploads(shared: &Shared) {
             crate::config::Backend::Store {
                 multipart_expiry, ..
             } => *multipart_expiry,
-            crate::config::Backend::Forward { .. } => return,
+            crate::config::Backend::Forward { .. } | crate::config::Backend::S3(_) => return,
         };
         if let Some(store) = &gen.store {
             match store.sweep_uploads(expiry, std::time::SystemTime::now()) {

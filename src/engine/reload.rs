@@ -189,6 +189,12 @@ impl Reloader {
                 .iter()
                 .filter_map(|crl| Some((crl.file.display().to_string(), crl.next_update?)))
                 .collect();
+            c.upstream_endpoints = match &gen.config.backend {
+                crate::config::Backend::S3(b) => {
+                    b.endpoints.iter().map(|e| e.url.clone()).collect()
+                }
+                _ => Vec::new(),
+            };
         });
     }
 

@@ -31,6 +31,8 @@ pub struct Generation {
     pub suites: Vec<String>,
     /// The object store, when the backend is `store`.
     pub store: Option<Arc<crate::backend::store::Store>>,
+    /// The upstream (credentials, endpoints and their health), when the backend is `s3`.
+    pub s3: Option<Arc<crate::backend::s3::Upstream>>,
     /// Not-after of the server certificate, unix seconds.
     pub server_cert_not_after: i64,
     /// What the CRL files said when this generation was built.

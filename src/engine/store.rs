@@ -5,6 +5,13 @@
 //! operation a request is and how a refusal is worded is [`crate::proto::s3`]'s call;
 //! when a slow head or body has run out of time is [`crate::proto::slow`]'s. This file
 //! turns their answers into timers, bytes and files.
+//!
+//! The same request cycle serves the `s3` backend: head parse, classification,
+//! authorization (rules, tokens, re-judging) and body streaming are this file's, shared
+//! by both; only the execution of an admitted operation differs, on disk here
+//! ([`Conn::exec_store`]) or by an S3 upstream ([`upstream`]).
+
+mod upstream;
 
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
@@ -39,6 +46,25 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Why a connection ends.
 type End = &'static str;
 
+/// What executes the admitted requests of a connection.
+#[derive(Clone)]
+pub enum Exec {
+    /// Files beneath the store root.
+    Store(Arc<Store>),
+    /// An S3-compatible upstream.
+    S3(Arc<crate::backend::s3::Upstream>),
+}
+
+/// A request that passed classification and authorization (token and rules).
+struct Admitted<'h> {
+    bucket: String,
+    key: Option<String>,
+    op: Operation<'h>,
+    /// False for a CreateBucket let through without `manage` (see `admit`): it may
+    /// only be told that the bucket is there.
+    may_create: bool,
+}
+
 /// The request head was not complete within `request_head_timeout`.
 const HEAD_TIMEOUT: End = "request head timeout";
 /// The body arrived slower than `min_body_rate`.
@@ -57,8 +83,8 @@ struct Conn<'a> {
     accepted: Instant,
     /// Unix seconds until which the admission holds without a new judgement.
     valid_until: i64,
-    /// The store of `gen`; `None` only while a request has it out.
-    store: Option<Arc<Store>>,
+    /// The backend of `gen`; `None` only while a request has it out.
+    exec: Option<Exec>,
     /// The bucket and access of the request being served, held to the running policy
     /// while its body or object streams.
     inflight: Option<(String, Access)>,
@@ -151,7 +177,7 @@ fn token_verdict(
 pub async fn serve(
     w: &Rc<Worker>,
     gen: Arc<Generation>,
-    store: Arc<Store>,
+    exec: Exec,
     client: Stream,
     peer: SocketAddr,
     est: Established,
@@ -176,7 +202,7 @@ pub async fn serve(
         chain,
         accepted,
         valid_until,
-        store: Some(store),
+        exec: Some(exec),
         inflight: None,
         client,
         tls,
@@ -250,13 +276,13 @@ impl Conn<'_> {
             if aged {
                 self.w.stats.policy_close(None);
             }
-            let Some(store) = self.store.take() else {
+            let Some(exec) = self.exec.take() else {
                 return "no store";
             };
-            let r = self.request(&store, &head, start).await;
+            let r = self.request(&exec, &head, start).await;
             // A re-judgement during the request may have brought the next generation's
-            // store; otherwise this one serves the next request.
-            self.store.get_or_insert(store);
+            // backend; otherwise this one serves the next request.
+            self.exec.get_or_insert(exec);
             self.inflight = None;
             let keep = match r {
                 Ok(keep) => keep,
@@ -300,9 +326,14 @@ impl Conn<'_> {
         // Passing in the very second of an expiry: judged again a second on.
         self.valid_until = cur.valid_until(&self.chain).max(unix_secs() + 1);
         if changed {
-            // A new root serves from the next request on; another kind of backend
-            // cannot serve this connection at all.
-            self.store = Some(cur.store.clone().ok_or(FailReason::Unauthorized)?);
+            // A new root (or upstream) serves from the next request on; a forward
+            // relay cannot serve this connection at all.
+            let exec = match (&cur.store, &cur.s3) {
+                (Some(store), _) => Exec::Store(store.clone()),
+                (None, Some(up)) => Exec::S3(up.clone()),
+                (None, None) => return Err(FailReason::Unauthorized),
+            };
+            self.exec = Some(exec);
             self.gen = cur;
             // A token verified under the old key set is verified again.
             self.token_cache = None;
@@ -750,33 +781,59 @@ impl Conn<'_> {
 
     async fn request(
         &mut self,
-        store: &Arc<Store>,
+        exec: &Exec,
         head: &RequestHead,
         start: Instant,
     ) -> Result<bool, End> {
         if head.path == "/" {
-            return self.service(store, head, start).await;
+            return match exec {
+                Exec::Store(store) => self.service(store, head, start).await,
+                Exec::S3(_) => {
+                    // Which upstream buckets an identity may see is not known here
+                    // (unmapped buckets keep their names): refused, not guessed.
+                    let e = s3::Error::not_implemented("ListBuckets through the s3 backend");
+                    self.error(head, "-", "", e, start).await
+                }
+            };
         }
+        let a = match self.admit(head, start).await {
+            Ok(a) => a,
+            Err(answered) => return answered,
+        };
+        match exec {
+            Exec::Store(store) => self.exec_store(store, head, a, start).await,
+            Exec::S3(up) => self.exec_s3(up, head, a, start).await,
+        }
+    }
+
+    /// The front half of every request, whichever backend executes it: the path's
+    /// bucket and key (the store's key rules hold for both), the operation, the bearer
+    /// token and the `[[authz]]` rule. `Err` carries the answer already given.
+    async fn admit<'h>(
+        &mut self,
+        head: &'h RequestHead,
+        start: Instant,
+    ) -> Result<Admitted<'h>, Result<bool, End>> {
         let (bucket, key) = match store::split_path(&head.path) {
             Ok(x) => x,
             Err(e) => {
-                return self
+                return Err(self
                     .error(head, "-", "-", store::key_error(&e), start)
-                    .await
+                    .await)
             }
         };
         let (bucket, key) = (bucket.to_string(), key.map(str::to_string));
         let k = key.as_deref().unwrap_or("");
         let op = match s3::classify(head, key.is_some()) {
             Ok(op) => op,
-            Err(e) => return self.error(head, &bucket, k, e, start).await,
+            Err(e) => return Err(self.error(head, &bucket, k, e, start).await),
         };
         if !matches!(head.method, Method::Put | Method::Post)
             && !BodyDecoder::for_request(head).is_done()
         {
             // Unread body bytes would be parsed as the next request head.
             let e = s3::Error::msg(Code::InvalidRequest, "unexpected request body");
-            return self.error(head, &bucket, k, e, start).await;
+            return Err(self.error(head, &bucket, k, e, start).await);
         }
         let access = match &op {
             // The write verb covers a whole multipart upload, and a copy's destination
@@ -815,7 +872,7 @@ impl Conn<'_> {
                     self.token_used = used;
                     self.w.stats.token(Ok(used));
                 }
-                Err(r) => return self.token_refused(head, &bucket, k, r, start).await,
+                Err(r) => return Err(self.token_refused(head, &bucket, k, r, start).await),
             }
         }
         let mut decision = self.gen.authz.check(&self.identity, &bucket, access);
@@ -829,19 +886,47 @@ impl Conn<'_> {
             // CreateBucket of a bucket the identity already works in gets S3's answer
             // for an existing bucket of one's own, 409 BucketAlreadyOwnedByYou, which
             // tools take as "there" (rclone asks before a server-side copy or move into
-            // another folder). Nothing is created, so it needs no `manage`.
-            let known = matches!(op, Operation::CreateBucket(_))
+            // another folder). Nothing is created, so it needs no `manage`; the backend
+            // checks that the bucket exists (else this is 403 after all).
+            let works_in = matches!(op, Operation::CreateBucket(_))
                 && [Access::Read, Access::Write, Access::Delete, Access::List]
                     .into_iter()
-                    .any(|a| self.gen.authz.check(&self.identity, &bucket, a).is_allowed())
-                && store.bucket_dir(&bucket).is_ok();
-            if !known {
+                    .any(|a| {
+                        self.gen
+                            .authz
+                            .check(&self.identity, &bucket, a)
+                            .is_allowed()
+                    });
+            if !works_in {
                 let e = s3::Error::new(Code::AccessDenied).detail(reason);
-                return self.error(head, &bucket, k, e, start).await;
+                return Err(self.error(head, &bucket, k, e, start).await);
             }
             may_create = false;
         }
         self.inflight = Some((bucket.clone(), access));
+        Ok(Admitted {
+            bucket,
+            key,
+            op,
+            may_create,
+        })
+    }
+
+    /// Execute an admitted request on the local store.
+    async fn exec_store(
+        &mut self,
+        store: &Arc<Store>,
+        head: &RequestHead,
+        a: Admitted<'_>,
+        start: Instant,
+    ) -> Result<bool, End> {
+        let Admitted {
+            bucket,
+            key,
+            op,
+            may_create,
+        } = a;
+        let k = key.as_deref().unwrap_or("");
         match (op, key.as_deref()) {
             (Operation::PutObject(spec), Some(key)) => {
                 self.put(store, head, &spec, &bucket, key, None, start)
@@ -994,7 +1079,9 @@ impl Conn<'_> {
                         // of a missing key, succeeds. A missing bucket is still
                         // NoSuchBucket.
                         let r = match r {
-                            Err(e) if Self::io_error(store, &bucket, &e).code == Code::NoSuchKey => {
+                            Err(e)
+                                if Self::io_error(store, &bucket, &e).code == Code::NoSuchKey =>
+                            {
                                 Ok(())
                             }
                             r => r,
@@ -1154,8 +1241,12 @@ impl Conn<'_> {
             return self.error(head, bucket, "", e, start).await;
         }
         if !may_create {
-            let e = s3::Error::new(Code::BucketAlreadyOwnedByYou)
-                .detail("the bucket exists; creating buckets needs \"manage\"");
+            let e = if store.bucket_dir(bucket).is_ok() {
+                s3::Error::new(Code::BucketAlreadyOwnedByYou)
+                    .detail("the bucket exists; creating buckets needs \"manage\"")
+            } else {
+                s3::Error::new(Code::AccessDenied).detail("creating buckets needs \"manage\"")
+            };
             return self.error(head, bucket, "", e, start).await;
         }
         match store.create_bucket_new(bucket) {
@@ -1428,7 +1519,7 @@ impl Conn<'_> {
             .map(|m| BodyRate::new(m.bytes, m.window, now));
         self.read_done = now;
         let r = self
-            .receive_body(head, &mut inner, &uring, &mut hasher, max)
+            .receive_body(head, &mut inner, &mut Sink::File(&uring), &mut hasher, max)
             .await;
         self.rate = None;
         let _ = uring.close().await;
@@ -1836,49 +1927,10 @@ impl Conn<'_> {
         key: &str,
         start: Instant,
     ) -> Result<bool, End> {
-        let src = format!("/{}/{}", spec.bucket, spec.key);
-        let (src_bucket, src_key) = match store::split_path(&src) {
-            Ok((b, Some(k))) => (b.to_owned(), k.to_owned()),
-            Ok((_, None)) => {
-                let e = s3::Error::msg(Code::InvalidArgument, "x-amz-copy-source must name a key");
-                return self.error(head, bucket, key, e, start).await;
-            }
-            Err(e) => {
-                let e = store::key_error(&e);
-                return self.error(head, bucket, key, e, start).await;
-            }
+        let (src_bucket, src_key) = match self.copy_source(head, &spec, bucket, key, start).await {
+            Ok(x) => x,
+            Err(answered) => return answered,
         };
-        // The destination's write was checked with the request; the source needs read.
-        if let Decision::Denied { reason } =
-            self.gen
-                .authz
-                .check(&self.identity, &src_bucket, Access::Read)
-        {
-            let e = s3::Error::new(Code::AccessDenied).detail(format!("copy source: {reason}"));
-            return self.error(head, bucket, key, e, start).await;
-        }
-        // And the bearer token, when [tokens] is set, must grant read on the source
-        // as well: both must allow, for the source as for the destination.
-        if let Some(gate) = self.gen.tokens.as_deref() {
-            if let Err(r) = token_verdict(
-                gate,
-                &mut self.token_cache,
-                head,
-                &self.identity.thumbprint,
-                &src_bucket,
-                Access::Read,
-                unix_secs(),
-            ) {
-                return self.token_refused(head, bucket, key, r, start).await;
-            }
-        }
-        if src_bucket == bucket && src_key == key && spec.replace.is_none() {
-            let e = s3::Error::msg(
-                Code::InvalidRequest,
-                "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
-            );
-            return self.error(head, bucket, key, e, start).await;
-        }
         let own = |v: Option<&str>| v.map(str::to_owned);
         let c = &spec.conditions;
         let conds = [
@@ -1918,6 +1970,63 @@ impl Conn<'_> {
             }
             Err(e) => self.error(head, bucket, key, e, start).await,
         }
+    }
+
+    /// A copy's source, shared by both backends: a valid path, read access for this
+    /// identity (rule and token, as for the destination), not the destination itself.
+    /// `Err` carries the answer already given.
+    async fn copy_source(
+        &mut self,
+        head: &RequestHead,
+        spec: &s3::CopySpec<'_>,
+        bucket: &str,
+        key: &str,
+        start: Instant,
+    ) -> Result<(String, String), Result<bool, End>> {
+        let src = format!("/{}/{}", spec.bucket, spec.key);
+        let (src_bucket, src_key) = match store::split_path(&src) {
+            Ok((b, Some(k))) => (b.to_owned(), k.to_owned()),
+            Ok((_, None)) => {
+                let e = s3::Error::msg(Code::InvalidArgument, "x-amz-copy-source must name a key");
+                return Err(self.error(head, bucket, key, e, start).await);
+            }
+            Err(e) => {
+                let e = store::key_error(&e);
+                return Err(self.error(head, bucket, key, e, start).await);
+            }
+        };
+        // The destination's write was checked with the request; the source needs read.
+        if let Decision::Denied { reason } =
+            self.gen
+                .authz
+                .check(&self.identity, &src_bucket, Access::Read)
+        {
+            let e = s3::Error::new(Code::AccessDenied).detail(format!("copy source: {reason}"));
+            return Err(self.error(head, bucket, key, e, start).await);
+        }
+        // And the bearer token, when [tokens] is set, must grant read on the source
+        // as well: both must allow, for the source as for the destination.
+        if let Some(gate) = self.gen.tokens.as_deref() {
+            if let Err(r) = token_verdict(
+                gate,
+                &mut self.token_cache,
+                head,
+                &self.identity.thumbprint,
+                &src_bucket,
+                Access::Read,
+                unix_secs(),
+            ) {
+                return Err(self.token_refused(head, bucket, key, r, start).await);
+            }
+        }
+        if src_bucket == bucket && src_key == key && spec.replace.is_none() {
+            let e = s3::Error::msg(
+                Code::InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
+            );
+            return Err(self.error(head, bucket, key, e, start).await);
+        }
+        Ok((src_bucket, src_key))
     }
 
     /// Check a whole in-memory body against the checksums its head carries.
@@ -2022,7 +2131,7 @@ impl Conn<'_> {
         &mut self,
         head: &RequestHead,
         inner: &mut Option<BodyDecoder>,
-        f: &tokio_uring::fs::File,
+        sink: &mut Sink<'_>,
         hasher: &mut BodyHasher,
         max: u64,
     ) -> Result<u64, BodyError> {
@@ -2099,16 +2208,27 @@ impl Conn<'_> {
             self.plain.buf[..rest].copy_from_slice(&full[self.pstart..self.plain.filled]);
             self.plain.filled = rest;
             self.pstart = 0;
-            let write = f.write_all_at(full.slice(s..e), off);
+            if let Sink::Upstream { total, .. } | Sink::Nothing { total } = sink {
+                if off + len > *total {
+                    return Err(BodyError::Refuse(
+                        s3::Error::new(Code::IncompleteBody)
+                            .detail(format_args!("body longer than the {total} bytes announced")),
+                    ));
+                }
+            }
+            let write = sink.write(full, s, e, off);
             let (wres, more) = if done {
                 (write.await, Ok(()))
             } else {
                 tokio::join!(write, self.need_more())
             };
-            let (r, slice) = wres;
-            self.w.pool.give(slice.into_inner());
+            let (r, buf) = wres;
+            self.w.pool.give(buf);
             if let Err(err) = r {
-                let code = store::code_for_io(&err, Code::InternalError);
+                let code = match sink {
+                    Sink::File(_) => store::code_for_io(&err, Code::InternalError),
+                    Sink::Upstream { .. } | Sink::Nothing { .. } => Code::BadGateway,
+                };
                 return Err(BodyError::Refuse(
                     s3::Error::new(code).detail(format_args!("write: {err}")),
                 ));
@@ -2160,6 +2280,57 @@ impl Conn<'_> {
             None => "body too slow".to_owned(),
         };
         s3::Error::new(Code::RequestTimeout).detail(detail)
+    }
+}
+
+/// Where a request body goes: a file at increasing offsets (store), or an upstream
+/// connection (s3). The upstream's last body byte is held back until the body's
+/// checksums are verified: a body that fails them never completes upstream, because
+/// the connection is dropped one byte short of its Content-Length.
+enum Sink<'a> {
+    File(&'a tokio_uring::fs::File),
+    Upstream {
+        tcp: &'a tokio_uring::net::TcpStream,
+        /// The Content-Length sent upstream.
+        total: u64,
+        /// The last byte, once the write that would have sent it is done.
+        held: Option<u8>,
+    },
+    /// An empty body read before its (bodiless) upstream request is sent; data is
+    /// refused by the length check.
+    Nothing {
+        total: u64,
+    },
+}
+
+impl Sink<'_> {
+    /// Write `buf[s..e]` (the body bytes at `off`); the buffer comes back.
+    async fn write(
+        &mut self,
+        buf: Vec<u8>,
+        s: usize,
+        e: usize,
+        off: u64,
+    ) -> (std::io::Result<()>, Vec<u8>) {
+        match self {
+            Sink::File(f) => {
+                let (r, slice) = f.write_all_at(buf.slice(s..e), off).await;
+                (r, slice.into_inner())
+            }
+            Sink::Nothing { .. } => (Ok(()), buf),
+            Sink::Upstream { tcp, total, held } => {
+                let mut e = e;
+                if off + (e - s) as u64 == *total && e > s {
+                    e -= 1;
+                    *held = Some(buf[e]);
+                }
+                if e == s {
+                    return (Ok(()), buf);
+                }
+                let (r, slice) = tcp.write_all(buf.slice(s..e)).await;
+                (r, slice.into_inner())
+            }
+        }
     }
 }
 

@@ -39,6 +39,21 @@ pub struct Worker {
     pub request_id_prefix: u64,
     /// Requests this worker has numbered; a plain cell, as no other thread counts here.
     pub request_seq: Cell<u64>,
+    /// s3 backend: this worker's idle keep-alive connections to upstream endpoints.
+    /// Never shared with another worker (a connection lives on this worker's ring).
+    pub upstream_idle: std::cell::RefCell<Vec<IdleUpstream>>,
+}
+
+/// An idle keep-alive connection to an s3 upstream endpoint.
+pub struct IdleUpstream {
+    /// [`crate::backend::s3::Upstream::id`] of the backend it was opened for.
+    pub backend: u64,
+    /// The endpoint index.
+    pub endpoint: usize,
+    /// The connection.
+    pub stream: tokio_uring::net::TcpStream,
+    /// When it went idle.
+    pub since: std::time::Instant,
 }
 
 /// How long connections get, after the drain deadline has told them to stop, to
@@ -116,6 +131,7 @@ pub fn run(
             generation: gen_rx,
             request_id_prefix: RequestId::prefix(process_random(), id),
             request_seq: Cell::new(0),
+            upstream_idle: std::cell::RefCell::new(Vec::new()),
         });
         // The drain deadline: count what is still open on this worker (each of those is
         // cut), then tell them.

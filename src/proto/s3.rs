@@ -98,8 +98,14 @@ pub enum Code {
     InternalError,
     /// 501: an operation, parameter or header the store does not implement.
     NotImplemented,
-    /// 503: the appliance is shedding load or draining.
+    /// 503: the appliance is shedding load or draining, or (s3 backend) every
+    /// upstream endpoint is down.
     SlowDown,
+    /// 502 (s3 backend): the upstream failed (5xx, a broken connection, an answer we
+    /// cannot read, or a refusal of our own credentials).
+    BadGateway,
+    /// 504 (s3 backend): the upstream did not answer within `response_timeout`.
+    GatewayTimeout,
     /// 507: the disk is full (the partial upload is removed).
     InsufficientStorage,
 }
@@ -137,6 +143,8 @@ impl Code {
             Code::InternalError => 500,
             Code::NotImplemented => 501,
             Code::SlowDown => 503,
+            Code::BadGateway => 502,
+            Code::GatewayTimeout => 504,
             Code::InsufficientStorage => 507,
         }
     }
@@ -177,6 +185,8 @@ impl Code {
             Code::InternalError => "InternalError",
             Code::NotImplemented => "NotImplemented",
             Code::SlowDown => "SlowDown",
+            Code::BadGateway => "BadGateway",
+            Code::GatewayTimeout => "GatewayTimeout",
             Code::InsufficientStorage => "InsufficientStorage",
         }
     }
@@ -243,6 +253,8 @@ impl Code {
                 "A header or query you provided implies functionality that is not implemented."
             }
             Code::SlowDown => "Please reduce your request rate.",
+            Code::BadGateway => "The storage upstream failed to serve the request.",
+            Code::GatewayTimeout => "The storage upstream did not answer in time.",
             Code::InsufficientStorage => "The store has no space left for this object.",
         }
     }

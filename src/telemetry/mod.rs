@@ -79,10 +79,35 @@ pub const REQUEST_BUCKETS: [f64; 12] = [
 /// Methods counted in `lakegate_requests_total` (LIST is GET on a bucket).
 pub const METHODS: [&str; 6] = ["GET", "HEAD", "PUT", "DELETE", "LIST", "OTHER"];
 /// Statuses counted one by one; any other lands in the last slot, labelled "other".
-pub const STATUSES: [u16; 23] = [
+pub const STATUSES: [u16; 25] = [
     200, 201, 204, 206, 304, 400, 401, 403, 404, 405, 408, 409, 411, 412, 413, 416, 431, 499, 500,
-    501, 503, 507, 0,
+    501, 502, 503, 504, 507, 0,
 ];
+
+/// Endpoint slots of the s3 backend's upstream metrics (`[backend] endpoints` is
+/// capped at this many by the configuration).
+pub const UPSTREAM_SLOTS: usize = 8;
+
+/// The `result` label of `lakegate_upstream_requests_total`: an answer below 400, a
+/// 4xx passed to the client, a 5xx (→ 502), no answer within `response_timeout`
+/// (→ 504), no connection (the next endpoint is tried), a broken connection.
+pub const UPSTREAM_RESULTS: [&str; 6] = [
+    "ok",
+    "client_error",
+    "server_error",
+    "timeout",
+    "connect_failed",
+    "io_error",
+];
+
+/// One endpoint's upstream counters in one worker.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    /// By [`UPSTREAM_RESULTS`] index.
+    pub results: [Counter; UPSTREAM_RESULTS.len()],
+    /// Request sent → response head received (or failure).
+    pub latency: Histo,
+}
 
 /// The slot of a request's (method, status).
 pub fn request_slot(method: &str, status: u16) -> usize {
@@ -127,6 +152,10 @@ pub struct WorkerStats {
     pub bytes_sent: Counter,
     /// Upstream connect failures (forward).
     pub upstream_errors: Counter,
+    /// s3 backend: per endpoint slot (the order of `[backend] endpoints`).
+    pub upstream: [UpstreamStats; UPSTREAM_SLOTS],
+    /// s3 backend: requests answered 503 because every endpoint was down.
+    pub upstream_unavailable: Counter,
     /// Sessions by version/suite/resumed slot; see [`session_slot`].
     pub sessions: [Counter; SESSION_SLOTS],
     /// Requests by (method, status) slot; see [`request_slot`].
@@ -161,6 +190,8 @@ impl Default for WorkerStats {
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
             upstream_errors: Counter::default(),
+            upstream: Default::default(),
+            upstream_unavailable: Counter::default(),
             sessions: std::array::from_fn(|_| Counter::default()),
             requests: std::array::from_fn(|_| Counter::default()),
             request_duration: Histo::default(),
@@ -268,6 +299,9 @@ pub struct Control {
     pub admin_dropped: [u64; 2],
     /// Multipart uploads removed by the sweep after `multipart_expiry`.
     pub multipart_expired: u64,
+    /// s3 backend: the endpoint URLs of the running generation, the `endpoint` label
+    /// of each upstream slot.
+    pub upstream_endpoints: Vec<String>,
 }
 
 /// The slot of a (version, suite, resumed) triple; `suites` is the provider's list.
@@ -538,6 +572,43 @@ impl Telemetry {
                 self.sum(|w| w.upstream_errors.get()) as f64,
             )],
         ));
+
+        let endpoints = self
+            .control
+            .lock()
+            .map(|c| c.upstream_endpoints.clone())
+            .unwrap_or_default();
+        if !endpoints.is_empty() {
+            let mut ms = Vec::new();
+            let mut hs = Vec::new();
+            for (i, ep) in endpoints.iter().enumerate().take(UPSTREAM_SLOTS) {
+                for (r, result) in UPSTREAM_RESULTS.iter().enumerate() {
+                    ms.push(counter(
+                        vec![label("endpoint", ep), label("result", result)],
+                        self.sum(|w| w.upstream[i].results[r].get()) as f64,
+                    ));
+                }
+                let mut h = self.histogram(&REQUEST_BUCKETS, |w| &w.upstream[i].latency);
+                h.set_label(vec![label("endpoint", ep)]);
+                hs.push(h);
+            }
+            ms.push(counter(
+                vec![label("endpoint", "none"), label("result", "unavailable")],
+                self.sum(|w| w.upstream_unavailable.get()) as f64,
+            ));
+            out.push(family(
+                "lakegate_upstream_requests_total",
+                "Requests to the s3 backend's upstream endpoints, by endpoint and result (endpoint=\"none\": every endpoint down, answered 503).",
+                COUNTER,
+                ms,
+            ));
+            out.push(family(
+                "lakegate_upstream_request_duration_seconds",
+                "Time from sending a request to an s3 upstream endpoint to its response head.",
+                HISTOGRAM,
+                hs,
+            ));
+        }
 
         let mut sessions = Vec::new();
         for v13 in [false, true] {
