@@ -277,7 +277,7 @@ fn curl_boto3_and_rclone_move_256_mib_byte_exact_through_lakegate_to_seaweedfs()
         &lab,
         &cluster,
         &srv,
-        "boto3.py",
+        "via_boto3.py",
         r#"
 src = extra[0]
 s3.upload_file(src, "datasets", "boto3/big.bin")
@@ -463,7 +463,7 @@ fn a_dead_gateway_fails_over_and_is_used_again_once_healthy() {
     let Some((lab, mut cluster)) = setup() else {
         return;
     };
-    let srv = start(&lab, &cluster, &[0, 1], "health_interval = \"1s\"", "");
+    let srv = start(&lab, &cluster, &[0, 1], "", "");
     let url = |k: &str| format!("https://127.0.0.1:{}/datasets/fo/{k}", srv.port);
     let put = |k: &str| {
         let (out, err) = curl(

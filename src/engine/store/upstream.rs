@@ -11,6 +11,7 @@
 //! connection) only when it is idempotent and carried no body from the client, and
 //! only when the pooled connection broke before a byte of the answer came.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,7 +67,7 @@ struct UpRequest<'a> {
     /// Path and query, URI-encoded.
     target: String,
     /// Headers that are sent and signed (names lower case).
-    headers: Vec<(&'static str, String)>,
+    headers: Vec<(Cow<'static, str>, String)>,
     body: Body<'a>,
     /// May be sent again after a broken pooled connection (idempotent, no client body).
     replayable: bool,
@@ -150,13 +151,6 @@ impl Conn<'_> {
             Operation::ListBuckets | Operation::CreateBucket(_) | Operation::DeleteBucket => {
                 Some("bucket create, delete and list through the s3 backend")
             }
-            // Content-Type is passed through; user metadata is not yet.
-            Operation::PutObject(s3::PutSpec { meta, .. })
-            | Operation::CreateMultipartUpload(s3::CreateSpec { meta, .. })
-                if !meta.user.is_empty() =>
-            {
-                Some("x-amz-meta-* user metadata through the s3 backend")
-            }
             Operation::PutObject(spec)
             | Operation::CompleteMultipartUpload {
                 checksums: spec, ..
@@ -164,11 +158,10 @@ impl Conn<'_> {
                 Some("conditional writes (If-None-Match, If-Match) through the s3 backend")
             }
             Operation::CopyObject(c)
-                if c.replace.is_some()
-                    || c.conditions.if_modified_since.is_some()
+                if c.conditions.if_modified_since.is_some()
                     || c.conditions.if_unmodified_since.is_some() =>
             {
-                Some("CopyObject REPLACE or date conditions through the s3 backend")
+                Some("CopyObject date conditions through the s3 backend")
             }
             _ => None,
         };
@@ -191,11 +184,11 @@ impl Conn<'_> {
             up::uri_encode(&mut path, &key, true);
         }
         let mut q = Query(String::new());
-        let passed = |names: &[&str]| -> Vec<(&'static str, String)> {
+        let passed = |names: &[&str]| -> Vec<(Cow<'static, str>, String)> {
             PASS_REQUEST
                 .iter()
                 .filter(|n| names.is_empty() || names.contains(n))
-                .filter_map(|n| head.header(n).map(|v| (*n, v.to_owned())))
+                .filter_map(|n| head.header(n).map(|v| (Cow::Borrowed(*n), v.to_owned())))
                 .collect()
         };
         let bad_token = || {
@@ -236,13 +229,16 @@ impl Conn<'_> {
                 }
                 // The header checksums go upstream too (it checks them as well); a
                 // trailer checksum is ours alone to check, the body arrives decoded.
-                let h = passed(&[
+                let mut h = passed(&[
                     "content-type",
                     "content-md5",
                     "x-amz-checksum-crc32",
                     "x-amz-checksum-sha1",
                     "x-amz-checksum-sha256",
                 ]);
+                if let Operation::PutObject(p) = &op {
+                    add_meta(&mut h, &p.meta);
+                }
                 let body = if total == 0 {
                     // Nothing to hold back: read and verify the (empty) body before the
                     // request goes out at all.
@@ -324,12 +320,18 @@ impl Conn<'_> {
                     "x-amz-copy-source-if-none-match",
                     "x-amz-metadata-directive",
                 ]);
-                h.push(("x-amz-copy-source", src));
+                h.push(("x-amz-copy-source".into(), src));
+                if let Some(m) = &spec.replace {
+                    add_meta(&mut h, m);
+                }
                 ("PUT", h, Body::None, true, Answer::Xml)
             }
             Operation::CreateMultipartUpload(_) => {
                 q.flag("uploads");
-                let h = passed(&["content-type", "x-amz-checksum-algorithm"]);
+                let mut h = passed(&["content-type", "x-amz-checksum-algorithm"]);
+                if let Operation::CreateMultipartUpload(c) = &op {
+                    add_meta(&mut h, &c.meta);
+                }
                 ("POST", h, Body::None, false, Answer::Xml)
             }
             Operation::CompleteMultipartUpload {
@@ -348,7 +350,7 @@ impl Conn<'_> {
                 if let Err(e) = s3::parse_complete(&b) {
                     return self.error(head, &bucket, &key, e, start).await;
                 }
-                let h = vec![("content-type", "application/xml".to_owned())];
+                let h = vec![("content-type".into(), "application/xml".to_owned())];
                 ("POST", h, Body::Bytes(b), false, Answer::Xml)
             }
             Operation::AbortMultipartUpload { upload_id } => {
@@ -416,8 +418,8 @@ impl Conn<'_> {
                     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, d)
                 };
                 let h = vec![
-                    ("content-md5", md5),
-                    ("content-type", "application/xml".to_owned()),
+                    ("content-md5".into(), md5),
+                    ("content-type".into(), "application/xml".to_owned()),
                 ];
                 ("POST", h, Body::Bytes(body), false, Answer::Xml)
             }
@@ -533,9 +535,10 @@ impl Conn<'_> {
                 };
                 let (r, _) = tcp.write_all(bytes).await;
                 if r.is_err() {
-                    // Nothing of a body went out yet; a request with a client body is
-                    // not replayed all the same (the rule is: idempotent only).
-                    if was_pooled && req.replayable {
+                    // Nothing of a body went out yet (not even read from the client),
+                    // so any idempotent request may go again on a fresh connection:
+                    // PUT, GET, HEAD, DELETE; never a POST.
+                    if was_pooled && req.method != "POST" {
                         fresh_only = true;
                         continue;
                     }
@@ -1153,10 +1156,42 @@ impl Query {
 fn take_idle(w: &Rc<Worker>, backend: u64, ep: usize, fresh: Duration) -> Option<TcpStream> {
     let mut idle = w.upstream_idle.borrow_mut();
     idle.retain(|c| c.since.elapsed() < POOL_IDLE);
-    let i = idle
-        .iter()
-        .rposition(|c| c.backend == backend && c.endpoint == ep && c.since.elapsed() < fresh)?;
-    Some(idle.swap_remove(i).stream)
+    loop {
+        let i = idle.iter().rposition(|c| {
+            c.backend == backend && c.endpoint == ep && c.since.elapsed() < fresh
+        })?;
+        let c = idle.swap_remove(i);
+        // An upstream that closed its end (restarted, idle timeout, died) would take
+        // the next request and fail it; a peek that does not wait finds that out.
+        if still_open(&c.stream) {
+            return Some(c.stream);
+        }
+    }
+}
+
+/// Whether an idle keep-alive connection is still open and has nothing unread.
+fn still_open(t: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    // SAFETY: recv(2) on the stream's own open descriptor into a 1-byte stack buffer
+    // it may fill; MSG_PEEK leaves any byte in place and MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            t.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
+/// The request's `x-amz-meta-*` pairs, as the upstream stores them (Content-Type goes
+/// through the header list).
+fn add_meta(h: &mut Vec<(Cow<'static, str>, String)>, m: &s3::Metadata) {
+    for (name, value) in &m.user {
+        h.push((Cow::Owned(format!("x-amz-meta-{name}")), value.clone()));
+    }
 }
 
 /// The request head for endpoint `ep`, signed.
@@ -1165,7 +1200,7 @@ fn build_head(upstream: &Upstream, ep: usize, req: &UpRequest<'_>) -> Result<Vec
     let mut signed: Vec<(&str, &str)> = Vec::with_capacity(req.headers.len() + 1);
     signed.push(("host", host));
     for (n, v) in &req.headers {
-        signed.push((*n, v.as_str()));
+        signed.push((n.as_ref(), v.as_str()));
     }
     let body = match &req.body {
         Body::Bytes(b) => SignableBody::Bytes(b),
