@@ -428,6 +428,48 @@ impl Conn<'_> {
     }
 
     /// Read more TLS from the client and decrypt it onto the end of `plain`.
+    /// Wait for the next request holding no buffer: the three pool buffers go back
+    /// while the client is quiet (memory per idle keep-alive connection) and are taken
+    /// again when it has bytes for us. The same deadlines as the read that follows.
+    async fn wait_between_requests(&mut self) -> Result<(), End> {
+        self.w.pool.give(std::mem::take(&mut self.inb));
+        self.w.pool.give(std::mem::take(&mut self.plain.buf));
+        self.w.pool.give(std::mem::take(&mut self.out.buf));
+        self.plain.filled = 0;
+        self.pstart = 0;
+        self.out.filled = 0;
+        let idle = self.gen.config.server.idle_timeout;
+        let wait = read_idle(
+            async { (self.client.readable().await.map(|()| 0), ()) },
+            &self.last,
+            idle,
+            Some(self.w.drain.clone()),
+        );
+        let hard = self.deadline;
+        let ready = async move {
+            match hard {
+                Some((at, why)) => tokio::time::timeout_at(at.into(), wait)
+                    .await
+                    .map_err(|_| why),
+                None => Ok(wait.await),
+            }
+        };
+        let r = tokio::select! {
+            r = ready => r,
+            () = self.w.drain_deadline() => Err(DRAIN_CUT),
+        };
+        self.inb = self.w.pool.take();
+        self.plain = OutBuf::from_vec(self.w.pool.take());
+        self.out = OutBuf::from_vec(self.w.pool.take());
+        match r {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((WaitError::Idle, _))) => Err("idle timeout"),
+            Ok(Err((WaitError::Draining, _))) => Err("draining"),
+            Ok(Err((WaitError::Io(_), _))) => Err("client read error"),
+            Err(why) => Err(why),
+        }
+    }
+
     async fn fill(&mut self) -> Result<(), End> {
         if self.pstart == self.plain.filled {
             self.pstart = 0;
@@ -450,6 +492,9 @@ impl Conn<'_> {
             // request runs on until it completes or the drain deadline cuts it.
             let between =
                 self.inflight.is_none() && self.pstart == self.plain.filled && self.used == 0;
+            if between {
+                self.wait_between_requests().await?;
+            }
             let cap = self.inb.len();
             let inb = std::mem::take(&mut self.inb);
             let idle = self.gen.config.server.idle_timeout;
