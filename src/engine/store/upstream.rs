@@ -1157,9 +1157,9 @@ fn take_idle(w: &Rc<Worker>, backend: u64, ep: usize, fresh: Duration) -> Option
     let mut idle = w.upstream_idle.borrow_mut();
     idle.retain(|c| c.since.elapsed() < POOL_IDLE);
     loop {
-        let i = idle.iter().rposition(|c| {
-            c.backend == backend && c.endpoint == ep && c.since.elapsed() < fresh
-        })?;
+        let i = idle
+            .iter()
+            .rposition(|c| c.backend == backend && c.endpoint == ep && c.since.elapsed() < fresh)?;
         let c = idle.swap_remove(i);
         // An upstream that closed its end (restarted, idle timeout, died) would take
         // the next request and fail it; a peek that does not wait finds that out.
