@@ -143,8 +143,13 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
         .unwrap_or(15);
     w.stats.sessions[session_slot(session.version == "TLSv1.3", suite_idx, session.resumed)].inc();
 
+    // The relay and the request loop are boxed: their state would otherwise be part of
+    // this future, allocated in full at accept for every connection, handshaken or not
+    // (memory per bare connect).
     let close = match &gen.config.backend {
-        Backend::Forward { .. } => super::forward::relay(&w, &gen, client, peer, est, &log).await,
+        Backend::Forward { .. } => {
+            Box::pin(super::forward::relay(&w, &gen, client, peer, est, &log)).await
+        }
         Backend::Store { .. } | Backend::S3(_) => {
             let exec = match (&gen.store, &gen.s3) {
                 (Some(store), _) => Some(super::store::Exec::Store(store.clone())),
@@ -153,7 +158,16 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
             };
             match exec {
                 Some(exec) => {
-                    super::store::serve(&w, gen.clone(), exec, client, peer, est, &log).await
+                    Box::pin(super::store::serve(
+                        &w,
+                        gen.clone(),
+                        exec,
+                        client,
+                        peer,
+                        est,
+                        &log,
+                    ))
+                    .await
                 }
                 None => {
                     refuse(&client, est, &log).await;
