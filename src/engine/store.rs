@@ -65,6 +65,29 @@ struct Admitted<'h> {
     may_create: bool,
 }
 
+/// Run a wait for the client under the connection's hard deadline (see
+/// `Conn::hard_deadline`) and the drain deadline: at the drain deadline a wait still
+/// pending is abandoned like an overdue one (an upload then ends as a truncated one,
+/// its temporary removed).
+async fn bounded<T>(
+    wait: impl std::future::Future<Output = T>,
+    hard: Option<(Instant, End)>,
+    drain_deadline: impl std::future::Future<Output = ()>,
+) -> Result<T, End> {
+    let read = async move {
+        match hard {
+            Some((at, why)) => tokio::time::timeout_at(at.into(), wait)
+                .await
+                .map_err(|_| why),
+            None => Ok(wait.await),
+        }
+    };
+    tokio::select! {
+        r = read => r,
+        () = drain_deadline => Err(DRAIN_CUT),
+    }
+}
+
 /// The request head was not complete within `request_head_timeout`.
 const HEAD_TIMEOUT: End = "request head timeout";
 /// The body arrived slower than `min_body_rate`.
@@ -428,6 +451,15 @@ impl Conn<'_> {
     }
 
     /// Read more TLS from the client and decrypt it onto the end of `plain`.
+    /// A slow head or body has a deadline of its own, shorter than the idle timeout;
+    /// past it a read is abandoned like an idle one and the caller answers 408.
+    fn hard_deadline(&self) -> Option<(Instant, End)> {
+        match &self.rate {
+            Some(rate) => Some((rate.deadline(), BODY_TOO_SLOW)),
+            None => self.deadline,
+        }
+    }
+
     /// Wait for the next request holding no buffer: the three pool buffers go back
     /// while the client is quiet (memory per idle keep-alive connection) and are taken
     /// again when it has bytes for us. The same deadlines as the read that follows.
@@ -445,19 +477,7 @@ impl Conn<'_> {
             idle,
             Some(self.w.drain.clone()),
         );
-        let hard = self.deadline;
-        let ready = async move {
-            match hard {
-                Some((at, why)) => tokio::time::timeout_at(at.into(), wait)
-                    .await
-                    .map_err(|_| why),
-                None => Ok(wait.await),
-            }
-        };
-        let r = tokio::select! {
-            r = ready => r,
-            () = self.w.drain_deadline() => Err(DRAIN_CUT),
-        };
+        let r = bounded(wait, self.hard_deadline(), self.w.drain_deadline()).await;
         self.inb = self.w.pool.take();
         self.plain = OutBuf::from_vec(self.w.pool.take());
         self.out = OutBuf::from_vec(self.w.pool.take());
@@ -504,27 +524,7 @@ impl Conn<'_> {
                 idle,
                 between.then(|| self.w.drain.clone()),
             );
-            // A slow head or body has a deadline of its own, shorter than the idle
-            // timeout; past it the read is abandoned like an idle one and the caller
-            // answers 408.
-            let hard = match &self.rate {
-                Some(rate) => Some((rate.deadline(), BODY_TOO_SLOW)),
-                None => self.deadline,
-            };
-            let read = async move {
-                match hard {
-                    Some((at, why)) => tokio::time::timeout_at(at.into(), wait)
-                        .await
-                        .map_err(|_| why),
-                    None => Ok(wait.await),
-                }
-            };
-            // At the drain deadline a read still waiting is abandoned like an overdue
-            // one; an upload then ends as a truncated one (its temporary removed).
-            let waited = tokio::select! {
-                r = read => r,
-                () = self.w.drain_deadline() => Err(DRAIN_CUT),
-            };
+            let waited = bounded(wait, self.hard_deadline(), self.w.drain_deadline()).await;
             let waited = match waited {
                 Ok(r) => r,
                 Err(why) => {
