@@ -59,7 +59,12 @@ pub struct ConnLog {
 }
 
 /// Serve one accepted connection to its end.
-pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: SocketAddr) {
+pub(super) async fn serve(
+    w: Rc<Worker>,
+    stream: tokio_uring::net::TcpStream,
+    peer: SocketAddr,
+    slot: super::worker::Slot,
+) {
     let start = Instant::now();
     let mut gen = w.shared.current.load_full();
     let _ = stream.set_nodelay(true);
@@ -143,46 +148,41 @@ pub async fn serve(w: Rc<Worker>, stream: tokio_uring::net::TcpStream, peer: Soc
         .unwrap_or(15);
     w.stats.sessions[session_slot(session.version == "TLSv1.3", suite_idx, session.resumed)].inc();
 
-    // The relay and the request loop are boxed: their state would otherwise be part of
-    // this future, allocated in full at accept for every connection, handshaken or not
-    // (memory per bare connect).
-    let close = match &gen.config.backend {
-        Backend::Forward { .. } => {
-            Box::pin(super::forward::relay(&w, &gen, client, peer, est, &log)).await
-        }
-        Backend::Store { .. } | Backend::S3(_) => {
-            let exec = match (&gen.store, &gen.s3) {
-                (Some(store), _) => Some(super::store::Exec::Store(store.clone())),
-                (None, Some(up)) => Some(super::store::Exec::S3(up.clone())),
-                (None, None) => None,
-            };
-            match exec {
-                Some(exec) => {
-                    Box::pin(super::store::serve(
-                        &w,
-                        gen.clone(),
-                        exec,
-                        client,
-                        peer,
-                        est,
-                        &log,
-                    ))
-                    .await
-                }
-                None => {
-                    refuse(&client, est, &log).await;
-                    "no store"
+    // The established phase is a task of its own, and this one (the handshake's state,
+    // allocated in full at accept for every connection) ends: a connection that has not
+    // handshaken carries only the handshake's state, an idle established one only what
+    // serving it needs (memory per connection). The slot moves along.
+    tokio_uring::spawn(async move {
+        let _slot = slot;
+        let close = match &gen.config.backend {
+            Backend::Forward { .. } => {
+                super::forward::relay(&w, &gen, client, peer, est, &log).await
+            }
+            Backend::Store { .. } | Backend::S3(_) => {
+                let exec = match (&gen.store, &gen.s3) {
+                    (Some(store), _) => Some(super::store::Exec::Store(store.clone())),
+                    (None, Some(up)) => Some(super::store::Exec::S3(up.clone())),
+                    (None, None) => None,
+                };
+                match exec {
+                    Some(exec) => {
+                        super::store::serve(&w, gen.clone(), exec, client, peer, est, &log).await
+                    }
+                    None => {
+                        refuse(&client, est, &log).await;
+                        "no store"
+                    }
                 }
             }
-        }
-    };
-    tracing::info!(
-        worker = w.id, %peer, identity = identity.name(), version = session.version,
-        suite = %session.suite, resumed = session.resumed,
-        handshake_ms = hs_time.as_secs_f64() * 1e3,
-        bytes_in = log.bytes_in.get(), bytes_out = log.bytes_out.get(),
-        duration_ms = start.elapsed().as_secs_f64() * 1e3, close, "connection closed"
-    );
+        };
+        tracing::info!(
+            worker = w.id, %peer, identity = identity.name(), version = session.version,
+            suite = %session.suite, resumed = session.resumed,
+            handshake_ms = hs_time.as_secs_f64() * 1e3,
+            bytes_in = log.bytes_in.get(), bytes_out = log.bytes_out.get(),
+            duration_ms = start.elapsed().as_secs_f64() * 1e3, close, "connection closed"
+        );
+    });
 }
 
 /// Close an established connection cleanly with close_notify.

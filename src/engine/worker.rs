@@ -195,8 +195,8 @@ pub fn run(
             tokio_uring::spawn(async move {
                 // Released on drop, so a panicking connection task still gives back
                 // its slot instead of shrinking max_connections for good.
-                let _slot = Slot(w2.clone());
-                super::driver::serve(w2, stream, peer).await;
+                let slot = Slot(w2.clone());
+                super::driver::serve(w2, stream, peer, slot).await;
             });
         }
         // shutdown(SHUT_RD) on a listening TCP socket moves it to CLOSE at once: it
@@ -228,7 +228,8 @@ pub fn run(
 }
 
 /// A connection's hold on the worker's and the appliance's connection counts.
-struct Slot(Rc<Worker>);
+/// A connection's place in the worker's and the process's counts, given back on drop.
+pub(super) struct Slot(Rc<Worker>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
