@@ -77,6 +77,9 @@ fn py(
         .args([&cert, &key, &ccert, &ckey])
         .arg(lab.dir.path())
         .args(extra)
+        // A crash of the interpreter itself (seen once: SIGSEGV in a boto3 script
+        // under CI load) then leaves a Python stack on stderr to diagnose.
+        .env("PYTHONFAULTHANDLER", "1")
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -91,6 +91,9 @@ fn run_boto3(
         .arg(lab.dir.path())
         .arg(root)
         .args(extra)
+        // A crash of the interpreter itself (seen once: SIGSEGV in a boto3 script
+        // under CI load) then leaves a Python stack on stderr to diagnose.
+        .env("PYTHONFAULTHANDLER", "1")
         .stdin(Stdio::null())
         .output()
         .unwrap();
