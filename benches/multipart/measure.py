@@ -4,9 +4,11 @@ single-part curl PUT of the same file; and the CompleteMultipartUpload time for 
 import os, statistics, subprocess, sys, time
 import boto3
 from botocore.config import Config
+from boto3.s3.transfer import TransferConfig
 
 port, lab, pid, data, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 GiB, MiB = 1 << 30, 1 << 20
+part = int(sys.argv[6]) * MiB if len(sys.argv) > 6 else 8 * MiB
 TCK = os.sysconf("SC_CLK_TCK")
 ep = f"https://127.0.0.1:{port}"
 ca, cert, key = f"{lab}/ca.crt", f"{lab}/alice.crt", f"{lab}/alice.key"
@@ -18,7 +20,7 @@ def cpu():
 s3 = boto3.client("s3", endpoint_url=ep, verify=ca, region_name="us-east-1",
                   aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="x",
                   config=Config(s3={"addressing_style": "path"}, client_cert=(cert, key)))
-src = f"{data}/1g.bin"
+src = f"{data}/src.bin"
 size = os.path.getsize(src)
 
 def once(f, i):
@@ -28,7 +30,8 @@ def once(f, i):
     return (cpu() - c0) / (size / GiB), time.monotonic() - t0 - 0.3
 
 def boto(i):
-    s3.upload_file(src, "datasets", f"boto-{i}.bin")
+    s3.upload_file(src, "datasets", f"boto-{i}.bin",
+                   Config=TransferConfig(multipart_threshold=part, multipart_chunksize=part))
     s3.delete_object(Bucket="datasets", Key=f"boto-{i}.bin")
 
 def curl(i):
@@ -37,7 +40,8 @@ def curl(i):
     s3.delete_object(Bucket="datasets", Key=f"curl-{i}.bin")
 
 # Interleaved, so drift on a shared machine hits both alike.
-res = {"boto3 upload_file, multipart 8 MiB parts (128 parts)": [], "curl -T, single-part PUT": []}
+res = {f"boto3 upload_file, multipart {part // MiB} MiB parts ({-(-size // part)} parts)": [],
+       "curl -T, single-part PUT": []}
 for i in range(runs):
     for (name, out), f in zip(res.items(), (boto, curl)):
         out.append(once(f, i))
