@@ -1163,6 +1163,16 @@ pub struct Digests {
 }
 
 impl Digests {
+    /// The digests as [`s3::PutSpec::verify`] compares them.
+    pub fn as_body(&self) -> s3::BodyDigests<'_> {
+        s3::BodyDigests {
+            sha256: &self.sha256,
+            md5: self.md5.as_ref(),
+            crc32: self.crc32.as_ref(),
+            sha1: self.sha1.as_ref(),
+        }
+    }
+
     /// SHA-256 as lowercase hex (the ETag and the stored attribute).
     pub fn sha256_hex(&self) -> String {
         hex(&self.sha256)

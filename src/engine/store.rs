@@ -30,9 +30,7 @@ use crate::authz::token::{self, Claims, Refused, TokenError, TokenGate};
 use crate::authz::{Access, Decision};
 use crate::backend::store::{self, BodyHasher, Store};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
-use crate::proto::s3::{
-    self, BodyDigests, Code, Conditions, ListSpec, Operation, PutSpec, RequestId,
-};
+use crate::proto::s3::{self, Code, Conditions, ListSpec, Operation, PutSpec, RequestId};
 use crate::proto::slow::{BodyRate, HeadClock};
 use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
@@ -1602,16 +1600,7 @@ impl Conn<'_> {
         let checked = if inner.as_ref().is_some_and(|d| !d.is_done()) {
             Err(s3::Error::new(Code::IncompleteBody).detail("aws-chunked body ended early"))
         } else {
-            spec.verify(
-                size,
-                &BodyDigests {
-                    sha256: &digests.sha256,
-                    md5: digests.md5.as_ref(),
-                    crc32: digests.crc32.as_ref(),
-                    sha1: digests.sha1.as_ref(),
-                },
-                trailer,
-            )
+            spec.verify(size, &digests.as_body(), trailer)
         };
         if let Err(e) = checked {
             store.discard_temp(bucket, &temp);
@@ -2080,16 +2069,7 @@ impl Conn<'_> {
         let mut h = BodyHasher::with(md5, crc32, sha1);
         h.update(body);
         let d = h.finish();
-        spec.verify(
-            body.len() as u64,
-            &BodyDigests {
-                sha256: &d.sha256,
-                md5: d.md5.as_ref(),
-                crc32: d.crc32.as_ref(),
-                sha1: d.sha1.as_ref(),
-            },
-            b"",
-        )
+        spec.verify(body.len() as u64, &d.as_body(), b"")
     }
 
     async fn delete_objects(

@@ -25,7 +25,7 @@ use crate::backend::s3::{self as up, KeyMap, ResponseHead, Upstream, MAX_XML};
 use crate::backend::store::{self, BodyHasher};
 use crate::engine::worker::{IdleUpstream, Worker};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
-use crate::proto::s3::{self, BodyDigests, Code, Operation, PutSpec};
+use crate::proto::s3::{self, Code, Operation, PutSpec};
 use crate::proto::slow::BodyRate;
 
 /// An idle pooled connection older than this is closed rather than reused (servers
@@ -692,16 +692,7 @@ impl Conn<'_> {
             Err(s3::Error::new(Code::IncompleteBody)
                 .detail(format_args!("{size} bytes of {total} announced")))
         } else {
-            spec.verify(
-                size,
-                &BodyDigests {
-                    sha256: &digests.sha256,
-                    md5: digests.md5.as_ref(),
-                    crc32: digests.crc32.as_ref(),
-                    sha1: digests.sha1.as_ref(),
-                },
-                trailer,
-            )
+            spec.verify(size, &digests.as_body(), trailer)
         };
         // A failed check, or a policy change meanwhile: the upstream never gets the last
         // byte, and the connection is dropped (the caller does not pool it).
