@@ -70,16 +70,13 @@ fn py(
     .unwrap();
     let (cert, key) = lab.client("alice");
     let (ccert, ckey) = lab.client("carol");
-    let o = Command::new(python)
+    let o = python_cmd(&python)
         .arg(&path)
         .arg(format!("https://127.0.0.1:{}", srv.port))
         .arg(lab.path("ca.crt"))
         .args([&cert, &key, &ccert, &ckey])
         .arg(lab.dir.path())
         .args(extra)
-        // A crash of the interpreter itself (seen once: SIGSEGV in a boto3 script
-        // under CI load) then leaves a Python stack on stderr to diagnose.
-        .env("PYTHONFAULTHANDLER", "1")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -138,7 +135,7 @@ fn make_upstream_bucket(cluster: &Cluster) -> bool {
         "{}direct.create_bucket(Bucket='lake-datasets')\nprint('ok')\n",
         cluster.boto3_direct(0)
     );
-    let o = Command::new(python).args(["-c", &script]).output().unwrap();
+    let o = python_cmd(&python).args(["-c", &script]).output().unwrap();
     assert!(
         o.status.success(),
         "create_bucket on SeaweedFS: {}",

@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -83,7 +83,7 @@ fn run_boto3(
     std::fs::write(&path, format!("{PRELUDE}\n{script}")).unwrap();
     let (cert, key) = lab.client("alice");
     let (ccert, ckey) = lab.client("carol");
-    let o = Command::new(py)
+    let o = python_cmd(&py)
         .arg(&path)
         .arg(format!("https://127.0.0.1:{}", srv.port))
         .arg(lab.path("ca.crt"))
@@ -91,9 +91,6 @@ fn run_boto3(
         .arg(lab.dir.path())
         .arg(root)
         .args(extra)
-        // A crash of the interpreter itself (seen once: SIGSEGV in a boto3 script
-        // under CI load) then leaves a Python stack on stderr to diagnose.
-        .env("PYTHONFAULTHANDLER", "1")
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -508,7 +508,7 @@ fn boto3_puts_uploads_lists_and_gets_identical_objects() {
     let script = lab.path("boto3_roundtrip.py");
     std::fs::write(&script, BOTO3_SCRIPT).unwrap();
     let (cert, key) = lab.client("alice");
-    let o = Command::new(&py)
+    let o = python_cmd(&py)
         .arg(&script)
         .arg(format!("https://127.0.0.1:{}", srv.port))
         .arg(lab.path("ca.crt"))
@@ -1904,7 +1904,7 @@ identity = "spiffe://lake.example/trainer/*"
     std::fs::write(&script, BOTO3_DEFAULTS_SCRIPT).unwrap();
     let (cert, key) = lab.client("alice");
     let (ccert, ckey) = lab.client("carol");
-    let o = Command::new(&py)
+    let o = python_cmd(&py)
         .arg(&script)
         .arg(format!("https://127.0.0.1:{}", srv.port))
         .arg(lab.path("ca.crt"))

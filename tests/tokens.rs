@@ -347,7 +347,7 @@ fn pyjwt_tokens_of_every_algorithm_are_accepted() {
     std::fs::write(&script, PYJWT_SCRIPT).unwrap();
     let (cert, _) = t.lab.client("alice");
     let pyjwks = t.lab.path("py-jwks.json");
-    let o = Command::new(&py)
+    let o = python_cmd(&py)
         .arg(&script)
         .arg(&pyjwks)
         .arg(&cert)
@@ -983,7 +983,7 @@ fn boto3_lists_and_downloads_with_the_token_in_an_event_hook() {
     let script = t.lab.path("boto3_bearer.py");
     std::fs::write(&script, BOTO3_SCRIPT).unwrap();
     let (cert, key) = t.lab.client("alice");
-    let o = Command::new(&py)
+    let o = python_cmd(&py)
         .arg(&script)
         .arg(format!("https://127.0.0.1:{}", srv.port))
         .arg(t.lab.path("ca.crt"))

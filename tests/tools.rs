@@ -381,7 +381,7 @@ fn run_python(py: &Path, lab: &Lab, srv: &Server, name: &str, script: &str) {
     let path = lab.path(name);
     std::fs::write(&path, script).unwrap();
     let (cert, key) = lab.client("alice");
-    let o = Command::new(py)
+    let o = python_cmd(&py)
         .arg(&path)
         .arg(format!("https://127.0.0.1:{}", srv.port))
         .arg(lab.path("ca.crt"))
@@ -461,7 +461,7 @@ fn aws_cli_cp_multipart_up_and_down_and_ls() {
     .unwrap();
     let (cert, key) = lab.client("alice");
     let aws = |config: &str, args: &[&str]| {
-        Command::new(&py)
+        python_cmd(&py)
             .args(["-m", "awscli"])
             .args(["--endpoint-url", &format!("https://127.0.0.1:{}", srv.port)])
             .args(args)
@@ -470,7 +470,14 @@ fn aws_cli_cp_multipart_up_and_down_and_ls() {
             .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
             .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
             .env("AWS_CA_BUNDLE", lab.path("ca.crt"))
-            .env("PYTHONPATH", &plugins)
+            .env(
+                "PYTHONPATH",
+                std::env::join_paths([
+                    plugins.clone(),
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py"),
+                ])
+                .unwrap(),
+            )
             .env("LAKEGATE_CLIENT_CERT", &cert)
             .env("LAKEGATE_CLIENT_KEY", &key)
             .current_dir(lab.dir.path())

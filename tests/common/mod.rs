@@ -1193,6 +1193,19 @@ pub fn check_config(cfg: &Path) -> (i32, String, String) {
     )
 }
 
+/// A command running the test Python `py` with `tests/py` first on PYTHONPATH (its
+/// `sitecustomize.py` works around urllib3 sharing one SSL context between threads)
+/// and the fault handler on, so a crash of the interpreter leaves its Python stack.
+pub fn python_cmd(py: &Path) -> Command {
+    let mut c = Command::new(py);
+    c.env(
+        "PYTHONPATH",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py"),
+    )
+    .env("PYTHONFAULTHANDLER", "1");
+    c
+}
+
 /// The test Python with `modules` importable, or None (skip loudly) outside CI; under
 /// CI a missing one fails.
 pub fn python_with(modules: &str) -> Option<PathBuf> {
