@@ -391,6 +391,89 @@ identity = "spiffe://lake.example/trainer/*"
         .all(|f| !f.contains(".lakegate-tmp")));
 }
 
+const PART_COPY_SCRIPT: &str = r#"
+import base64
+B = "datasets"
+src = os.urandom(11 * MiB + 123)
+s3.put_object(Bucket="models", Key="src/big.bin", Body=src)
+etag_src = s3.head_object(Bucket="models", Key="src/big.bin")["ETag"]
+SRC = {"Bucket": "models", "Key": "src/big.bin"}
+K = "pc/assembled.bin"
+u = s3.create_multipart_upload(Bucket=B, Key=K, ChecksumAlgorithm="CRC32")["UploadId"]
+cp = lambda **kw: s3.upload_part_copy(Bucket=B, Key=K, UploadId=u, **kw)
+
+# Two ranges of another bucket's object, the second under a source precondition,
+# then a received part: one upload.
+r1 = cp(PartNumber=1, CopySource=SRC, CopySourceRange="bytes=0-%d" % (5 * MiB - 1))
+assert r1["CopyPartResult"]["ETag"] == '"%s"' % hashlib.md5(src[:5 * MiB]).hexdigest(), r1
+r2 = cp(PartNumber=2, CopySource=SRC, CopySourceRange="bytes=%d-%d" % (5 * MiB, len(src) - 1),
+        CopySourceIfMatch=etag_src)
+assert r2["CopyPartResult"]["ETag"] == '"%s"' % hashlib.md5(src[5 * MiB:]).hexdigest(), r2
+s3.upload_part(Bucket=B, Key=K, UploadId=u, PartNumber=3, Body=b"tail")
+
+# Refused, and part 4 never appears: a range past the end, a failed precondition, a
+# missing source, an unknown upload.
+assert code(lambda: cp(PartNumber=4, CopySource=SRC, CopySourceRange="bytes=0-%d" % len(src))) == ("InvalidArgument", 400)
+assert code(lambda: cp(PartNumber=4, CopySource=SRC, CopySourceIfMatch='"0000"')) == ("PreconditionFailed", 412)
+assert code(lambda: cp(PartNumber=4, CopySource=SRC, CopySourceIfNoneMatch=etag_src)) == ("PreconditionFailed", 412)
+assert code(lambda: cp(PartNumber=4, CopySource={"Bucket": "models", "Key": "missing"})) == ("NoSuchKey", 404)
+assert code(lambda: s3.upload_part_copy(Bucket=B, Key=K, UploadId="0" * 32, PartNumber=4, CopySource=SRC)) == ("NoSuchUpload", 404)
+
+# carol may write datasets but read nothing: her own upload cannot take bytes she may
+# not read, from another bucket or from her destination bucket.
+cu = carol.create_multipart_upload(Bucket=B, Key="pc/carol.bin")["UploadId"]
+for source in (SRC, {"Bucket": B, "Key": "pc/assembled.bin"}):
+    got = code(lambda: carol.upload_part_copy(Bucket=B, Key="pc/carol.bin", UploadId=cu,
+                                              PartNumber=1, CopySource=source))
+    assert got == ("AccessDenied", 403), got
+assert carol.list_parts(Bucket=B, Key="pc/carol.bin", UploadId=cu).get("Parts", []) == []
+carol.abort_multipart_upload(Bucket=B, Key="pc/carol.bin", UploadId=cu)
+
+parts = s3.list_parts(Bucket=B, Key=K, UploadId=u)["Parts"]
+assert [(p["PartNumber"], p["Size"]) for p in parts] == [(1, 5 * MiB), (2, 6 * MiB + 123), (3, 4)], parts
+crc = lambda d: base64.b64encode(__import__("zlib").crc32(d).to_bytes(4, "big")).decode()
+assert [p.get("ChecksumCRC32") for p in parts] == [crc(src[:5 * MiB]), crc(src[5 * MiB:]), crc(b"tail")], parts
+s3.complete_multipart_upload(Bucket=B, Key=K, UploadId=u, MultipartUpload={"Parts": [
+    {"PartNumber": p["PartNumber"], "ETag": p["ETag"], "ChecksumCRC32": p["ChecksumCRC32"]} for p in parts]})
+assert get_bytes(B, K) == src + b"tail"
+
+# A large object given new metadata in place, as the AWS CLI does it: an upload on its
+# own key whose one part is a copy of that key.
+u2 = s3.create_multipart_upload(Bucket=B, Key=K, Metadata={"stage": "two"})["UploadId"]
+r = s3.upload_part_copy(Bucket=B, Key=K, UploadId=u2, PartNumber=1, CopySource={"Bucket": B, "Key": K})
+s3.complete_multipart_upload(Bucket=B, Key=K, UploadId=u2, MultipartUpload={"Parts": [
+    {"PartNumber": 1, "ETag": r["CopyPartResult"]["ETag"]}]})
+h = s3.head_object(Bucket=B, Key=K)
+assert h["Metadata"] == {"stage": "two"} and h["ContentLength"] == len(src) + 4, h
+assert get_bytes(B, K) == src + b"tail"
+print("ok")
+"#;
+
+#[test]
+fn upload_part_copy_ranges_preconditions_and_read_on_the_source() {
+    let Some(py) = python_with("boto3") else {
+        return;
+    };
+    let lab = Lab::new();
+    let root = store_root(&lab);
+    // carol: write and list on datasets, never read.
+    let authz = r#"[[authz]]
+identity = "spiffe://lake.example/trainer/carol"
+buckets = ["datasets"]
+access = ["write", "list", "delete"]
+
+[[authz]]
+identity = "spiffe://lake.example/trainer/*"
+"#;
+    let srv = Server::start_with_authz(&lab, "", &store_backend(&root, ""), authz);
+    run_boto3(&py, &lab, &srv, &root, "partcopy.py", PART_COPY_SCRIPT, &[]);
+    assert!(mpu_residue(&root).is_empty(), "{:?}", mpu_residue(&root));
+    assert!(!root.join("datasets/pc/carol.bin").exists());
+    assert!(files_under(&root)
+        .iter()
+        .all(|f| !f.contains(".lakegate-tmp")));
+}
+
 const EXPIRY_SCRIPT: &str = r#"
 u = s3.create_multipart_upload(Bucket="datasets", Key="x/abandoned.bin")["UploadId"]
 s3.upload_part(Bucket="datasets", Key="x/abandoned.bin", UploadId=u, PartNumber=1, Body=b"part")

@@ -885,6 +885,7 @@ impl Conn<'_> {
             | Operation::CopyObject(_)
             | Operation::CreateMultipartUpload(_)
             | Operation::UploadPart { .. }
+            | Operation::UploadPartCopy { .. }
             | Operation::CompleteMultipartUpload { .. }
             | Operation::AbortMultipartUpload { .. }
             | Operation::ListParts { .. } => Access::Write,
@@ -1056,6 +1057,18 @@ impl Conn<'_> {
             }
             (Operation::CopyObject(spec), Some(key)) => {
                 self.copy(store, head, spec, &bucket, key, start).await
+            }
+            (
+                Operation::UploadPartCopy {
+                    upload_id,
+                    part,
+                    copy,
+                    range,
+                },
+                Some(key),
+            ) => {
+                let to = (bucket.as_str(), key, upload_id, part);
+                self.part_copy(store, head, copy, range, to, start).await
             }
             (Operation::DeleteObjects(spec), _) => {
                 self.delete_objects(store, head, &spec, &bucket, start)
@@ -1961,18 +1974,14 @@ impl Conn<'_> {
         key: &str,
         start: Instant,
     ) -> Result<bool, End> {
-        let (src_bucket, src_key) = match self.copy_source(head, &spec, bucket, key, start).await {
+        let (src_bucket, src_key) = match self
+            .copy_source(head, &spec, bucket, key, false, start)
+            .await
+        {
             Ok(x) => x,
             Err(answered) => return answered,
         };
-        let own = |v: Option<&str>| v.map(str::to_owned);
-        let c = &spec.conditions;
-        let conds = [
-            own(c.if_match),
-            own(c.if_none_match),
-            own(c.if_modified_since),
-            own(c.if_unmodified_since),
-        ];
+        let check = source_preconditions(&spec.conditions);
         let replace = spec.replace.clone();
         if replace.as_ref().is_some_and(|m| !m.is_empty()) && !store.keeps_attributes() {
             let e = s3::Error::not_implemented("metadata on a store without extended attributes");
@@ -1981,25 +1990,55 @@ impl Conn<'_> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
         let r = self
             .blocking(store, move |st| {
-                st.copy_object(&src_bucket, &src_key, &b, &k, replace.as_ref(), |meta| {
-                    let [m, n, ims, ius] = &conds;
-                    let c = Conditions {
-                        if_match: m.as_deref(),
-                        if_none_match: n.as_deref(),
-                        if_modified_since: ims.as_deref(),
-                        if_unmodified_since: ius.as_deref(),
-                    };
-                    match c.evaluate(&meta.etag(), meta.mtime_secs()) {
-                        s3::Precondition::Proceed => Ok(()),
-                        _ => Err(s3::Error::new(Code::PreconditionFailed)
-                            .detail("x-amz-copy-source-if-* on the source")),
-                    }
-                })
+                st.copy_object(&src_bucket, &src_key, &b, &k, replace.as_ref(), check)
             })
             .await;
         match r {
             Ok(meta) => {
                 let xml = s3::copy_xml(&meta.etag(), &meta.last_modified_iso());
+                self.xml_ok(head, bucket, key, &xml, start).await
+            }
+            Err(e) => self.error(head, bucket, key, e, start).await,
+        }
+    }
+
+    /// UploadPartCopy: part `part` of upload `id` on `key` becomes `range` of the
+    /// source (read access needed, as for CopyObject), copied and hashed on the
+    /// blocking pool.
+    async fn part_copy(
+        &mut self,
+        store: &Arc<Store>,
+        head: &RequestHead,
+        spec: s3::CopySpec<'_>,
+        range: Option<(u64, u64)>,
+        (bucket, key, id, part): (&str, &str, &str, u32),
+        start: Instant,
+    ) -> Result<bool, End> {
+        // A part may come from the upload's own key (how tools change the metadata of
+        // a large object in place): not the "copy onto itself" CopyObject refuses.
+        let (src_bucket, src_key) = match self
+            .copy_source(head, &spec, bucket, key, true, start)
+            .await
+        {
+            Ok(x) => x,
+            Err(answered) => return answered,
+        };
+        let check = source_preconditions(&spec.conditions);
+        let (b, k, id, owner) = (
+            bucket.to_owned(),
+            key.to_owned(),
+            id.to_owned(),
+            self.owner(),
+        );
+        let r = self
+            .blocking(store, move |st| {
+                let src = (src_bucket.as_str(), src_key.as_str(), range);
+                st.upload_part_copy(src, (&b, &k, &id, &owner), part, check)
+            })
+            .await;
+        match r {
+            Ok((etag, modified)) => {
+                let xml = s3::copy_part_xml(&format!("\"{etag}\""), &modified);
                 self.xml_ok(head, bucket, key, &xml, start).await
             }
             Err(e) => self.error(head, bucket, key, e, start).await,
@@ -2015,6 +2054,7 @@ impl Conn<'_> {
         spec: &s3::CopySpec<'_>,
         bucket: &str,
         key: &str,
+        onto_itself: bool,
         start: Instant,
     ) -> Result<(String, String), Result<bool, End>> {
         let src = format!("/{}/{}", spec.bucket, spec.key);
@@ -2053,7 +2093,7 @@ impl Conn<'_> {
                 return Err(self.token_refused(head, bucket, key, r, start).await);
             }
         }
-        if src_bucket == bucket && src_key == key && spec.replace.is_none() {
+        if !onto_itself && src_bucket == bucket && src_key == key && spec.replace.is_none() {
             let e = s3::Error::msg(
                 Code::InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
@@ -2364,4 +2404,31 @@ enum BodyError {
     Client(End),
     /// Refuse with this error, then close.
     Refuse(s3::Error),
+}
+
+/// A copy's `x-amz-copy-source-if-*` preconditions, owned so they can be judged on the
+/// blocking pool against the source's metadata as it is opened (any failure is 412).
+fn source_preconditions(
+    c: &Conditions<'_>,
+) -> impl FnOnce(&store::ObjectMeta) -> Result<(), s3::Error> + Send + 'static {
+    let own = |v: Option<&str>| v.map(str::to_owned);
+    let [m, n, ims, ius] = [
+        own(c.if_match),
+        own(c.if_none_match),
+        own(c.if_modified_since),
+        own(c.if_unmodified_since),
+    ];
+    move |meta| {
+        let c = Conditions {
+            if_match: m.as_deref(),
+            if_none_match: n.as_deref(),
+            if_modified_since: ims.as_deref(),
+            if_unmodified_since: ius.as_deref(),
+        };
+        match c.evaluate(&meta.etag(), meta.mtime_secs()) {
+            s3::Precondition::Proceed => Ok(()),
+            _ => Err(s3::Error::new(Code::PreconditionFailed)
+                .detail("x-amz-copy-source-if-* on the source")),
+        }
+    }
 }

@@ -449,6 +449,20 @@ pub enum Operation<'a> {
         /// What the part's body is checked against, as for a PUT.
         spec: PutSpec,
     },
+    /// `PUT /bucket/key?partNumber=N&uploadId=U` with `x-amz-copy-source`: a part made
+    /// of (a range of) an existing object.
+    UploadPartCopy {
+        /// The upload.
+        upload_id: &'a str,
+        /// 1 to [`MAX_PARTS`].
+        part: u32,
+        /// The source and its `x-amz-copy-source-if-*` preconditions (`replace` is
+        /// always `None`: a part has no metadata of its own).
+        copy: CopySpec<'a>,
+        /// `x-amz-copy-source-range: bytes=first-last`, inclusive; `None` is the whole
+        /// source.
+        range: Option<(u64, u64)>,
+    },
     /// `POST /bucket/key?uploadId=U` with the XML part list.
     CompleteMultipartUpload {
         /// The upload.
@@ -692,7 +706,8 @@ impl Algorithm {
             .find(|a| a.header().eq_ignore_ascii_case(name))
     }
 
-    fn by_name(name: &str) -> Option<Algorithm> {
+    /// By its name in `x-amz-checksum-algorithm` (any case).
+    pub fn by_name(name: &str) -> Option<Algorithm> {
         match name.to_ascii_uppercase().as_str() {
             "CRC32" => Some(Algorithm::Crc32),
             "SHA1" => Some(Algorithm::Sha1),
@@ -1044,8 +1059,8 @@ fn no_duplicates(head: &RequestHead) -> Result<(), Error> {
 /// Which S3 operation `head` is, or why the store refuses it. `has_key` says whether
 /// the path names an object (`/bucket/key`) or a bucket (`/bucket`).
 ///
-/// Operations S3 has but the store does not (UploadPartCopy, tagging, ACLs, bucket
-/// create/delete/policy, versions, ...) are 501 `NotImplemented`, as is every header or
+/// Operations S3 has but the store does not (tagging, ACLs, bucket policy, versions,
+/// ...) are 501 `NotImplemented`, as is every header or
 /// parameter not on the allow-list of the operation; methods S3 does not have are 405.
 /// Malformed values of allowed fields are 400.
 pub fn classify(head: &RequestHead, has_key: bool) -> Result<Operation<'_>, Error> {
@@ -1054,7 +1069,7 @@ pub fn classify(head: &RequestHead, has_key: bool) -> Result<Operation<'_>, Erro
     match (head.method, has_key) {
         (Method::Put, true) if head.header("x-amz-copy-source").is_some() => {
             if has("partNumber") || has("uploadId") {
-                return Err(Error::not_implemented("UploadPartCopy"));
+                return classify_part_copy(head);
             }
             classify_copy(head).map(Operation::CopyObject)
         }
@@ -1444,6 +1459,83 @@ fn classify_part(head: &RequestHead) -> Result<Operation<'_>, Error> {
         part,
         spec,
     })
+}
+
+fn classify_part_copy(head: &RequestHead) -> Result<Operation<'_>, Error> {
+    only_query(head, &["partNumber", "uploadId"], "UploadPartCopy")?;
+    only_headers(
+        head,
+        &[
+            "x-amz-copy-source",
+            "x-amz-copy-source-range",
+            "x-amz-copy-source-if-match",
+            "x-amz-copy-source-if-none-match",
+            "x-amz-copy-source-if-modified-since",
+            "x-amz-copy-source-if-unmodified-since",
+        ],
+    )?;
+    bodiless_payload_hash(head)?;
+    if head.content_length.is_some_and(|n| n > 0) || head.chunked {
+        return Err(Error::msg(
+            Code::InvalidRequest,
+            "UploadPartCopy takes no request body",
+        ));
+    }
+    let upload_id = query(head, "uploadId")
+        .ok_or_else(|| Error::msg(Code::InvalidRequest, "partNumber without uploadId"))?;
+    let part = number_param(head, "partNumber", 1, u64::from(MAX_PARTS))?
+        .ok_or_else(|| Error::msg(Code::InvalidRequest, "uploadId without partNumber"))?
+        as u32;
+    let range = head
+        .header("x-amz-copy-source-range")
+        .map(parse_copy_range)
+        .transpose()?;
+    let (bucket, key) = parse_copy_source(head.header("x-amz-copy-source").unwrap_or(""))?;
+    Ok(Operation::UploadPartCopy {
+        upload_id,
+        part,
+        copy: CopySpec {
+            bucket,
+            key,
+            conditions: Conditions {
+                if_match: head.header("x-amz-copy-source-if-match"),
+                if_none_match: head.header("x-amz-copy-source-if-none-match"),
+                if_modified_since: head.header("x-amz-copy-source-if-modified-since"),
+                if_unmodified_since: head.header("x-amz-copy-source-if-unmodified-since"),
+            },
+            replace: None,
+        },
+        range,
+    })
+}
+
+/// `x-amz-copy-source-range`: exactly `bytes=first-last` with `first <= last`. S3
+/// takes no suffix or open-ended form here (unlike `Range`), and neither does this.
+fn parse_copy_range(v: &str) -> Result<(u64, u64), Error> {
+    let bad = || {
+        Error::msg(
+            Code::InvalidArgument,
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy",
+        )
+    };
+    let (a, b) = v
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or_else(bad)?
+        .split_once('-')
+        .ok_or_else(bad)?;
+    let digits = |x: &str| !x.is_empty() && x.len() <= 19 && x.bytes().all(|c| c.is_ascii_digit());
+    if !digits(a) || !digits(b) {
+        return Err(bad());
+    }
+    let (a, b) = (
+        a.parse::<u64>().map_err(|_| bad())?,
+        b.parse::<u64>().map_err(|_| bad())?,
+    );
+    if a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 fn classify_list_parts(head: &RequestHead) -> Result<Operation<'_>, Error> {
@@ -2197,6 +2289,15 @@ pub fn copy_xml(etag: &str, last_modified_iso: &str) -> String {
     )
 }
 
+/// The UploadPartCopy result.
+pub fn copy_part_xml(etag: &str, last_modified_iso: &str) -> String {
+    format!(
+        "{XML_DECL}<CopyPartResult xmlns=\"{S3_NS}\"><LastModified>{}</LastModified><ETag>{}</ETag></CopyPartResult>",
+        xml_text(last_modified_iso),
+        xml_text(etag)
+    )
+}
+
 /// The ListBuckets result: `owner` (the caller's identity) and the buckets as (name,
 /// ISO 8601 creation time).
 pub fn list_buckets_xml(owner: &str, buckets: &[(String, String)]) -> String {
@@ -2362,7 +2463,7 @@ mod tests {
             "DELETE /b/k?uploadId=1&tagging HTTP/1.1",
             "POST /b/k?select HTTP/1.1\r\ncontent-length: 0",
             "POST /b/k?restore HTTP/1.1\r\ncontent-length: 0",
-            "PUT /b/k?partNumber=1&uploadId=u HTTP/1.1\r\ncontent-length: 0\r\nx-amz-copy-source: /b/x",
+            "PUT /b/k?partNumber=1&uploadId=u&tagging HTTP/1.1\r\ncontent-length: 0\r\nx-amz-copy-source: /b/x",
         ] {
             assert_eq!(code(t, true), Some(Code::NotImplemented), "{t}");
         }
@@ -2490,7 +2591,8 @@ mod tests {
         ("RestoreObject", "POST /b/k?restore", true),
         ("SelectObjectContent", "POST /b/k?select&select-type=2", true),
         ("RenameObject", "PUT /b/k?renameObject\r\nx-amz-rename-source: /b/j", true),
-        ("UploadPartCopy", "PUT /b/k?partNumber=1&uploadId=u\r\nx-amz-copy-source: /b/j", true),
+        ("UploadPartCopy with a versionId", "PUT /b/k?partNumber=1&uploadId=u\r\nx-amz-copy-source: /b/j?versionId=v", true),
+        ("UploadPartCopy with SSE-C of the source", "PUT /b/k?partNumber=1&uploadId=u\r\nx-amz-copy-source: /b/j\r\nx-amz-copy-source-server-side-encryption-customer-algorithm: AES256", true),
         ("GetObject partNumber", "GET /b/k?partNumber=1", true),
         ("GetObject versionId", "GET /b/k?versionId=v", true),
         ("DeleteObject versionId", "DELETE /b/k?versionId=v", true),
@@ -2522,6 +2624,66 @@ mod tests {
                 "{op}: {text}"
             );
         }
+    }
+
+    #[test]
+    fn upload_part_copy_is_classified_with_its_range_and_source_conditions() {
+        let op = |t: &str| {
+            let h: &'static RequestHead = Box::leak(Box::new(head(t)));
+            classify(h, true)
+        };
+        let base = "PUT /b/k?partNumber=2&uploadId=u HTTP/1.1\r\ncontent-length: 0\r\nx-amz-copy-source: /src/a%20b";
+        let Ok(Operation::UploadPartCopy {
+            upload_id,
+            part,
+            copy,
+            range,
+        }) = op(&format!(
+            "{base}\r\nx-amz-copy-source-range: bytes=5-10\r\nx-amz-copy-source-if-match: \"e\""
+        ))
+        else {
+            panic!()
+        };
+        assert_eq!((upload_id, part, range), ("u", 2, Some((5, 10))));
+        assert_eq!((copy.bucket.as_str(), copy.key.as_str()), ("src", "a b"));
+        assert_eq!(copy.conditions.if_match, Some("\"e\""));
+        assert!(copy.replace.is_none());
+        let Ok(Operation::UploadPartCopy { range: None, .. }) = op(base) else {
+            panic!("no range is the whole source")
+        };
+        // S3's copy range is only bytes=first-last, first <= last.
+        for r in [
+            "bytes=10-5",
+            "bytes=-5",
+            "bytes=5-",
+            "5-10",
+            "bytes=a-b",
+            "bytes=1-2,4-5",
+            "bytes=99999999999999999999-1",
+        ] {
+            let t = format!("{base}\r\nx-amz-copy-source-range: {r}");
+            assert_eq!(code(&t, true), Some(Code::InvalidArgument), "{r}");
+        }
+        // A body, metadata (a part has none), or no partNumber are refused, not ignored.
+        assert_eq!(
+            code(
+                &base.replace("content-length: 0", "content-length: 3"),
+                true
+            ),
+            Some(Code::InvalidRequest)
+        );
+        assert_eq!(
+            code(&format!("{base}\r\nx-amz-meta-a: b"), true),
+            Some(Code::NotImplemented)
+        );
+        assert_eq!(
+            code(&base.replace("partNumber=2&", ""), true),
+            Some(Code::InvalidRequest)
+        );
+        assert_eq!(
+            code(&base.replace("partNumber=2", "partNumber=0"), true),
+            Some(Code::InvalidArgument)
+        );
     }
 
     #[test]

@@ -680,6 +680,100 @@ impl Store {
         Ok(expired)
     }
 
+    /// UploadPartCopy: make `range` (inclusive; `None`: the whole object) of `src_key`
+    /// in `src_bucket` part `number` of upload `id` on `key`, once `check` approved the
+    /// source's metadata (the `x-amz-copy-source-if-*` preconditions). The part is
+    /// hashed as a received one is (MD5, its ETag; SHA-256; CRC-32 or SHA-1 when the
+    /// upload announced that algorithm) and committed the same way, replacing an
+    /// earlier part of that number only once whole. Nothing is kept on any failure.
+    /// Returns the part's MD5 (hex) and its LastModified (ISO 8601).
+    pub fn upload_part_copy(
+        &self,
+        (src_bucket, src_key, range): (&str, &str, Option<(u64, u64)>),
+        (bucket, key, id, owner): (&str, &str, &str, &str),
+        number: u32,
+        check: impl FnOnce(&ObjectMeta) -> Result<(), s3::Error>,
+    ) -> Result<(String, String), s3::Error> {
+        let no_bucket_or = |e: &io::Error, bucket: &str, code: Code| {
+            let nf = if e.kind() == io::ErrorKind::NotFound && self.bucket_dir(bucket).is_err() {
+                Code::NoSuchBucket
+            } else {
+                code
+            };
+            super::code_for_io(e, nf)
+        };
+        // The upload first: a foreign or unknown one is NoSuchUpload before the source
+        // is even looked at.
+        let upload = self
+            .check_upload(bucket, key, id, owner)
+            .map_err(|e| s3::Error::new(no_bucket_or(&e, bucket, Code::NoSuchUpload)).detail(e))?;
+        let src_missing = |e: io::Error| {
+            s3::Error::new(no_bucket_or(&e, src_bucket, Code::NoSuchKey))
+                .detail(format!("copy source: {e}"))
+        };
+        let src_dir = self.bucket_dir(src_bucket).map_err(src_missing)?;
+        let src = open_object_at(&src_dir, src_key).map_err(src_missing)?;
+        let meta = object_meta(&src, self.xattrs).map_err(src_missing)?;
+        check(&meta)?;
+        let (off, len) = match range {
+            None => (0, meta.size),
+            Some((first, last)) if last < meta.size => (first, last - first + 1),
+            Some(_) => {
+                return Err(s3::Error::msg(
+                    Code::InvalidArgument,
+                    format!(
+                        "Range specified is not valid for source object of size: {}",
+                        meta.size
+                    ),
+                ))
+            }
+        };
+        if len > s3::MAX_PART_SIZE {
+            return Err(s3::Error::msg(
+                Code::InvalidRequest,
+                format!(
+                    "The specified copy source is larger than the maximum allowable size for a copy source: {}",
+                    s3::MAX_PART_SIZE
+                ),
+            ));
+        }
+        let announced = upload.checksum.as_deref().and_then(s3::Algorithm::by_name);
+        let mut hasher = super::BodyHasher::with(
+            true,
+            announced == Some(s3::Algorithm::Crc32),
+            announced == Some(s3::Algorithm::Sha1),
+        );
+        let dst_err =
+            |e: io::Error| s3::Error::new(no_bucket_or(&e, bucket, Code::NoSuchUpload)).detail(e);
+        let (out, temp) = self.create_temp(bucket).map_err(dst_err)?;
+        if let Err(e) = copy_hashing(&src, off, &out, len, &mut hasher) {
+            self.discard_temp(bucket, &temp);
+            // The source shrank under us: it is not the object `check` approved.
+            return Err(s3::Error::new(Code::InternalError).detail(format!("copy source: {e}")));
+        }
+        let d = hasher.finish();
+        let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
+        let Some(md5) = d.md5_hex() else {
+            self.discard_temp(bucket, &temp);
+            return Err(s3::Error::new(Code::InternalError).detail("part without its MD5"));
+        };
+        let info = PartInfo {
+            number,
+            file: String::new(),
+            size: len,
+            md5: md5.clone(),
+            sha256: Some(b64(&d.sha256)),
+            crc32: d.crc32.map(|c| b64(&c)),
+            sha1: d.sha1.map(|c| b64(&c)),
+            modified: 0,
+        };
+        // commit_part removes the temporary on failure.
+        self.commit_part(bucket, key, id, owner, &temp, &out, info)
+            .map_err(|e| s3::Error::new(no_bucket_or(&e, bucket, Code::NoSuchUpload)).detail(e))?;
+        let mtime = out.metadata().and_then(|m| m.modified()).map_err(dst_err)?;
+        Ok((md5, ObjectMeta { mtime, ..meta }.last_modified_iso()))
+    }
+
     /// CopyObject: copy `src_key` of `src_bucket` onto `key` of `bucket` through a
     /// temporary and a rename, after `check` approved the source's metadata (the
     /// `x-amz-copy-source-if-*` preconditions). The copy keeps the source's ETag, and
@@ -744,6 +838,35 @@ impl Store {
         let mtime = out.metadata().and_then(|m| m.modified()).map_err(dst_err)?;
         Ok(ObjectMeta { mtime, ..meta })
     }
+}
+
+/// Copy `len` bytes of `src` from `src_off` to the start of `dst`, feeding them to
+/// `hasher` on the way: one pass through user space, since a part's digests need every
+/// byte anyway (a `copy_file_range` would have to be read back to hash).
+/// `UnexpectedEof` if `src` is shorter.
+fn copy_hashing(
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    len: u64,
+    hasher: &mut super::BodyHasher,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut done = 0u64;
+    while done < len {
+        let want = ((len - done) as usize).min(COPY_CHUNK);
+        let n = match src.read_at(&mut buf[..want], src_off + done) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        dst.write_all_at(&buf[..n], done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 fn unhex16(s: &str) -> Option<[u8; 16]> {

@@ -151,6 +151,7 @@ impl Conn<'_> {
             Operation::ListBuckets | Operation::CreateBucket(_) | Operation::DeleteBucket => {
                 Some("bucket create, delete and list through the s3 backend")
             }
+            Operation::UploadPartCopy { .. } => Some("UploadPartCopy through the s3 backend"),
             Operation::PutObject(spec)
             | Operation::CompleteMultipartUpload {
                 checksums: spec, ..
@@ -306,7 +307,10 @@ impl Conn<'_> {
                 ("GET", Vec::new(), Body::None, true, Answer::Xml)
             }
             Operation::CopyObject(spec) => {
-                let (sb, sk) = match self.copy_source(head, spec, &bucket, &key, start).await {
+                let (sb, sk) = match self
+                    .copy_source(head, spec, &bucket, &key, false, start)
+                    .await
+                {
                     Ok(x) => x,
                     Err(answered) => return answered,
                 };
@@ -424,8 +428,11 @@ impl Conn<'_> {
                 ("POST", h, Body::Bytes(body), false, Answer::Xml)
             }
             // Refused above (`unsupported`).
-            Operation::ListBuckets | Operation::CreateBucket(_) | Operation::DeleteBucket => {
-                let e = s3::Error::not_implemented("bucket operations through the s3 backend");
+            Operation::ListBuckets
+            | Operation::CreateBucket(_)
+            | Operation::DeleteBucket
+            | Operation::UploadPartCopy { .. } => {
+                let e = s3::Error::not_implemented("this operation through the s3 backend");
                 return self.error(head, &bucket, &key, e, start).await;
             }
             Operation::HeadBucket => ("HEAD", Vec::new(), Body::None, true, Answer::Bare),
