@@ -331,7 +331,7 @@ fn run_boto3(
     std::fs::write(&path, format!("{PRELUDE}\n{script}")).unwrap();
     let (cert, key) = lab.client("alice");
     let (ccert, ckey) = lab.client("carol");
-    let o = python_cmd(&py)
+    let o = python_cmd(py)
         .arg(&path)
         .arg(format!("https://127.0.0.1:{}", srv.port))
         .arg(lab.path("ca.crt"))
@@ -354,7 +354,7 @@ fn run_boto3(
 
 /// Make the upstream bucket (directly on SeaweedFS).
 fn create_upstream_bucket(py: &Path, upstream: &str) {
-    let o = python_cmd(&py)
+    let o = python_cmd(py)
         .args([
             "-c",
             &format!(

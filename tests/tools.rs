@@ -381,7 +381,7 @@ fn run_python(py: &Path, lab: &Lab, srv: &Server, name: &str, script: &str) {
     let path = lab.path(name);
     std::fs::write(&path, script).unwrap();
     let (cert, key) = lab.client("alice");
-    let o = python_cmd(&py)
+    let o = python_cmd(py)
         .arg(&path)
         .arg(format!("https://127.0.0.1:{}", srv.port))
         .arg(lab.path("ca.crt"))
