@@ -2,6 +2,7 @@
 # Puts every cpu-clock sample of lakegate during a handshake run into one bucket (first
 # rule that matches the leaf symbol for crypto, else the whole stack), per connection.
 function bucket(st, leaf) {
+  if (leaf ~ /rsaz|RSAZ|RSA_|rsa_|mod_exp|bn_mul_mont|bn_sqr8x|bn_power5|mulx4x|ifma/) return "user: RSA sign/verify (aws-lc bignum)"
   if (leaf ~ /ecp_nistz256|beeu_mod_inverse|p256|ec_GFp|bn_|BN_|ecdsa|ECDSA/) return "user: P-256 ECDSA sign/verify (aws-lc)"
   if (leaf ~ /x25519|curve25519|fiat_25519|fe_/) return "user: X25519 (aws-lc)"
   if (leaf ~ /sha256|sha512|SHA256|SHA512|hmac|HMAC|hkdf|HKDF|sha1/) return "user: SHA-2/HMAC/HKDF"

@@ -16,6 +16,7 @@
 #      bucketed per connection; callgrind of HS_CG_N full handshakes for call counts.
 #
 #   PERF_BYTES=1G CG_BYTES=256M OPS_BYTES=256M HS_FULL_N=1500 HS_RES_N=2000 benches/forward/profile.sh
+#   KEY_TYPE=rsa2048 benches/forward/profile.sh   # server key and CA (lakegate pki init --key-type)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PERF_BYTES=${PERF_BYTES:-1G}
@@ -24,6 +25,7 @@ OPS_BYTES=${OPS_BYTES:-256M}
 HS_FULL_N=${HS_FULL_N:-1500}
 HS_RES_N=${HS_RES_N:-2000}
 HS_CG_N=${HS_CG_N:-20}
+KEY_TYPE=${KEY_TYPE:-ecdsa-p256}
 OUT=${OUT:-$(mktemp -d /tmp/lakegate-profile.XXXXXX)}
 SC=0
 CC=1
@@ -39,7 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$LG" pki init --dir "$OUT" >/dev/null
+"$LG" pki init --dir "$OUT" --key-type "$KEY_TYPE" >/dev/null
 "$LG" pki client --dir "$OUT" alice --spiffe spiffe://lake.example/trainer/alice >/dev/null
 "$LG" pki crl --dir "$OUT" >/dev/null
 TLSARGS=(--ca "$OUT/ca.crt" --cert "$OUT/alice.crt" --key "$OUT/alice.key" --suite aes128)
@@ -267,9 +269,9 @@ callgrind_annotate --tree=calling "$OUT/callgrind-hs.out" >"$OUT/cg-hs-calling.t
 callgrind_annotate --inclusive=yes "$OUT/callgrind-hs.out" >"$OUT/cg-hs-inclusive-full.txt" 2>/dev/null || true
 {
     echo "$HS_CG_N full handshakes; calls (Ir inclusive) of the signature primitives:"
-    grep -E "^ *[0-9,]+ \([ 0-9.]+%\)  >   .*(ECDSA_do_verify|ECDSA_do_sign) \(" "$OUT/cg-hs-calling.txt" | sort -u | cut -c1-160
+    grep -E "^ *[0-9,]+ \([ 0-9.]+%\)  >   .*(ECDSA_do_verify|ECDSA_do_sign|RSA_sign_pss_mgf1|RSA_sign|RSA_verify) \(" "$OUT/cg-hs-calling.txt" | sort -u | cut -c1-160 || true
     echo "callers of webpki::signed_data::verify_signed_data / CRL verify_signature / CertificateVerify:"
-    grep -E "build_chain_inner|check_crls|verify_signature|ExpectCertificateVerify as|emit_certificate_verify_tls13|SupportedKxGroup::start_and_complete|sha256_block_data_order \[|PROGRAM TOTALS" "$OUT/cg-hs-inclusive-full.txt" | grep -v "( 0.00%)" | head -12 | cut -c1-200
+    grep -E "build_chain_inner|check_crls|verify_signature|ExpectCertificateVerify as|emit_certificate_verify_tls13|SupportedKxGroup::start_and_complete|sha256_block_data_order \[|PROGRAM TOTALS" "$OUT/cg-hs-inclusive-full.txt" | grep -v "( 0.00%)" | awk 'NR <= 12' | cut -c1-200 || true
 } >"$OUT/cg-hs.txt"
 
 echo "== callgrind, $CG_BYTES upload" >&2
