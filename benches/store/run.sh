@@ -7,6 +7,12 @@
 # during a single 4 GiB object upload. Prints a Markdown table.
 #
 #   benches/store/run.sh                       # RUNS=3 TOTAL=4G OBJ=64M BIG=4G ETAG=sha256
+#   FS=ext4 benches/store/run.sh               # root on ext4 (a loop image) instead of tmpfs
+#
+# FS: tmpfs (default) or ext4. tmpfs has no non-blocking buffered reads (preadv2
+# RWF_NOWAIT is EOPNOTSUPP there), so io_uring hands every GET read of it to a kernel
+# worker thread; ext4, like the filesystems a data lake sits on, reads cached pages
+# inline. Both the server and the floor's copy use the same filesystem.
 #
 # ETAG is the server's [backend] etag. The default here is "sha256" so that the PUT does
 # exactly the hashing the floor holds; with etag = "md5" (the server's default) every
@@ -26,6 +32,7 @@ OBJ=${OBJ:-64M}
 BIG=${BIG:-4G}
 ETAG=${ETAG:-sha256}
 MNT=${MNT:-/mnt/lgbench}
+FS=${FS:-tmpfs}
 SC=0
 CC=1
 TCK=$(getconf CLK_TCK)
@@ -58,11 +65,21 @@ trap cleanup EXIT
 
 mkdir -p "$MNT"
 mountpoint -q "$MNT" && { echo "$MNT already mounted" >&2; exit 1; }
-mount -t tmpfs -o size=10g tmpfs "$MNT"; MOUNTED=1
+case "$FS" in
+tmpfs)
+    mount -t tmpfs -o size=10g tmpfs "$MNT"; MOUNTED=1
+    # Untimed warm-up: touch 8 GiB of tmpfs pages once (the first touch of guest memory in
+    # this VM is much slower and otherwise lands in whichever measurement runs first).
+    dd if=/dev/zero of="$MNT/warm" bs=1M count=8192 status=none; rm -f "$MNT/warm"
+    ;;
+ext4)
+    # A sparse image on the disk; user xattrs (the store's digests) are on by default.
+    truncate -s 12G "$TMP/fs.img"; mkfs.ext4 -q -F "$TMP/fs.img"
+    mount -o loop "$TMP/fs.img" "$MNT"; MOUNTED=1
+    ;;
+*) echo "FS must be tmpfs or ext4" >&2; exit 2 ;;
+esac
 mkdir -p "$MNT/store/datasets" "$MNT/dd"
-# Untimed warm-up: touch 8 GiB of tmpfs pages once (the first touch of guest memory in this
-# VM is much slower and otherwise lands in whichever measurement runs first), then free them.
-dd if=/dev/zero of="$MNT/warm" bs=1M count=8192 status=none; rm -f "$MNT/warm"
 
 cpu_of() { awk -v t="$TCK" '{ printf "%.2f %.2f\n", $14 / t, $15 / t }' "/proc/$1/stat"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
@@ -132,7 +149,7 @@ lg_op() {
     echo "$(calc "($u1 + $s1 - $u0 - $s0) / $g") $(calc "($u1 - $u0) / $g") $(calc "($s1 - $s0) / $g") $(kv "$out" gib_per_s) $(kv "$out" suite)"
 }
 
-echo "== lakegate store on core $SC, root $MNT/store (tmpfs), fsync never" >&2
+echo "== lakegate store on core $SC, root $MNT/store ($FS), fsync never" >&2
 start_lakegate main
 M_PID=$LG_PID; M_TPID=$LG_TPID; M_PORT=$LG_PORT
 
@@ -181,7 +198,7 @@ M_AF=$(median "${AF[@]}"); M_SH=$(median "${SH[@]}")
 cat <<MD
 
 ## lakegate store backend — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)
-source: $SOURCE; $COUNT objects x $OBJ = $TOTAL per direction per run; $RUNS runs; server core $SC, client core $CC; store root on tmpfs, fsync = "never", etag = "$ETAG"; TCP cc $(cat /proc/sys/net/ipv4/tcp_congestion_control); load average at start $LOAD0, at end $(cut -d" " -f1-3 /proc/loadavg).
+source: $SOURCE; $COUNT objects x $OBJ = $TOTAL per direction per run; $RUNS runs; server core $SC, client core $CC; store root on $FS, fsync = "never", etag = "$ETAG"; TCP cc $(cat /proc/sys/net/ipv4/tcp_congestion_control); load average at start $LOAD0, at end $(cut -d" " -f1-3 /proc/loadavg).
 
 | measurement | median | runs |
 |---|---|---|
@@ -192,8 +209,8 @@ source: $SOURCE; $COUNT objects x $OBJ = $TOTAL per direction per run; $RUNS run
 |   … user / sys CPU-s/GiB | $(median $(col 2 "${LGG_RAW[@]}")) / $(median $(col 3 "${LGG_RAW[@]}")) | $(col 2 "${LGG_RAW[@]}" | xargs) / $(col 3 "${LGG_RAW[@]}" | xargs) |
 |   … client-observed GiB/s | $(median $(col 4 "${LGG_RAW[@]}")) | $(col 4 "${LGG_RAW[@]}" | xargs) |
 | (2a) aws-lc-rs AES-128-GCM open_in_place, 16 KiB records, CPU-s/GiB | $M_AF | ${AF[*]} |
-| (2b) copy socket → tmpfs file (64 KiB read/write), CPU-s/GiB | $(median "${DDP[@]}") | ${DDP[*]} |
-| (2b) copy tmpfs file → socket (64 KiB read/write), CPU-s/GiB | $(median "${DDG[@]}") | ${DDG[*]} |
+| (2b) copy socket → $FS file (64 KiB read/write), CPU-s/GiB | $(median "${DDP[@]}") | ${DDP[*]} |
+| (2b) copy $FS file → socket (64 KiB read/write), CPU-s/GiB | $(median "${DDG[@]}") | ${DDG[*]} |
 | (2c) aws-lc-rs SHA-256, 16 KiB pieces, CPU-s/GiB | $M_SH | ${SH[*]} |
 | **PUT: lakegate / (2a + 2b + 2c)**, per run then median (aim ≤ 1.25) | **$(median "${RP[@]}")** | ${RP[*]} |
 | **GET: lakegate / (2a + 2b)**, per run then median (aim ≤ 1.15) | **$(median "${RG[@]}")** | ${RG[*]} |
