@@ -12,5 +12,6 @@ pub mod engine;
 pub mod load;
 pub mod pki;
 pub mod proto;
+pub mod session;
 pub mod telemetry;
 pub mod tls;

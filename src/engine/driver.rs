@@ -15,6 +15,7 @@ use super::shared::Generation;
 use super::worker::Worker;
 use crate::authz::Decision;
 use crate::config::Backend;
+use crate::session::Close;
 use crate::telemetry::session_slot;
 use crate::tls::conn::{OutBuf, SessionInfo, TlsConn, TlsError};
 use crate::tls::identity::Identity;
@@ -170,7 +171,7 @@ pub(super) async fn serve(
                     }
                     None => {
                         refuse(&client, est, &log).await;
-                        "no store"
+                        Close::NoBackend
                     }
                 }
             }
@@ -180,8 +181,10 @@ pub(super) async fn serve(
             suite = %session.suite, resumed = session.resumed,
             handshake_ms = hs_time.as_secs_f64() * 1e3,
             bytes_in = log.bytes_in.get(), bytes_out = log.bytes_out.get(),
-            duration_ms = start.elapsed().as_secs_f64() * 1e3, close, "connection closed"
+            duration_ms = start.elapsed().as_secs_f64() * 1e3, close = close.as_str(),
+            "connection closed"
         );
+        w.stats.closes[close.index()].inc();
     });
 }
 

@@ -17,6 +17,7 @@ use super::shared::Generation;
 use super::worker::Worker;
 use crate::config::{Backend, ProxyProtocol, Upstream};
 use crate::proto::proxy_v2;
+use crate::session::Close;
 use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
 use crate::tls::policy::FailReason;
@@ -32,14 +33,14 @@ pub async fn relay(
     peer: SocketAddr,
     est: Established,
     log: &ConnLog,
-) -> &'static str {
+) -> Close {
     let Backend::Forward {
         upstream,
         proxy_protocol,
         proxy_protocol_client_cert,
     } = &gen.config.backend
     else {
-        return "not forward";
+        return Close::NoBackend;
     };
     let Established {
         mut tls,
@@ -65,7 +66,7 @@ pub async fn relay(
                 let _ = client.write_all(out.buf.slice(..n)).await;
             }
             client.shutdown(Shutdown::Both);
-            return "upstream unreachable";
+            return Close::UpstreamUnreachable;
         }
     };
 
@@ -98,7 +99,7 @@ pub async fn relay(
         };
         if let Err(e) = proxy_v2::encode(&header, &mut prefix) {
             tracing::warn!(worker = w.id, %peer, error = %e, "PROXY header not encodable");
-            return "proxy header error";
+            return Close::ProxyHeader;
         }
     }
     prefix.extend_from_slice(plain.as_slice());
@@ -107,7 +108,7 @@ pub async fn relay(
         let (res, _) = up.write_all(prefix).await;
         if res.is_err() {
             client.shutdown(Shutdown::Both);
-            return "upstream write failed";
+            return Close::UpstreamPrefixWrite;
         }
     }
 
@@ -149,19 +150,13 @@ pub async fn relay(
             reason = why.map_or("max_connection_age", FailReason::as_str),
             "relay closed with close_notify: the running policy no longer admits it"
         );
-        return match why {
-            None => "max connection age",
-            Some(FailReason::Unauthorized) => "no longer authorized",
-            Some(FailReason::Revoked) => "certificate revoked",
-            Some(FailReason::Expired) => "certificate expired",
-            Some(_) => "certificate no longer trusted",
-        };
+        return Close::Policy(why);
     }
     let reason = match (a, b) {
-        (Ok(()), Ok(())) => "closed",
+        (Ok(()), Ok(())) => Close::Closed,
         (Err(e), _) | (_, Err(e)) => e,
     };
-    if reason != "closed" {
+    if !reason.is_clean() {
         ctx.client.shutdown(Shutdown::Both);
         ctx.up.shutdown(Shutdown::Both);
     }
@@ -215,7 +210,7 @@ struct Relay<'a> {
     log: &'a ConnLog,
 }
 
-type Dir = Result<(), &'static str>;
+type Dir = Result<(), Close>;
 
 impl Relay<'_> {
     /// Watches a running relay: re-judges it whenever the worker sees a new generation
@@ -271,8 +266,8 @@ impl Relay<'_> {
     /// half-close instead, like a TCP proxy would.
     fn on_end(&self, r: Dir) -> Dir {
         match r {
-            Err("client eof without close_notify") | Ok(()) => {}
-            Err("idle timeout") => {
+            Err(Close::ClientEofWithoutCloseNotify) | Ok(()) => {}
+            Err(Close::IdleTimeout) => {
                 // Wake both readers with EOF: the upstream side then ends the way a
                 // closing upstream does, with close_notify to the client.
                 self.client.shutdown(Shutdown::Read);
@@ -320,13 +315,13 @@ impl Relay<'_> {
                 .await;
                 match ready {
                     Ok(_) => {}
-                    Err((WaitError::Idle, _)) => return self.on_end(Err("idle timeout")),
-                    Err(_) => return self.on_end(Err("client read error")),
+                    Err((WaitError::Idle, _)) => return self.on_end(Err(Close::IdleTimeout)),
+                    Err(_) => return self.on_end(Err(Close::ClientReadError)),
                 }
                 inb = self.w.pool.take();
             }
             if used == inb.len() {
-                break Err("record larger than buffer");
+                break Err(Close::RecordTooLarge);
             }
             let cap = inb.len();
             let (n, slice) = match read_idle(
@@ -338,9 +333,9 @@ impl Relay<'_> {
             .await
             {
                 Ok(x) => x,
-                Err((WaitError::Idle, _)) => return self.on_end(Err("idle timeout")),
+                Err((WaitError::Idle, _)) => return self.on_end(Err(Close::IdleTimeout)),
                 Err((WaitError::Io(_) | WaitError::Draining, _)) => {
-                    return self.on_end(Err("client read error"))
+                    return self.on_end(Err(Close::ClientReadError))
                 }
             };
             inb = slice.into_inner();
@@ -348,7 +343,7 @@ impl Relay<'_> {
                 // EOF without close_notify: the client may have been cut off. Pass the
                 // half-close on (as a TCP proxy would) but record it as truncated.
                 self.up.shutdown(Shutdown::Write);
-                break Err("client eof without close_notify");
+                break Err(Close::ClientEofWithoutCloseNotify);
             }
             self.last.set(Instant::now());
             used += n;
@@ -364,7 +359,7 @@ impl Relay<'_> {
                 let mut tls = self.tls.borrow_mut();
                 match tls.handle_received(&mut inb[..used], &mut scratch, &mut plain) {
                     Ok(p) => p,
-                    Err(_) => break Err("tls error from client"),
+                    Err(_) => break Err(Close::TlsFromClient),
                 }
             };
             inb.copy_within(p.consumed..used, 0);
@@ -374,12 +369,12 @@ impl Relay<'_> {
                 let write = self.up.write_all(plain.buf.slice(..len));
                 let (res, slice) = match tokio::time::timeout(self.idle, write).await {
                     Ok(x) => x,
-                    Err(_) => return self.on_end(Err("upstream write timeout")),
+                    Err(_) => return self.on_end(Err(Close::UpstreamWriteTimeout)),
                 };
                 plain.buf = slice.into_inner();
                 plain.clear();
                 if res.is_err() {
-                    break Err("upstream write error");
+                    break Err(Close::UpstreamWriteError);
                 }
                 self.last.set(Instant::now());
             }
@@ -417,7 +412,7 @@ impl Relay<'_> {
                 .await;
                 ub = self.w.pool.take();
                 if let Err((WaitError::Io(_) | WaitError::Draining, _)) = ready {
-                    return self.on_end(Err("upstream read error"));
+                    return self.on_end(Err(Close::UpstreamReadError));
                 }
                 // Idle: the read below sees the same timer and says goodbye properly.
             }
@@ -436,10 +431,10 @@ impl Relay<'_> {
                             let write = self.client.write_all(out.buf.slice(..len));
                             let _ = tokio::time::timeout(self.idle, write).await;
                         }
-                        return self.on_end(Err("idle timeout"));
+                        return self.on_end(Err(Close::IdleTimeout));
                     }
                     Err((WaitError::Io(_) | WaitError::Draining, _)) => {
-                        return self.on_end(Err("upstream read error"))
+                        return self.on_end(Err(Close::UpstreamReadError))
                     }
                 };
             ub = slice.into_inner();
@@ -455,7 +450,7 @@ impl Relay<'_> {
                     tls.encrypt(&ub[..n], &mut out)
                 };
                 if r.is_err() {
-                    break Err("tls encrypt error");
+                    break Err(Close::TlsEncrypt);
                 }
             }
             self.last.set(Instant::now());
@@ -465,11 +460,11 @@ impl Relay<'_> {
             let write = self.client.write_all(out.buf.slice(..len));
             let (res, slice) = match tokio::time::timeout(self.idle, write).await {
                 Ok(x) => x,
-                Err(_) => return self.on_end(Err("client write timeout")),
+                Err(_) => return self.on_end(Err(Close::ClientWriteTimeout)),
             };
             out.buf = slice.into_inner();
             if res.is_err() {
-                break Err("client write error");
+                break Err(Close::ClientWriteError);
             }
             self.log
                 .bytes_out

@@ -32,6 +32,7 @@ use crate::backend::store::{self, BodyHasher, Store};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
 use crate::proto::s3::{self, Code, Conditions, ListSpec, Operation, PutSpec, RequestId};
 use crate::proto::slow::{BodyRate, HeadClock};
+use crate::session::Close;
 use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
 use crate::tls::policy::FailReason;
@@ -42,7 +43,7 @@ mod offload;
 pub const MAX_HEAD: usize = 16 * 1024;
 
 /// Why a connection ends.
-type End = &'static str;
+type End = Close;
 
 /// What executes the admitted requests of a connection.
 #[derive(Clone)]
@@ -82,16 +83,9 @@ async fn bounded<T>(
     };
     tokio::select! {
         r = read => r,
-        () = drain_deadline => Err(DRAIN_CUT),
+        () = drain_deadline => Err(Close::DrainDeadline),
     }
 }
-
-/// The request head was not complete within `request_head_timeout`.
-const HEAD_TIMEOUT: End = "request head timeout";
-/// The body arrived slower than `min_body_rate`.
-const BODY_TOO_SLOW: End = "request body too slow";
-/// Still open when the drain deadline passed (`server.drain_timeout`).
-const DRAIN_CUT: End = "drain deadline";
 
 struct Conn<'a> {
     w: &'a Rc<Worker>,
@@ -261,7 +255,7 @@ impl Conn<'_> {
         loop {
             let mut head = match self.read_head().await {
                 Ok(Some(h)) => h,
-                Ok(None) => return "closed",
+                Ok(None) => return Close::Closed,
                 Err(e) => return e,
             };
             let start = Instant::now();
@@ -276,7 +270,7 @@ impl Conn<'_> {
                     why.as_str()
                 ));
                 let _ = self.error(&head, "-", "-", e, start).await;
-                return "no longer admitted";
+                return Close::NoLongerAdmitted;
             }
             let aged = self
                 .gen
@@ -298,7 +292,7 @@ impl Conn<'_> {
                 self.w.stats.policy_close(None);
             }
             let Some(exec) = self.exec.take() else {
-                return "no store";
+                return Close::NoBackend;
             };
             let r = self.request(&exec, &head, start).await;
             // A re-judgement during the request may have brought the next generation's
@@ -310,7 +304,7 @@ impl Conn<'_> {
                 Err(e) => return e,
             };
             if !keep || !head.keep_alive {
-                return "closed by request";
+                return Close::ClosedByRequest;
             }
             if self
                 .w
@@ -318,7 +312,7 @@ impl Conn<'_> {
                 .draining
                 .load(std::sync::atomic::Ordering::Relaxed)
             {
-                return "draining";
+                return Close::Draining;
             }
         }
     }
@@ -407,13 +401,13 @@ impl Conn<'_> {
                     let err = s3::Error::from(&e).detail(&e);
                     self.refuse(None, "-", "-", &err, Instant::now(), false, &[])
                         .await?;
-                    return Err("bad request head");
+                    return Err(Close::BadRequestHead);
                 }
             }
             let buffered = !pending.is_empty();
             if self.peer_closed {
                 return if buffered {
-                    Err("eof inside request head")
+                    Err(Close::EofInsideHead)
                 } else {
                     Ok(None)
                 };
@@ -423,16 +417,16 @@ impl Conn<'_> {
             if buffered {
                 clock.on_bytes(Instant::now());
             }
-            self.deadline = clock.deadline().map(|d| (d, HEAD_TIMEOUT));
+            self.deadline = clock.deadline().map(|d| (d, Close::HeadTimeout));
             let read = if clock.expired(Instant::now()) {
-                Err(HEAD_TIMEOUT)
+                Err(Close::HeadTimeout)
             } else {
                 self.fill().await
             };
             match read {
                 Ok(()) => {}
-                Err("client eof") if self.pstart == self.plain.filled => return Ok(None),
-                Err(HEAD_TIMEOUT) => {
+                Err(Close::ClientEof) if self.pstart == self.plain.filled => return Ok(None),
+                Err(Close::HeadTimeout) => {
                     self.rid = self.w.next_request_id();
                     self.deadline = None;
                     let timeout = self.gen.config.server.request_head_timeout;
@@ -441,7 +435,7 @@ impl Conn<'_> {
                     ));
                     let start = clock.deadline().map_or_else(Instant::now, |d| d - timeout);
                     self.refuse(None, "-", "-", &err, start, false, &[]).await?;
-                    return Err(HEAD_TIMEOUT);
+                    return Err(Close::HeadTimeout);
                 }
                 Err(e) => return Err(e),
             }
@@ -453,7 +447,7 @@ impl Conn<'_> {
     /// past it a read is abandoned like an idle one and the caller answers 408.
     fn hard_deadline(&self) -> Option<(Instant, End)> {
         match &self.rate {
-            Some(rate) => Some((rate.deadline(), BODY_TOO_SLOW)),
+            Some(rate) => Some((rate.deadline(), Close::BodyTooSlow)),
             None => self.deadline,
         }
     }
@@ -481,9 +475,9 @@ impl Conn<'_> {
         self.out = OutBuf::from_vec(self.w.pool.take());
         match r {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err((WaitError::Idle, _))) => Err("idle timeout"),
-            Ok(Err((WaitError::Draining, _))) => Err("draining"),
-            Ok(Err((WaitError::Io(_), _))) => Err("client read error"),
+            Ok(Err((WaitError::Idle, _))) => Err(Close::IdleTimeout),
+            Ok(Err((WaitError::Draining, _))) => Err(Close::Draining),
+            Ok(Err((WaitError::Io(_), _))) => Err(Close::ClientReadError),
             Err(why) => Err(why),
         }
     }
@@ -503,7 +497,7 @@ impl Conn<'_> {
         }
         loop {
             if self.used == self.inb.len() {
-                return Err("record larger than buffer");
+                return Err(Close::RecordTooLarge);
             }
             // Between requests (nothing buffered, no request being served) a drain may
             // end the wait. Inside a request (a body being received) it may not: that
@@ -535,22 +529,22 @@ impl Conn<'_> {
                 Ok(x) => x,
                 Err((WaitError::Idle, _)) => {
                     self.inb = self.w.pool.take();
-                    return Err("idle timeout");
+                    return Err(Close::IdleTimeout);
                 }
                 Err((WaitError::Draining, _)) => {
                     self.inb = self.w.pool.take();
-                    return Err("draining");
+                    return Err(Close::Draining);
                 }
                 Err((WaitError::Io(_), buf)) => {
                     self.inb = buf
                         .map(|b| b.into_inner())
                         .unwrap_or_else(|| self.w.pool.take());
-                    return Err("client read error");
+                    return Err(Close::ClientReadError);
                 }
             };
             self.inb = slice.into_inner();
             if n == 0 {
-                return Err("client eof");
+                return Err(Close::ClientEof);
             }
             let now = Instant::now();
             self.last.set(now);
@@ -564,7 +558,7 @@ impl Conn<'_> {
             let p = self
                 .tls
                 .handle_received(&mut self.inb[..self.used], &mut scratch, &mut self.plain)
-                .map_err(|_| "tls error from client")?;
+                .map_err(|_| Close::TlsFromClient)?;
             self.inb.copy_within(p.consumed..self.used, 0);
             self.used -= p.consumed;
             if p.peer_closed {
@@ -581,7 +575,7 @@ impl Conn<'_> {
         self.out.clear();
         self.tls
             .encrypt(data, &mut self.out)
-            .map_err(|_| "tls encrypt error")?;
+            .map_err(|_| Close::TlsEncrypt)?;
         self.flush().await
     }
 
@@ -601,12 +595,12 @@ impl Conn<'_> {
                     self.client.shutdown(Shutdown::Both);
                     self.out.buf = self.w.pool.take();
                     self.out.clear();
-                    return Err("client write timeout");
+                    return Err(Close::ClientWriteTimeout);
                 }
             };
         self.out.buf = slice.into_inner();
         self.out.clear();
-        res.map_err(|_| "client write error")?;
+        res.map_err(|_| Close::ClientWriteError)?;
         self.last.set(Instant::now());
         self.log
             .bytes_out
@@ -1455,19 +1449,19 @@ impl Conn<'_> {
             }
             if self.hold_inflight().is_err() {
                 // Mid-body: the client sees a truncated response, and nothing more.
-                break Err("no longer admitted");
+                break Err(Close::NoLongerAdmitted);
             }
             let n = ((end - pos) as usize).min(buf.len());
             let (r, slice) = f.read_at(buf.slice(..n), pos).await;
             buf = slice.into_inner();
             let got = match r {
-                Ok(0) => break Err("object shorter than its size"),
+                Ok(0) => break Err(Close::ObjectShort),
                 Ok(k) => k,
-                Err(_) => break Err("object read error"),
+                Err(_) => break Err(Close::ObjectRead),
             };
             self.out.clear();
             if self.tls.encrypt(&buf[..got], &mut self.out).is_err() {
-                break Err("tls encrypt error");
+                break Err(Close::TlsEncrypt);
             }
             if let Err(e) = self.flush().await {
                 break Err(e);
@@ -1575,7 +1569,7 @@ impl Conn<'_> {
                     request_id = %self.rid,
                     bucket,
                     key,
-                    reason = e,
+                    reason = e.as_str(),
                     "upload aborted; nothing stored"
                 );
                 self.access("PUT", bucket, key, 499, 0, start);
@@ -2270,9 +2264,7 @@ impl Conn<'_> {
     /// slower than `min_body_rate` is refused with 408.
     async fn need_more(&mut self) -> Result<(), BodyError> {
         if self.peer_closed {
-            return Err(BodyError::Client(
-                "truncated body (close_notify before the end)",
-            ));
+            return Err(BodyError::Client(Close::TruncatedBodyCloseNotify));
         }
         if let Err(e) = self.hold_inflight() {
             return Err(BodyError::Refuse(e));
@@ -2288,10 +2280,8 @@ impl Conn<'_> {
         self.read_done = Instant::now();
         match r {
             Ok(()) => Ok(()),
-            Err("client eof") => Err(BodyError::Client(
-                "truncated body (eof without close_notify)",
-            )),
-            Err(BODY_TOO_SLOW) => Err(BodyError::Refuse(self.too_slow())),
+            Err(Close::ClientEof) => Err(BodyError::Client(Close::TruncatedBodyEof)),
+            Err(Close::BodyTooSlow) => Err(BodyError::Refuse(self.too_slow())),
             Err(e) => Err(BodyError::Client(e)),
         }
     }

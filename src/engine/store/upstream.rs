@@ -27,6 +27,7 @@ use crate::engine::worker::{IdleUpstream, Worker};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
 use crate::proto::s3::{self, Code, Operation, PutSpec};
 use crate::proto::slow::BodyRate;
+use crate::session::Close;
 
 /// An idle pooled connection older than this is closed rather than reused (servers
 /// close idle keep-alive connections after some time of their own).
@@ -965,7 +966,7 @@ impl Conn<'_> {
                     .encrypt(&buf[a.at..a.at + have], &mut self.out)
                     .is_err()
                 {
-                    break Err("tls encrypt error");
+                    break Err(Close::TlsEncrypt);
                 }
                 if let Err(e) = self.flush().await {
                     break Err(e);
@@ -977,7 +978,7 @@ impl Conn<'_> {
                 break Ok(sent);
             }
             if self.hold_inflight().is_err() {
-                break Err("no longer admitted");
+                break Err(Close::NoLongerAdmitted);
             }
             a.at = 0;
             a.filled = 0;
@@ -986,12 +987,12 @@ impl Conn<'_> {
             match tokio::time::timeout(idle, read).await {
                 Err(_) => {
                     buf = self.w.pool.take();
-                    break Err("upstream body timeout");
+                    break Err(Close::UpstreamBodyTimeout);
                 }
                 Ok((r, slice)) => {
                     buf = slice.into_inner();
                     match r {
-                        Ok(0) | Err(_) => break Err("upstream closed inside the body"),
+                        Ok(0) | Err(_) => break Err(Close::UpstreamClosedInBody),
                         Ok(n) => a.filled = n,
                     }
                 }
