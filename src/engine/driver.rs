@@ -15,9 +15,10 @@ use super::shared::Generation;
 use super::worker::Worker;
 use crate::authz::Decision;
 use crate::config::Backend;
+use crate::session::gate::{Gate, Handshaken, Outcome};
 use crate::session::Close;
 use crate::telemetry::session_slot;
-use crate::tls::conn::{OutBuf, SessionInfo, TlsConn, TlsError};
+use crate::tls::conn::{OutBuf, SessionInfo, TlsConn};
 use crate::tls::identity::Identity;
 use crate::tls::policy::FailReason;
 use rustls_pki_types::CertificateDer;
@@ -71,11 +72,11 @@ pub(super) async fn serve(
     let _ = stream.set_nodelay(true);
     let client = Stream::Tcp(stream);
     let log = ConnLog::default();
-    let hs = tokio::time::timeout(
-        gen.config.server.handshake_timeout,
-        handshake(&w, &gen, &client, &log),
-    )
-    .await;
+    // The whole phase, from accept (the wait for a first byte included), is under
+    // the gate's one deadline.
+    let deadline = Gate::deadline(start, gen.config.server.handshake_timeout);
+    let hs =
+        tokio::time::timeout_at(deadline.into(), handshake(&w, &gen, &client, &log, start)).await;
     let mut est = match hs {
         Ok(Ok(est)) => est,
         Ok(Err((reason, detail))) => {
@@ -90,7 +91,7 @@ pub(super) async fn serve(
             return;
         }
         Err(_) => {
-            w.stats.handshake_failed(FailReason::Timeout);
+            w.stats.handshake_failed(Gate::timed_out().0);
             tracing::warn!(
                 worker = w.id, %peer, reason = "timeout",
                 timeout = ?gen.config.server.handshake_timeout, "handshake failed"
@@ -206,55 +207,32 @@ async fn handshake(
     gen: &Arc<Generation>,
     client: &Stream,
     log: &ConnLog,
+    accepted: Instant,
 ) -> Result<Established, HsError> {
-    let accepted = Instant::now();
     // A connection that has sent nothing yet holds no buffer and no TLS state: anyone
     // who can reach the port could otherwise pin three pool buffers per connect.
     client
         .readable()
         .await
         .map_err(|e| (FailReason::Protocol, format!("read: {e}")))?;
-    let mut tls =
-        TlsConn::new(gen.tls.clone()).map_err(|e| (FailReason::Protocol, e.to_string()))?;
-    let mut refusal_counted = false;
+    let tls = TlsConn::new(gen.tls.clone()).map_err(|e| (FailReason::Protocol, e.to_string()))?;
+    let mut gate = Gate::new(tls, accepted, gen.config.server.handshake_timeout);
     let mut inb = w.pool.take();
     let mut used = 0usize;
     let mut out = OutBuf::from_vec(w.pool.take());
     let mut plain = OutBuf::from_vec(w.pool.take());
     loop {
-        if used == inb.len() {
-            return Err((FailReason::Protocol, "handshake message too large".into()));
-        }
+        gate.room(used, inb.len())?;
         let cap = inb.len();
         let (res, slice) = client.read(inb.slice(used..cap)).await;
         inb = slice.into_inner();
-        let n = match res {
-            Ok(0) => {
-                return Err((
-                    FailReason::Protocol,
-                    "client closed during handshake".into(),
-                ))
-            }
-            Ok(n) => n,
-            Err(e) => return Err((FailReason::Protocol, format!("read: {e}"))),
-        };
+        let n = res.map_err(|e| (FailReason::Protocol, format!("read: {e}")))?;
+        gate.on_read(n)?;
         used += n;
         log.bytes_in.set(log.bytes_in.get() + n as u64);
         w.stats.bytes_received.add(n as u64);
-        let (progress, failure) = match tls.handle_received(&mut inb[..used], &mut out, &mut plain)
-        {
-            Ok(p) => (p, None),
-            Err(TlsError::Rustls(re)) => (
-                Default::default(),
-                Some((FailReason::of(&re), re.to_string())),
-            ),
-            Err(e) => (
-                Default::default(),
-                Some((FailReason::Protocol, e.to_string())),
-            ),
-        };
-        if let (Some(r), false) = (tls.resumption_refused(), refusal_counted) {
-            refusal_counted = true;
+        let step = gate.handle_received(&mut inb[..used], &mut out, &mut plain);
+        if let Some(r) = step.ticket_refused {
             w.stats.resumptions_refused[r.index()].inc();
             tracing::info!(
                 worker = w.id,
@@ -262,6 +240,11 @@ async fn handshake(
                 "session ticket not honoured; the client is asked for a full handshake"
             );
         }
+        let (failure, complete) = match step.outcome {
+            Outcome::Failed(f) => (Some(f), false),
+            Outcome::NeedMore => (None, false),
+            Outcome::Complete => (None, true),
+        };
         if let Some((reason, _)) = &failure {
             // Counted before the alert leaves, so the metric never lags what the
             // client was told.
@@ -283,22 +266,15 @@ async fn handshake(
         if let Some(f) = failure {
             return Err(f);
         }
-        let p = progress;
-        inb.copy_within(p.consumed..used, 0);
-        used -= p.consumed;
-        if p.handshake_completed {
-            let leaf = tls.peer_certificates().and_then(|c| c.first()).ok_or((
-                FailReason::NoClientCert,
-                "no client certificate".to_string(),
-            ))?;
-            let identity = Identity::from_der(leaf).map_err(|e| {
-                (
-                    FailReason::InvalidIdentity,
-                    format!("client certificate: {e}"),
-                )
-            })?;
-            let chain = tls.peer_certificates().unwrap_or_default().to_vec();
-            let session = tls.session_info();
+        inb.copy_within(step.consumed..used, 0);
+        used -= step.consumed;
+        if complete {
+            let Handshaken {
+                tls,
+                identity,
+                chain,
+                session,
+            } = gate.finish()?;
             return Ok(Established {
                 tls,
                 inb,

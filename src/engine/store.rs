@@ -23,7 +23,7 @@ use rustls_pki_types::CertificateDer;
 use tokio_uring::buf::BoundedBuf;
 
 use super::driver::{ConnLog, Established};
-use super::io::{read_idle, unix_now, unix_secs, Stream, WaitError};
+use super::io::{read_until, unix_now, unix_secs, Stream, WaitError};
 use super::shared::Generation;
 use super::worker::Worker;
 use crate::authz::token::{self, Claims, Refused, TokenError, TokenGate};
@@ -31,7 +31,7 @@ use crate::authz::{Access, Decision};
 use crate::backend::store::{self, BodyHasher, Store};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
 use crate::proto::s3::{self, Code, Conditions, ListSpec, Operation, PutSpec, RequestId};
-use crate::proto::slow::{BodyRate, HeadClock};
+use crate::session::cycle::{self, Cycle, HeadStep};
 use crate::session::Close;
 use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
@@ -40,7 +40,16 @@ use crate::tls::policy::FailReason;
 mod offload;
 
 /// Largest request head accepted; larger is 431.
-pub const MAX_HEAD: usize = 16 * 1024;
+pub const MAX_HEAD: usize = cycle::MAX_HEAD;
+
+/// The request cycle's timing rules under a configuration.
+fn limits_of(server: &crate::config::Server) -> cycle::Limits {
+    cycle::Limits {
+        idle: server.idle_timeout,
+        head: server.request_head_timeout,
+        min_body_rate: server.min_body_rate.map(|m| (m.bytes, m.window)),
+    }
+}
 
 /// Why a connection ends.
 type End = Close;
@@ -116,19 +125,13 @@ struct Conn<'a> {
     /// closing, or the unread bytes make the kernel reset the connection and the client
     /// never sees the status.
     linger: bool,
-    last: std::cell::Cell<Instant>,
+    /// The request cycle: deadlines, keep-alive, drain (sans-IO).
+    cycle: Cycle,
     log: &'a ConnLog,
     identity: Identity,
     peer: SocketAddr,
     /// The id of the request being served (or refused), on every response and log line.
     rid: RequestId,
-    /// A read that waits past this instant ends the connection with this reason.
-    deadline: Option<(Instant, End)>,
-    /// The body-rate meter while a request body is being received.
-    rate: Option<BodyRate>,
-    /// When the last read of a body completed: the time from there to the next read
-    /// is the server's (disk, hashing), not the client's.
-    read_done: Instant,
     /// The last bearer token that verified on this connection, so a keep-alive client
     /// sending the same token pays for its signature once per generation; time and
     /// scope are checked on every request all the same. Cleared when the connection
@@ -211,6 +214,7 @@ pub async fn serve(
         ..
     } = est;
     let tls_closed = tls.peer_closed();
+    let cycle = Cycle::new(limits_of(&gen.config.server), Instant::now());
     let mut c = Conn {
         w,
         gen,
@@ -228,14 +232,11 @@ pub async fn serve(
         out,
         peer_closed: tls_closed,
         linger: false,
-        last: std::cell::Cell::new(Instant::now()),
+        cycle,
         log,
         identity,
         peer,
         rid: RequestId::default(),
-        deadline: None,
-        rate: None,
-        read_done: Instant::now(),
         token_cache: None,
         token_used: false,
     };
@@ -283,11 +284,9 @@ impl Conn<'_> {
                 .shared
                 .draining
                 .load(std::sync::atomic::Ordering::Relaxed);
-            if aged || draining {
-                // Said on this response, so the client does not send another request
-                // into a connection we are about to close.
-                head.keep_alive = false;
-            }
+            // Said on this response, so the client does not send another request into
+            // a connection we are about to close.
+            head.keep_alive = self.cycle.keep_alive(head.keep_alive, aged, draining);
             if aged {
                 self.w.stats.policy_close(None);
             }
@@ -303,16 +302,13 @@ impl Conn<'_> {
                 Ok(keep) => keep,
                 Err(e) => return e,
             };
-            if !keep || !head.keep_alive {
-                return Close::ClosedByRequest;
-            }
-            if self
+            let draining = self
                 .w
                 .shared
                 .draining
-                .load(std::sync::atomic::Ordering::Relaxed)
-            {
-                return Close::Draining;
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if let Some(why) = self.cycle.on_response_done(keep, head.keep_alive, draining) {
+                return why;
             }
         }
     }
@@ -349,6 +345,7 @@ impl Conn<'_> {
                 (None, None) => return Err(FailReason::Unauthorized),
             };
             self.exec = Some(exec);
+            self.cycle.set_limits(limits_of(&cur.config.server));
             self.gen = cur;
             // A token verified under the old key set is verified again.
             self.token_cache = None;
@@ -384,59 +381,50 @@ impl Conn<'_> {
     /// Read until a full request head is buffered. Ok(None) on a clean close between
     /// requests. A head that is malformed or overdue is answered here (400/431/408).
     async fn read_head(&mut self) -> Result<Option<RequestHead>, End> {
-        let mut clock = HeadClock::new(self.gen.config.server.request_head_timeout);
         loop {
             let pending = &self.plain.buf[self.pstart..self.plain.filled];
-            match http::parse_head(pending, MAX_HEAD) {
-                Ok(Some((head, n))) => {
+            match self
+                .cycle
+                .poll_head(pending, self.peer_closed, Instant::now())
+            {
+                HeadStep::Head(head, n) => {
                     self.pstart += n;
                     self.rid = self.w.next_request_id();
-                    self.deadline = None;
-                    return Ok(Some(head));
+                    return Ok(Some(*head));
                 }
-                Ok(None) => {}
-                Err(e) => {
+                HeadStep::NeedMore => {}
+                HeadStep::Malformed(e) => {
                     self.rid = self.w.next_request_id();
-                    self.deadline = None;
                     let err = s3::Error::from(&e).detail(&e);
                     self.refuse(None, "-", "-", &err, Instant::now(), false, &[])
                         .await?;
                     return Err(Close::BadRequestHead);
                 }
-            }
-            let buffered = !pending.is_empty();
-            if self.peer_closed {
-                return if buffered {
-                    Err(Close::EofInsideHead)
-                } else {
-                    Ok(None)
-                };
-            }
-            // The clock starts with the head's first byte: the wait before it, on a
-            // kept-alive connection, is the idle timeout's.
-            if buffered {
-                clock.on_bytes(Instant::now());
-            }
-            self.deadline = clock.deadline().map(|d| (d, Close::HeadTimeout));
-            let read = if clock.expired(Instant::now()) {
-                Err(Close::HeadTimeout)
-            } else {
-                self.fill().await
-            };
-            match read {
-                Ok(()) => {}
-                Err(Close::ClientEof) if self.pstart == self.plain.filled => return Ok(None),
-                Err(Close::HeadTimeout) => {
+                HeadStep::TimedOut { started } => {
                     self.rid = self.w.next_request_id();
-                    self.deadline = None;
                     let timeout = self.gen.config.server.request_head_timeout;
                     let err = s3::Error::new(Code::RequestTimeout).detail(format_args!(
                         "request head not complete {timeout:?} after its first byte (request_head_timeout)"
                     ));
-                    let start = clock.deadline().map_or_else(Instant::now, |d| d - timeout);
-                    self.refuse(None, "-", "-", &err, start, false, &[]).await?;
+                    self.refuse(None, "-", "-", &err, started, false, &[])
+                        .await?;
                     return Err(Close::HeadTimeout);
                 }
+                HeadStep::End(Close::Closed) => return Ok(None),
+                HeadStep::End(why) => return Err(why),
+            }
+            match self.fill().await {
+                Ok(()) => {}
+                Err(Close::ClientEof) => {
+                    let buffered = self.pstart != self.plain.filled;
+                    return match self.cycle.on_eof(buffered) {
+                        Close::Closed => Ok(None),
+                        why => Err(why),
+                    };
+                }
+                // The head's deadline passed while waiting: the next look at the
+                // buffer (at or past the deadline) answers it with 408.
+                Err(Close::HeadTimeout) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -446,10 +434,7 @@ impl Conn<'_> {
     /// A slow head or body has a deadline of its own, shorter than the idle timeout;
     /// past it a read is abandoned like an idle one and the caller answers 408.
     fn hard_deadline(&self) -> Option<(Instant, End)> {
-        match &self.rate {
-            Some(rate) => Some((rate.deadline(), Close::BodyTooSlow)),
-            None => self.deadline,
-        }
+        self.cycle.hard_deadline()
     }
 
     /// Wait for the next request holding no buffer: the three pool buffers go back
@@ -462,11 +447,10 @@ impl Conn<'_> {
         self.plain.filled = 0;
         self.pstart = 0;
         self.out.filled = 0;
-        let idle = self.gen.config.server.idle_timeout;
-        let wait = read_idle(
+        let cycle = &self.cycle;
+        let wait = read_until(
             async { (self.client.readable().await.map(|()| 0), ()) },
-            &self.last,
-            idle,
+            || cycle.idle_deadline(),
             Some(self.w.drain.clone()),
         );
         let r = bounded(wait, self.hard_deadline(), self.w.drain_deadline()).await;
@@ -476,7 +460,7 @@ impl Conn<'_> {
         match r {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((WaitError::Idle, _))) => Err(Close::IdleTimeout),
-            Ok(Err((WaitError::Draining, _))) => Err(Close::Draining),
+            Ok(Err((WaitError::Draining, _))) => Err(self.cycle.on_drain(false)),
             Ok(Err((WaitError::Io(_), _))) => Err(Close::ClientReadError),
             Err(why) => Err(why),
         }
@@ -502,18 +486,17 @@ impl Conn<'_> {
             // Between requests (nothing buffered, no request being served) a drain may
             // end the wait. Inside a request (a body being received) it may not: that
             // request runs on until it completes or the drain deadline cuts it.
-            let between =
-                self.inflight.is_none() && self.pstart == self.plain.filled && self.used == 0;
+            let buffered = self.pstart != self.plain.filled || self.used != 0;
+            let between = self.cycle.drain_ends_wait(buffered);
             if between {
                 self.wait_between_requests().await?;
             }
             let cap = self.inb.len();
             let inb = std::mem::take(&mut self.inb);
-            let idle = self.gen.config.server.idle_timeout;
-            let wait = read_idle(
+            let cycle = &self.cycle;
+            let wait = read_until(
                 self.client.read(inb.slice(self.used..cap)),
-                &self.last,
-                idle,
+                || cycle.idle_deadline(),
                 between.then(|| self.w.drain.clone()),
             );
             let waited = bounded(wait, self.hard_deadline(), self.w.drain_deadline()).await;
@@ -533,7 +516,7 @@ impl Conn<'_> {
                 }
                 Err((WaitError::Draining, _)) => {
                     self.inb = self.w.pool.take();
-                    return Err(Close::Draining);
+                    return Err(self.cycle.on_drain(false));
                 }
                 Err((WaitError::Io(_), buf)) => {
                     self.inb = buf
@@ -546,11 +529,7 @@ impl Conn<'_> {
             if n == 0 {
                 return Err(Close::ClientEof);
             }
-            let now = Instant::now();
-            self.last.set(now);
-            if let Some(rate) = &mut self.rate {
-                rate.on_bytes(n as u64, now);
-            }
+            self.cycle.on_read(n, Instant::now());
             self.used += n;
             self.log.bytes_in.set(self.log.bytes_in.get() + n as u64);
             self.w.stats.bytes_received.add(n as u64);
@@ -601,7 +580,7 @@ impl Conn<'_> {
         self.out.buf = slice.into_inner();
         self.out.clear();
         res.map_err(|_| Close::ClientWriteError)?;
-        self.last.set(Instant::now());
+        self.cycle.on_activity(Instant::now());
         self.log
             .bytes_out
             .set(self.log.bytes_out.get() + len as u64);
@@ -1547,18 +1526,11 @@ impl Conn<'_> {
             );
         let mut hasher = BodyHasher::with(md5 || part.is_some() || md5_etag, crc32, sha1);
         let mut inner = spec.aws_chunked.then(BodyDecoder::aws_chunked);
-        let now = Instant::now();
-        self.rate = self
-            .gen
-            .config
-            .server
-            .min_body_rate
-            .map(|m| BodyRate::new(m.bytes, m.window, now));
-        self.read_done = now;
+        self.cycle.on_body_start(Instant::now());
         let r = self
             .receive_body(head, &mut inner, &mut Sink::File(&uring), &mut hasher, max)
             .await;
-        self.rate = None;
+        self.cycle.on_body_end();
         let _ = uring.close().await;
         let size = match r {
             Ok(n) => n,
@@ -1778,14 +1750,7 @@ impl Conn<'_> {
                 .await
                 .map_err(BodyError::Client)?;
         }
-        let now = Instant::now();
-        self.rate = self
-            .gen
-            .config
-            .server
-            .min_body_rate
-            .map(|m| BodyRate::new(m.bytes, m.window, now));
-        self.read_done = now;
+        self.cycle.on_body_start(Instant::now());
         let mut out = Vec::new();
         let r = loop {
             let mut failed = None;
@@ -1822,7 +1787,7 @@ impl Conn<'_> {
                 break Err(e);
             }
         };
-        self.rate = None;
+        self.cycle.on_body_end();
         r
     }
 
@@ -2269,15 +2234,11 @@ impl Conn<'_> {
         if let Err(e) = self.hold_inflight() {
             return Err(BodyError::Refuse(e));
         }
-        let now = Instant::now();
-        if let Some(rate) = &mut self.rate {
-            rate.pause(now.saturating_duration_since(self.read_done));
-            if rate.expired(now) {
-                return Err(BodyError::Refuse(self.too_slow()));
-            }
+        if self.cycle.before_body_read(Instant::now()).is_err() {
+            return Err(BodyError::Refuse(self.too_slow()));
         }
         let r = self.fill().await;
-        self.read_done = Instant::now();
+        self.cycle.after_body_read(Instant::now());
         match r {
             Ok(()) => Ok(()),
             Err(Close::ClientEof) => Err(BodyError::Client(Close::TruncatedBodyEof)),

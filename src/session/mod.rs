@@ -5,10 +5,16 @@
 //! be woken (`poll_timeout`). So the rules for slow clients, idle connections, drain
 //! and half-close are unit-tested on a simulated clock, without sockets.
 //!
-//! Owns: why connections end ([`Close`]).
+//! Owns: why connections end ([`Close`]), the handshake gate ([`gate`]), how long an
+//! admission holds ([`admission`]), the forward relay's lifecycle ([`relay`]) and
+//! the object API's request cycle ([`cycle`]).
 //! Must not touch: tokio, tokio-uring, sockets, files, `Instant::now`, telemetry
 //! counters (the shell counts what the machines report), [`crate::engine`].
 
+pub mod admission;
 pub mod close;
+pub mod cycle;
+pub mod gate;
+pub mod relay;
 
 pub use close::Close;

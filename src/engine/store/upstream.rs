@@ -26,7 +26,6 @@ use crate::backend::store::{self, BodyHasher};
 use crate::engine::worker::{IdleUpstream, Worker};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
 use crate::proto::s3::{self, Code, Operation, PutSpec};
-use crate::proto::slow::BodyRate;
 use crate::session::Close;
 
 /// An idle pooled connection older than this is closed rather than reused (servers
@@ -660,14 +659,7 @@ impl Conn<'_> {
         let (md5, crc32, sha1) = spec.wants();
         let mut hasher = BodyHasher::with(md5, crc32, sha1);
         let mut inner = spec.aws_chunked.then(BodyDecoder::aws_chunked);
-        let now = Instant::now();
-        self.rate = self
-            .gen
-            .config
-            .server
-            .min_body_rate
-            .map(|m| BodyRate::new(m.bytes, m.window, now));
-        self.read_done = now;
+        self.cycle.on_body_start(Instant::now());
         let mut sink = match tcp {
             Some(tcp) => Sink::Upstream {
                 tcp,
@@ -679,7 +671,7 @@ impl Conn<'_> {
         let r = self
             .receive_body(head, &mut inner, &mut sink, &mut hasher, max)
             .await;
-        self.rate = None;
+        self.cycle.on_body_end();
         let size = r.map_err(Failed::Body)?;
         let held = match sink {
             Sink::Upstream { held, .. } => held,
