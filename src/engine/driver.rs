@@ -2,7 +2,6 @@
 //! the io_uring shell into the sans-IO [`TlsConn`]), derives the identity, applies the
 //! connection-level authorization gate, then hands off to the backend.
 
-use std::cell::Cell;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -10,62 +9,24 @@ use std::time::Instant;
 
 use tokio_uring::buf::BoundedBuf;
 
+use super::conn::{ConnLog, Established};
+use super::ctx::{Slot, Worker};
 use super::io::{unix_now, Stream};
 use super::shared::Generation;
-use super::worker::Worker;
 use crate::authz::Decision;
 use crate::config::Backend;
 use crate::session::gate::{Gate, Handshaken, Outcome};
 use crate::session::Close;
 use crate::telemetry::session_slot;
-use crate::tls::conn::{OutBuf, SessionInfo, TlsConn};
-use crate::tls::identity::Identity;
+use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::policy::FailReason;
-use rustls_pki_types::CertificateDer;
-
-/// Buffers and state that carry over from the handshake into the data phase.
-pub struct Established {
-    /// The TLS connection.
-    pub tls: TlsConn,
-    /// Received TLS bytes not yet processed (a partial record), `inb[..used]`.
-    pub inb: Vec<u8>,
-    /// Bytes used in `inb`.
-    pub used: usize,
-    /// Plaintext already decrypted (sent by the client right after its Finished).
-    pub plain: OutBuf,
-    /// Outgoing TLS buffer (empty).
-    pub out: OutBuf,
-    /// Who the client is.
-    pub identity: Identity,
-    /// Version, suite, resumption.
-    pub session: SessionInfo,
-    /// The verified client chain (leaf first; from the ticket on resumption), kept to
-    /// re-judge the connection when the policy changes.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// When the connection was accepted, for `max_connection_age`.
-    pub accepted: Instant,
-    /// Unix seconds until which the admission holds without a new judgement
-    /// ([`Generation::valid_until`]); set once the connection is admitted.
-    pub valid_until: i64,
-}
-
-/// Per-connection counters for the close log line.
-#[derive(Default)]
-pub struct ConnLog {
-    /// TLS bytes from the client.
-    pub bytes_in: Cell<u64>,
-    /// TLS bytes to the client.
-    pub bytes_out: Cell<u64>,
-    /// The failed handshake was already counted (before its alert went out).
-    pub failure_counted: Cell<bool>,
-}
 
 /// Serve one accepted connection to its end.
 pub(super) async fn serve(
     w: Rc<Worker>,
     stream: tokio_uring::net::TcpStream,
     peer: SocketAddr,
-    slot: super::worker::Slot,
+    slot: Slot,
 ) {
     let start = Instant::now();
     let mut gen = w.shared.current.load_full();

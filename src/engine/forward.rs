@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use tokio_uring::buf::BoundedBuf;
 
-use super::driver::{ConnLog, Established};
+use super::conn::{ConnLog, Established};
+use super::ctx::Worker;
 use super::io::{read_until, unix_now, unix_secs, Stream, WaitError};
 use super::shared::Generation;
-use super::worker::Worker;
 use crate::config::{Backend, ProxyProtocol, Upstream};
 use crate::proto::proxy_v2;
 use crate::session::admission::Admission;

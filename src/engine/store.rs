@@ -22,10 +22,10 @@ use rustls_pki_types::CertificateDer;
 
 use tokio_uring::buf::BoundedBuf;
 
-use super::driver::{ConnLog, Established};
+use super::conn::{ConnLog, Established};
+use super::ctx::Worker;
 use super::io::{read_until, unix_now, unix_secs, Stream, WaitError};
 use super::shared::Generation;
-use super::worker::Worker;
 use crate::authz::token::{self, Claims, Refused, TokenError, TokenGate};
 use crate::authz::{Access, Decision};
 use crate::backend::store::{self, BodyHasher, Store};

@@ -23,7 +23,7 @@ use tokio_uring::net::TcpStream;
 use super::{Admitted, BodyError, Conn, End, Sink};
 use crate::backend::s3::{self as up, KeyMap, ResponseHead, Upstream, MAX_XML};
 use crate::backend::store::{self, BodyHasher};
-use crate::engine::worker::{IdleUpstream, Worker};
+use crate::engine::ctx::{IdleUpstream, Worker};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
 use crate::proto::s3::{self, Code, Operation, PutSpec};
 use crate::session::Close;
