@@ -1,7 +1,8 @@
 //! lakegate: an mTLS termination appliance for AI data repositories.
 //!
-//! The crate is split by concern; the protocol cores in [`proto`] and [`tls`] are
-//! sans-IO and know nothing of the io_uring runtime, which lives in [`engine`] only.
+//! The crate is split by concern; the protocol cores in [`proto`] and [`tls`] and the
+//! per-connection state machines in [`session`] are sans-IO and know nothing of the
+//! io_uring runtime, which lives in [`engine`] only.
 #![warn(missing_docs)]
 
 pub mod authz;
@@ -12,5 +13,6 @@ pub mod engine;
 pub mod load;
 pub mod pki;
 pub mod proto;
+pub mod session;
 pub mod telemetry;
 pub mod tls;

@@ -40,6 +40,7 @@ use lakegate::engine::shared::Generation;
 use lakegate::engine::store::MAX_HEAD;
 use lakegate::pki::KeyType;
 use lakegate::proto::http::{self, BodyDecoder, Method};
+use lakegate::session::cycle::{Cycle, HeadStep, Limits};
 use lakegate::tls::conn::{OutBuf, TlsConn, MAX_RECORD};
 use lakegate::tls::identity::Identity;
 use rustls::crypto::aws_lc_rs::cipher_suite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
@@ -533,8 +534,12 @@ impl Wire {
     }
 }
 
-/// The per-connection state of `engine::store::Conn`, without the socket.
+/// The per-connection state of `engine::store::Conn`, without the socket. Its request
+/// cycle (head polling, keep-alive, body-rate accounting) is the product's own
+/// [`Cycle`], driven at the same points and with the same clock reads as the store
+/// shell drives it; what is still copied here is the shell's buffer handling.
 struct Shell {
+    cycle: Cycle,
     tls: TlsConn,
     identity: Identity,
     pool: Pool,
@@ -558,7 +563,13 @@ impl Shell {
             client_records(&mut client, body, &mut bytes);
         }
         let pool = Pool::new(8);
+        let limits = Limits {
+            idle: Duration::from_secs(60),
+            head: Duration::from_secs(10),
+            min_body_rate: Some((64 * 1024, Duration::from_secs(10))),
+        };
         Shell {
+            cycle: Cycle::new(limits, Instant::now()),
             tls,
             identity,
             inb: pool.take(),
@@ -591,6 +602,7 @@ impl Shell {
             let n = self.wire.hotpath_untimed_recv(&mut self.inb[self.used..]);
             sw.resume();
             assert!(n > 0, "client eof");
+            self.cycle.on_read(n, Instant::now());
             self.used += n;
             let mut scratch = OutBuf::default();
             let p = self
@@ -610,13 +622,14 @@ impl Shell {
     /// access log line and the socket write of the response. Returns the body size.
     fn put(&mut self, gen: &Generation, sw: &mut Stopwatch) -> u64 {
         let head = loop {
-            match http::parse_head(&self.plain.buf[self.pstart..self.plain.filled], MAX_HEAD) {
-                Ok(Some((h, n))) => {
+            let pending = &self.plain.buf[self.pstart..self.plain.filled];
+            match self.cycle.poll_head(pending, false, Instant::now()) {
+                HeadStep::Head(h, n) => {
                     self.pstart += n;
-                    break h;
+                    break *h;
                 }
-                Ok(None) => self.fill(sw),
-                Err(e) => panic!("bad head: {e}"),
+                HeadStep::NeedMore => self.fill(sw),
+                other => panic!("bad head: {other:?}"),
             }
         };
         let (bucket, key) = store::split_path(&head.path).expect("path");
@@ -632,7 +645,9 @@ impl Shell {
         let max = gen.config.server.max_object_size;
         assert!(head.content_length.is_some_and(|l| l <= max));
         let mut hasher = BodyHasher::new(head.header("content-md5").is_some());
+        self.cycle.on_body_start(Instant::now());
         let size = self.receive_body(&head, &mut hasher, max, sw);
+        self.cycle.on_body_end();
         let digests = hasher.finish();
         digests
             .verify(
@@ -644,18 +659,21 @@ impl Shell {
         let etag = format!("\"{hex}\"");
         let b64 =
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digests.sha256);
+        let keep_alive = self.cycle.keep_alive(head.keep_alive, false, false);
         let mut resp = Vec::with_capacity(256);
         http::write_response_head(
             &mut resp,
             201,
             &[("etag", &etag), ("x-amz-checksum-sha256", &b64)],
             Some(0),
-            head.keep_alive,
+            keep_alive,
         );
         self.out.clear();
         self.tls.encrypt(&resp, &mut self.out).expect("encrypt");
         black_box(self.out.as_slice());
         self.out.clear();
+        self.cycle.on_activity(Instant::now());
+        assert_eq!(self.cycle.on_response_done(true, keep_alive, false), None);
         size
     }
 
@@ -699,7 +717,7 @@ impl Shell {
                 if done {
                     return off;
                 }
-                self.fill(sw); // `need_more`
+                self.need_more(sw);
                 continue;
             };
             let len = (e - s) as u64;
@@ -718,8 +736,17 @@ impl Shell {
             if done {
                 return off;
             }
-            self.fill(sw);
+            self.need_more(sw);
         }
+    }
+
+    /// `Conn::need_more`: the body-rate check around a read of more body.
+    fn need_more(&mut self, sw: &mut Stopwatch) {
+        self.cycle
+            .before_body_read(Instant::now())
+            .expect("body too slow");
+        self.fill(sw);
+        self.cycle.after_body_read(Instant::now());
     }
 }
 

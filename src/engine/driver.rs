@@ -2,7 +2,6 @@
 //! the io_uring shell into the sans-IO [`TlsConn`]), derives the identity, applies the
 //! connection-level authorization gate, then hands off to the backend.
 
-use std::cell::Cell;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -10,71 +9,35 @@ use std::time::Instant;
 
 use tokio_uring::buf::BoundedBuf;
 
+use super::conn::{ConnLog, Established};
+use super::ctx::{Slot, Worker};
 use super::io::{unix_now, Stream};
 use super::shared::Generation;
-use super::worker::Worker;
 use crate::authz::Decision;
 use crate::config::Backend;
+use crate::session::gate::{Gate, Handshaken, Outcome};
+use crate::session::Close;
 use crate::telemetry::session_slot;
-use crate::tls::conn::{OutBuf, SessionInfo, TlsConn, TlsError};
-use crate::tls::identity::Identity;
+use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::policy::FailReason;
-use rustls_pki_types::CertificateDer;
-
-/// Buffers and state that carry over from the handshake into the data phase.
-pub struct Established {
-    /// The TLS connection.
-    pub tls: TlsConn,
-    /// Received TLS bytes not yet processed (a partial record), `inb[..used]`.
-    pub inb: Vec<u8>,
-    /// Bytes used in `inb`.
-    pub used: usize,
-    /// Plaintext already decrypted (sent by the client right after its Finished).
-    pub plain: OutBuf,
-    /// Outgoing TLS buffer (empty).
-    pub out: OutBuf,
-    /// Who the client is.
-    pub identity: Identity,
-    /// Version, suite, resumption.
-    pub session: SessionInfo,
-    /// The verified client chain (leaf first; from the ticket on resumption), kept to
-    /// re-judge the connection when the policy changes.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// When the connection was accepted, for `max_connection_age`.
-    pub accepted: Instant,
-    /// Unix seconds until which the admission holds without a new judgement
-    /// ([`Generation::valid_until`]); set once the connection is admitted.
-    pub valid_until: i64,
-}
-
-/// Per-connection counters for the close log line.
-#[derive(Default)]
-pub struct ConnLog {
-    /// TLS bytes from the client.
-    pub bytes_in: Cell<u64>,
-    /// TLS bytes to the client.
-    pub bytes_out: Cell<u64>,
-    /// The failed handshake was already counted (before its alert went out).
-    pub failure_counted: Cell<bool>,
-}
 
 /// Serve one accepted connection to its end.
 pub(super) async fn serve(
     w: Rc<Worker>,
     stream: tokio_uring::net::TcpStream,
     peer: SocketAddr,
-    slot: super::worker::Slot,
+    slot: Slot,
 ) {
     let start = Instant::now();
     let mut gen = w.shared.current.load_full();
     let _ = stream.set_nodelay(true);
     let client = Stream::Tcp(stream);
     let log = ConnLog::default();
-    let hs = tokio::time::timeout(
-        gen.config.server.handshake_timeout,
-        handshake(&w, &gen, &client, &log),
-    )
-    .await;
+    // The whole phase, from accept (the wait for a first byte included), is under
+    // the gate's one deadline.
+    let deadline = Gate::deadline(start, gen.config.server.handshake_timeout);
+    let hs =
+        tokio::time::timeout_at(deadline.into(), handshake(&w, &gen, &client, &log, start)).await;
     let mut est = match hs {
         Ok(Ok(est)) => est,
         Ok(Err((reason, detail))) => {
@@ -89,7 +52,7 @@ pub(super) async fn serve(
             return;
         }
         Err(_) => {
-            w.stats.handshake_failed(FailReason::Timeout);
+            w.stats.handshake_failed(Gate::timed_out().0);
             tracing::warn!(
                 worker = w.id, %peer, reason = "timeout",
                 timeout = ?gen.config.server.handshake_timeout, "handshake failed"
@@ -170,7 +133,7 @@ pub(super) async fn serve(
                     }
                     None => {
                         refuse(&client, est, &log).await;
-                        "no store"
+                        Close::NoBackend
                     }
                 }
             }
@@ -180,8 +143,10 @@ pub(super) async fn serve(
             suite = %session.suite, resumed = session.resumed,
             handshake_ms = hs_time.as_secs_f64() * 1e3,
             bytes_in = log.bytes_in.get(), bytes_out = log.bytes_out.get(),
-            duration_ms = start.elapsed().as_secs_f64() * 1e3, close, "connection closed"
+            duration_ms = start.elapsed().as_secs_f64() * 1e3, close = close.as_str(),
+            "connection closed"
         );
+        w.stats.closes[close.index()].inc();
     });
 }
 
@@ -203,55 +168,32 @@ async fn handshake(
     gen: &Arc<Generation>,
     client: &Stream,
     log: &ConnLog,
+    accepted: Instant,
 ) -> Result<Established, HsError> {
-    let accepted = Instant::now();
     // A connection that has sent nothing yet holds no buffer and no TLS state: anyone
     // who can reach the port could otherwise pin three pool buffers per connect.
     client
         .readable()
         .await
         .map_err(|e| (FailReason::Protocol, format!("read: {e}")))?;
-    let mut tls =
-        TlsConn::new(gen.tls.clone()).map_err(|e| (FailReason::Protocol, e.to_string()))?;
-    let mut refusal_counted = false;
+    let tls = TlsConn::new(gen.tls.clone()).map_err(|e| (FailReason::Protocol, e.to_string()))?;
+    let mut gate = Gate::new(tls, accepted, gen.config.server.handshake_timeout);
     let mut inb = w.pool.take();
     let mut used = 0usize;
     let mut out = OutBuf::from_vec(w.pool.take());
     let mut plain = OutBuf::from_vec(w.pool.take());
     loop {
-        if used == inb.len() {
-            return Err((FailReason::Protocol, "handshake message too large".into()));
-        }
+        gate.room(used, inb.len())?;
         let cap = inb.len();
         let (res, slice) = client.read(inb.slice(used..cap)).await;
         inb = slice.into_inner();
-        let n = match res {
-            Ok(0) => {
-                return Err((
-                    FailReason::Protocol,
-                    "client closed during handshake".into(),
-                ))
-            }
-            Ok(n) => n,
-            Err(e) => return Err((FailReason::Protocol, format!("read: {e}"))),
-        };
+        let n = res.map_err(|e| (FailReason::Protocol, format!("read: {e}")))?;
+        gate.on_read(n)?;
         used += n;
         log.bytes_in.set(log.bytes_in.get() + n as u64);
         w.stats.bytes_received.add(n as u64);
-        let (progress, failure) = match tls.handle_received(&mut inb[..used], &mut out, &mut plain)
-        {
-            Ok(p) => (p, None),
-            Err(TlsError::Rustls(re)) => (
-                Default::default(),
-                Some((FailReason::of(&re), re.to_string())),
-            ),
-            Err(e) => (
-                Default::default(),
-                Some((FailReason::Protocol, e.to_string())),
-            ),
-        };
-        if let (Some(r), false) = (tls.resumption_refused(), refusal_counted) {
-            refusal_counted = true;
+        let step = gate.handle_received(&mut inb[..used], &mut out, &mut plain);
+        if let Some(r) = step.ticket_refused {
             w.stats.resumptions_refused[r.index()].inc();
             tracing::info!(
                 worker = w.id,
@@ -259,6 +201,11 @@ async fn handshake(
                 "session ticket not honoured; the client is asked for a full handshake"
             );
         }
+        let (failure, complete) = match step.outcome {
+            Outcome::Failed(f) => (Some(f), false),
+            Outcome::NeedMore => (None, false),
+            Outcome::Complete => (None, true),
+        };
         if let Some((reason, _)) = &failure {
             // Counted before the alert leaves, so the metric never lags what the
             // client was told.
@@ -280,22 +227,15 @@ async fn handshake(
         if let Some(f) = failure {
             return Err(f);
         }
-        let p = progress;
-        inb.copy_within(p.consumed..used, 0);
-        used -= p.consumed;
-        if p.handshake_completed {
-            let leaf = tls.peer_certificates().and_then(|c| c.first()).ok_or((
-                FailReason::NoClientCert,
-                "no client certificate".to_string(),
-            ))?;
-            let identity = Identity::from_der(leaf).map_err(|e| {
-                (
-                    FailReason::InvalidIdentity,
-                    format!("client certificate: {e}"),
-                )
-            })?;
-            let chain = tls.peer_certificates().unwrap_or_default().to_vec();
-            let session = tls.session_info();
+        inb.copy_within(step.consumed..used, 0);
+        used -= step.consumed;
+        if complete {
+            let Handshaken {
+                tls,
+                identity,
+                chain,
+                session,
+            } = gate.finish()?;
             return Ok(Established {
                 tls,
                 inb,

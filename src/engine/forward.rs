@@ -3,26 +3,27 @@
 //! buffering (each direction holds at most one buffer in flight, so a slow side stops
 //! the other from reading: backpressure by construction).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
 use tokio_uring::buf::BoundedBuf;
 
-use super::driver::{ConnLog, Established};
-use super::io::{read_idle, Stream, WaitError};
-use super::io::{unix_now, unix_secs, until_unix};
+use super::conn::{ConnLog, Established};
+use super::ctx::Worker;
+use super::io::{read_until, unix_now, unix_secs, Stream, WaitError};
 use super::shared::Generation;
-use super::worker::Worker;
 use crate::config::{Backend, ProxyProtocol, Upstream};
 use crate::proto::proxy_v2;
+use crate::session::admission::Admission;
+use crate::session::relay::{self, Dir};
+use crate::session::Close;
 use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
 use crate::tls::policy::FailReason;
 use rustls_pki_types::CertificateDer;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Relay until both directions are done; returns the close reason for the log.
 pub async fn relay(
@@ -32,14 +33,14 @@ pub async fn relay(
     peer: SocketAddr,
     est: Established,
     log: &ConnLog,
-) -> &'static str {
+) -> Close {
     let Backend::Forward {
         upstream,
         proxy_protocol,
         proxy_protocol_client_cert,
     } = &gen.config.backend
     else {
-        return "not forward";
+        return Close::NoBackend;
     };
     let Established {
         mut tls,
@@ -65,7 +66,7 @@ pub async fn relay(
                 let _ = client.write_all(out.buf.slice(..n)).await;
             }
             client.shutdown(Shutdown::Both);
-            return "upstream unreachable";
+            return Close::UpstreamUnreachable;
         }
     };
 
@@ -98,7 +99,7 @@ pub async fn relay(
         };
         if let Err(e) = proxy_v2::encode(&header, &mut prefix) {
             tracing::warn!(worker = w.id, %peer, error = %e, "PROXY header not encodable");
-            return "proxy header error";
+            return Close::ProxyHeader;
         }
     }
     prefix.extend_from_slice(plain.as_slice());
@@ -107,14 +108,16 @@ pub async fn relay(
         let (res, _) = up.write_all(prefix).await;
         if res.is_err() {
             client.shutdown(Shutdown::Both);
-            return "upstream write failed";
+            return Close::UpstreamPrefixWrite;
         }
     }
 
-    let ctx = Relay {
+    let ctx = Shell {
         w,
-        idle: gen.config.server.idle_timeout,
-        last: Cell::new(Instant::now()),
+        m: RefCell::new(relay::Relay::new(
+            gen.config.server.idle_timeout,
+            Instant::now(),
+        )),
         tls: RefCell::new(tls),
         client,
         up,
@@ -126,45 +129,29 @@ pub async fn relay(
     w.pool.give(std::mem::take(&mut plain.buf));
     let done = tokio::sync::Notify::new();
     let both = async {
-        let r = tokio::join!(
+        tokio::join!(
             ctx.client_to_upstream(inb, used, plain),
             ctx.upstream_to_client(ub, out)
         );
         done.notify_one();
-        r
     };
     let limits = Limits {
         gen,
-        valid_until,
         chain: &chain,
         identity: &identity,
-        accepted,
-        max_age: gen.config.server.max_connection_age,
+        admission: Admission::new(accepted, gen.config.server.max_connection_age, valid_until),
     };
-    let ((a, b), cut) = tokio::join!(both, ctx.guard(&limits, &done));
-    if let Some(why) = cut {
+    tokio::join!(both, ctx.guard(&limits, &done));
+    let (reason, actions) = ctx.m.borrow().finish();
+    if let Close::Policy(why) = reason {
         w.stats.policy_close(why);
         tracing::warn!(
             worker = w.id, %peer, identity = identity.name(),
             reason = why.map_or("max_connection_age", FailReason::as_str),
             "relay closed with close_notify: the running policy no longer admits it"
         );
-        return match why {
-            None => "max connection age",
-            Some(FailReason::Unauthorized) => "no longer authorized",
-            Some(FailReason::Revoked) => "certificate revoked",
-            Some(FailReason::Expired) => "certificate expired",
-            Some(_) => "certificate no longer trusted",
-        };
     }
-    let reason = match (a, b) {
-        (Ok(()), Ok(())) => "closed",
-        (Err(e), _) | (_, Err(e)) => e,
-    };
-    if reason != "closed" {
-        ctx.client.shutdown(Shutdown::Both);
-        ctx.up.shutdown(Shutdown::Both);
-    }
+    ctx.shut(actions);
     reason
 }
 
@@ -191,64 +178,50 @@ async fn connect(u: &Upstream) -> std::io::Result<Stream> {
 struct Limits<'a> {
     /// The generation the relay was admitted under.
     gen: &'a Arc<Generation>,
-    /// Unix seconds until which that admission holds without a new judgement.
-    valid_until: i64,
     chain: &'a [CertificateDer<'static>],
     identity: &'a Identity,
-    accepted: Instant,
-    max_age: Option<Duration>,
+    /// Until when that admission holds, and the connection's age limit.
+    admission: Admission,
 }
 
-/// A read shorter than one full TLS record: the peer is not streaming, so the write-side
-/// buffer goes back to the pool between messages.
-const TRICKLE: usize = 16 * 1024;
-
-struct Relay<'a> {
+/// The relay's I/O: the sockets, the TLS state and the pool. What happens at each
+/// end, at idle and at a policy cut is the machine's ([`relay::Relay`]) call.
+struct Shell<'a> {
     w: &'a Rc<Worker>,
-    idle: std::time::Duration,
-    last: Cell<Instant>,
-    /// Both directions use the TLS state, never across an await: the borrow is taken
-    /// for the synchronous decrypt or encrypt step only.
+    /// Both directions use the machine and the TLS state, never across an await:
+    /// each borrow is taken for one synchronous step only.
+    m: RefCell<relay::Relay>,
     tls: RefCell<TlsConn>,
     client: Stream,
     up: Stream,
     log: &'a ConnLog,
 }
 
-type Dir = Result<(), &'static str>;
-
-impl Relay<'_> {
+impl Shell<'_> {
     /// Watches a running relay: re-judges it whenever the worker sees a new generation
     /// (reload, CRL refresh), and again when its admission runs out by time (a
     /// certificate in the chain expires, or, under `crl_stale = "refuse"`, a CRL goes
-    /// stale), and ends it at `max_connection_age`. Ends the relay the way an idle
-    /// timeout does (the upstream side sends close_notify). `None` once the relay ended
-    /// by itself; otherwise `Some(reason)`, where `None` inside is the age limit.
-    async fn guard(
-        &self,
-        limits: &Limits<'_>,
-        done: &tokio::sync::Notify,
-    ) -> Option<Option<FailReason>> {
+    /// stale), and ends it at `max_connection_age`, through the machine (both reads
+    /// shut; the upstream side then sends close_notify). Returns once the relay ended.
+    async fn guard(&self, limits: &Limits<'_>, done: &tokio::sync::Notify) {
         let mut gens = self.w.generation.clone();
         gens.borrow_and_update();
         let mut gen = limits.gen.clone();
-        let mut until = limits.valid_until;
-        let aged = limits.max_age.map(|age| limits.accepted + age);
+        let mut admission = limits.admission;
         let why = loop {
-            let due = Instant::now() + until_unix(until);
-            let deadline = aged.map_or(due, |a| a.min(due));
+            let deadline = admission.poll_timeout(Instant::now(), unix_secs());
             tokio::select! {
-                _ = done.notified() => return None,
+                _ = done.notified() => return,
                 changed = gens.changed() => {
                     if changed.is_err() {
                         // The worker is gone; the drain ends the relay.
                         done.notified().await;
-                        return None;
+                        return;
                     }
                     gen = gens.borrow_and_update().clone();
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    if aged.is_some_and(|a| Instant::now() >= a) {
+                    if admission.aged(Instant::now()) {
                         break None;
                     }
                 }
@@ -257,42 +230,41 @@ impl Relay<'_> {
                 break Some(r);
             }
             // Still admitted (a CRL was replaced in time, or the second of expiry has
-            // not passed): wait for the next change, at least a second on.
-            until = gen.valid_until(limits.chain).max(unix_secs() + 1);
+            // not passed): wait for the next change.
+            admission.readmitted(gen.valid_until(limits.chain), unix_secs());
         };
-        self.client.shutdown(Shutdown::Read);
-        self.up.shutdown(Shutdown::Read);
+        let a = self.m.borrow_mut().on_policy_cut(why);
+        self.shut(a);
         done.notified().await;
-        Some(why)
     }
 
-    /// A hard failure in one direction ends the other too: shutting both sockets wakes
-    /// its pending read. A truncated client (EOF without close_notify) is passed on as a
-    /// half-close instead, like a TCP proxy would.
-    fn on_end(&self, r: Dir) -> Dir {
-        match r {
-            Err("client eof without close_notify") | Ok(()) => {}
-            Err("idle timeout") => {
-                // Wake both readers with EOF: the upstream side then ends the way a
-                // closing upstream does, with close_notify to the client.
-                self.client.shutdown(Shutdown::Read);
-                self.up.shutdown(Shutdown::Read);
-            }
-            Err(_) => {
-                self.client.shutdown(Shutdown::Both);
-                self.up.shutdown(Shutdown::Both);
-            }
+    /// Execute the shutdowns of `a` (its close_notify is the caller's to send).
+    fn shut(&self, a: relay::Actions) {
+        if let Some(how) = a.client {
+            self.client.shutdown(how);
         }
-        r
+        if let Some(how) = a.upstream {
+            self.up.shutdown(how);
+        }
+    }
+
+    /// `dir` failed: tell the machine and do what it says.
+    fn fail(&self, dir: Dir, why: Close) {
+        let a = self.m.borrow_mut().on_failed(dir, why);
+        self.shut(a);
+    }
+
+    /// Wait for `fut` (a read) until the relay is idle.
+    async fn wait<F, B>(&self, fut: F) -> Result<(usize, B), (WaitError, Option<B>)>
+    where
+        F: std::future::Future<Output = (std::io::Result<usize>, B)>,
+    {
+        read_until(fut, || self.m.borrow().poll_timeout(), None).await
     }
 
     /// Client records → decrypt in place → plaintext to upstream.
-    async fn client_to_upstream(
-        &self,
-        mut inb: Vec<u8>,
-        mut used: usize,
-        mut plain: OutBuf,
-    ) -> Dir {
+    async fn client_to_upstream(&self, mut inb: Vec<u8>, mut used: usize, mut plain: OutBuf) {
+        const DIR: Dir = Dir::ClientToUpstream;
         // Alerts rustls wants to send while reading (rare after the handshake) are
         // dropped into this buffer and discarded: the reader never writes to the client,
         // so the two directions never interleave partial records.
@@ -300,57 +272,53 @@ impl Relay<'_> {
         if self.tls.borrow().peer_closed() {
             // close_notify came in the same flight as the handshake: the client has
             // said all it will say; pass the half-close on at once.
-            self.up.shutdown(Shutdown::Write);
+            let a = self.m.borrow_mut().on_client_close_notify();
+            self.shut(a);
             self.w.pool.give(inb);
             self.w.pool.give(plain.buf);
-            return Ok(());
+            return;
         }
         // After a short read (or at the start) the client is between bursts: wait for
         // its next bytes holding no buffer, so an idle relay holds none.
         let mut quiet = true;
-        let result = loop {
+        // Err: a failure the machine has not heard of yet.
+        let result: Result<(), Close> = loop {
             if quiet && used == 0 {
                 self.w.pool.give(std::mem::take(&mut inb));
-                let ready = read_idle(
-                    async { (self.client.readable().await.map(|()| 0), ()) },
-                    &self.last,
-                    self.idle,
-                    None,
-                )
-                .await;
+                let ready = self
+                    .wait(async { (self.client.readable().await.map(|()| 0), ()) })
+                    .await;
                 match ready {
                     Ok(_) => {}
-                    Err((WaitError::Idle, _)) => return self.on_end(Err("idle timeout")),
-                    Err(_) => return self.on_end(Err("client read error")),
+                    Err((WaitError::Idle, _)) => {
+                        let a = self.m.borrow_mut().on_idle(DIR);
+                        return self.shut(a);
+                    }
+                    Err(_) => return self.fail(DIR, Close::ClientReadError),
                 }
                 inb = self.w.pool.take();
             }
             if used == inb.len() {
-                break Err("record larger than buffer");
+                break Err(Close::RecordTooLarge);
             }
             let cap = inb.len();
-            let (n, slice) = match read_idle(
-                self.client.read(inb.slice(used..cap)),
-                &self.last,
-                self.idle,
-                None,
-            )
-            .await
-            {
+            let (n, slice) = match self.wait(self.client.read(inb.slice(used..cap))).await {
                 Ok(x) => x,
-                Err((WaitError::Idle, _)) => return self.on_end(Err("idle timeout")),
+                Err((WaitError::Idle, _)) => {
+                    let a = self.m.borrow_mut().on_idle(DIR);
+                    return self.shut(a);
+                }
                 Err((WaitError::Io(_) | WaitError::Draining, _)) => {
-                    return self.on_end(Err("client read error"))
+                    return self.fail(DIR, Close::ClientReadError)
                 }
             };
             inb = slice.into_inner();
             if n == 0 {
-                // EOF without close_notify: the client may have been cut off. Pass the
-                // half-close on (as a TCP proxy would) but record it as truncated.
-                self.up.shutdown(Shutdown::Write);
-                break Err("client eof without close_notify");
+                let a = self.m.borrow_mut().on_client_eof();
+                self.shut(a);
+                break Ok(());
             }
-            self.last.set(Instant::now());
+            let keep = self.m.borrow_mut().on_read(DIR, n, Instant::now());
             used += n;
             self.log.bytes_in.set(self.log.bytes_in.get() + n as u64);
             self.w.stats.bytes_received.add(n as u64);
@@ -364,7 +332,7 @@ impl Relay<'_> {
                 let mut tls = self.tls.borrow_mut();
                 match tls.handle_received(&mut inb[..used], &mut scratch, &mut plain) {
                     Ok(p) => p,
-                    Err(_) => break Err("tls error from client"),
+                    Err(_) => break Err(Close::TlsFromClient),
                 }
             };
             inb.copy_within(p.consumed..used, 0);
@@ -372,61 +340,59 @@ impl Relay<'_> {
             if !plain.is_empty() {
                 let len = plain.filled;
                 let write = self.up.write_all(plain.buf.slice(..len));
-                let (res, slice) = match tokio::time::timeout(self.idle, write).await {
+                let limit = self.m.borrow().write_timeout();
+                let (res, slice) = match tokio::time::timeout(limit, write).await {
                     Ok(x) => x,
-                    Err(_) => return self.on_end(Err("upstream write timeout")),
+                    Err(_) => return self.fail(DIR, Close::UpstreamWriteTimeout),
                 };
                 plain.buf = slice.into_inner();
                 plain.clear();
                 if res.is_err() {
-                    break Err("upstream write error");
+                    break Err(Close::UpstreamWriteError);
                 }
-                self.last.set(Instant::now());
+                self.m.borrow_mut().on_activity(Instant::now());
             }
-            // A read of less than a full record means the client is not streaming:
-            // give the buffer back so an idle connection holds none. A streaming one
-            // keeps it, so a busy worker never churns the pool (or allocates when it
-            // runs dry) once per record.
-            quiet = n < TRICKLE;
+            quiet = !keep;
             if quiet {
                 self.w.pool.give(std::mem::take(&mut plain.buf));
             }
             if p.peer_closed {
-                self.up.shutdown(Shutdown::Write);
+                let a = self.m.borrow_mut().on_client_close_notify();
+                self.shut(a);
                 break Ok(());
             }
         };
         self.w.pool.give(inb);
         self.w.pool.give(plain.buf);
-        self.on_end(result)
+        if let Err(why) = result {
+            self.fail(DIR, why);
+        }
     }
 
     /// Upstream plaintext → encrypt → client; upstream EOF → close_notify.
-    async fn upstream_to_client(&self, mut ub: Vec<u8>, mut out: OutBuf) -> Dir {
+    async fn upstream_to_client(&self, mut ub: Vec<u8>, mut out: OutBuf) {
+        const DIR: Dir = Dir::UpstreamToClient;
         // As the other direction: between bursts, wait for the upstream holding no buffer.
         let mut quiet = true;
-        let result = loop {
+        // Err: a failure the machine has not heard of yet.
+        let result: Result<(), Close> = loop {
             if quiet {
                 self.w.pool.give(std::mem::take(&mut ub));
-                let ready = read_idle(
-                    async { (self.up.readable().await.map(|()| 0), ()) },
-                    &self.last,
-                    self.idle,
-                    None,
-                )
-                .await;
+                let ready = self
+                    .wait(async { (self.up.readable().await.map(|()| 0), ()) })
+                    .await;
                 ub = self.w.pool.take();
                 if let Err((WaitError::Io(_) | WaitError::Draining, _)) = ready {
-                    return self.on_end(Err("upstream read error"));
+                    return self.fail(DIR, Close::UpstreamReadError);
                 }
                 // Idle: the read below sees the same timer and says goodbye properly.
             }
             let cap = ub.len().min(super::pool::BUF_SIZE);
-            let (n, slice) =
-                match read_idle(self.up.read(ub.slice(..cap)), &self.last, self.idle, None).await {
-                    Ok(x) => x,
-                    Err((WaitError::Idle, _)) => {
-                        // Say goodbye properly: close_notify, then end both directions.
+            let (n, slice) = match self.wait(self.up.read(ub.slice(..cap))).await {
+                Ok(x) => x,
+                Err((WaitError::Idle, _)) => {
+                    let a = self.m.borrow_mut().on_idle(DIR);
+                    if a.close_notify {
                         if out.buf.is_empty() {
                             out = OutBuf::from_vec(self.w.pool.take());
                         }
@@ -434,59 +400,74 @@ impl Relay<'_> {
                         if self.tls.borrow_mut().close_notify(&mut out).is_ok() {
                             let len = out.filled;
                             let write = self.client.write_all(out.buf.slice(..len));
-                            let _ = tokio::time::timeout(self.idle, write).await;
+                            let limit = self.m.borrow().write_timeout();
+                            // The connection is going anyway: a goodbye that cannot
+                            // be written changes nothing.
+                            let _ = tokio::time::timeout(limit, write).await;
                         }
-                        return self.on_end(Err("idle timeout"));
                     }
-                    Err((WaitError::Io(_) | WaitError::Draining, _)) => {
-                        return self.on_end(Err("upstream read error"))
-                    }
-                };
+                    return self.shut(a);
+                }
+                Err((WaitError::Io(_) | WaitError::Draining, _)) => {
+                    return self.fail(DIR, Close::UpstreamReadError)
+                }
+            };
             ub = slice.into_inner();
             if out.buf.is_empty() {
                 out = OutBuf::from_vec(self.w.pool.take());
             }
             out.clear();
+            // Upstream EOF: the machine says close_notify, then the client's write side.
+            let eof = (n == 0).then(|| self.m.borrow_mut().on_upstream_eof());
+            let keep = match n {
+                0 => {
+                    self.m.borrow_mut().on_activity(Instant::now());
+                    false
+                }
+                n => self.m.borrow_mut().on_read(DIR, n, Instant::now()),
+            };
             {
                 let mut tls = self.tls.borrow_mut();
-                let r = if n == 0 {
-                    tls.close_notify(&mut out)
-                } else {
-                    tls.encrypt(&ub[..n], &mut out)
+                let r = match eof {
+                    Some(a) if a.close_notify => tls.close_notify(&mut out),
+                    Some(_) => Ok(()),
+                    None => tls.encrypt(&ub[..n], &mut out),
                 };
                 if r.is_err() {
-                    break Err("tls encrypt error");
+                    break Err(Close::TlsEncrypt);
                 }
             }
-            self.last.set(Instant::now());
             let len = out.filled;
             // A client that stops reading is cut at the idle timeout; shutting the
             // socket completes the pending write.
             let write = self.client.write_all(out.buf.slice(..len));
-            let (res, slice) = match tokio::time::timeout(self.idle, write).await {
+            let limit = self.m.borrow().write_timeout();
+            let (res, slice) = match tokio::time::timeout(limit, write).await {
                 Ok(x) => x,
-                Err(_) => return self.on_end(Err("client write timeout")),
+                Err(_) => return self.fail(DIR, Close::ClientWriteTimeout),
             };
             out.buf = slice.into_inner();
             if res.is_err() {
-                break Err("client write error");
+                break Err(Close::ClientWriteError);
             }
             self.log
                 .bytes_out
                 .set(self.log.bytes_out.get() + len as u64);
             self.w.stats.bytes_sent.add(len as u64);
             // Released after a short read only, as the plaintext buffer upstream.
-            quiet = n < TRICKLE;
+            quiet = !keep;
             if quiet {
                 self.w.pool.give(std::mem::take(&mut out.buf));
             }
-            if n == 0 {
-                self.client.shutdown(Shutdown::Write);
+            if let Some(a) = eof {
+                self.shut(a);
                 break Ok(());
             }
         };
         self.w.pool.give(ub);
         self.w.pool.give(out.buf);
-        self.on_end(result)
+        if let Err(why) = result {
+            self.fail(DIR, why);
+        }
     }
 }

@@ -89,15 +89,16 @@ pub enum WaitError {
 
 /// Await a read without ever cancelling it early: io_uring reads that are dropped in
 /// flight may still complete and lose their bytes. The timer only decides, each time it
-/// fires, whether the whole connection (both directions, via `last`) has been idle too
-/// long, in which case the connection is being torn down anyway. With `drain`, a
-/// read that waits for the next request on a keep-alive connection also gives up
-/// when the appliance starts draining: an idle connection must not hold the drain to
-/// its deadline (HTTP clients retry a request that meets a closed keep-alive).
-pub async fn read_idle<F, B>(
+/// fires, whether the connection is idle: `idle_at()` is asked of the session machine
+/// (its idle deadline, which bytes moving in either direction push out), and only once
+/// the instant it names has passed is the connection idle, in which case it is being
+/// torn down anyway. With `drain`, a read that waits for the next request on a
+/// keep-alive connection also gives up when the appliance starts draining: an idle
+/// connection must not hold the drain to its deadline (HTTP clients retry a request
+/// that meets a closed keep-alive).
+pub async fn read_until<F, B>(
     fut: F,
-    last: &std::cell::Cell<Instant>,
-    idle: std::time::Duration,
+    idle_at: impl Fn() -> Instant,
     drain: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<(usize, B), (WaitError, Option<B>)>
 where
@@ -114,7 +115,7 @@ where
     };
     tokio::pin!(drained);
     loop {
-        let deadline = last.get() + idle;
+        let deadline = idle_at();
         tokio::select! {
             (res, buf) = &mut fut => {
                 return match res {
@@ -124,7 +125,7 @@ where
             }
             _ = &mut drained => return Err((WaitError::Draining, None)),
             _ = tokio::time::sleep_until(deadline.into()) => {
-                if last.get() + idle <= Instant::now() {
+                if idle_at() <= Instant::now() {
                     return Err((WaitError::Idle, None));
                 }
             }
@@ -144,10 +145,4 @@ pub fn unix_now() -> rustls_pki_types::UnixTime {
 /// The wall clock in Unix seconds.
 pub fn unix_secs() -> i64 {
     i64::try_from(unix_now().as_secs()).unwrap_or(i64::MAX)
-}
-
-/// How long until the Unix time `t` (zero if past).
-pub fn until_unix(t: i64) -> std::time::Duration {
-    let now = std::time::Duration::from_secs(unix_now().as_secs());
-    std::time::Duration::from_secs(u64::try_from(t).unwrap_or(0)).saturating_sub(now)
 }

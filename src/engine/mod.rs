@@ -2,6 +2,8 @@
 //! shell that feeds the sans-IO TLS core. The only module that knows tokio-uring.
 
 pub mod blocking;
+pub mod conn;
+pub mod ctx;
 pub mod driver;
 pub mod forward;
 pub mod io;

@@ -22,16 +22,17 @@ use rustls_pki_types::CertificateDer;
 
 use tokio_uring::buf::BoundedBuf;
 
-use super::driver::{ConnLog, Established};
-use super::io::{read_idle, unix_now, unix_secs, Stream, WaitError};
+use super::conn::{ConnLog, Established};
+use super::ctx::Worker;
+use super::io::{read_until, unix_now, unix_secs, Stream, WaitError};
 use super::shared::Generation;
-use super::worker::Worker;
 use crate::authz::token::{self, Claims, Refused, TokenError, TokenGate};
 use crate::authz::{Access, Decision};
 use crate::backend::store::{self, BodyHasher, Store};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
 use crate::proto::s3::{self, Code, Conditions, ListSpec, Operation, PutSpec, RequestId};
-use crate::proto::slow::{BodyRate, HeadClock};
+use crate::session::cycle::{self, Cycle, HeadStep};
+use crate::session::Close;
 use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
 use crate::tls::policy::FailReason;
@@ -39,10 +40,19 @@ use crate::tls::policy::FailReason;
 mod offload;
 
 /// Largest request head accepted; larger is 431.
-pub const MAX_HEAD: usize = 16 * 1024;
+pub const MAX_HEAD: usize = cycle::MAX_HEAD;
+
+/// The request cycle's timing rules under a configuration.
+fn limits_of(server: &crate::config::Server) -> cycle::Limits {
+    cycle::Limits {
+        idle: server.idle_timeout,
+        head: server.request_head_timeout,
+        min_body_rate: server.min_body_rate.map(|m| (m.bytes, m.window)),
+    }
+}
 
 /// Why a connection ends.
-type End = &'static str;
+type End = Close;
 
 /// What executes the admitted requests of a connection.
 #[derive(Clone)]
@@ -82,16 +92,9 @@ async fn bounded<T>(
     };
     tokio::select! {
         r = read => r,
-        () = drain_deadline => Err(DRAIN_CUT),
+        () = drain_deadline => Err(Close::DrainDeadline),
     }
 }
-
-/// The request head was not complete within `request_head_timeout`.
-const HEAD_TIMEOUT: End = "request head timeout";
-/// The body arrived slower than `min_body_rate`.
-const BODY_TOO_SLOW: End = "request body too slow";
-/// Still open when the drain deadline passed (`server.drain_timeout`).
-const DRAIN_CUT: End = "drain deadline";
 
 struct Conn<'a> {
     w: &'a Rc<Worker>,
@@ -122,19 +125,13 @@ struct Conn<'a> {
     /// closing, or the unread bytes make the kernel reset the connection and the client
     /// never sees the status.
     linger: bool,
-    last: std::cell::Cell<Instant>,
+    /// The request cycle: deadlines, keep-alive, drain (sans-IO).
+    cycle: Cycle,
     log: &'a ConnLog,
     identity: Identity,
     peer: SocketAddr,
     /// The id of the request being served (or refused), on every response and log line.
     rid: RequestId,
-    /// A read that waits past this instant ends the connection with this reason.
-    deadline: Option<(Instant, End)>,
-    /// The body-rate meter while a request body is being received.
-    rate: Option<BodyRate>,
-    /// When the last read of a body completed: the time from there to the next read
-    /// is the server's (disk, hashing), not the client's.
-    read_done: Instant,
     /// The last bearer token that verified on this connection, so a keep-alive client
     /// sending the same token pays for its signature once per generation; time and
     /// scope are checked on every request all the same. Cleared when the connection
@@ -217,6 +214,7 @@ pub async fn serve(
         ..
     } = est;
     let tls_closed = tls.peer_closed();
+    let cycle = Cycle::new(limits_of(&gen.config.server), Instant::now());
     let mut c = Conn {
         w,
         gen,
@@ -234,14 +232,11 @@ pub async fn serve(
         out,
         peer_closed: tls_closed,
         linger: false,
-        last: std::cell::Cell::new(Instant::now()),
+        cycle,
         log,
         identity,
         peer,
         rid: RequestId::default(),
-        deadline: None,
-        rate: None,
-        read_done: Instant::now(),
         token_cache: None,
         token_used: false,
     };
@@ -261,7 +256,7 @@ impl Conn<'_> {
         loop {
             let mut head = match self.read_head().await {
                 Ok(Some(h)) => h,
-                Ok(None) => return "closed",
+                Ok(None) => return Close::Closed,
                 Err(e) => return e,
             };
             let start = Instant::now();
@@ -276,7 +271,7 @@ impl Conn<'_> {
                     why.as_str()
                 ));
                 let _ = self.error(&head, "-", "-", e, start).await;
-                return "no longer admitted";
+                return Close::NoLongerAdmitted;
             }
             let aged = self
                 .gen
@@ -289,16 +284,14 @@ impl Conn<'_> {
                 .shared
                 .draining
                 .load(std::sync::atomic::Ordering::Relaxed);
-            if aged || draining {
-                // Said on this response, so the client does not send another request
-                // into a connection we are about to close.
-                head.keep_alive = false;
-            }
+            // Said on this response, so the client does not send another request into
+            // a connection we are about to close.
+            head.keep_alive = self.cycle.keep_alive(head.keep_alive, aged, draining);
             if aged {
                 self.w.stats.policy_close(None);
             }
             let Some(exec) = self.exec.take() else {
-                return "no store";
+                return Close::NoBackend;
             };
             let r = self.request(&exec, &head, start).await;
             // A re-judgement during the request may have brought the next generation's
@@ -309,16 +302,13 @@ impl Conn<'_> {
                 Ok(keep) => keep,
                 Err(e) => return e,
             };
-            if !keep || !head.keep_alive {
-                return "closed by request";
-            }
-            if self
+            let draining = self
                 .w
                 .shared
                 .draining
-                .load(std::sync::atomic::Ordering::Relaxed)
-            {
-                return "draining";
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if let Some(why) = self.cycle.on_response_done(keep, head.keep_alive, draining) {
+                return why;
             }
         }
     }
@@ -355,6 +345,7 @@ impl Conn<'_> {
                 (None, None) => return Err(FailReason::Unauthorized),
             };
             self.exec = Some(exec);
+            self.cycle.set_limits(limits_of(&cur.config.server));
             self.gen = cur;
             // A token verified under the old key set is verified again.
             self.token_cache = None;
@@ -390,59 +381,50 @@ impl Conn<'_> {
     /// Read until a full request head is buffered. Ok(None) on a clean close between
     /// requests. A head that is malformed or overdue is answered here (400/431/408).
     async fn read_head(&mut self) -> Result<Option<RequestHead>, End> {
-        let mut clock = HeadClock::new(self.gen.config.server.request_head_timeout);
         loop {
             let pending = &self.plain.buf[self.pstart..self.plain.filled];
-            match http::parse_head(pending, MAX_HEAD) {
-                Ok(Some((head, n))) => {
+            match self
+                .cycle
+                .poll_head(pending, self.peer_closed, Instant::now())
+            {
+                HeadStep::Head(head, n) => {
                     self.pstart += n;
                     self.rid = self.w.next_request_id();
-                    self.deadline = None;
-                    return Ok(Some(head));
+                    return Ok(Some(*head));
                 }
-                Ok(None) => {}
-                Err(e) => {
+                HeadStep::NeedMore => {}
+                HeadStep::Malformed(e) => {
                     self.rid = self.w.next_request_id();
-                    self.deadline = None;
                     let err = s3::Error::from(&e).detail(&e);
                     self.refuse(None, "-", "-", &err, Instant::now(), false, &[])
                         .await?;
-                    return Err("bad request head");
+                    return Err(Close::BadRequestHead);
                 }
-            }
-            let buffered = !pending.is_empty();
-            if self.peer_closed {
-                return if buffered {
-                    Err("eof inside request head")
-                } else {
-                    Ok(None)
-                };
-            }
-            // The clock starts with the head's first byte: the wait before it, on a
-            // kept-alive connection, is the idle timeout's.
-            if buffered {
-                clock.on_bytes(Instant::now());
-            }
-            self.deadline = clock.deadline().map(|d| (d, HEAD_TIMEOUT));
-            let read = if clock.expired(Instant::now()) {
-                Err(HEAD_TIMEOUT)
-            } else {
-                self.fill().await
-            };
-            match read {
-                Ok(()) => {}
-                Err("client eof") if self.pstart == self.plain.filled => return Ok(None),
-                Err(HEAD_TIMEOUT) => {
+                HeadStep::TimedOut { started } => {
                     self.rid = self.w.next_request_id();
-                    self.deadline = None;
                     let timeout = self.gen.config.server.request_head_timeout;
                     let err = s3::Error::new(Code::RequestTimeout).detail(format_args!(
                         "request head not complete {timeout:?} after its first byte (request_head_timeout)"
                     ));
-                    let start = clock.deadline().map_or_else(Instant::now, |d| d - timeout);
-                    self.refuse(None, "-", "-", &err, start, false, &[]).await?;
-                    return Err(HEAD_TIMEOUT);
+                    self.refuse(None, "-", "-", &err, started, false, &[])
+                        .await?;
+                    return Err(Close::HeadTimeout);
                 }
+                HeadStep::End(Close::Closed) => return Ok(None),
+                HeadStep::End(why) => return Err(why),
+            }
+            match self.fill().await {
+                Ok(()) => {}
+                Err(Close::ClientEof) => {
+                    let buffered = self.pstart != self.plain.filled;
+                    return match self.cycle.on_eof(buffered) {
+                        Close::Closed => Ok(None),
+                        why => Err(why),
+                    };
+                }
+                // The head's deadline passed while waiting: the next look at the
+                // buffer (at or past the deadline) answers it with 408.
+                Err(Close::HeadTimeout) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -452,10 +434,7 @@ impl Conn<'_> {
     /// A slow head or body has a deadline of its own, shorter than the idle timeout;
     /// past it a read is abandoned like an idle one and the caller answers 408.
     fn hard_deadline(&self) -> Option<(Instant, End)> {
-        match &self.rate {
-            Some(rate) => Some((rate.deadline(), BODY_TOO_SLOW)),
-            None => self.deadline,
-        }
+        self.cycle.hard_deadline()
     }
 
     /// Wait for the next request holding no buffer: the three pool buffers go back
@@ -468,11 +447,10 @@ impl Conn<'_> {
         self.plain.filled = 0;
         self.pstart = 0;
         self.out.filled = 0;
-        let idle = self.gen.config.server.idle_timeout;
-        let wait = read_idle(
+        let cycle = &self.cycle;
+        let wait = read_until(
             async { (self.client.readable().await.map(|()| 0), ()) },
-            &self.last,
-            idle,
+            || cycle.idle_deadline(),
             Some(self.w.drain.clone()),
         );
         let r = bounded(wait, self.hard_deadline(), self.w.drain_deadline()).await;
@@ -481,9 +459,9 @@ impl Conn<'_> {
         self.out = OutBuf::from_vec(self.w.pool.take());
         match r {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err((WaitError::Idle, _))) => Err("idle timeout"),
-            Ok(Err((WaitError::Draining, _))) => Err("draining"),
-            Ok(Err((WaitError::Io(_), _))) => Err("client read error"),
+            Ok(Err((WaitError::Idle, _))) => Err(Close::IdleTimeout),
+            Ok(Err((WaitError::Draining, _))) => Err(self.cycle.on_drain(false)),
+            Ok(Err((WaitError::Io(_), _))) => Err(Close::ClientReadError),
             Err(why) => Err(why),
         }
     }
@@ -503,23 +481,22 @@ impl Conn<'_> {
         }
         loop {
             if self.used == self.inb.len() {
-                return Err("record larger than buffer");
+                return Err(Close::RecordTooLarge);
             }
             // Between requests (nothing buffered, no request being served) a drain may
             // end the wait. Inside a request (a body being received) it may not: that
             // request runs on until it completes or the drain deadline cuts it.
-            let between =
-                self.inflight.is_none() && self.pstart == self.plain.filled && self.used == 0;
+            let buffered = self.pstart != self.plain.filled || self.used != 0;
+            let between = self.cycle.drain_ends_wait(buffered);
             if between {
                 self.wait_between_requests().await?;
             }
             let cap = self.inb.len();
             let inb = std::mem::take(&mut self.inb);
-            let idle = self.gen.config.server.idle_timeout;
-            let wait = read_idle(
+            let cycle = &self.cycle;
+            let wait = read_until(
                 self.client.read(inb.slice(self.used..cap)),
-                &self.last,
-                idle,
+                || cycle.idle_deadline(),
                 between.then(|| self.w.drain.clone()),
             );
             let waited = bounded(wait, self.hard_deadline(), self.w.drain_deadline()).await;
@@ -535,28 +512,24 @@ impl Conn<'_> {
                 Ok(x) => x,
                 Err((WaitError::Idle, _)) => {
                     self.inb = self.w.pool.take();
-                    return Err("idle timeout");
+                    return Err(Close::IdleTimeout);
                 }
                 Err((WaitError::Draining, _)) => {
                     self.inb = self.w.pool.take();
-                    return Err("draining");
+                    return Err(self.cycle.on_drain(false));
                 }
                 Err((WaitError::Io(_), buf)) => {
                     self.inb = buf
                         .map(|b| b.into_inner())
                         .unwrap_or_else(|| self.w.pool.take());
-                    return Err("client read error");
+                    return Err(Close::ClientReadError);
                 }
             };
             self.inb = slice.into_inner();
             if n == 0 {
-                return Err("client eof");
+                return Err(Close::ClientEof);
             }
-            let now = Instant::now();
-            self.last.set(now);
-            if let Some(rate) = &mut self.rate {
-                rate.on_bytes(n as u64, now);
-            }
+            self.cycle.on_read(n, Instant::now());
             self.used += n;
             self.log.bytes_in.set(self.log.bytes_in.get() + n as u64);
             self.w.stats.bytes_received.add(n as u64);
@@ -564,7 +537,7 @@ impl Conn<'_> {
             let p = self
                 .tls
                 .handle_received(&mut self.inb[..self.used], &mut scratch, &mut self.plain)
-                .map_err(|_| "tls error from client")?;
+                .map_err(|_| Close::TlsFromClient)?;
             self.inb.copy_within(p.consumed..self.used, 0);
             self.used -= p.consumed;
             if p.peer_closed {
@@ -581,7 +554,7 @@ impl Conn<'_> {
         self.out.clear();
         self.tls
             .encrypt(data, &mut self.out)
-            .map_err(|_| "tls encrypt error")?;
+            .map_err(|_| Close::TlsEncrypt)?;
         self.flush().await
     }
 
@@ -601,13 +574,13 @@ impl Conn<'_> {
                     self.client.shutdown(Shutdown::Both);
                     self.out.buf = self.w.pool.take();
                     self.out.clear();
-                    return Err("client write timeout");
+                    return Err(Close::ClientWriteTimeout);
                 }
             };
         self.out.buf = slice.into_inner();
         self.out.clear();
-        res.map_err(|_| "client write error")?;
-        self.last.set(Instant::now());
+        res.map_err(|_| Close::ClientWriteError)?;
+        self.cycle.on_activity(Instant::now());
         self.log
             .bytes_out
             .set(self.log.bytes_out.get() + len as u64);
@@ -1468,19 +1441,19 @@ impl Conn<'_> {
             }
             if self.hold_inflight().is_err() {
                 // Mid-body: the client sees a truncated response, and nothing more.
-                break Err("no longer admitted");
+                break Err(Close::NoLongerAdmitted);
             }
             let n = ((end - pos) as usize).min(buf.len());
             let (r, slice) = f.read_at(buf.slice(..n), pos).await;
             buf = slice.into_inner();
             let got = match r {
-                Ok(0) => break Err("object shorter than its size"),
+                Ok(0) => break Err(Close::ObjectShort),
                 Ok(k) => k,
-                Err(_) => break Err("object read error"),
+                Err(_) => break Err(Close::ObjectRead),
             };
             self.out.clear();
             if self.tls.encrypt(&buf[..got], &mut self.out).is_err() {
-                break Err("tls encrypt error");
+                break Err(Close::TlsEncrypt);
             }
             if let Err(e) = self.flush().await {
                 break Err(e);
@@ -1566,18 +1539,11 @@ impl Conn<'_> {
             );
         let mut hasher = BodyHasher::with(md5 || part.is_some() || md5_etag, crc32, sha1);
         let mut inner = spec.aws_chunked.then(BodyDecoder::aws_chunked);
-        let now = Instant::now();
-        self.rate = self
-            .gen
-            .config
-            .server
-            .min_body_rate
-            .map(|m| BodyRate::new(m.bytes, m.window, now));
-        self.read_done = now;
+        self.cycle.on_body_start(Instant::now());
         let r = self
             .receive_body(head, &mut inner, &mut Sink::File(&uring), &mut hasher, max)
             .await;
-        self.rate = None;
+        self.cycle.on_body_end();
         let _ = uring.close().await;
         let size = match r {
             Ok(n) => n,
@@ -1588,7 +1554,7 @@ impl Conn<'_> {
                     request_id = %self.rid,
                     bucket,
                     key,
-                    reason = e,
+                    reason = e.as_str(),
                     "upload aborted; nothing stored"
                 );
                 self.access("PUT", bucket, key, 499, 0, start);
@@ -1797,14 +1763,7 @@ impl Conn<'_> {
                 .await
                 .map_err(BodyError::Client)?;
         }
-        let now = Instant::now();
-        self.rate = self
-            .gen
-            .config
-            .server
-            .min_body_rate
-            .map(|m| BodyRate::new(m.bytes, m.window, now));
-        self.read_done = now;
+        self.cycle.on_body_start(Instant::now());
         let mut out = Vec::new();
         let r = loop {
             let mut failed = None;
@@ -1841,7 +1800,7 @@ impl Conn<'_> {
                 break Err(e);
             }
         };
-        self.rate = None;
+        self.cycle.on_body_end();
         r
     }
 
@@ -2310,28 +2269,20 @@ impl Conn<'_> {
     /// slower than `min_body_rate` is refused with 408.
     async fn need_more(&mut self) -> Result<(), BodyError> {
         if self.peer_closed {
-            return Err(BodyError::Client(
-                "truncated body (close_notify before the end)",
-            ));
+            return Err(BodyError::Client(Close::TruncatedBodyCloseNotify));
         }
         if let Err(e) = self.hold_inflight() {
             return Err(BodyError::Refuse(e));
         }
-        let now = Instant::now();
-        if let Some(rate) = &mut self.rate {
-            rate.pause(now.saturating_duration_since(self.read_done));
-            if rate.expired(now) {
-                return Err(BodyError::Refuse(self.too_slow()));
-            }
+        if self.cycle.before_body_read(Instant::now()).is_err() {
+            return Err(BodyError::Refuse(self.too_slow()));
         }
         let r = self.fill().await;
-        self.read_done = Instant::now();
+        self.cycle.after_body_read(Instant::now());
         match r {
             Ok(()) => Ok(()),
-            Err("client eof") => Err(BodyError::Client(
-                "truncated body (eof without close_notify)",
-            )),
-            Err(BODY_TOO_SLOW) => Err(BodyError::Refuse(self.too_slow())),
+            Err(Close::ClientEof) => Err(BodyError::Client(Close::TruncatedBodyEof)),
+            Err(Close::BodyTooSlow) => Err(BodyError::Refuse(self.too_slow())),
             Err(e) => Err(BodyError::Client(e)),
         }
     }

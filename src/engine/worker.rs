@@ -7,76 +7,14 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::ctx::{Slot, Worker};
 use super::pool::Pool;
-use super::shared::{Generation, Shared};
+use super::shared::Shared;
 use crate::proto::s3::RequestId;
-use crate::telemetry::WorkerStats;
-
-/// Per-worker state, owned by the worker's thread.
-pub struct Worker {
-    /// Worker index.
-    pub id: usize,
-    /// The core this worker is pinned to.
-    pub core: usize,
-    /// Process-wide state.
-    pub shared: Arc<Shared>,
-    /// This worker's counters (it is their only writer).
-    pub stats: Arc<WorkerStats>,
-    /// I/O buffers.
-    pub pool: Pool,
-    /// Connections open on this worker.
-    pub open: Cell<usize>,
-    /// Turns true when the appliance starts draining.
-    pub drain: tokio::sync::watch::Receiver<bool>,
-    /// Turns true when the drain deadline has passed: what is still open is cut. This
-    /// worker's own channel (fed from the process-wide one by one task), so waiting
-    /// on it touches nothing another worker touches.
-    pub cut: tokio::sync::watch::Receiver<bool>,
-    /// The generation this worker last saw installed; a relay waits on it to be
-    /// re-judged after a reload or CRL refresh (within a second of the swap).
-    pub generation: tokio::sync::watch::Receiver<Arc<Generation>>,
-    /// This worker's request-id prefix (process random and worker index).
-    pub request_id_prefix: u64,
-    /// Requests this worker has numbered; a plain cell, as no other thread counts here.
-    pub request_seq: Cell<u64>,
-    /// s3 backend: this worker's idle keep-alive connections to upstream endpoints.
-    /// Never shared with another worker (a connection lives on this worker's ring).
-    pub upstream_idle: std::cell::RefCell<Vec<IdleUpstream>>,
-}
-
-/// An idle keep-alive connection to an s3 upstream endpoint.
-pub struct IdleUpstream {
-    /// [`crate::backend::s3::Upstream::id`] of the backend it was opened for.
-    pub backend: u64,
-    /// The endpoint index.
-    pub endpoint: usize,
-    /// The connection.
-    pub stream: tokio_uring::net::TcpStream,
-    /// When it went idle.
-    pub since: std::time::Instant,
-}
 
 /// How long connections get, after the drain deadline has told them to stop, to
 /// remove what they leave (an upload's temporary) before the worker stops waiting.
 const CUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
-
-impl Worker {
-    /// Resolves once the drain deadline has passed; never before.
-    pub async fn drain_deadline(&self) {
-        let mut rx = self.cut.clone();
-        if rx.wait_for(|cut| *cut).await.is_err() {
-            // The sender lives as long as the worker: this only ends with it.
-            std::future::pending::<()>().await;
-        }
-    }
-
-    /// A fresh request id: unique across workers and runs without a shared counter.
-    pub fn next_request_id(&self) -> RequestId {
-        let seq = self.request_seq.get();
-        self.request_seq.set(seq.wrapping_add(1));
-        RequestId::new(self.request_id_prefix, seq)
-    }
-}
 
 /// 16 random bits per process, so that request ids of two runs differ.
 fn process_random() -> u16 {
@@ -225,17 +163,4 @@ pub fn run(
         }
     });
     Ok(())
-}
-
-/// A connection's hold on the worker's and the appliance's connection counts.
-/// A connection's place in the worker's and the process's counts, given back on drop.
-pub(super) struct Slot(Rc<Worker>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let w = &self.0;
-        w.open.set(w.open.get().saturating_sub(1));
-        w.stats.connections_closed.inc();
-        w.shared.active.fetch_sub(1, Ordering::Relaxed);
-    }
 }

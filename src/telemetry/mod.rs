@@ -14,6 +14,7 @@ pub mod admin;
 use prometheus::proto::{self, MetricFamily, MetricType};
 
 use crate::authz::token::Reason as TokenReason;
+use crate::session::Close;
 use crate::tls::policy::FailReason;
 use crate::tls::resume::ResumeRefusal;
 
@@ -174,6 +175,8 @@ pub struct WorkerStats {
     pub blocking_rejected: Counter,
     /// Connections still open on this worker when the drain deadline passed, cut then.
     pub drain_cut: Counter,
+    /// Established connections ended, by [`Close::index`].
+    pub closes: [Counter; Close::LABELS.len()],
 }
 
 impl Default for WorkerStats {
@@ -199,6 +202,7 @@ impl Default for WorkerStats {
             recent_certs: Mutex::new(RecentCerts::default()),
             blocking_rejected: Counter::default(),
             drain_cut: Counter::default(),
+            closes: Default::default(),
         }
     }
 }
@@ -441,6 +445,22 @@ impl Telemetry {
                     counter(
                         vec![label("reason", r)],
                         self.sum(|w| w.policy_closes[i].get()) as f64,
+                    )
+                })
+                .collect(),
+        ));
+
+        out.push(family(
+            "lakegate_connections_closed_total",
+            "Established connections ended, by why (handshake failures are in lakegate_handshakes_total).",
+            COUNTER,
+            Close::LABELS
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    counter(
+                        vec![label("reason", r)],
+                        self.sum(|w| w.closes[i].get()) as f64,
                     )
                 })
                 .collect(),
@@ -839,6 +859,18 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("reason=\"revoked\"} 1"), "{text}");
+        // Every close reason is a series from the first scrape on, summed over workers.
+        assert!(
+            idle.contains("lakegate_connections_closed_total{reason=\"drain_deadline\"} 0"),
+            "{idle}"
+        );
+        t.workers[0].closes[Close::IdleTimeout.index()].inc();
+        t.workers[1].closes[Close::IdleTimeout.index()].inc();
+        let text = t.render();
+        assert!(
+            text.contains("lakegate_connections_closed_total{reason=\"idle_timeout\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]

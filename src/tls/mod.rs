@@ -9,4 +9,4 @@ pub mod resume;
 pub mod tickets;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

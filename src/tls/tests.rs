@@ -239,6 +239,15 @@ fn world() -> World {
     World { ca, server, alice }
 }
 
+/// A server config and a client config (with alice's certificate, or none) of one
+/// lab, for tests of the layers above that drive [`TlsConn`] (the session gate).
+pub(crate) fn lab_configs(client_cert: bool) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    let w = world();
+    let sc = server_config(&w.ca, &w.server, vec![], false);
+    let cc = client_config(&w.ca, client_cert.then_some(&w.alice), false);
+    (sc, cc)
+}
+
 fn fail_reason(r: Result<(), TlsError>) -> FailReason {
     match r {
         Err(TlsError::Rustls(e)) => FailReason::of(&e),

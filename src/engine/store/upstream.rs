@@ -23,10 +23,10 @@ use tokio_uring::net::TcpStream;
 use super::{Admitted, BodyError, Conn, End, Sink};
 use crate::backend::s3::{self as up, KeyMap, ResponseHead, Upstream, MAX_XML};
 use crate::backend::store::{self, BodyHasher};
-use crate::engine::worker::{IdleUpstream, Worker};
+use crate::engine::ctx::{IdleUpstream, Worker};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
 use crate::proto::s3::{self, Code, Operation, PutSpec};
-use crate::proto::slow::BodyRate;
+use crate::session::Close;
 
 /// An idle pooled connection older than this is closed rather than reused (servers
 /// close idle keep-alive connections after some time of their own).
@@ -666,14 +666,7 @@ impl Conn<'_> {
         let (md5, crc32, sha1) = spec.wants();
         let mut hasher = BodyHasher::with(md5, crc32, sha1);
         let mut inner = spec.aws_chunked.then(BodyDecoder::aws_chunked);
-        let now = Instant::now();
-        self.rate = self
-            .gen
-            .config
-            .server
-            .min_body_rate
-            .map(|m| BodyRate::new(m.bytes, m.window, now));
-        self.read_done = now;
+        self.cycle.on_body_start(Instant::now());
         let mut sink = match tcp {
             Some(tcp) => Sink::Upstream {
                 tcp,
@@ -685,7 +678,7 @@ impl Conn<'_> {
         let r = self
             .receive_body(head, &mut inner, &mut sink, &mut hasher, max)
             .await;
-        self.rate = None;
+        self.cycle.on_body_end();
         let size = r.map_err(Failed::Body)?;
         let held = match sink {
             Sink::Upstream { held, .. } => held,
@@ -972,7 +965,7 @@ impl Conn<'_> {
                     .encrypt(&buf[a.at..a.at + have], &mut self.out)
                     .is_err()
                 {
-                    break Err("tls encrypt error");
+                    break Err(Close::TlsEncrypt);
                 }
                 if let Err(e) = self.flush().await {
                     break Err(e);
@@ -984,7 +977,7 @@ impl Conn<'_> {
                 break Ok(sent);
             }
             if self.hold_inflight().is_err() {
-                break Err("no longer admitted");
+                break Err(Close::NoLongerAdmitted);
             }
             a.at = 0;
             a.filled = 0;
@@ -993,12 +986,12 @@ impl Conn<'_> {
             match tokio::time::timeout(idle, read).await {
                 Err(_) => {
                     buf = self.w.pool.take();
-                    break Err("upstream body timeout");
+                    break Err(Close::UpstreamBodyTimeout);
                 }
                 Ok((r, slice)) => {
                     buf = slice.into_inner();
                     match r {
-                        Ok(0) | Err(_) => break Err("upstream closed inside the body"),
+                        Ok(0) | Err(_) => break Err(Close::UpstreamClosedInBody),
                         Ok(n) => a.filled = n,
                     }
                 }
