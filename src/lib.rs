@@ -7,10 +7,13 @@
 pub mod authz;
 pub mod backend;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod engine;
 pub mod load;
 pub mod pki;
 pub mod proto;
+pub mod reason;
+pub mod secrets;
 pub mod telemetry;
 pub mod tls;
