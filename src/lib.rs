@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod engine;
+pub mod lab;
 pub mod load;
 pub mod pki;
 pub mod proto;
