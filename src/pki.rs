@@ -734,6 +734,53 @@ mod tests {
     use x509_parser::oid_registry::Oid;
     use x509_parser::prelude::FromDer;
 
+    /// `pki config` as the bench scripts call it: every line lands in its section and
+    /// the PKI's files are named by absolute path, wherever the output is written.
+    #[test]
+    fn pki_config_from_the_command_line() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            cmd: PkiCommand,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "pki",
+            "config",
+            "--dir",
+            "lab",
+            "--listen",
+            "127.0.0.1:8443",
+            "--server",
+            "workers = 1",
+            "--backend",
+            "kind = \"forward\"",
+            "--backend",
+            "upstream = \"127.0.0.1:9000\"",
+            "--authz",
+            "access = [\"read\"]",
+            "--no-crl",
+        ])
+        .unwrap();
+        let PkiCommand::Config(a) = cli.cmd else {
+            panic!("not config")
+        };
+        let text = lab_config(&a).unwrap();
+        let dir = std::path::absolute("lab").unwrap();
+        let want_cert = format!("cert = \"{}\"\n", dir.join("server.crt").display());
+        assert!(text.contains(&want_cert), "{text}");
+        assert!(
+            text.contains("listen = \"127.0.0.1:8443\"\nworkers = 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("[admin]\nlisten = \"\"\n"), "{text}");
+        assert!(text.contains("[backend]\nkind = \"forward\"\nupstream = \"127.0.0.1:9000\"\n"));
+        assert!(
+            text.ends_with("trainer/*\"\naccess = [\"read\"]\n"),
+            "{text}"
+        );
+        assert!(!text.contains("crl"), "{text}");
+    }
+
     fn der_of(path: &Path) -> Vec<u8> {
         let text = fs::read(path).unwrap();
         let (_, pem) = x509_parser::pem::parse_x509_pem(&text).unwrap();
