@@ -24,8 +24,13 @@ use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::secrets::check_private_file;
+
 /// Access kinds are shared with the authorization layer, which compiles rules from them.
 pub use crate::authz::Access;
+/// The `[tls]` section's types belong to the TLS layer, which builds the policy from
+/// them without seeing the rest of the file.
+pub use crate::tls::settings::{CrlStale, Tls, TlsVersion};
 
 // ---------------------------------------------------------------------------------------
 // Public types
@@ -51,6 +56,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// What the TLS policy is built from: the `[tls]` section and this file's path.
+    pub fn tls_source(&self) -> crate::tls::policy::Source<'_> {
+        crate::tls::policy::Source {
+            path: &self.path,
+            tls: &self.tls,
+        }
+    }
+
     /// Every setting of `[server]`, `[tls]`, `[admin]`, `[tokens]` and `[backend]` with the value
     /// in force (defaults filled in), one `key = value` each, as `lakegate check`
     /// prints them: what an operator reads to know what the file really means.
@@ -221,53 +234,6 @@ pub struct MinBodyRate {
     pub bytes: u64,
     /// The window.
     pub window: Duration,
-}
-
-/// The `[tls]` section, with paths resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tls {
-    /// Server certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Server private key (PEM).
-    pub key: PathBuf,
-    /// Trust anchors for client certificates (PEM).
-    pub client_ca: PathBuf,
-    /// Certificate revocation lists (PEM or DER).
-    pub crl: Vec<PathBuf>,
-    /// How often CRL files are checked for changes.
-    pub crl_refresh: Duration,
-    /// What to do with a client whose CRL is past its nextUpdate.
-    pub crl_stale: CrlStale,
-    /// Protocol versions allowed; never empty.
-    pub versions: Vec<TlsVersion>,
-    /// Cipher suite names; empty means the provider's AEAD defaults.
-    pub cipher_suites: Vec<String>,
-    /// Whether session tickets are issued.
-    pub session_tickets: bool,
-    /// Shared ticket key file, so a fleet resumes each other's sessions.
-    pub ticket_key_file: Option<PathBuf>,
-    /// Resumption is refused once the full handshake that authenticated the client is
-    /// older than this, however many tickets were issued since.
-    pub ticket_lifetime: Duration,
-}
-
-/// The policy for a CRL past its nextUpdate (its issuer should have replaced it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CrlStale {
-    /// Keep using it, log and count it (`"serve"`, the default): a cron job that failed
-    /// once should not take the fleet down.
-    Serve,
-    /// Refuse clients whose issuer's CRL is stale (`"refuse"`): fail closed.
-    Refuse,
-}
-
-/// A TLS protocol version the server may negotiate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsVersion {
-    /// TLS 1.2 (`"1.2"`), ECDHE + AEAD suites only.
-    Tls12,
-    /// TLS 1.3 (`"1.3"`).
-    Tls13,
 }
 
 /// The `[admin]` section.
@@ -1420,38 +1386,6 @@ impl Ctx {
         };
         self.err("", format!("{what} {line}, column {column}: {message}"))
     }
-}
-
-/// Whether a secret file is readable only by its owner, and owned by the user lakegate
-/// runs as or by root; the message names the mode or owner and what to do.
-pub fn check_private_file(path: &Path) -> std::result::Result<(), String> {
-    let m = fs::metadata(path).map_err(|e| format!("cannot access {}: {e}", path.display()))?;
-    check_private_metadata(path, &m)
-}
-
-/// [`check_private_file`] on metadata already taken (of an open file, so the check
-/// and the read are of the same file).
-pub fn check_private_metadata(path: &Path, m: &fs::Metadata) -> std::result::Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let mode = m.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} has mode {mode:04o}, which lets group or others use it; expected 0600 \
-             (chmod 600 {}): this file is a secret",
-            path.display(),
-            path.display()
-        ));
-    }
-    // SAFETY: geteuid has no preconditions, touches no memory of ours and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if m.uid() != euid && m.uid() != 0 {
-        return Err(format!(
-            "{} is owned by uid {}; expected the user lakegate runs as (uid {euid}) or root",
-            path.display(),
-            m.uid()
-        ));
-    }
-    Ok(())
 }
 
 fn absolute(path: &Path) -> PathBuf {

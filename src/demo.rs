@@ -5,12 +5,13 @@
 //! `curl` commands for an allowed and a forbidden identity, the bound token and a
 //! reload, then serves.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use crate::authz::token::Alg;
+use crate::lab::{trainer_rule, LabConfig};
 use crate::pki::{self, KeyType};
 
 /// Issuer of the demo's tokens.
@@ -90,44 +91,31 @@ pub fn prepare(dir: &Path, port: u16, admin: u16) -> anyhow::Result<PathBuf> {
     let token = issuer.sign(&header, &claims)?;
     pki::write_file(&dir.join("trainer.token"), &format!("{token}\n"), true)?;
     let cfg = dir.join("lakegate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"# Written by `lakegate demo`. Paths are relative to this file.
-[server]
-listen = "127.0.0.1:{port}"
-workers = "auto"
-max_object_size = "64GiB"
-
-[tls]
-cert = "server.crt"
-key = "server.key"
-client_ca = "ca.crt"
-crl = ["crl.pem"]
-
-[admin]
-listen = "127.0.0.1:{admin}"
-token_file = "admin.token"   # POST /reload needs this token (file mode 0600)
-
-[backend]
-kind = "store"
-root = "data"
-fsync = "always"
-etag = "md5"                 # single-part ETag: "md5" (as S3; rclone/AWS CLI check it) | "sha256"
-# In front of an S3-compatible store instead (SeaweedFS, MinIO, Ceph RGW):
-# kind = "s3"
-# endpoints = ["http://127.0.0.1:8333"]        # failover in order; http only for now
-# region = "us-east-1"
-# credentials = "s3-credentials.toml"          # access_key_id, secret_access_key (0600)
-# bucket_map = {{ datasets = "lake-datasets" }}  # client bucket -> upstream bucket
-# tenant_prefix = false                        # true: each identity under its own prefix
-
-[[authz]]
-identity = "spiffe://lake.example/trainer/*"
-buckets = ["datasets", "models"]
-access = ["read", "write", "delete", "list"]   # + "manage": CreateBucket/DeleteBucket of these names
-
-# Bearer tokens (RFC 8705: bound to the client certificate), required on the models
+    let mut c = LabConfig::new(SocketAddr::from(([127, 0, 0, 1], port)));
+    c.header = Some("Written by `lakegate demo`. Paths are relative to this file.".into());
+    c.server = lines(&["workers = \"auto\"", "max_object_size = \"64GiB\""]);
+    c.admin = Some(SocketAddr::from(([127, 0, 0, 1], admin)));
+    c.admin_lines =
+        lines(&["token_file = \"admin.token\"   # POST /reload needs this token (file mode 0600)"]);
+    c.backend = lines(&[
+        "kind = \"store\"",
+        "root = \"data\"",
+        "fsync = \"always\"",
+        "etag = \"md5\"                 # single-part ETag: \"md5\" (as S3; rclone/AWS CLI check it) | \"sha256\"",
+        "# In front of an S3-compatible store instead (SeaweedFS, MinIO, Ceph RGW):",
+        "# kind = \"s3\"",
+        "# endpoints = [\"http://127.0.0.1:8333\"]        # failover in order; http only for now",
+        "# region = \"us-east-1\"",
+        "# credentials = \"s3-credentials.toml\"          # access_key_id, secret_access_key (0600)",
+        "# bucket_map = { datasets = \"lake-datasets\" }  # client bucket -> upstream bucket",
+        "# tenant_prefix = false                        # true: each identity under its own prefix",
+    ]);
+    c.authz = trainer_rule(&lines(&[
+        "buckets = [\"datasets\", \"models\"]",
+        "access = [\"read\", \"write\", \"delete\", \"list\"]   # + \"manage\": CreateBucket/DeleteBucket of these names",
+    ]));
+    c.tail = format!(
+        r#"# Bearer tokens (RFC 8705: bound to the client certificate), required on the models
 # bucket; `lakegate pki token` mints more (trainer.token is made at every start).
 [tokens]
 jwks = "jwks.json"
@@ -136,8 +124,9 @@ audience = "lakegate"
 cert_bound = true
 required = ["models"]
 "#
-        ),
-    )?;
+    );
+    c.write(&cfg)
+        .with_context(|| format!("writing {}", cfg.display()))?;
     Ok(cfg)
 }
 
@@ -180,4 +169,8 @@ pub fn instructions(dir: &Path, port: u16, admin: u16) -> String {
         t = tls("trainer"),
         i = tls("intruder"),
     )
+}
+
+fn lines(ls: &[&str]) -> Vec<String> {
+    ls.iter().map(|l| l.to_string()).collect()
 }

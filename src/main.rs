@@ -90,7 +90,7 @@ fn main() -> ExitCode {
                 Ok(g) => g,
                 Err(code) => return code,
             };
-            let pol = match lakegate::tls::policy::build(&gen.config) {
+            let pol = match lakegate::tls::policy::build(&gen.config.tls_source()) {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -202,7 +202,7 @@ fn main() -> ExitCode {
                 Ok(g) => g,
                 Err(code) => return code,
             };
-            match lakegate::engine::serve(gen, config) {
+            match lakegate::control::serve(gen, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -228,7 +228,7 @@ fn main() -> ExitCode {
             };
             let abs = std::path::absolute(&dir).unwrap_or(dir);
             println!("{}", lakegate::demo::instructions(&abs, port, admin_port));
-            match lakegate::engine::serve(gen, cfg) {
+            match lakegate::control::serve(gen, cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -101,6 +101,55 @@ pub enum PkiCommand {
     /// Mint a test access token (JWT) and write or extend the JWKS that verifies it;
     /// the token is printed on stdout
     Token(Box<jwt::TokenArgs>),
+    /// Print a lab config naming DIR's certificates (absolute paths), from the template
+    /// that `lakegate demo` and the tests use; the bench scripts start lakegate with it
+    Config(Box<LabConfigArgs>),
+}
+
+/// `lakegate pki config`: the lab template ([`crate::lab::LabConfig`]) from the command
+/// line. Lines are TOML as written, added to their section in order.
+#[derive(clap::Args, Debug)]
+pub struct LabConfigArgs {
+    /// Directory holding the lab PKI (`server.crt`, `server.key`, `ca.crt`, `crl.pem`).
+    #[arg(long)]
+    dir: PathBuf,
+    /// `[server] listen`, e.g. 127.0.0.1:8443.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// `[admin] listen`; without it the admin endpoint is off.
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+    /// A line added to `[server]` (repeatable), e.g. 'workers = 1'.
+    #[arg(long = "server", value_name = "LINE")]
+    server: Vec<String>,
+    /// A line added to `[tls]` (repeatable).
+    #[arg(long = "tls", value_name = "LINE")]
+    tls: Vec<String>,
+    /// A line of `[backend]` (repeatable), e.g. 'kind = "forward"'.
+    #[arg(long = "backend", value_name = "LINE", required = true)]
+    backend: Vec<String>,
+    /// A line added to the rule admitting spiffe://lake.example/trainer/* (repeatable),
+    /// e.g. 'buckets = ["datasets"]'.
+    #[arg(long = "authz", value_name = "LINE")]
+    authz: Vec<String>,
+    /// Leave `[tls] crl` out (a PKI made without `lakegate pki crl`).
+    #[arg(long)]
+    no_crl: bool,
+}
+
+/// The lab config `args` describe.
+pub fn lab_config(args: &LabConfigArgs) -> anyhow::Result<String> {
+    let dir = std::path::absolute(&args.dir)
+        .with_context(|| format!("resolving {}", args.dir.display()))?;
+    let mut c = crate::lab::LabConfig::new(args.listen);
+    c.pki = Some(dir);
+    c.crl = !args.no_crl;
+    c.server.clone_from(&args.server);
+    c.tls.clone_from(&args.tls);
+    c.admin = args.admin;
+    c.backend.clone_from(&args.backend);
+    c.authz = crate::lab::trainer_rule(&args.authz);
+    Ok(c.render())
 }
 
 /// What a server certificate says, for `init` and `server`.
@@ -176,6 +225,10 @@ pub fn run(cmd: &PkiCommand) -> anyhow::Result<()> {
         } => crl(dir, revoke, *days, *stale),
         PkiCommand::Token(a) => {
             println!("{}", jwt::run(a)?);
+            Ok(())
+        }
+        PkiCommand::Config(a) => {
+            print!("{}", lab_config(a)?);
             Ok(())
         }
     }
@@ -680,6 +733,53 @@ mod tests {
     use x509_parser::extensions::GeneralName;
     use x509_parser::oid_registry::Oid;
     use x509_parser::prelude::FromDer;
+
+    /// `pki config` as the bench scripts call it: every line lands in its section and
+    /// the PKI's files are named by absolute path, wherever the output is written.
+    #[test]
+    fn pki_config_from_the_command_line() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            cmd: PkiCommand,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "pki",
+            "config",
+            "--dir",
+            "lab",
+            "--listen",
+            "127.0.0.1:8443",
+            "--server",
+            "workers = 1",
+            "--backend",
+            "kind = \"forward\"",
+            "--backend",
+            "upstream = \"127.0.0.1:9000\"",
+            "--authz",
+            "access = [\"read\"]",
+            "--no-crl",
+        ])
+        .unwrap();
+        let PkiCommand::Config(a) = cli.cmd else {
+            panic!("not config")
+        };
+        let text = lab_config(&a).unwrap();
+        let dir = std::path::absolute("lab").unwrap();
+        let want_cert = format!("cert = \"{}\"\n", dir.join("server.crt").display());
+        assert!(text.contains(&want_cert), "{text}");
+        assert!(
+            text.contains("listen = \"127.0.0.1:8443\"\nworkers = 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("[admin]\nlisten = \"\"\n"), "{text}");
+        assert!(text.contains("[backend]\nkind = \"forward\"\nupstream = \"127.0.0.1:9000\"\n"));
+        assert!(
+            text.ends_with("trainer/*\"\naccess = [\"read\"]\n"),
+            "{text}"
+        );
+        assert!(!text.contains("crl"), "{text}");
+    }
 
     fn der_of(path: &Path) -> Vec<u8> {
         let text = fs::read(path).unwrap();

@@ -15,6 +15,8 @@
 # (apt-get) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/lib.sh
+CALC_DIGITS=4
 
 RUNS=${RUNS:-3}
 BYTES=${BYTES:-2GiB}            # per upload / download measurement (one connection)
@@ -27,13 +29,10 @@ KEYS=${KEYS:-ecdsa rsa}
 OUT=${OUT:-benches/compare/results}
 SC=${SC:-0} # server core
 CC=${CC:-1} # client + upstream core
-TCK=$(getconf CLK_TCK)
 DATE=$(date -u +%F)
 CMDLINE="RUNS=$RUNS BYTES=$BYTES HS_DURATION=$HS_DURATION HS_CONNS=$HS_CONNS LAT_DURATION=$LAT_DURATION IDLE_N=$IDLE_N PEERS='$PEERS' KEYS='$KEYS' benches/compare/run.sh"
 read -r -a PEER_LIST <<<"$PEERS"
 read -r -a KEY_LIST <<<"$KEYS"
-
-log() { echo "$*" >&2; }
 
 # ---- packages -------------------------------------------------------------------------
 missing=()
@@ -52,26 +51,14 @@ fi
 
 log "== build"
 cargo build --release 2>&1 | tail -1 >&2
-bench_exe() { # cargo names the executable after the target, '-' becoming '_'
-    cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null |
-        sed -n "s/.*\"executable\":\"\\([^\"]*\\/${1//-/_}-[^\"]*\\)\".*/\\1/p" | tail -1
-}
 FWD=$(bench_exe forward)
 CHART=$(bench_exe compare-chart)
 LG=$PWD/target/release/lakegate
 IDLE=$PWD/benches/compare/idle.py
 for x in "$FWD" "$CHART" "$LG"; do [ -x "$x" ] || { log "build failed ($x)"; exit 1; }; done
 
-TMP=$(mktemp -d /tmp/lakegate-compare.XXXXXX)
+bench_tmp TMP /tmp/lakegate-compare.XXXXXX
 chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [ -n "${KEEP_TMP:-}" ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
 RAW=$TMP/raw.tsv
 META=$TMP/meta.tsv
 : >"$RAW"
@@ -81,8 +68,8 @@ meta() { printf '%s\t%s\n' "$1" "$2" >>"$META"; }
 raw() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "${6:-}" >>"$RAW"; }
 
 # ---- process helpers -------------------------------------------------------------------
-tree() { echo "$1"; pgrep -P "$1" || true; }
-# CPU ticks (utime + stime, all threads) of a process and its children
+# CPU ticks (utime + stime, all threads) of a process and its descendants (nginx master +
+# worker)
 ticks() {
     local sum=0 p v
     for p in $(tree "$1"); do
@@ -91,36 +78,23 @@ ticks() {
     done
     echo "$sum"
 }
-# VmRSS in KiB of a process and its children
-rss() {
+# VmRSS in KiB of a process and its descendants
+tree_rss() {
     local sum=0 p v
     for p in $(tree "$1"); do
-        v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null) || v=0
+        v=$(rss "$p" 2>/dev/null) || v=0
         sum=$((sum + ${v:-0}))
     done
     echo "$sum"
 }
-calc() { awk "BEGIN { printf \"%.${2:-4}f\", $1 }"; }
 jget() { python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$1" "$2"; }
-wait_file() { local i; for i in $(seq "${2:-200}"); do [ -s "$1" ] && return 0; sleep 0.05; done; log "timeout waiting for $1"; return 1; }
-wait_port() {
-    local i
-    for i in $(seq 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    log "port $1 not listening"; return 1
-}
-free_port() { "$FWD" free-port; }
 
 # ---- PKI: one CA + server key per key type, the same client name in each --------------
 declare -A PKI
 for k in "${KEY_LIST[@]}"; do
     case $k in ecdsa) kt=ecdsa-p256 ;; rsa) kt=rsa2048 ;; *) log "unknown key type $k"; exit 1 ;; esac
     d=$TMP/pki-$k
-    "$LG" pki init --dir "$d" --key-type "$kt" >/dev/null
-    "$LG" pki client --dir "$d" alice --spiffe spiffe://lake.example/trainer/alice >/dev/null
-    "$LG" pki crl --dir "$d" >/dev/null
+    lab_pki "$d" --key-type "$kt"
     cat "$d/server.crt" "$d/server.key" >"$d/haproxy.pem"
     PKI[$k]=$d
 done
@@ -145,29 +119,9 @@ start() {
     case $peer in
     lakegate)
         admin=$(free_port)
-        cat >"$dir/lakegate.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-workers = 1
-cores = [$SC]
-idle_timeout = "900s"
-
-[tls]
-cert = "$d/server.crt"
-key = "$d/server.key"
-client_ca = "$d/ca.crt"
-crl = ["$d/crl.pem"]
-
-[admin]
-listen = "127.0.0.1:$admin"
-
-[backend]
-kind = "forward"
-upstream = "127.0.0.1:$up"
-
-[[authz]]
-identity = "spiffe://lake.example/trainer/*"
-TOML
+        lab_config "$d" "$port" "$admin" --server "workers = 1" --server "cores = [$SC]" \
+            --server 'idle_timeout = "900s"' \
+            --backend 'kind = "forward"' --backend "upstream = \"127.0.0.1:$up\"" >"$dir/lakegate.toml"
         taskset -c "$SC" "$LG" serve --config "$dir/lakegate.toml" 2>"$dir/log" &
         S_PID=$!
         "$FWD" wait-http --port "$admin" --path /readyz
@@ -390,7 +344,7 @@ for run in $(seq "$RUNS"); do
         taskset -c "$CC" python3 "$IDLE" probe --port "$S_PORT" --ca "$d/ca.crt" --cert "$d/alice.crt" --key "$d/alice.key" >/dev/null
         sleep 1
         c0=$(cat "$TMP/idlesink.count")
-        r0=$(rss "$ipid")
+        r0=$(tree_rss "$ipid")
         ready=$TMP/idle-$run-$p.ready
         taskset -c "$CC" python3 "$IDLE" hold --port "$S_PORT" --ca "$d/ca.crt" --cert "$d/alice.crt" --key "$d/alice.key" -n "$IDLE_N" --ready-file "$ready" 2>"$ready.log" &
         hpid=$!; PIDS+=("$hpid")
@@ -398,7 +352,7 @@ for run in $(seq "$RUNS"); do
         for _ in $(seq 60); do [ "$(cat "$TMP/idlesink.count")" -ge $((c0 + IDLE_N)) ] && break; sleep 0.5; done
         sleep 2
         c1=$(cat "$TMP/idlesink.count")
-        r1=$(rss "$ipid")
+        r1=$(tree_rss "$ipid")
         v=$(calc "($r1 - $r0) / $IDLE_N" 2)
         raw "$run" idle_kib "$p" "$BK" "$v" "n=$IDLE_N rss_before_kib=$r0 rss_after_kib=$r1 upstream_conns=$((c1 - c0)) hold=$(cut -d' ' -f2 "$ready")s"
         log "   idle $p: $v KiB/conn (RSS $r0 -> $r1 KiB, upstream connections $((c1 - c0)))"
@@ -410,11 +364,7 @@ done
 T_END=$(date +%s)
 
 # ---- machine, versions, report ---------------------------------------------------------
-if git rev-parse --git-dir >/dev/null 2>&1; then
-    SRC="git $(git rev-parse --short HEAD)$([ -z "$(git status --porcelain -- src)" ] || echo ' + uncommitted src changes')"
-else
-    SRC="tree $PWD"
-fi
+SRC=$(source_rev)
 ver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "?"; }
 meta date "$DATE"
 meta runs "$RUNS"

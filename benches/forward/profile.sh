@@ -19,6 +19,7 @@
 #   KEY_TYPE=rsa2048 benches/forward/profile.sh   # server key and CA (lakegate pki init --key-type)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/lib.sh
 PERF_BYTES=${PERF_BYTES:-1G}
 CG_BYTES=${CG_BYTES:-256M}
 OPS_BYTES=${OPS_BYTES:-256M}
@@ -31,44 +32,19 @@ SC=0
 CC=1
 
 cargo build --release 2>&1 | tail -1 >&2
-BENCH=$(cargo bench --bench forward --no-run --message-format=json 2>/dev/null |
-    sed -n 's/.*"executable":"\([^"]*\/forward-[^"]*\)".*/\1/p' | tail -1)
+BENCH=$(bench_exe forward)
 LG=$PWD/target/release/lakegate
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
 
-"$LG" pki init --dir "$OUT" --key-type "$KEY_TYPE" >/dev/null
-"$LG" pki client --dir "$OUT" alice --spiffe spiffe://lake.example/trainer/alice >/dev/null
-"$LG" pki crl --dir "$OUT" >/dev/null
+lab_pki "$OUT" --key-type "$KEY_TYPE"
 TLSARGS=(--ca "$OUT/ca.crt" --cert "$OUT/alice.crt" --key "$OUT/alice.key" --suite aes128)
 taskset -c $CC "$BENCH" sink --port-file "$OUT/sink.port" >/dev/null &
 PIDS+=($!)
-for _ in $(seq 100); do [ -s "$OUT/sink.port" ] && break; sleep 0.05; done
+wait_file "$OUT/sink.port" 100
 SINK=$(cat "$OUT/sink.port")
 
 config() { # PORT ADMIN
-    cat <<TOML
-[server]
-listen = "127.0.0.1:$1"
-workers = 1
-cores = [$SC]
-[tls]
-cert = "server.crt"
-key = "server.key"
-client_ca = "ca.crt"
-crl = ["crl.pem"]
-[admin]
-listen = "127.0.0.1:$2"
-[backend]
-kind = "forward"
-upstream = "127.0.0.1:$SINK"
-[[authz]]
-identity = "spiffe://lake.example/trainer/*"
-TOML
+    lab_config "$OUT" "$1" "$2" --server "workers = 1" --server "cores = [$SC]" \
+        --backend 'kind = "forward"' --backend "upstream = \"127.0.0.1:$SINK\""
 }
 
 echo "== perf stat -e instructions true" >&2

@@ -12,6 +12,7 @@
 # /usr/bin/time, haproxy (apt-get install -y haproxy), curl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/lib.sh
 
 RUNS=${RUNS:-3}
 BYTES=${BYTES:-4G}
@@ -20,42 +21,21 @@ RESUMED_N=${RESUMED_N:-4000}
 HS_THREADS=${HS_THREADS:-2}
 SC=0 # server core
 CC=1 # client/sink core
-TCK=$(getconf CLK_TCK)
-if git rev-parse --git-dir >/dev/null 2>&1; then
-    SOURCE="git $(git rev-parse --short HEAD)$([ -z "$(git status --porcelain -- src)" ] || echo ' + uncommitted src changes')"
-else
-    SOURCE="tree $PWD$( [ -f SNAPSHOT_OF ] && echo " (git archive of $(cut -c1-7 SNAPSHOT_OF))")"
-fi
+SOURCE=$(source_rev)
 
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 echo "== build" >&2
 cargo build --release 2>&1 | tail -1 >&2
-BENCH=$(cargo bench --bench forward --no-run --message-format=json 2>/dev/null |
-    sed -n 's/.*"executable":"\([^"]*\/forward-[^"]*\)".*/\1/p' | tail -1)
+BENCH=$(bench_exe forward)
 LG=$PWD/target/release/lakegate
 [ -x "$BENCH" ] && [ -x "$LG" ] || { echo "build failed" >&2; exit 1; }
 command -v haproxy >/dev/null || { echo "haproxy missing (apt-get install -y haproxy)" >&2; exit 1; }
 
-TMP=$(mktemp -d /tmp/lakegate-forward.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-# user and system CPU seconds of a process (all its threads, live and exited)
-cpu_of() { awk -v t="$TCK" '{ printf "%.2f %.2f\n", $14 / t, $15 / t }' "/proc/$1/stat"; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-kv() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; } # value of key $2 in "k=v k=v"
-calc() { awk "BEGIN { printf \"%.${2:-3}f\", $1 }"; }
-GIB=$(awk -v b="$BYTES" 'BEGIN { m = 1; u = substr(b, length(b)); if (u == "G") m = 1073741824; else if (u == "M") m = 1048576; else if (u == "K") m = 1024; n = (m > 1) ? substr(b, 1, length(b) - 1) : b; printf "%.6f", n * m / 1073741824 }')
+bench_tmp TMP /tmp/lakegate-forward.XXXXXX
+GIB=$(awk -v b="$(bytes "$BYTES")" 'BEGIN { printf "%.6f", b / 1073741824 }')
 
 echo "== lab PKI in $TMP" >&2
-"$LG" pki init --dir "$TMP" >/dev/null
-"$LG" pki client --dir "$TMP" alice --spiffe spiffe://lake.example/trainer/alice >/dev/null
-"$LG" pki crl --dir "$TMP" >/dev/null
+lab_pki "$TMP"
 TLSARGS=(--ca "$TMP/ca.crt" --cert "$TMP/alice.crt" --key "$TMP/alice.key")
 
 echo "== sinks on core $CC" >&2
@@ -70,28 +50,8 @@ SINK=$(cat "$TMP/sink.port"); ECHO=$(cat "$TMP/echo.port")
 start_lakegate() {
     local name=$1 up=$2 port admin
     port=$("$BENCH" free-port); admin=$("$BENCH" free-port)
-    cat >"$TMP/$name.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-workers = 1
-cores = [$SC]
-
-[tls]
-cert = "server.crt"
-key = "server.key"
-client_ca = "ca.crt"
-crl = ["crl.pem"]
-
-[admin]
-listen = "127.0.0.1:$admin"
-
-[backend]
-kind = "forward"
-upstream = "127.0.0.1:$up"
-
-[[authz]]
-identity = "spiffe://lake.example/trainer/*"
-TOML
+    lab_config "$TMP" "$port" "$admin" --server "workers = 1" --server "cores = [$SC]" \
+        --backend 'kind = "forward"' --backend "upstream = \"127.0.0.1:$up\"" >"$TMP/$name.toml"
     taskset -c $SC /usr/bin/time -v -o "$TMP/$name.time" "$LG" serve --config "$TMP/$name.toml" 2>"$TMP/$name.log" &
     LG_TPID=$!; PIDS+=($LG_TPID)
     LG_PID=""
@@ -185,7 +145,6 @@ done
 SESS=$(curl -s "http://127.0.0.1:$HS_ADMIN/metrics" | grep '^lakegate_tls_sessions_total' || true)
 stop_lakegate "$HS_PID" "$HS_TPID"
 
-col() { local i=$1; shift; for r in "$@"; do set -- $r; echo "${!i}"; done; } # i-th field of each run
 
 # ---- report ----
 M_LG=$(median "${LG128[@]}"); M_A=$(median "${A128[@]}"); M_HP=$(median "${HP[@]}")

@@ -9,6 +9,8 @@
 #   benches/memory/run.sh            # prints a table; raw samples in $OUT (default /tmp)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/lib.sh
+CALC_DIGITS=2
 RUNS=${RUNS:-3}
 N_BARE=${N_BARE:-3000}
 N_IDLE=${N_IDLE:-10000}
@@ -18,24 +20,15 @@ BIN=${BIN:-target/release/lakegate}
 IDLE=benches/compare/idle.py
 [ -x "$BIN" ] || cargo build --release
 mkdir -p "$OUT"
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
+LG=$BIN
+bench_tmp TMP /tmp/lakegate-memory.XXXXXX
 ulimit -n 20000 2>/dev/null || true
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-wait_file() { local _; for _ in $(seq "${2:-600}"); do [ -s "$1" ] && return 0; sleep 0.05; done; echo "timeout waiting for $1" >&2; return 1; }
-calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-"$BIN" pki init --dir "$TMP/pki" >/dev/null
-"$BIN" pki client --dir "$TMP/pki" alice --spiffe spiffe://lake.example/trainer/alice >/dev/null
+lab_pki "$TMP/pki"
 mkdir -p "$TMP/store/datasets"
 python3 "$IDLE" sink --port-file "$TMP/sink.port" --count-file "$TMP/sink.count" &
 PIDS+=($!)
-wait_file "$TMP/sink.port"
+wait_file "$TMP/sink.port" 600
 SINK=$(cat "$TMP/sink.port")
 
 # start MODE -> S_PID S_PORT
@@ -43,40 +36,15 @@ start() {
     local mode=$1 backend
     S_PORT=$(free_port)
     if [ "$mode" = store ]; then
-        backend="kind = \"store\"
-root = \"$TMP/store\"
-fsync = \"never\""
-        buckets='buckets = ["datasets"]'
+        backend=(--backend 'kind = "store"' --backend "root = \"$TMP/store\"" --backend 'fsync = "never"'
+            --authz 'buckets = ["datasets"]')
     else
-        backend="kind = \"forward\"
-upstream = \"127.0.0.1:$SINK\""
-        buckets=""
+        backend=(--backend 'kind = "forward"' --backend "upstream = \"127.0.0.1:$SINK\"")
     fi
-    cat >"$TMP/$mode.toml" <<TOML
-[server]
-listen = "127.0.0.1:$S_PORT"
-workers = 2
-max_connections = 20000
-handshake_timeout = "300s"
-request_head_timeout = "300s"
-idle_timeout = "300s"
-
-[tls]
-cert = "$TMP/pki/server.crt"
-key = "$TMP/pki/server.key"
-client_ca = "$TMP/pki/ca.crt"
-
-[admin]
-listen = "127.0.0.1:$(free_port)"
-
-[backend]
-$backend
-
-[[authz]]
-identity = "spiffe://lake.example/trainer/*"
-$buckets
-access = ["read", "write"]
-TOML
+    lab_config "$TMP/pki" "$S_PORT" "$(free_port)" --no-crl --server "workers = 2" \
+        --server "max_connections = 20000" --server 'handshake_timeout = "300s"' \
+        --server 'request_head_timeout = "300s"' --server 'idle_timeout = "300s"' \
+        "${backend[@]}" --authz 'access = ["read", "write"]' >"$TMP/$mode.toml"
     "$BIN" serve --config "$TMP/$mode.toml" 2>"$OUT/$mode-$RANDOM.log" &
     # shellcheck disable=SC2034 # read by measure()
     S_PID=$!
@@ -119,9 +87,11 @@ for run in $(seq "$RUNS"); do
     S[forward]+="$(measure forward idle "$N_IDLE_FWD") "
     echo "run $run: bare ${S[bare]##* } store ${S[store]} forward ${S[forward]}" >&2
 done
+# med_of KIND -> the median of the samples of KIND (space-separated in S)
+med_of() { local a; read -ra a <<<"${S[$1]}"; median "${a[@]}"; }
 echo "| figure | median KiB/conn | samples | aim |"
 echo "| --- | --- | --- | --- |"
-echo "| bare TCP connect that sends nothing, $N_BARE connections (store) | $(echo "${S[bare]}" | tr ' ' '\n' | grep . | median) | ${S[bare]}| ≤ 8 |"
-echo "| idle established mTLS, $N_IDLE connections, store | $(echo "${S[store]}" | tr ' ' '\n' | grep . | median) | ${S[store]}| ≤ 16 |"
-echo "| idle established mTLS, $N_IDLE_FWD connections, forward | $(echo "${S[forward]}" | tr ' ' '\n' | grep . | median) | ${S[forward]}| ≤ 16 |"
+echo "| bare TCP connect that sends nothing, $N_BARE connections (store) | $(med_of bare) | ${S[bare]}| ≤ 8 |"
+echo "| idle established mTLS, $N_IDLE connections, store | $(med_of store) | ${S[store]}| ≤ 16 |"
+echo "| idle established mTLS, $N_IDLE_FWD connections, forward | $(med_of forward) | ${S[forward]}| ≤ 16 |"
 echo "raw samples: $OUT/raw.txt" >&2

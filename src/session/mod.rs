@@ -12,9 +12,10 @@
 //! counters (the shell counts what the machines report), [`crate::engine`].
 
 pub mod admission;
-pub mod close;
 pub mod cycle;
 pub mod gate;
 pub mod relay;
 
-pub use close::Close;
+/// Why a connection ended: a plain label set, kept in [`crate::reason`] so telemetry
+/// (a leaf) can count it without importing the session layer.
+pub use crate::reason::Close;

@@ -9,14 +9,9 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-pub mod admin;
-
 use prometheus::proto::{self, MetricFamily, MetricType};
 
-use crate::authz::token::Reason as TokenReason;
-use crate::session::Close;
-use crate::tls::policy::FailReason;
-use crate::tls::resume::ResumeRefusal;
+use crate::reason::{Close, FailReason, ResumeRefusal, TokenReason};
 
 /// A counter with exactly one writer thread; readers may be anywhere.
 #[derive(Debug, Default)]

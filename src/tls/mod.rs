@@ -6,6 +6,7 @@ pub mod identity;
 pub mod policy;
 pub mod record;
 pub mod resume;
+pub mod settings;
 pub mod tickets;
 
 #[cfg(test)]

@@ -18,9 +18,10 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-use crate::config::{Config, CrlStale, TlsVersion};
+pub use crate::reason::FailReason;
 use crate::tls::identity::Identity;
 use crate::tls::resume::VerifyingTicketer;
+use crate::tls::settings::{CrlStale, Tls, TlsVersion};
 use crate::tls::tickets::FileTicketer;
 
 /// An error building the TLS policy; names the config file, the key and what went wrong.
@@ -122,7 +123,18 @@ impl PolicySummary {
     }
 }
 
-fn err(cfg: &Config, key: &'static str, message: impl Into<String>) -> PolicyError {
+/// What a policy is built from: the `[tls]` section and the file it came from (named
+/// in errors). The TLS layer sees only this, never the whole configuration, so it sits
+/// below `config`; [`crate::config::Config::tls_source`] makes one.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// The configuration file, for error messages.
+    pub path: &'a Path,
+    /// Its `[tls]` section.
+    pub tls: &'a Tls,
+}
+
+fn err(cfg: &Source<'_>, key: &'static str, message: impl Into<String>) -> PolicyError {
     PolicyError {
         file: cfg.path.display().to_string(),
         key,
@@ -132,7 +144,7 @@ fn err(cfg: &Config, key: &'static str, message: impl Into<String>) -> PolicyErr
 
 /// The aws-lc-rs provider narrowed to the suites the policy allows: TLS 1.3 suites, and
 /// for TLS 1.2 only ECDHE key exchange with an AEAD (GCM or ChaCha20-Poly1305).
-pub fn provider(cfg: &Config) -> Result<CryptoProvider, PolicyError> {
+pub fn provider(cfg: &Source<'_>) -> Result<CryptoProvider, PolicyError> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     let aead_ecdhe = |s: &SupportedCipherSuite| match s {
         SupportedCipherSuite::Tls13(_) => true,
@@ -190,12 +202,12 @@ pub fn suite_name(s: &SupportedCipherSuite) -> String {
     format!("{:?}", s.suite())
 }
 
-fn read_file(cfg: &Config, key: &'static str, path: &Path) -> Result<Vec<u8>, PolicyError> {
+fn read_file(cfg: &Source<'_>, key: &'static str, path: &Path) -> Result<Vec<u8>, PolicyError> {
     std::fs::read(path).map_err(|e| err(cfg, key, format!("cannot read {}: {e}", path.display())))
 }
 
 /// Load the server certificate chain (PEM).
-pub fn load_certs(cfg: &Config) -> Result<Vec<CertificateDer<'static>>, PolicyError> {
+pub fn load_certs(cfg: &Source<'_>) -> Result<Vec<CertificateDer<'static>>, PolicyError> {
     let pem = read_file(cfg, "tls.cert", &cfg.tls.cert)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
@@ -219,7 +231,7 @@ pub fn load_certs(cfg: &Config) -> Result<Vec<CertificateDer<'static>>, PolicyEr
     Ok(certs)
 }
 
-fn load_key(cfg: &Config) -> Result<PrivateKeyDer<'static>, PolicyError> {
+fn load_key(cfg: &Source<'_>) -> Result<PrivateKeyDer<'static>, PolicyError> {
     let pem = read_file(cfg, "tls.key", &cfg.tls.key)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         err(
@@ -234,7 +246,7 @@ fn load_key(cfg: &Config) -> Result<PrivateKeyDer<'static>, PolicyError> {
 }
 
 /// Load the client trust anchors; returns the store and the anchors' subjects.
-fn load_client_roots(cfg: &Config) -> Result<(RootCertStore, Vec<String>), PolicyError> {
+fn load_client_roots(cfg: &Source<'_>) -> Result<(RootCertStore, Vec<String>), PolicyError> {
     let pem = read_file(cfg, "tls.client_ca", &cfg.tls.client_ca)?;
     let mut roots = RootCertStore::empty();
     let mut subjects = Vec::new();
@@ -275,7 +287,7 @@ fn load_client_roots(cfg: &Config) -> Result<(RootCertStore, Vec<String>), Polic
 
 /// Load CRLs, PEM or DER, each with the file it came from.
 pub fn load_crls(
-    cfg: &Config,
+    cfg: &Source<'_>,
 ) -> Result<Vec<(std::path::PathBuf, CertificateRevocationListDer<'static>)>, PolicyError> {
     let mut out = Vec::new();
     for path in &cfg.tls.crl {
@@ -301,7 +313,7 @@ pub fn load_crls(
 
 /// Read what a CRL says (issuer, nextUpdate, revoked serials).
 fn crl_info(
-    cfg: &Config,
+    cfg: &Source<'_>,
     file: &Path,
     der: &CertificateRevocationListDer<'_>,
 ) -> Result<CrlInfo, PolicyError> {
@@ -326,7 +338,7 @@ fn crl_info(
 /// The client verifier: a certificate is always required (there is no mode that
 /// accepts an unauthenticated client), chained to `client_ca`, checked against the CRLs.
 fn client_verifier(
-    cfg: &Config,
+    cfg: &Source<'_>,
     provider: &Arc<CryptoProvider>,
     roots: RootCertStore,
     crls: Vec<CertificateRevocationListDer<'static>>,
@@ -401,14 +413,14 @@ impl ClientCertVerifier for IdentityVerifier {
 }
 
 /// Build the whole policy from a validated config, with a fresh in-process ticketer.
-pub fn build(cfg: &Config) -> Result<TlsPolicy, PolicyError> {
+pub fn build(cfg: &Source<'_>) -> Result<TlsPolicy, PolicyError> {
     build_with(cfg, None)
 }
 
 /// Build the whole policy; `ticketer` is the running generation's in-process
 /// ticketer, reused so a reload does not invalidate every outstanding ticket.
 pub fn build_with(
-    cfg: &Config,
+    cfg: &Source<'_>,
     ticketer: Option<Arc<dyn ProducesTickets>>,
 ) -> Result<TlsPolicy, PolicyError> {
     let provider = Arc::new(provider(cfg)?);
@@ -481,7 +493,7 @@ pub fn build_with(
             Some(path) => {
                 // Checked again here, not only in config: the file may have changed
                 // since, and a reload re-reads it.
-                crate::config::check_private_file(path)
+                crate::secrets::check_private_file(path)
                     .map_err(|e| err(cfg, "tls.ticket_key_file", e))?;
                 Arc::new(
                     FileTicketer::from_file(path)
@@ -567,67 +579,9 @@ pub fn build_with(
     })
 }
 
-/// Why a handshake failed, as the fixed set of `reason` label values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FailReason {
-    /// The client presented no certificate.
-    NoClientCert,
-    /// The client certificate does not chain to `client_ca`.
-    UnknownCa,
-    /// The client certificate is expired (or not yet valid).
-    Expired,
-    /// The client certificate is revoked by a CRL.
-    Revoked,
-    /// A signature in the chain or handshake did not verify.
-    BadSignature,
-    /// No protocol version in common.
-    UnsupportedVersion,
-    /// The client stalled past `handshake_timeout`.
-    Timeout,
-    /// Any other protocol violation or I/O failure during the handshake.
-    Protocol,
-    /// Handshake succeeded but no authz rule admits the identity.
-    Unauthorized,
-    /// The issuer's CRL is past its nextUpdate and `crl_stale = "refuse"`.
-    CrlStale,
-    /// The certificate verified, but its names break the rules for identities (two
-    /// SPIFFE IDs, a malformed one, an unreadable CN).
-    InvalidIdentity,
-}
-
+// The enum is a plain label set in `crate::reason`, so telemetry can count it without
+// importing this module; the mapping from rustls errors stays with TLS.
 impl FailReason {
-    /// All reasons, in label order.
-    pub const ALL: [FailReason; 11] = [
-        FailReason::NoClientCert,
-        FailReason::UnknownCa,
-        FailReason::Expired,
-        FailReason::Revoked,
-        FailReason::BadSignature,
-        FailReason::UnsupportedVersion,
-        FailReason::Timeout,
-        FailReason::Protocol,
-        FailReason::Unauthorized,
-        FailReason::CrlStale,
-        FailReason::InvalidIdentity,
-    ];
-
-    /// The metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailReason::NoClientCert => "no_client_cert",
-            FailReason::UnknownCa => "unknown_ca",
-            FailReason::Expired => "expired",
-            FailReason::Revoked => "revoked",
-            FailReason::BadSignature => "bad_signature",
-            FailReason::UnsupportedVersion => "unsupported_version",
-            FailReason::Timeout => "timeout",
-            FailReason::Protocol => "protocol",
-            FailReason::Unauthorized => "unauthorized",
-            FailReason::CrlStale => "crl_stale",
-            FailReason::InvalidIdentity => "invalid_identity",
-        }
-    }
-
     /// Classify a rustls error from a failed handshake.
     pub fn of(e: &RustlsError) -> FailReason {
         match e {

@@ -31,58 +31,8 @@ use rustls::server::ProducesTickets;
 use rustls::time_provider::TimeProvider;
 use rustls_pki_types::CertificateDer;
 
+pub use crate::reason::ResumeRefusal;
 use crate::tls::policy::FailReason;
-
-/// Why a ticket was not honoured; the label of `lakegate_tls_resumptions_refused_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ResumeRefusal {
-    /// The full handshake behind the ticket is older than `tls.ticket_lifetime`.
-    TooOld,
-    /// The ticket has no authentication time (sealed by another version or forged).
-    Malformed,
-    /// The chain in the ticket no longer passes verification, for this reason.
-    Chain(FailReason),
-}
-
-impl ResumeRefusal {
-    /// Every label value, in order.
-    pub const LABELS: [&'static str; 8] = [
-        "too_old",
-        "malformed",
-        "unknown_ca",
-        "expired",
-        "revoked",
-        "crl_stale",
-        "bad_signature",
-        "invalid_identity",
-    ];
-
-    /// The metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResumeRefusal::TooOld => "too_old",
-            ResumeRefusal::Malformed => "malformed",
-            ResumeRefusal::Chain(FailReason::Expired) => "expired",
-            ResumeRefusal::Chain(FailReason::Revoked) => "revoked",
-            ResumeRefusal::Chain(FailReason::CrlStale) => "crl_stale",
-            ResumeRefusal::Chain(FailReason::BadSignature) => "bad_signature",
-            ResumeRefusal::Chain(FailReason::InvalidIdentity) => "invalid_identity",
-            ResumeRefusal::Chain(_) => "unknown_ca",
-        }
-    }
-
-    /// Index of [`Self::as_str`] in [`Self::LABELS`].
-    pub fn index(self) -> usize {
-        let s = self.as_str();
-        Self::LABELS.iter().position(|l| *l == s).unwrap_or(0)
-    }
-}
-
-impl fmt::Display for ResumeRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What the ticketer knows of the connection it is working for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

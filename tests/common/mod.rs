@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use aws_lc_rs::digest;
+use lakegate::lab::LabConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::HandshakeKind;
@@ -137,39 +138,35 @@ impl Lab {
 
     /// A config with the given backend section and extra `[server]` lines.
     pub fn config(&self, port: u16, admin: u16, server_extra: &str, backend: &str) -> PathBuf {
-        let workers = if server_extra.contains("workers") {
-            ""
-        } else {
-            "workers = 1"
-        };
-        let text = format!(
-            r#"[server]
-listen = "127.0.0.1:{port}"
-{workers}
-handshake_timeout = "5s"
-idle_timeout = "30s"
-drain_timeout = "20s"
-{server_extra}
+        self.write_config(port, &self.template(port, admin, server_extra, backend))
+    }
 
-[tls]
-cert = "server.crt"
-key = "server.key"
-client_ca = "ca.crt"
-crl = ["crl.pem"]
+    /// The lab template (`lakegate::lab`) as the tests use it: one worker unless
+    /// `server_extra` says otherwise, short timeouts, the lab's CRL and admin token,
+    /// every trainer admitted.
+    pub fn template(&self, port: u16, admin: u16, server_extra: &str, backend: &str) -> LabConfig {
+        let mut c = LabConfig::new(([127, 0, 0, 1], port).into());
+        if !server_extra.contains("workers") {
+            c.server.push("workers = 1".into());
+        }
+        for l in [
+            "handshake_timeout = \"5s\"",
+            "idle_timeout = \"30s\"",
+            "drain_timeout = \"20s\"",
+            server_extra,
+        ] {
+            c.server.push(l.to_string());
+        }
+        c.admin = Some(([127, 0, 0, 1], admin).into());
+        c.admin_lines.push("token_file = \"admin.token\"".into());
+        c.backend.push(backend.to_string());
+        c
+    }
 
-[admin]
-listen = "127.0.0.1:{admin}"
-token_file = "admin.token"
-
-[backend]
-{backend}
-
-[[authz]]
-identity = "spiffe://lake.example/trainer/*"
-"#
-        );
+    /// Write `c` beside the lab's PKI (it names the files relative to itself).
+    pub fn write_config(&self, port: u16, c: &LabConfig) -> PathBuf {
         let p = self.path(&format!("lakegate-{port}.toml"));
-        std::fs::write(&p, text).unwrap();
+        c.write(&p).unwrap();
         p
     }
 }
@@ -877,13 +874,9 @@ impl Lab {
         backend: &str,
         authz_toml: &str,
     ) -> PathBuf {
-        let p = self.config(port, admin, server_extra, backend);
-        let text = std::fs::read_to_string(&p).unwrap();
-        let at = text
-            .find("[[authz]]")
-            .expect("Lab::config writes an [[authz]] block");
-        std::fs::write(&p, format!("{}{authz_toml}", &text[..at])).unwrap();
-        p
+        let mut c = self.template(port, admin, server_extra, backend);
+        c.authz = authz_toml.to_string();
+        self.write_config(port, &c)
     }
 }
 
@@ -1041,15 +1034,9 @@ pub fn config_with_tls(
     backend: &str,
     tls_extra: &str,
 ) -> PathBuf {
-    let p = lab.config(port, admin, "", backend);
-    let text = std::fs::read_to_string(&p).unwrap();
-    let text = text.replacen(
-        "crl = [\"crl.pem\"]\n",
-        &format!("crl = [\"crl.pem\"]\n{tls_extra}\n"),
-        1,
-    );
-    std::fs::write(&p, text).unwrap();
-    p
+    let mut c = lab.template(port, admin, "", backend);
+    c.tls.push(tls_extra.to_string());
+    lab.write_config(port, &c)
 }
 
 pub fn forward_backend(up: &Upstream) -> String {

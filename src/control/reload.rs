@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::shared::{Generation, Shared};
 use crate::config::Config;
+use crate::engine::shared::{Generation, Shared};
 
 /// What identifies a file's content without reading it: replacing a CRL with
 /// `mv new.crl crl.pem` changes the inode, rewriting it in place changes mtime or size.
@@ -81,7 +81,7 @@ impl Reloader {
                 for key in restart_only_changes(&cur.config, &cfg) {
                     tracing::warn!(key, "changed in the file; takes effect at the next restart");
                 }
-                super::build_generation(cfg, Some(&cur)).map_err(|e| e.to_string())
+                crate::engine::build_generation(cfg, Some(&cur)).map_err(|e| e.to_string())
             });
         let result = match built {
             Ok(gen) => {
@@ -118,14 +118,18 @@ impl Reloader {
         if crl_changed || jwks_changed {
             // Rebuilt from the running config, not the file: an edit to the TOML waits
             // for the operator's SIGHUP.
-            let mut built = super::build_generation((*cur.config).clone(), Some(&cur));
+            let mut built = crate::engine::build_generation((*cur.config).clone(), Some(&cur));
             let mut jwks_failed = None;
             if let Err(e) = &built {
                 if e.key == "tokens.jwks" {
                     jwks_failed = Some(e.to_string());
                     // The keys cannot be used; the CRLs may still be.
                     built = if crl_changed {
-                        super::build_generation_with((*cur.config).clone(), Some(&cur), true)
+                        crate::engine::build_generation_with(
+                            (*cur.config).clone(),
+                            Some(&cur),
+                            true,
+                        )
                     } else {
                         Err(e.clone())
                     };

@@ -10,7 +10,7 @@
 //! policy's reason ([`Close::Policy`]) and is also counted by it in
 //! `lakegate_connections_closed_by_policy_total`.
 
-use crate::tls::policy::FailReason;
+use super::FailReason;
 
 /// Why an established connection (forward relay or object-API cycle) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

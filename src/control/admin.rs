@@ -1,8 +1,9 @@
 //! The admin HTTP endpoint: `/healthz`, `/readyz`, `/metrics` and `POST /reload`, on
 //! its own threads, off the worker cores.
 //!
-//! Owns: the admin listener and its connections, the bearer token that guards mutating
-//! requests (`[admin] token_file`), and the counters of the endpoint's own traffic.
+//! Owns: the admin listener and its connections, the check of the bearer token that
+//! guards mutating requests (`[admin] token_file`, see [`AdminToken`]), and the counters
+//! of the endpoint's own traffic.
 //! Must not touch the workers, their sockets or their rings: it reads shared state
 //! (readiness, telemetry, the running generation) and asks the [`Reloader`] to reload.
 //!
@@ -22,20 +23,17 @@
 //! operator's browser reload the appliance or read why a reload failed.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::constant_time::verify_slices_are_equal;
-use aws_lc_rs::digest;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::engine::reload::Reloader;
+use super::reload::Reloader;
+use crate::authz::admin::AdminToken;
 use crate::engine::shared::Shared;
 
 /// Admin connections open at once; more are accepted and closed at once.
@@ -44,8 +42,6 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 /// Largest request head (request line and headers); larger ones get 431.
 pub const MAX_HEAD: usize = 8 * 1024;
-/// Shortest token accepted from the token file (`openssl rand -hex 32` gives 64).
-pub const MIN_TOKEN_LEN: usize = 32;
 /// Time to write the response once the request is read (a reader that stops reading
 /// must not keep its slot).
 const RESPONSE_DEADLINE: Duration = Duration::from_secs(5);
@@ -66,78 +62,6 @@ const WAKER: Token = Token(usize::MAX - 1);
 
 /// The realm of the 401 challenge.
 const CHALLENGE: &str = "Bearer realm=\"lakegate-admin\"";
-
-// ---------------------------------------------------------------------------------------
-// The credential
-// ---------------------------------------------------------------------------------------
-
-/// The credential of mutating admin requests, read from `[admin] token_file` at every
-/// load and reload (so rotating it is: write the file, reload). Only its SHA-256 is
-/// kept, and presented tokens are hashed before the constant-time comparison, so
-/// neither the token nor its length shows in memory dumps or timing.
-pub struct AdminToken {
-    digest: [u8; 32],
-}
-
-impl fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminToken(..)")
-    }
-}
-
-impl AdminToken {
-    /// Read the token file: not readable or writable by group or others (a token
-    /// every local user can read guards nothing), one line of at least
-    /// [`MIN_TOKEN_LEN`] printable characters.
-    pub fn from_file(path: &Path) -> Result<AdminToken, String> {
-        let p = path.display();
-        let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read {p}: {e}"))?;
-        // The mode of the file we opened, not of whatever the path names a moment later.
-        let meta = f.metadata().map_err(|e| format!("cannot read {p}: {e}"))?;
-        crate::config::check_private_metadata(path, &meta)?;
-        if meta.len() > 4096 {
-            return Err(format!(
-                "{p} is {} bytes, expected one line holding a token",
-                meta.len()
-            ));
-        }
-        let mut text = String::new();
-        f.read_to_string(&mut text)
-            .map_err(|e| format!("cannot read {p}: {e}"))?;
-        AdminToken::parse(&text).map_err(|e| format!("{p}: {e}"))
-    }
-
-    /// The token in a file's text (surrounding whitespace and the newline trimmed).
-    pub fn parse(text: &str) -> Result<AdminToken, String> {
-        let token = text.trim();
-        if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(
-                "expected one line of printable ASCII without spaces, like `openssl rand -hex 32` writes"
-                    .into(),
-            );
-        }
-        if token.len() < MIN_TOKEN_LEN {
-            return Err(format!(
-                "expected a token of at least {MIN_TOKEN_LEN} characters (`openssl rand -hex 32`), found {}",
-                token.len()
-            ));
-        }
-        Ok(AdminToken {
-            digest: sha256(token.as_bytes()),
-        })
-    }
-
-    /// Whether `presented` is the token.
-    pub fn admits(&self, presented: &[u8]) -> bool {
-        verify_slices_are_equal(&sha256(presented), &self.digest).is_ok()
-    }
-}
-
-fn sha256(b: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest::digest(&digest::SHA256, b).as_ref());
-    out
-}
 
 // ---------------------------------------------------------------------------------------
 // Requests and what they get: pure, no sockets
@@ -477,7 +401,7 @@ impl Conn {
     }
 }
 
-fn count(shared: &Shared, f: impl FnOnce(&mut super::Control)) {
+fn count(shared: &Shared, f: impl FnOnce(&mut crate::telemetry::Control)) {
     let mut c = shared
         .telemetry
         .control
@@ -693,49 +617,6 @@ mod tests {
 
     fn route_of(head: &str, token: Option<&AdminToken>) -> Route {
         route(&req(head), token)
-    }
-
-    #[test]
-    fn token_file_text() {
-        assert!(AdminToken::parse(&format!("  {TOKEN}\n")).is_ok());
-        let e = AdminToken::parse("short\n").unwrap_err();
-        assert!(e.contains("at least 32 characters"), "{e}");
-        assert!(e.contains("found 5"), "{e}");
-        let e = AdminToken::parse(&format!("{TOKEN}\n{TOKEN}\n")).unwrap_err();
-        assert!(e.contains("one line"), "{e}");
-        let t = AdminToken::parse(TOKEN).unwrap();
-        assert!(t.admits(TOKEN.as_bytes()));
-        assert!(!t.admits(&TOKEN.as_bytes()[1..]));
-        assert!(!t.admits(b""));
-        assert_eq!(format!("{t:?}"), "AdminToken(..)");
-    }
-
-    #[test]
-    fn token_file_mode_and_size() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::TempDir::new().unwrap();
-        let p = dir.path().join("admin.token");
-        std::fs::write(&p, format!("{TOKEN}\n")).unwrap();
-        for (mode, ok) in [
-            (0o600, true),
-            (0o400, true),
-            (0o640, false),
-            (0o644, false),
-            (0o602, false),
-        ] {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-            let r = AdminToken::from_file(&p);
-            assert_eq!(r.is_ok(), ok, "{mode:o}: {r:?}");
-            if let Err(e) = r {
-                assert!(e.contains(&format!("mode {mode:04o}")), "{e}");
-                assert!(e.contains("expected 0600"), "{e}");
-            }
-        }
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::write(&p, "x".repeat(5000)).unwrap();
-        assert!(AdminToken::from_file(&p)
-            .unwrap_err()
-            .contains("5000 bytes"));
     }
 
     #[test]
