@@ -1332,11 +1332,11 @@ fn unimplemented_operations_headers_and_subresources_get_501_and_change_nothing(
             "x-amz-copy-source: datasets/keep.bin\r\nIf-None-Match: *\r\n".into(),
             false,
         ),
-        // UploadPartCopy.
+        // UploadPartCopy from an SSE-C source (UploadPartCopy itself is supported).
         (
             "PUT",
             "/datasets/keep.bin?partNumber=1&uploadId=abc".into(),
-            "x-amz-copy-source: datasets/keep.bin\r\n".into(),
+            "x-amz-copy-source: datasets/keep.bin\r\nx-amz-copy-source-server-side-encryption-customer-algorithm: AES256\r\n".into(),
             false,
         ),
         // Sub-resources on an existing key.
