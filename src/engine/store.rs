@@ -1983,6 +1983,12 @@ impl Conn<'_> {
             Err(answered) => return answered,
         };
         let check = source_preconditions(&spec.conditions);
+        let max_len = self
+            .gen
+            .config
+            .server
+            .max_object_size
+            .min(s3::MAX_PART_SIZE);
         let (b, k, id, owner) = (
             bucket.to_owned(),
             key.to_owned(),
@@ -1992,7 +1998,7 @@ impl Conn<'_> {
         let r = self
             .blocking(store, move |st| {
                 let src = (src_bucket.as_str(), src_key.as_str(), range);
-                st.upload_part_copy(src, (&b, &k, &id, &owner), part, check)
+                st.upload_part_copy(src, (&b, &k, &id, &owner), (part, max_len), check)
             })
             .await;
         match r {

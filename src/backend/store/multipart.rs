@@ -686,12 +686,14 @@ impl Store {
     /// hashed as a received one is (MD5, its ETag; SHA-256; CRC-32 or SHA-1 when the
     /// upload announced that algorithm) and committed the same way, replacing an
     /// earlier part of that number only once whole. Nothing is kept on any failure.
-    /// Returns the part's MD5 (hex) and its LastModified (ISO 8601).
+    /// A part is at most `max_len` bytes (the smaller of S3's 5 GiB and
+    /// `max_object_size`, as for a received part). Returns the part's MD5 (hex) and its
+    /// LastModified (ISO 8601).
     pub fn upload_part_copy(
         &self,
         (src_bucket, src_key, range): (&str, &str, Option<(u64, u64)>),
         (bucket, key, id, owner): (&str, &str, &str, &str),
-        number: u32,
+        (number, max_len): (u32, u64),
         check: impl FnOnce(&ObjectMeta) -> Result<(), s3::Error>,
     ) -> Result<(String, String), s3::Error> {
         let no_bucket_or = |e: &io::Error, bucket: &str, code: Code| {
@@ -736,6 +738,10 @@ impl Store {
                     s3::MAX_PART_SIZE
                 ),
             ));
+        }
+        if len > max_len {
+            return Err(s3::Error::new(Code::EntityTooLarge)
+                .detail(format_args!("a {len}-byte part, limit {max_len}")));
         }
         let announced = upload.checksum.as_deref().and_then(s3::Algorithm::by_name);
         let mut hasher = super::BodyHasher::with(
