@@ -1005,3 +1005,72 @@ fn boto3_lists_and_downloads_with_the_token_in_an_event_hook() {
     assert!(stdout.contains("(InvalidToken)"), "{stdout}");
     assert!(failed(&srv, "missing") >= 1.0);
 }
+
+/// A stolen or narrow token cannot read through a copy: CopyObject and UploadPartCopy
+/// need the token's read scope on the source bucket as well as its write on the
+/// destination, even where alice's [[authz]] rule would allow the read.
+#[test]
+fn copies_need_the_tokens_read_scope_on_the_source() {
+    let t = Tok::new();
+    let srv = t.start("");
+    let narrow = t.bound("alice", "lake:write:datasets lake:read:models");
+    let copy = |token: &str, line: &str| {
+        let raw = format!(
+            "{line} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nx-amz-copy-source: /datasets/obj.bin\r\nContent-Length: 0\r\n\r\n"
+        );
+        conn(&t.lab, &srv, "alice").request(raw.as_bytes())
+    };
+    let r = copy(&narrow, "PUT /datasets/copy.bin");
+    refused(
+        &srv,
+        &r,
+        403,
+        Some("insufficient_scope"),
+        "insufficient_scope",
+    );
+    assert!(header(&r.1, "www-authenticate")
+        .unwrap()
+        .contains("scope=\"lake:read:datasets\""));
+    assert!(!t.root.join("datasets/copy.bin").exists());
+
+    // UploadPartCopy: an upload alice may write to, a part from a source the token may
+    // not read; nothing is stored in the upload.
+    let create = format!(
+        "POST /datasets/big.bin?uploads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {narrow}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let (st, _, body) = conn(&t.lab, &srv, "alice").request(create.as_bytes());
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(st, 200, "{body}");
+    let id = body
+        .split("<UploadId>")
+        .nth(1)
+        .and_then(|s| s.split("</UploadId>").next())
+        .expect("UploadId")
+        .to_owned();
+    let r = copy(
+        &narrow,
+        &format!("PUT /datasets/big.bin?partNumber=1&uploadId={id}"),
+    );
+    assert_eq!(r.0, 403, "{}", String::from_utf8_lossy(&r.2));
+    assert!(header(&r.1, "www-authenticate")
+        .unwrap()
+        .contains("scope=\"lake:read:datasets\""));
+    let parts = call(
+        &t,
+        &srv,
+        "alice",
+        &format!("GET /datasets/big.bin?uploadId={id}"),
+        &[&format!("Bearer {narrow}")],
+    );
+    assert_eq!(parts.0, 200, "{}", String::from_utf8_lossy(&parts.2));
+    assert!(!String::from_utf8_lossy(&parts.2).contains("<Part>"));
+
+    // With read on the source as well, the same part copy is taken.
+    let full = t.bound("alice", "lake:write:datasets lake:read:datasets");
+    let r = copy(
+        &full,
+        &format!("PUT /datasets/big.bin?partNumber=1&uploadId={id}"),
+    );
+    assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
+    assert!(String::from_utf8_lossy(&r.2).contains("<CopyPartResult"));
+}
