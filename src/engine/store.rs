@@ -1698,23 +1698,12 @@ impl Conn<'_> {
         size: u64,
         start: Instant,
     ) -> Result<bool, End> {
-        use base64::engine::general_purpose::STANDARD;
-        let b64 = |b: &[u8]| base64::Engine::encode(&STANDARD, b);
-        let Some(md5) = d.md5_hex() else {
+        let Some(info) = store::multipart::PartInfo::of(number, size, d) else {
             store.discard_temp(bucket, &temp);
             let e = s3::Error::new(Code::InternalError).detail("part without its MD5");
             return self.error(head, bucket, key, e, start).await;
         };
-        let info = store::multipart::PartInfo {
-            number,
-            file: String::new(),
-            size,
-            md5: md5.clone(),
-            sha256: Some(b64(&d.sha256)),
-            crc32: d.crc32.map(|c| b64(&c)),
-            sha1: d.sha1.map(|c| b64(&c)),
-            modified: 0,
-        };
+        let md5 = info.md5.clone();
         let (crc32, sha1, sha256) = (info.crc32.clone(), info.sha1.clone(), info.sha256.clone());
         let committed = self
             .commit_part_off_loop(store, bucket, key, id, &temp, file, info)

@@ -82,6 +82,22 @@ pub struct PartInfo {
 }
 
 impl PartInfo {
+    /// The record of part `number` of `size` bytes from its digests, before it is
+    /// committed (which names its file and time); `None` without the MD5 (its ETag).
+    pub fn of(number: u32, size: u64, d: &super::Digests) -> Option<PartInfo> {
+        let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
+        Some(PartInfo {
+            number,
+            file: String::new(),
+            size,
+            md5: d.md5_hex()?,
+            sha256: Some(b64(&d.sha256)),
+            crc32: d.crc32.map(|c| b64(&c)),
+            sha1: d.sha1.map(|c| b64(&c)),
+            modified: 0,
+        })
+    }
+
     /// The checksum recorded for `alg`, base64.
     pub fn checksum(&self, alg: s3::Algorithm) -> Option<&str> {
         match alg {
@@ -757,22 +773,11 @@ impl Store {
             // The source shrank under us: it is not the object `check` approved.
             return Err(s3::Error::new(Code::InternalError).detail(format!("copy source: {e}")));
         }
-        let d = hasher.finish();
-        let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
-        let Some(md5) = d.md5_hex() else {
+        let Some(info) = PartInfo::of(number, len, &hasher.finish()) else {
             self.discard_temp(bucket, &temp);
             return Err(s3::Error::new(Code::InternalError).detail("part without its MD5"));
         };
-        let info = PartInfo {
-            number,
-            file: String::new(),
-            size: len,
-            md5: md5.clone(),
-            sha256: Some(b64(&d.sha256)),
-            crc32: d.crc32.map(|c| b64(&c)),
-            sha1: d.sha1.map(|c| b64(&c)),
-            modified: 0,
-        };
+        let md5 = info.md5.clone();
         // commit_part removes the temporary on failure.
         self.commit_part(bucket, key, id, owner, &temp, &out, info)
             .map_err(|e| s3::Error::new(no_bucket_or(&e, bucket, Code::NoSuchUpload)).detail(e))?;
