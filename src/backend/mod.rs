@@ -8,7 +8,7 @@
 //! bucket mapping, the XML rewriting and the upstream response head.
 //!
 //! Must not touch: sockets, TLS or the io_uring runtime. The engine streams object bytes
-//! with tokio-uring on the files handed out here; the `forward` relay lives with the
+//! with the io_uring runtime on the files handed out here; the `forward` relay lives with the
 //! engine (`engine::forward`) because it is nothing but socket I/O.
 
 pub mod s3;

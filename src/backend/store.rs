@@ -28,7 +28,7 @@
 //!   stall a worker.
 //!
 //! Must not touch: sockets, TLS or the io_uring runtime. Object bytes are streamed by the
-//! engine (tokio-uring) on the files returned here; everything in this module is plain
+//! engine (io_uring, compio) on the files returned here; everything in this module is plain
 //! blocking syscalls on the calling thread.
 
 use std::collections::BTreeSet;

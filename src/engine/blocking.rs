@@ -11,9 +11,9 @@
 //!   reading its cached digest from the xattrs, creating and unlinking a temporary.
 //!   These are metadata calls answered from the dentry and inode caches of a local
 //!   filesystem in microseconds; a hop to this pool would cost more than the call. The
-//!   bytes themselves go through io_uring (tokio-uring `read_at`/`write_at`).
-//!   tokio-uring 0.5 has no `openat2` (the store's only safe way to resolve a key) and
-//!   no xattr ops, which is why those are not ring operations either.
+//!   bytes themselves go through io_uring (compio `read_at`/`write_at`).
+//!   These metadata calls are still plain syscalls on the worker: the store resolves
+//!   keys through its own `openat2` wrappers below the engine, which know no runtime.
 //!
 //! Shape: a bounded crossbeam channel of boxed jobs. A worker submits with `try_send`
 //! (never waits: a full queue is the caller's 503 `SlowDown`, counted per worker in

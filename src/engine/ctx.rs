@@ -53,7 +53,7 @@ pub struct IdleUpstream {
     /// The endpoint index.
     pub endpoint: usize,
     /// The connection.
-    pub stream: tokio_uring::net::TcpStream,
+    pub stream: compio::net::TcpStream,
     /// When it went idle.
     pub since: std::time::Instant,
 }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio_uring::buf::BoundedBuf;
+use compio::buf::{IntoInner, IoBuf};
 
 use super::conn::{ConnLog, Established};
 use super::ctx::{Slot, Worker};
@@ -24,7 +24,7 @@ use crate::tls::policy::FailReason;
 /// Serve one accepted connection to its end.
 pub(super) async fn serve(
     w: Rc<Worker>,
-    stream: tokio_uring::net::TcpStream,
+    stream: compio::net::TcpStream,
     peer: SocketAddr,
     slot: Slot,
 ) {
@@ -36,8 +36,7 @@ pub(super) async fn serve(
     // The whole phase, from accept (the wait for a first byte included), is under
     // the gate's one deadline.
     let deadline = Gate::deadline(start, gen.config.server.handshake_timeout);
-    let hs =
-        tokio::time::timeout_at(deadline.into(), handshake(&w, &gen, &client, &log, start)).await;
+    let hs = compio::time::timeout_at(deadline, handshake(&w, &gen, &client, &log, start)).await;
     let mut est = match hs {
         Ok(Ok(est)) => est,
         Ok(Err((reason, detail))) => {
@@ -115,7 +114,7 @@ pub(super) async fn serve(
     // allocated in full at accept for every connection) ends: a connection that has not
     // handshaken carries only the handshake's state, an idle established one only what
     // serving it needs (memory per connection). The slot moves along.
-    tokio_uring::spawn(async move {
+    compio::runtime::spawn(async move {
         let _slot = slot;
         let close = match &gen.config.backend {
             Backend::Forward { .. } => {
@@ -147,7 +146,8 @@ pub(super) async fn serve(
             "connection closed"
         );
         w.stats.closes[close.index()].inc();
-    });
+    })
+    .detach();
 }
 
 /// Close an established connection cleanly with close_notify.

@@ -8,7 +8,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
-use tokio_uring::buf::BoundedBuf;
+use compio::buf::{IntoInner, IoBuf};
 
 use super::conn::{ConnLog, Established};
 use super::ctx::Worker;
@@ -155,7 +155,7 @@ pub async fn relay(
     reason
 }
 
-fn socket_local_addr(s: &tokio_uring::net::TcpStream) -> Option<SocketAddr> {
+fn socket_local_addr(s: &compio::net::TcpStream) -> Option<SocketAddr> {
     use std::os::fd::AsRawFd;
     // SAFETY: the fd is owned by `s`, which outlives this borrow; SockRef only reads
     // socket options through it and never closes it.
@@ -166,11 +166,11 @@ fn socket_local_addr(s: &tokio_uring::net::TcpStream) -> Option<SocketAddr> {
 async fn connect(u: &Upstream) -> std::io::Result<Stream> {
     Ok(match u {
         Upstream::Tcp(a) => {
-            let s = tokio_uring::net::TcpStream::connect(*a).await?;
+            let s = compio::net::TcpStream::connect(*a).await?;
             let _ = s.set_nodelay(true);
             Stream::Tcp(s)
         }
-        Upstream::Unix(p) => Stream::Unix(tokio_uring::net::UnixStream::connect(p).await?),
+        Upstream::Unix(p) => Stream::Unix(compio::net::UnixStream::connect(p).await?),
     })
 }
 
@@ -220,7 +220,7 @@ impl Shell<'_> {
                     }
                     gen = gens.borrow_and_update().clone();
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
+                _ = compio::time::sleep_until(deadline) => {
                     if admission.aged(Instant::now()) {
                         break None;
                     }
@@ -341,7 +341,7 @@ impl Shell<'_> {
                 let len = plain.filled;
                 let write = self.up.write_all(plain.buf.slice(..len));
                 let limit = self.m.borrow().write_timeout();
-                let (res, slice) = match tokio::time::timeout(limit, write).await {
+                let (res, slice) = match compio::time::timeout(limit, write).await {
                     Ok(x) => x,
                     Err(_) => return self.fail(DIR, Close::UpstreamWriteTimeout),
                 };
@@ -403,7 +403,7 @@ impl Shell<'_> {
                             let limit = self.m.borrow().write_timeout();
                             // The connection is going anyway: a goodbye that cannot
                             // be written changes nothing.
-                            let _ = tokio::time::timeout(limit, write).await;
+                            let _ = compio::time::timeout(limit, write).await;
                         }
                     }
                     return self.shut(a);
@@ -442,7 +442,7 @@ impl Shell<'_> {
             // socket completes the pending write.
             let write = self.client.write_all(out.buf.slice(..len));
             let limit = self.m.borrow().write_timeout();
-            let (res, slice) = match tokio::time::timeout(limit, write).await {
+            let (res, slice) = match compio::time::timeout(limit, write).await {
                 Ok(x) => x,
                 Err(_) => return self.fail(DIR, Close::ClientWriteTimeout),
             };

@@ -1,16 +1,15 @@
-//! The io_uring shell's stream type: a TCP or unix stream driven by tokio-uring. Only
-//! the engine sees tokio-uring; a change of runtime stays inside `engine/`.
+//! The io_uring shell's stream type: a TCP or unix stream on the worker's compio ring.
+//! Only the engine sees compio; a change of runtime stays inside `engine/`.
 
 use std::io;
 use std::net::Shutdown;
 use std::time::Instant;
 
-use std::os::fd::{AsRawFd, RawFd};
-
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-use tokio_uring::buf::{BoundedBuf, BoundedBufMut};
-use tokio_uring::net::{TcpStream, UnixStream};
+use compio::buf::{BufResult, IoBuf, IoBufMut};
+use compio::driver::op::{Interest, PollOnce};
+use compio::driver::ToSharedFd;
+use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::net::{TcpStream, UnixStream};
 
 /// A connected byte stream on the worker's ring.
 pub enum Stream {
@@ -21,59 +20,114 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// Read into the buffer's spare room; returns bytes read and the buffer.
-    pub async fn read<B: BoundedBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
-        match self {
-            Stream::Tcp(s) => s.read(buf).await,
-            Stream::Unix(s) => s.read(buf).await,
-        }
+    /// Read into the buffer's room (a slice's whole range, from its start); returns
+    /// bytes read and the buffer. A read never shrinks the buffer's length: compio
+    /// only advances it.
+    pub async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
+        let BufResult(res, buf) = match self {
+            Stream::Tcp(s) => {
+                let mut r = s;
+                AsyncRead::read(&mut r, buf).await
+            }
+            Stream::Unix(s) => {
+                let mut r = s;
+                AsyncRead::read(&mut r, buf).await
+            }
+        };
+        (res, buf)
     }
 
     /// Wait until a read would not block (bytes, EOF or an error are there) without
-    /// lending the kernel a buffer: tokio-uring 0.5 has no provided-buffer rings, so a
-    /// read that waits owns its buffer, and a connection that waits for its client
-    /// would hold 65 KiB for nothing. The wait goes through the epoll reactor under the
-    /// ring (tokio-uring runs on tokio's), registered for this wait only: a fresh
-    /// registration reports the socket's current state, so no wakeup is lost to an
-    /// earlier read. It costs three syscalls, so callers use it only between bursts.
+    /// lending the kernel a buffer, so a connection that waits for its client holds
+    /// no 65 KiB for nothing. One `IORING_OP_POLL_ADD` on the worker's ring: it reports
+    /// the socket's current state when submitted, so no wakeup is lost to an earlier
+    /// read.
     pub async fn readable(&self) -> io::Result<()> {
-        let fd = match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
+        let op = match self {
+            Stream::Tcp(s) => PollOnce::new(s.to_shared_fd(), Interest::Readable),
+            Stream::Unix(s) => PollOnce::new(s.to_shared_fd(), Interest::Readable),
         };
-        // SAFETY: `fd` belongs to `self`, which this future borrows for its whole life,
-        // and a Stream closes its descriptor only when dropped; so the descriptor stays
-        // open and names the same socket until `afd` is dropped at the end of this call.
-        let afd = unsafe { AsyncFd::register_with_interest(Fd(fd), Interest::READABLE) }
-            .map_err(io::Error::from)?;
-        let _ready = afd.readable().await?;
-        Ok(())
+        let BufResult(res, _) = compio::runtime::submit(op).await;
+        res.map(|_| ())
     }
 
     /// Write all of `buf`.
-    pub async fn write_all<B: BoundedBuf>(&self, buf: B) -> (io::Result<()>, B) {
-        match self {
-            Stream::Tcp(s) => s.write_all(buf).await,
-            Stream::Unix(s) => s.write_all(buf).await,
-        }
+    pub async fn write_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
+        let BufResult(res, buf) = match self {
+            Stream::Tcp(s) => {
+                let mut w = s;
+                AsyncWriteExt::write_all(&mut w, buf).await
+            }
+            Stream::Unix(s) => {
+                let mut w = s;
+                AsyncWriteExt::write_all(&mut w, buf).await
+            }
+        };
+        (res, buf)
     }
 
     /// Shut down one or both directions; errors on an already-dead socket are moot.
+    /// A plain `shutdown(2)`: it never blocks, and it must happen now, not when an
+    /// async op would run.
     pub fn shutdown(&self, how: Shutdown) {
         let _ = match self {
-            Stream::Tcp(s) => s.shutdown(how),
-            Stream::Unix(s) => s.shutdown(how),
+            Stream::Tcp(s) => socket2::SockRef::from(s).shutdown(how),
+            Stream::Unix(s) => socket2::SockRef::from(s).shutdown(how),
         };
     }
 }
 
-/// A socket's descriptor as epoll registers it; owned by the stream, never closed here.
-struct Fd(RawFd);
+/// Reads and writes with the (result, buffer) shape the shell uses everywhere, for the
+/// ring's TCP streams (the s3 backend's upstream connections).
+pub(crate) trait RingStream {
+    /// Read into `buf`'s range, from its start.
+    async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B);
+    /// Write all of `buf`.
+    async fn write_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B);
+}
 
-impl AsRawFd for Fd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
+impl RingStream for TcpStream {
+    async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
+        let mut r = self;
+        let BufResult(res, buf) = AsyncRead::read(&mut r, buf).await;
+        (res, buf)
     }
+
+    async fn write_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
+        let mut w = self;
+        let BufResult(res, buf) = AsyncWriteExt::write_all(&mut w, buf).await;
+        (res, buf)
+    }
+}
+
+/// Positional file I/O on the ring, with the same (result, buffer) shape.
+pub(crate) trait RingFile {
+    /// Read into `buf`'s range from `pos`.
+    async fn read_at<B: IoBufMut>(&self, buf: B, pos: u64) -> (io::Result<usize>, B);
+    /// Write all of `buf` at `pos`.
+    async fn write_all_at<B: IoBuf>(&self, buf: B, pos: u64) -> (io::Result<()>, B);
+}
+
+impl RingFile for compio::fs::File {
+    async fn read_at<B: IoBufMut>(&self, buf: B, pos: u64) -> (io::Result<usize>, B) {
+        let BufResult(res, buf) = compio::io::AsyncReadAt::read_at(self, buf, pos).await;
+        (res, buf)
+    }
+
+    async fn write_all_at<B: IoBuf>(&self, buf: B, pos: u64) -> (io::Result<()>, B) {
+        let mut w = self;
+        let BufResult(res, buf) = compio::io::AsyncWriteAtExt::write_all_at(&mut w, buf, pos).await;
+        (res, buf)
+    }
+}
+
+/// Hand an open std file to the ring (its reads and writes become io_uring ops).
+pub fn ring_file(f: std::fs::File) -> compio::fs::File {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: `into_raw_fd` gives up the std file's ownership of a descriptor that is
+    // open (a `File` always is), so the compio file becomes its only owner and closes
+    // it exactly once; nothing else holds or closes that number.
+    unsafe { compio::fs::File::from_raw_fd(f.into_raw_fd()) }
 }
 
 /// Why a read gave up waiting.
@@ -124,7 +178,7 @@ where
                 };
             }
             _ = &mut drained => return Err((WaitError::Draining, None)),
-            _ = tokio::time::sleep_until(deadline.into()) => {
+            _ = compio::time::sleep_until(deadline) => {
                 if idle_at() <= Instant::now() {
                     return Err((WaitError::Idle, None));
                 }

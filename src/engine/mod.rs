@@ -1,5 +1,5 @@
 //! The engine: workers pinned one per core, their listeners, buffers, and the io_uring
-//! shell that feeds the sans-IO TLS core. The only module that knows tokio-uring.
+//! shell that feeds the sans-IO TLS core. The only module that knows the runtime (compio).
 //!
 //! Also builds a [`Generation`] from a loaded configuration (TLS policy, authz rules,
 //! tokens, backend, the admin credential), reading the files it names. Below the control

@@ -20,11 +20,11 @@ use std::time::Instant;
 
 use rustls_pki_types::CertificateDer;
 
-use tokio_uring::buf::BoundedBuf;
+use compio::buf::{IntoInner, IoBuf};
 
 use super::conn::{ConnLog, Established};
 use super::ctx::Worker;
-use super::io::{read_until, unix_now, unix_secs, Stream, WaitError};
+use super::io::{read_until, unix_now, unix_secs, RingFile, RingStream, Stream, WaitError};
 use super::shared::Generation;
 use crate::authz::token::{self, Claims, Refused, TokenError, TokenGate};
 use crate::authz::{Access, Decision};
@@ -84,9 +84,7 @@ async fn bounded<T>(
 ) -> Result<T, End> {
     let read = async move {
         match hard {
-            Some((at, why)) => tokio::time::timeout_at(at.into(), wait)
-                .await
-                .map_err(|_| why),
+            Some((at, why)) => compio::time::timeout_at(at, wait).await.map_err(|_| why),
             None => Ok(wait.await),
         }
     };
@@ -568,7 +566,7 @@ impl Conn<'_> {
         // idle timeout the socket is shut, which also completes the pending write.
         let idle = self.gen.config.server.idle_timeout;
         let (res, slice) =
-            match tokio::time::timeout(idle, self.client.write_all(buf.slice(..len))).await {
+            match compio::time::timeout(idle, self.client.write_all(buf.slice(..len))).await {
                 Ok(x) => x,
                 Err(_) => {
                     self.client.shutdown(Shutdown::Both);
@@ -619,7 +617,7 @@ impl Conn<'_> {
             let client = &self.client;
             let mut buf = std::mem::take(&mut self.inb);
             // Bounded: at most 2 s and 64 MiB of discarded body.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            let _ = compio::time::timeout(std::time::Duration::from_secs(2), async {
                 let mut total = 0usize;
                 while total < 64 << 20 {
                     let cap = buf.len();
@@ -1408,7 +1406,7 @@ impl Conn<'_> {
         http::write_response_head(&mut h, status, &headers, Some(len), self.keep_alive(head));
         self.send(&h).await?;
         if body && len > 0 {
-            let f = tokio_uring::fs::File::from_std(file);
+            let f = super::io::ring_file(file);
             let r = self.stream_file(&f, from, len).await;
             let _ = f.close().await;
             r?;
@@ -1426,12 +1424,7 @@ impl Conn<'_> {
 
     /// File → TLS records → client. One user-space copy: rustls encrypts from the read
     /// buffer into the outgoing buffer.
-    async fn stream_file(
-        &mut self,
-        f: &tokio_uring::fs::File,
-        from: u64,
-        len: u64,
-    ) -> Result<(), End> {
+    async fn stream_file(&mut self, f: &compio::fs::File, from: u64, len: u64) -> Result<(), End> {
         let mut buf = self.w.pool.take();
         let mut pos = from;
         let end = from + len;
@@ -1518,7 +1511,7 @@ impl Conn<'_> {
             }
         }
         let uring = match std_file.try_clone() {
-            Ok(f) => tokio_uring::fs::File::from_std(f),
+            Ok(f) => super::io::ring_file(f),
             Err(e) => {
                 store.discard_temp(bucket, &temp);
                 let e = s3::Error::new(Code::InternalError).detail(e);
@@ -2299,9 +2292,9 @@ impl Conn<'_> {
 /// checksums are verified: a body that fails them never completes upstream, because
 /// the connection is dropped one byte short of its Content-Length.
 enum Sink<'a> {
-    File(&'a tokio_uring::fs::File),
+    File(&'a compio::fs::File),
     Upstream {
-        tcp: &'a tokio_uring::net::TcpStream,
+        tcp: &'a compio::net::TcpStream,
         /// The Content-Length sent upstream.
         total: u64,
         /// The last byte, once the write that would have sent it is done.

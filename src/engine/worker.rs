@@ -1,4 +1,4 @@
-//! A worker: one OS thread pinned to one core, running its own tokio-uring runtime and
+//! A worker: one OS thread pinned to one core, running its own compio (io_uring) runtime and
 //! accepting on its own listener of the reuseport group. Nothing here is shared with
 //! other workers except the [`Shared`] block read once per connection.
 
@@ -42,19 +42,27 @@ pub fn run(
     if !pinned {
         tracing::warn!(worker = id, core, "could not pin worker to its core");
     }
-    let mut builder = tokio_uring::builder();
-    builder.entries(1024);
+    let mut proactor = compio::driver::ProactorBuilder::new();
+    proactor.capacity(1024);
     if sqpoll {
-        builder.uring_builder(tokio_uring::uring_builder().setup_sqpoll(50));
+        proactor.sqpoll_idle(std::time::Duration::from_millis(50));
+    } else {
+        // Only this thread submits to its ring, and completions' task work runs when
+        // the loop asks for events, not by interrupting it: fewer wakeups per I/O.
+        // (SQPOLL has a kernel thread submitting, so it takes neither.)
+        proactor.single_issuer(true).defer_taskrun(true);
     }
+    let rt = compio::runtime::RuntimeBuilder::new()
+        .with_proactor(proactor)
+        .build()?;
     let stats = shared.telemetry.workers[id].clone();
     // A second descriptor of the listening socket, to stop it listening at the drain:
-    // dropping tokio-uring's listener closes its descriptor only once the cancelled
+    // dropping the ring's listener closes its descriptor only once the cancelled
     // accept has completed, and until then the kernel keeps completing handshakes
     // into the backlog of a socket nobody accepts from.
     let closer = listener.try_clone()?;
-    builder.start(async move {
-        let listener = tokio_uring::net::TcpListener::from_std(listener);
+    rt.block_on(async move {
+        let listener = compio::net::TcpListener::from_std(listener)?;
         let (gen_tx, gen_rx) = tokio::sync::watch::channel(shared.current.load_full());
         let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
         let w = Rc::new(Worker {
@@ -74,7 +82,7 @@ pub fn run(
         // The drain deadline: count what is still open on this worker (each of those is
         // cut), then tell them.
         let wc = w.clone();
-        tokio_uring::spawn(async move {
+        compio::runtime::spawn(async move {
             if deadline.wait_for(|d| *d).await.is_ok() {
                 let open = wc.open.get();
                 wc.stats.drain_cut.add(open as u64);
@@ -83,10 +91,10 @@ pub fn run(
                 }
                 let _ = cut_tx.send(true);
             }
-        });
+        }).detach();
         // The watchdog's proof that this loop still turns: one relaxed store a second.
         let sh = shared.clone();
-        tokio_uring::spawn(async move {
+        compio::runtime::spawn(async move {
             loop {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -99,9 +107,9 @@ pub fn run(
                 if !Arc::ptr_eq(&cur, &gen_tx.borrow()) {
                     let _ = gen_tx.send(cur);
                 }
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                compio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
-        });
+        }).detach();
         shared.ready_workers.fetch_add(1, Ordering::SeqCst);
         tracing::debug!(worker = id, core, "accepting");
         loop {
@@ -114,7 +122,7 @@ pub fn run(
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(worker = id, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    compio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 }
             };
@@ -130,12 +138,12 @@ pub fn run(
             }
             w.open.set(w.open.get() + 1);
             let w2 = w.clone();
-            tokio_uring::spawn(async move {
+            compio::runtime::spawn(async move {
                 // Released on drop, so a panicking connection task still gives back
                 // its slot instead of shrinking max_connections for good.
                 let slot = Slot(w2.clone());
                 super::driver::serve(w2, stream, peer, slot).await;
-            });
+            }).detach();
         }
         // shutdown(SHUT_RD) on a listening TCP socket moves it to CLOSE at once: it
         // leaves the reuseport group, its backlog is reset, and new connects to the
@@ -159,8 +167,8 @@ pub fn run(
                     break;
                 }
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            compio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-    });
-    Ok(())
+        Ok::<(), std::io::Error>(())
+    })
 }

@@ -5,7 +5,7 @@
 //! Owns: turning bytes into parsed messages and actions, and messages into bytes,
 //! with the caller supplying buffers and time.
 //!
-//! Must not touch: sockets, files, io_uring / tokio-uring, threads or the OS clock;
+//! Must not touch: sockets, files, io_uring runtimes, threads or the OS clock;
 //! those belong to `engine`, which feeds these cores. Nothing here may panic on
 //! peer-controlled input.
 

@@ -8,7 +8,7 @@
 //! Owns: why connections end ([`Close`]), the handshake gate ([`gate`]), how long an
 //! admission holds ([`admission`]), the forward relay's lifecycle ([`relay`]) and
 //! the object API's request cycle ([`cycle`]).
-//! Must not touch: tokio, tokio-uring, sockets, files, `Instant::now`, telemetry
+//! Must not touch: tokio, compio, sockets, files, `Instant::now`, telemetry
 //! counters (the shell counts what the machines report), [`crate::engine`].
 
 pub mod admission;

@@ -42,7 +42,7 @@ impl Conn<'_> {
                 }
                 Err((Refused::Full, back)) if std::time::Instant::now() < give_up => {
                     job = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    compio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((Refused::Full, _)) => {
                     self.w.stats.blocking_rejected.inc();

@@ -17,13 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sigv4::http_request::SignableBody;
-use tokio_uring::buf::BoundedBuf;
-use tokio_uring::net::TcpStream;
+use compio::buf::{IntoInner, IoBuf};
+use compio::net::TcpStream;
 
 use super::{Admitted, BodyError, Conn, End, Sink};
 use crate::backend::s3::{self as up, KeyMap, ResponseHead, Upstream, MAX_XML};
 use crate::backend::store::{self, BodyHasher};
 use crate::engine::ctx::{IdleUpstream, Worker};
+use crate::engine::io::RingStream;
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
 use crate::proto::s3::{self, Code, Operation, PutSpec};
 use crate::session::Close;
@@ -511,7 +512,7 @@ impl Conn<'_> {
                     Some(t) => t,
                     None => {
                         let addr = cfg.endpoints[ep].addr;
-                        match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr))
+                        match compio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr))
                             .await
                         {
                             Ok(Ok(t)) => {
@@ -741,7 +742,7 @@ impl Conn<'_> {
             }
             let cap = buf.len();
             let read = tcp.read(buf.slice(filled..cap));
-            match tokio::time::timeout_at(deadline.into(), read).await {
+            match compio::time::timeout_at(deadline, read).await {
                 Err(_) => return Err(HeadFail::Timeout),
                 Ok((r, slice)) => {
                     buf = slice.into_inner();
@@ -983,7 +984,7 @@ impl Conn<'_> {
             a.filled = 0;
             let cap = buf.len();
             let read = a.tcp.read(buf.slice(..cap));
-            match tokio::time::timeout(idle, read).await {
+            match compio::time::timeout(idle, read).await {
                 Err(_) => {
                     buf = self.w.pool.take();
                     break Err(Close::UpstreamBodyTimeout);
@@ -1058,7 +1059,7 @@ impl Conn<'_> {
             let buf = std::mem::take(&mut a.buf);
             let cap = buf.len();
             let read = a.tcp.read(buf.slice(..cap));
-            match tokio::time::timeout(idle, read).await {
+            match compio::time::timeout(idle, read).await {
                 Err(_) => {
                     a.buf = self.w.pool.take();
                     a.head.keep_alive = false;
