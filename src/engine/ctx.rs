@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::pool::Pool;
+use super::ring::RecvRing;
 use super::shared::{Generation, Shared};
 use crate::proto::s3::RequestId;
 use crate::telemetry::WorkerStats;
@@ -26,6 +27,8 @@ pub struct Worker {
     pub stats: Arc<WorkerStats>,
     /// I/O buffers.
     pub pool: Pool,
+    /// The re-arm gate of this worker's receive buffer ring.
+    pub ring: RecvRing,
     /// Connections open on this worker.
     pub open: Cell<usize>,
     /// Turns true when the appliance starts draining.
@@ -44,6 +47,16 @@ pub struct Worker {
     /// s3 backend: this worker's idle keep-alive connections to upstream endpoints.
     /// Never shared with another worker (a connection lives on this worker's ring).
     pub upstream_idle: std::cell::RefCell<Vec<IdleUpstream>>,
+}
+
+impl Worker {
+    /// Wait for bytes from `s` holding no buffer, then take a pool buffer holding them
+    /// at its start ([`RecvRing::receive`]).
+    pub async fn receive(&self, s: &super::io::Stream) -> (std::io::Result<usize>, Vec<u8>) {
+        self.ring
+            .receive(s, &self.pool, &self.stats.recv_ring_empty)
+            .await
+    }
 }
 
 /// An idle keep-alive connection to an s3 upstream endpoint.

@@ -171,23 +171,31 @@ async fn handshake(
     accepted: Instant,
 ) -> Result<Established, HsError> {
     // A connection that has sent nothing yet holds no buffer and no TLS state: anyone
-    // who can reach the port could otherwise pin three pool buffers per connect.
-    client
-        .readable()
-        .await
-        .map_err(|e| (FailReason::Protocol, format!("read: {e}")))?;
+    // who can reach the port could otherwise pin three pool buffers per connect. Its
+    // first bytes come through the worker's buffer ring.
+    let (first, mut inb) = w.receive(client).await;
+    let first = first.map_err(|e| (FailReason::Protocol, format!("read: {e}")))?;
+    if first == 0 {
+        // Closed before a byte: no TLS state is built for it.
+        Gate::on_first_read_closed()?;
+    }
+    let mut first = Some(first);
     let tls = TlsConn::new(gen.tls.clone()).map_err(|e| (FailReason::Protocol, e.to_string()))?;
     let mut gate = Gate::new(tls, accepted, gen.config.server.handshake_timeout);
-    let mut inb = w.pool.take();
     let mut used = 0usize;
     let mut out = OutBuf::from_vec(w.pool.take());
     let mut plain = OutBuf::from_vec(w.pool.take());
     loop {
         gate.room(used, inb.len())?;
-        let cap = inb.len();
-        let (res, slice) = client.read(inb.slice(used..cap)).await;
-        inb = slice.into_inner();
-        let n = res.map_err(|e| (FailReason::Protocol, format!("read: {e}")))?;
+        let n = match first.take() {
+            Some(n) => n,
+            None => {
+                let cap = inb.len();
+                let (res, slice) = client.read(inb.slice(used..cap)).await;
+                inb = slice.into_inner();
+                res.map_err(|e| (FailReason::Protocol, format!("read: {e}")))?
+            }
+        };
         gate.on_read(n)?;
         used += n;
         log.bytes_in.set(log.bytes_in.get() + n as u64);

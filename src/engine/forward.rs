@@ -283,36 +283,45 @@ impl Shell<'_> {
         let mut quiet = true;
         // Err: a failure the machine has not heard of yet.
         let result: Result<(), Close> = loop {
-            if quiet && used == 0 {
+            let n = if quiet && used == 0 {
+                // The first bytes of a burst come through the worker's buffer ring
+                // into the start of a pool buffer taken when they are there.
                 self.w.pool.give(std::mem::take(&mut inb));
-                let ready = self
-                    .wait(async { (self.client.readable().await.map(|()| 0), ()) })
-                    .await;
-                match ready {
-                    Ok(_) => {}
+                match self.wait(self.w.receive(&self.client)).await {
+                    Ok((n, buf)) => {
+                        // Empty at EOF: no buffer was taken.
+                        inb = if buf.is_empty() {
+                            self.w.pool.take()
+                        } else {
+                            buf
+                        };
+                        n
+                    }
                     Err((WaitError::Idle, _)) => {
                         let a = self.m.borrow_mut().on_idle(DIR);
                         return self.shut(a);
                     }
                     Err(_) => return self.fail(DIR, Close::ClientReadError),
                 }
-                inb = self.w.pool.take();
-            }
-            if used == inb.len() {
-                break Err(Close::RecordTooLarge);
-            }
-            let cap = inb.len();
-            let (n, slice) = match self.wait(self.client.read(inb.slice(used..cap))).await {
-                Ok(x) => x,
-                Err((WaitError::Idle, _)) => {
-                    let a = self.m.borrow_mut().on_idle(DIR);
-                    return self.shut(a);
+            } else {
+                if used == inb.len() {
+                    break Err(Close::RecordTooLarge);
                 }
-                Err((WaitError::Io(_) | WaitError::Draining, _)) => {
-                    return self.fail(DIR, Close::ClientReadError)
+                let cap = inb.len();
+                match self.wait(self.client.read(inb.slice(used..cap))).await {
+                    Ok((n, slice)) => {
+                        inb = slice.into_inner();
+                        n
+                    }
+                    Err((WaitError::Idle, _)) => {
+                        let a = self.m.borrow_mut().on_idle(DIR);
+                        return self.shut(a);
+                    }
+                    Err((WaitError::Io(_) | WaitError::Draining, _)) => {
+                        return self.fail(DIR, Close::ClientReadError)
+                    }
                 }
             };
-            inb = slice.into_inner();
             if n == 0 {
                 let a = self.m.borrow_mut().on_client_eof();
                 self.shut(a);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use compio::buf::{BufResult, IoBuf, IoBufMut};
 use compio::driver::op::{Interest, PollOnce};
 use compio::driver::ToSharedFd;
-use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::io::{AsyncRead, AsyncReadManaged, AsyncWriteExt};
 use compio::net::{TcpStream, UnixStream};
 
 /// A connected byte stream on the worker's ring.
@@ -49,6 +49,22 @@ impl Stream {
         };
         let BufResult(res, _) = compio::runtime::submit(op).await;
         res.map(|_| ())
+    }
+
+    /// One buffer-select receive on the worker's provided buffer ring (see
+    /// [`super::ring`]): `None` or an empty buffer at EOF, `ENOBUFS` when the ring is
+    /// empty.
+    pub async fn recv_ring(&self) -> io::Result<Option<compio::driver::BufferRef>> {
+        match self {
+            Stream::Tcp(s) => {
+                let mut r = s;
+                AsyncReadManaged::read_managed(&mut r, 0).await
+            }
+            Stream::Unix(s) => {
+                let mut r = s;
+                AsyncReadManaged::read_managed(&mut r, 0).await
+            }
+        }
     }
 
     /// Write all of `buf`.

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod io;
 pub mod listener;
 pub mod pool;
+pub mod ring;
 pub mod shared;
 pub mod store;
 pub mod worker;

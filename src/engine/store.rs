@@ -437,8 +437,10 @@ impl Conn<'_> {
 
     /// Wait for the next request holding no buffer: the three pool buffers go back
     /// while the client is quiet (memory per idle keep-alive connection) and are taken
-    /// again when it has bytes for us. The same deadlines as the read that follows.
-    async fn wait_between_requests(&mut self) -> Result<(), End> {
+    /// again when it has bytes for us, which arrive through the worker's buffer ring
+    /// into the start of `inb` ([`super::ring`]). Returns how many. The same deadlines
+    /// as a read.
+    async fn wait_between_requests(&mut self) -> Result<usize, End> {
         self.w.pool.give(std::mem::take(&mut self.inb));
         self.w.pool.give(std::mem::take(&mut self.plain.buf));
         self.w.pool.give(std::mem::take(&mut self.out.buf));
@@ -447,21 +449,26 @@ impl Conn<'_> {
         self.out.filled = 0;
         let cycle = &self.cycle;
         let wait = read_until(
-            async { (self.client.readable().await.map(|()| 0), ()) },
+            self.w.receive(&self.client),
             || cycle.idle_deadline(),
             Some(self.w.drain.clone()),
         );
         let r = bounded(wait, self.hard_deadline(), self.w.drain_deadline()).await;
-        self.inb = self.w.pool.take();
         self.plain = OutBuf::from_vec(self.w.pool.take());
         self.out = OutBuf::from_vec(self.w.pool.take());
-        match r {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((WaitError::Idle, _))) => Err(Close::IdleTimeout),
-            Ok(Err((WaitError::Draining, _))) => Err(self.cycle.on_drain(false)),
-            Ok(Err((WaitError::Io(_), _))) => Err(Close::ClientReadError),
-            Err(why) => Err(why),
-        }
+        let (inb, res) = match r {
+            Ok(Ok((n, buf))) if !buf.is_empty() => (buf, Ok(n)),
+            // EOF: no buffer was taken.
+            Ok(Ok((n, _))) => (self.w.pool.take(), Ok(n)),
+            Ok(Err((WaitError::Idle, _))) => (self.w.pool.take(), Err(Close::IdleTimeout)),
+            Ok(Err((WaitError::Draining, _))) => {
+                (self.w.pool.take(), Err(self.cycle.on_drain(false)))
+            }
+            Ok(Err((WaitError::Io(_), _))) => (self.w.pool.take(), Err(Close::ClientReadError)),
+            Err(why) => (self.w.pool.take(), Err(why)),
+        };
+        self.inb = inb;
+        res
     }
 
     async fn fill(&mut self) -> Result<(), End> {
@@ -486,44 +493,11 @@ impl Conn<'_> {
             // request runs on until it completes or the drain deadline cuts it.
             let buffered = self.pstart != self.plain.filled || self.used != 0;
             let between = self.cycle.drain_ends_wait(buffered);
-            if between {
-                self.wait_between_requests().await?;
-            }
-            let cap = self.inb.len();
-            let inb = std::mem::take(&mut self.inb);
-            let cycle = &self.cycle;
-            let wait = read_until(
-                self.client.read(inb.slice(self.used..cap)),
-                || cycle.idle_deadline(),
-                between.then(|| self.w.drain.clone()),
-            );
-            let waited = bounded(wait, self.hard_deadline(), self.w.drain_deadline()).await;
-            let waited = match waited {
-                Ok(r) => r,
-                Err(why) => {
-                    self.inb = self.w.pool.take();
-                    self.used = 0;
-                    return Err(why);
-                }
+            let n = if between {
+                self.wait_between_requests().await?
+            } else {
+                self.read_more().await?
             };
-            let (n, slice) = match waited {
-                Ok(x) => x,
-                Err((WaitError::Idle, _)) => {
-                    self.inb = self.w.pool.take();
-                    return Err(Close::IdleTimeout);
-                }
-                Err((WaitError::Draining, _)) => {
-                    self.inb = self.w.pool.take();
-                    return Err(self.cycle.on_drain(false));
-                }
-                Err((WaitError::Io(_), buf)) => {
-                    self.inb = buf
-                        .map(|b| b.into_inner())
-                        .unwrap_or_else(|| self.w.pool.take());
-                    return Err(Close::ClientReadError);
-                }
-            };
-            self.inb = slice.into_inner();
             if n == 0 {
                 return Err(Close::ClientEof);
             }
@@ -543,6 +517,49 @@ impl Conn<'_> {
             }
             if p.plaintext > 0 || p.peer_closed {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Read more of a request (or of the next one, already begun) into `inb` after
+    /// what it holds. Returns how many bytes (0: the client closed).
+    async fn read_more(&mut self) -> Result<usize, End> {
+        let cap = self.inb.len();
+        let inb = std::mem::take(&mut self.inb);
+        let cycle = &self.cycle;
+        // Inside a request: a drain does not end this read (see `fill`).
+        let wait = read_until(
+            self.client.read(inb.slice(self.used..cap)),
+            || cycle.idle_deadline(),
+            None,
+        );
+        let waited = bounded(wait, self.hard_deadline(), self.w.drain_deadline()).await;
+        let waited = match waited {
+            Ok(r) => r,
+            Err(why) => {
+                self.inb = self.w.pool.take();
+                self.used = 0;
+                return Err(why);
+            }
+        };
+        match waited {
+            Ok((n, slice)) => {
+                self.inb = slice.into_inner();
+                Ok(n)
+            }
+            Err((WaitError::Idle, _)) => {
+                self.inb = self.w.pool.take();
+                Err(Close::IdleTimeout)
+            }
+            Err((WaitError::Draining, _)) => {
+                self.inb = self.w.pool.take();
+                Err(self.cycle.on_drain(false))
+            }
+            Err((WaitError::Io(_), buf)) => {
+                self.inb = buf
+                    .map(|b| b.into_inner())
+                    .unwrap_or_else(|| self.w.pool.take());
+                Err(Close::ClientReadError)
             }
         }
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::ctx::{Slot, Worker};
 use super::pool::Pool;
+use super::ring::{self, RecvRing};
 use super::shared::Shared;
 use crate::proto::s3::RequestId;
 
@@ -43,7 +44,10 @@ pub fn run(
         tracing::warn!(worker = id, core, "could not pin worker to its core");
     }
     let mut proactor = compio::driver::ProactorBuilder::new();
-    proactor.capacity(1024);
+    proactor
+        .capacity(1024)
+        .buffer_pool_size(std::num::NonZeroU16::new(ring::BUFFERS).expect("BUFFERS > 0"))
+        .buffer_pool_buffer_len(ring::BUFFER_LEN);
     if sqpoll {
         proactor.sqpoll_idle(std::time::Duration::from_millis(50));
     } else {
@@ -62,6 +66,9 @@ pub fn run(
     // into the backlog of a socket nobody accepts from.
     let closer = listener.try_clone()?;
     rt.block_on(async move {
+        // The ring is registered lazily by compio; register it now, so a failure is the
+        // worker's, at start, and not the first connection's.
+        compio::runtime::Runtime::with_current(|rt| rt.buffer_pool())?;
         let listener = compio::net::TcpListener::from_std(listener)?;
         let (gen_tx, gen_rx) = tokio::sync::watch::channel(shared.current.load_full());
         let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
@@ -71,6 +78,7 @@ pub fn run(
             shared: shared.clone(),
             stats,
             pool: Pool::new(256),
+            ring: RecvRing::default(),
             open: Cell::new(0),
             drain: stop.clone(),
             cut: cut_rx,

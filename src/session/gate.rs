@@ -111,12 +111,18 @@ impl Gate {
     /// A read returned `n` bytes (`0`: the client closed its side).
     pub fn on_read(&self, n: usize) -> Result<(), Failure> {
         if n == 0 {
-            return Err((
-                FailReason::Protocol,
-                "client closed during handshake".into(),
-            ));
+            return Self::on_first_read_closed();
         }
         Ok(())
+    }
+
+    /// The client closed before its first byte, when no gate exists yet: the same
+    /// failure as a close later in the handshake.
+    pub fn on_first_read_closed() -> Result<(), Failure> {
+        Err((
+            FailReason::Protocol,
+            "client closed during handshake".into(),
+        ))
     }
 
     /// Feed the received bytes `inb` (the whole unprocessed input); the server's

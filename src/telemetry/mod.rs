@@ -170,6 +170,8 @@ pub struct WorkerStats {
     pub blocking_rejected: Counter,
     /// Connections still open on this worker when the drain deadline passed, cut then.
     pub drain_cut: Counter,
+    /// Receives that found this worker's buffer ring empty (`ENOBUFS`) and re-armed.
+    pub recv_ring_empty: Counter,
     /// Established connections ended, by [`Close::index`].
     pub closes: [Counter; Close::LABELS.len()],
 }
@@ -197,6 +199,7 @@ impl Default for WorkerStats {
             recent_certs: Mutex::new(RecentCerts::default()),
             blocking_rejected: Counter::default(),
             drain_cut: Counter::default(),
+            recv_ring_empty: Counter::default(),
             closes: Default::default(),
         }
     }
@@ -565,6 +568,12 @@ impl Telemetry {
             "Connections still open at the drain deadline, cut then.",
             COUNTER,
             vec![counter(vec![], self.sum(|w| w.drain_cut.get()) as f64)],
+        ));
+        out.push(family(
+            "lakegate_recv_ring_empty_total",
+            "Receives that found their worker's provided buffer ring empty (ENOBUFS); each waited for a buffer to come back and re-armed.",
+            COUNTER,
+            vec![counter(vec![], self.sum(|w| w.recv_ring_empty.get()) as f64)],
         ));
         out.push(family(
             "lakegate_bytes_received_total",
