@@ -3,6 +3,8 @@
 //! other workers except the [`Shared`] block read once per connection.
 
 use std::cell::Cell;
+
+use futures_util::StreamExt;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -120,15 +122,22 @@ pub fn run(
         }).detach();
         shared.ready_workers.fetch_add(1, Ordering::SeqCst);
         tracing::debug!(worker = id, core, "accepting");
+        // One multishot accept: each connection is a completion of the same request,
+        // not a request of its own. After an error it ends, and the stream re-arms it.
+        let mut incoming = listener.incoming();
         loop {
             let accepted = tokio::select! {
-                a = listener.accept() => a,
+                a = incoming.next() => a,
                 _ = stop.changed() => break,
             };
+            let accepted = accepted
+                .unwrap_or_else(|| Err(std::io::Error::other("multishot accept ended")))
+                .and_then(|s| s.peer_addr().map(|p| (s, p)));
             let (stream, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
+                    // EMFILE and friends: back off briefly instead of spinning. (A
+                    // connection reset before its address was read lands here too.)
                     tracing::warn!(worker = id, error = %e, "accept failed");
                     compio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
@@ -160,6 +169,7 @@ pub fn run(
             tracing::warn!(worker = id, error = %e, "could not stop listening");
         }
         drop(closer);
+        drop(incoming);
         drop(listener);
         shared.ready_workers.fetch_sub(1, Ordering::SeqCst);
         tracing::info!(worker = id, open = w.open.get(), "draining");
