@@ -268,7 +268,7 @@ impl Conn<'_> {
                     "connection re-judged under the running policy: {}",
                     why.as_str()
                 ));
-                let _ = self.error(&head, "-", "-", e, start).await;
+                let _ = Box::pin(self.error(&head, "-", "-", e, start)).await;
                 return Close::NoLongerAdmitted;
             }
             let aged = self
@@ -291,7 +291,10 @@ impl Conn<'_> {
             let Some(exec) = self.exec.take() else {
                 return Close::NoBackend;
             };
-            let r = self.request(&exec, &head, start).await;
+            // Boxed: a request's future (the deepest of the connection's) is allocated
+            // while it runs, not held by every idle keep-alive connection inside the
+            // established task (memory per connection).
+            let r = Box::pin(self.request(&exec, &head, start)).await;
             // A re-judgement during the request may have brought the next generation's
             // backend; otherwise this one serves the next request.
             self.exec.get_or_insert(exec);
@@ -394,7 +397,7 @@ impl Conn<'_> {
                 HeadStep::Malformed(e) => {
                     self.rid = self.w.next_request_id();
                     let err = s3::Error::from(&e).detail(&e);
-                    self.refuse(None, "-", "-", &err, Instant::now(), false, &[])
+                    Box::pin(self.refuse(None, "-", "-", &err, Instant::now(), false, &[]))
                         .await?;
                     return Err(Close::BadRequestHead);
                 }
@@ -404,7 +407,7 @@ impl Conn<'_> {
                     let err = s3::Error::new(Code::RequestTimeout).detail(format_args!(
                         "request head not complete {timeout:?} after its first byte (request_head_timeout)"
                     ));
-                    self.refuse(None, "-", "-", &err, started, false, &[])
+                    Box::pin(self.refuse(None, "-", "-", &err, started, false, &[]))
                         .await?;
                     return Err(Close::HeadTimeout);
                 }
