@@ -36,7 +36,16 @@ pub(super) async fn serve(
     // The whole phase, from accept (the wait for a first byte included), is under
     // the gate's one deadline.
     let deadline = Gate::deadline(start, gen.config.server.handshake_timeout);
-    let hs = compio::time::timeout_at(deadline, handshake(&w, &gen, &client, &log, start)).await;
+    // A connection that has sent nothing waits here, in a task that holds no more than
+    // this wait: the handshake's future is boxed once its first bytes are in (memory
+    // per bare connect).
+    let hs = match compio::time::timeout_at(deadline, w.receive(&client)).await {
+        Ok(first) => {
+            let hs = Box::pin(handshake(&w, &gen, &client, &log, start, first));
+            compio::time::timeout_at(deadline, hs).await
+        }
+        Err(e) => Err(e),
+    };
     let mut est = match hs {
         Ok(Ok(est)) => est,
         Ok(Err((reason, detail))) => {
@@ -169,11 +178,12 @@ async fn handshake(
     client: &Stream,
     log: &ConnLog,
     accepted: Instant,
+    received: (std::io::Result<usize>, Vec<u8>),
 ) -> Result<Established, HsError> {
     // A connection that has sent nothing yet holds no buffer and no TLS state: anyone
     // who can reach the port could otherwise pin three pool buffers per connect. Its
     // first bytes come through the worker's buffer ring.
-    let (first, mut inb) = w.receive(client).await;
+    let (first, mut inb) = received;
     let first = first.map_err(|e| (FailReason::Protocol, format!("read: {e}")))?;
     if first == 0 {
         // Closed before a byte: no TLS state is built for it.
