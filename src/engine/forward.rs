@@ -55,62 +55,30 @@ pub async fn relay(
         valid_until,
     } = est;
 
-    let up = match connect(upstream).await {
-        Ok(s) => s,
-        Err(e) => {
-            w.stats.upstream_errors.inc();
-            tracing::warn!(worker = w.id, %peer, identity = identity.name(), upstream = ?upstream, error = %e, "upstream unreachable");
-            out.clear();
-            if tls.close_notify(&mut out).is_ok() {
-                let n = out.filled;
-                let _ = client.write_all(out.buf.slice(..n)).await;
-            }
-            client.shutdown(Shutdown::Both);
-            return Close::UpstreamUnreachable;
-        }
+    // Boxed while it runs: the connect's and the prefix write's futures would
+    // otherwise size every relay task for good, idle ones included (memory per
+    // connection).
+    let opened = Box::pin(open_upstream(
+        w,
+        upstream,
+        &client,
+        peer,
+        Opening {
+            tls: &mut tls,
+            out: &mut out,
+            plain: &mut plain,
+            identity: &identity,
+            chain: &chain,
+            session: &session,
+            proxy_protocol: proxy_protocol.as_ref(),
+            client_cert: *proxy_protocol_client_cert,
+        },
+    ))
+    .await;
+    let up = match opened {
+        Ok(up) => up,
+        Err(close) => return close,
     };
-
-    // Prefix: the PROXY v2 header, then any plaintext that came with the handshake.
-    let mut prefix = Vec::new();
-    if let Some(ProxyProtocol::V2) = proxy_protocol {
-        let local = match &client {
-            Stream::Tcp(s) => socket_local_addr(s).unwrap_or(peer),
-            Stream::Unix(_) => peer,
-        };
-        let leaf = tls
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| c.as_ref());
-        let header = proxy_v2::Header {
-            src: peer,
-            dst: local,
-            tls: Some(proxy_v2::TlsInfo {
-                version: session.version,
-                cipher: &session.suite,
-                cn: identity.cn.as_deref(),
-                spiffe: identity.spiffe.as_deref(),
-                client_cert: if *proxy_protocol_client_cert {
-                    leaf
-                } else {
-                    None
-                },
-                verified: true,
-            }),
-        };
-        if let Err(e) = proxy_v2::encode(&header, &mut prefix) {
-            tracing::warn!(worker = w.id, %peer, error = %e, "PROXY header not encodable");
-            return Close::ProxyHeader;
-        }
-    }
-    prefix.extend_from_slice(plain.as_slice());
-    plain.clear();
-    if !prefix.is_empty() {
-        let (res, _) = up.write_all(prefix).await;
-        if res.is_err() {
-            client.shutdown(Shutdown::Both);
-            return Close::UpstreamPrefixWrite;
-        }
-    }
 
     let ctx = Shell {
         w,
@@ -153,6 +121,83 @@ pub async fn relay(
     }
     ctx.shut(actions);
     reason
+}
+
+/// What the relay lends [`open_upstream`].
+struct Opening<'a> {
+    tls: &'a mut TlsConn,
+    out: &'a mut OutBuf,
+    plain: &'a mut OutBuf,
+    identity: &'a Identity,
+    /// The verified client chain, leaf first.
+    chain: &'a [CertificateDer<'static>],
+    session: &'a crate::tls::conn::SessionInfo,
+    proxy_protocol: Option<&'a ProxyProtocol>,
+    client_cert: bool,
+}
+
+/// Connect upstream and send the prefix (the PROXY v2 header, then any plaintext that
+/// came with the handshake). On failure the client has been told and shut down.
+async fn open_upstream(
+    w: &Rc<Worker>,
+    upstream: &Upstream,
+    client: &Stream,
+    peer: SocketAddr,
+    o: Opening<'_>,
+) -> Result<Stream, Close> {
+    let up = match connect(upstream).await {
+        Ok(s) => s,
+        Err(e) => {
+            w.stats.upstream_errors.inc();
+            tracing::warn!(worker = w.id, %peer, identity = o.identity.name(), upstream = ?upstream, error = %e, "upstream unreachable");
+            o.out.clear();
+            if o.tls.close_notify(o.out).is_ok() {
+                let n = o.out.filled;
+                let _ = client
+                    .write_all(std::mem::take(&mut o.out.buf).slice(..n))
+                    .await;
+            }
+            client.shutdown(Shutdown::Both);
+            return Err(Close::UpstreamUnreachable);
+        }
+    };
+
+    // Prefix: the PROXY v2 header, then any plaintext that came with the handshake.
+    let mut prefix = Vec::new();
+    if let Some(ProxyProtocol::V2) = o.proxy_protocol {
+        let local = match &client {
+            Stream::Tcp(s) => socket_local_addr(s).unwrap_or(peer),
+            Stream::Unix(_) => peer,
+        };
+        let leaf = o.chain.first().map(|c| c.as_ref());
+        let header = proxy_v2::Header {
+            src: peer,
+            dst: local,
+            tls: Some(proxy_v2::TlsInfo {
+                version: o.session.version,
+                cipher: &o.session.suite,
+                cn: o.identity.cn.as_deref(),
+                spiffe: o.identity.spiffe.as_deref(),
+                client_cert: if o.client_cert { leaf } else { None },
+                verified: true,
+            }),
+        };
+        if let Err(e) = proxy_v2::encode(&header, &mut prefix) {
+            tracing::warn!(worker = w.id, %peer, error = %e, "PROXY header not encodable");
+            return Err(Close::ProxyHeader);
+        }
+    }
+    prefix.extend_from_slice(o.plain.as_slice());
+    o.plain.clear();
+    if !prefix.is_empty() {
+        let (res, _) = up.write_all(prefix).await;
+        if res.is_err() {
+            client.shutdown(Shutdown::Both);
+            return Err(Close::UpstreamPrefixWrite);
+        }
+    }
+
+    Ok(up)
 }
 
 fn socket_local_addr(s: &compio::net::TcpStream) -> Option<SocketAddr> {

@@ -498,6 +498,16 @@ impl TlsConn {
         }
     }
 
+    /// The client's chain, moved out where lakegate's record layer holds it (TLS 1.3;
+    /// [`TlsConn::peer_certificates`] is empty afterwards), copied where rustls does.
+    pub fn take_peer_certificates(&mut self) -> Vec<CertificateDer<'static>> {
+        match &mut self.state {
+            State::Rustls(c) => c.peer_certificates().map(<[_]>::to_vec).unwrap_or_default(),
+            State::Records(e) => std::mem::take(&mut e.certs),
+            State::Gone => Vec::new(),
+        }
+    }
+
     /// Version, suite and resumption of the established session.
     pub fn session_info(&self) -> SessionInfo {
         match &self.state {
