@@ -397,8 +397,7 @@ impl Conn<'_> {
                 HeadStep::Malformed(e) => {
                     self.rid = self.w.next_request_id();
                     let err = s3::Error::from(&e).detail(&e);
-                    Box::pin(self.refuse(None, "-", "-", &err, Instant::now(), false, &[]))
-                        .await?;
+                    Box::pin(self.refuse(None, "-", "-", &err, Instant::now(), false, &[])).await?;
                     return Err(Close::BadRequestHead);
                 }
                 HeadStep::TimedOut { started } => {
@@ -407,8 +406,7 @@ impl Conn<'_> {
                     let err = s3::Error::new(Code::RequestTimeout).detail(format_args!(
                         "request head not complete {timeout:?} after its first byte (request_head_timeout)"
                     ));
-                    Box::pin(self.refuse(None, "-", "-", &err, started, false, &[]))
-                        .await?;
+                    Box::pin(self.refuse(None, "-", "-", &err, started, false, &[])).await?;
                     return Err(Close::HeadTimeout);
                 }
                 HeadStep::End(Close::Closed) => return Ok(None),
@@ -1445,7 +1443,17 @@ impl Conn<'_> {
     /// File → TLS records → client. One user-space copy: rustls encrypts from the read
     /// buffer into the outgoing buffer.
     async fn stream_file(&mut self, f: &compio::fs::File, from: u64, len: u64) -> Result<(), End> {
-        let mut buf = self.w.pool.take();
+        // Large objects are read 256 KiB at a time: on a filesystem without
+        // non-blocking buffered reads (tmpfs) io_uring hands every file read to a kernel
+        // worker thread, and that hand-off, not the bytes, was the GET's extra cost
+        // (benches/store/profile.sh). The records still leave in pool-buffer-sized
+        // flushes. Small objects keep to a pool buffer.
+        let big = len > super::pool::BUF_SIZE as u64;
+        let mut buf = if big {
+            vec![0; FILE_READ]
+        } else {
+            self.w.pool.take()
+        };
         let mut pos = from;
         let end = from + len;
         let res = loop {
@@ -1464,16 +1472,26 @@ impl Conn<'_> {
                 Ok(k) => k,
                 Err(_) => break Err(Close::ObjectRead),
             };
-            self.out.clear();
-            if self.tls.encrypt(&buf[..got], &mut self.out).is_err() {
-                break Err(Close::TlsEncrypt);
+            let mut sent = Ok(());
+            for chunk in buf[..got].chunks(FLUSH) {
+                self.out.clear();
+                if self.tls.encrypt(chunk, &mut self.out).is_err() {
+                    sent = Err(Close::TlsEncrypt);
+                    break;
+                }
+                if let Err(e) = self.flush().await {
+                    sent = Err(e);
+                    break;
+                }
             }
-            if let Err(e) = self.flush().await {
+            if let Err(e) = sent {
                 break Err(e);
             }
             pos += got as u64;
         };
-        self.w.pool.give(buf);
+        if !big {
+            self.w.pool.give(buf);
+        }
         res
     }
 
@@ -2306,6 +2324,12 @@ impl Conn<'_> {
         s3::Error::new(Code::RequestTimeout).detail(detail)
     }
 }
+
+/// Bytes per file read of a large GET ([`Conn::stream_file`]).
+const FILE_READ: usize = 256 * 1024;
+
+/// Plaintext per encrypt-and-send of a GET: what a pool buffer holds as records.
+const FLUSH: usize = 64 * 1024;
 
 /// Where a request body goes: a file at increasing offsets (store), or an upstream
 /// connection (s3). The upstream's last body byte is held back until the body's
