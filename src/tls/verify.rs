@@ -64,8 +64,10 @@ pub enum VerifierError {
         /// The issuer the CRL names.
         issuer: String,
     },
-    /// A CRL whose outer structure cannot be read.
-    #[error("not an X.509 CRL: {message}")]
+    /// A CRL webpki cannot use (malformed, or a kind it does not support: v1, no
+    /// nextUpdate, delta), named here rather than by rustls's builder, which would not
+    /// say which file.
+    #[error("unusable CRL: {message}")]
     CrlEncoding {
         /// Position of the CRL in the list given to [`ClientVerifier::new`].
         index: usize,
