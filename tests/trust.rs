@@ -1133,37 +1133,7 @@ fn a_crl_that_goes_stale_under_refuse_stops_open_connections() {
         Some("URI:spiffe://lake.example/x/dummy"),
         None,
     );
-    let db = lab.path("openssl-ca");
-    let cnf = std::fs::read_to_string(db.join("ca.cnf"))
-        .unwrap()
-        .replacen(
-            "[lab]\n",
-            &format!(
-                "[lab]\ncrlnumber = {}/crlnumber\ncrl_extensions = crl_ext\n",
-                db.display()
-            ),
-            1,
-        )
-        + "[crl_ext]\nauthorityKeyIdentifier=keyid:always\n";
-    std::fs::write(db.join("crl.cnf"), cnf).unwrap();
-    std::fs::write(db.join("crlnumber"), "1000\n").unwrap();
-    let out = Command::new("openssl")
-        .args([
-            "ca",
-            "-config",
-            db.join("crl.cnf").to_str().unwrap(),
-            "-gencrl",
-            "-crlsec",
-            "5",
-        ])
-        .args(["-out", lab.path("crl.pem").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    openssl_crl(&lab, &["-crlsec", "5"], &lab.path("crl.pem"));
     let t0 = Instant::now();
     let (port, admin) = (free_port(), free_port());
     let cfg = config_with_tls(
@@ -1195,4 +1165,204 @@ fn a_crl_that_goes_stale_under_refuse_stops_open_connections() {
         ),
         1.0
     );
+}
+
+/// `openssl ca -gencrl` over the lab CA (the database `openssl_client` keeps, so a
+/// certificate it made and revoked with `openssl ca -revoke` is listed), written to
+/// `out`; `extra` adds options (`-crlsec 5`, or `-cert`/`-keyfile` to sign with
+/// another key).
+fn openssl_crl(lab: &Lab, extra: &[&str], out: &std::path::Path) {
+    let db = lab.path("openssl-ca");
+    if !db.join("crl.cnf").exists() {
+        let cnf = std::fs::read_to_string(db.join("ca.cnf"))
+            .unwrap()
+            .replacen(
+                "[lab]\n",
+                &format!(
+                    "[lab]\ncrlnumber = {}/crlnumber\ncrl_extensions = crl_ext\n",
+                    db.display()
+                ),
+                1,
+            )
+            + "[crl_ext]\nauthorityKeyIdentifier=keyid:always\n";
+        std::fs::write(db.join("crl.cnf"), cnf).unwrap();
+        std::fs::write(db.join("crlnumber"), "1000\n").unwrap();
+    }
+    let run = Command::new("openssl")
+        .args([
+            "ca",
+            "-config",
+            db.join("crl.cnf").to_str().unwrap(),
+            "-gencrl",
+        ])
+        .args(extra)
+        .args(["-out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_crl_with_a_bad_signature_is_refused_at_load_and_keeps_the_lists_on_refresh() {
+    let lab = Lab::new();
+    // A rogue CA: the lab CA's certificate (same subject, same key identifier) re-signed
+    // by openssl with another key; it signs a CRL that revokes no one.
+    openssl_client(
+        &lab,
+        "dora",
+        "/CN=dora",
+        Some("URI:spiffe://lake.example/trainer/dora"),
+        None,
+    );
+    let (rogue_key, rogue_crt) = (lab.path("rogue.key"), lab.path("rogue.crt"));
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        rogue_key.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "x509",
+        "-in",
+        lab.path("ca.crt").to_str().unwrap(),
+        "-signkey",
+        rogue_key.to_str().unwrap(),
+        "-out",
+        rogue_crt.to_str().unwrap(),
+    ]);
+    let bad = lab.path("forged-crl.pem");
+    openssl_crl(
+        &lab,
+        &[
+            "-crldays",
+            "1",
+            "-cert",
+            rogue_crt.to_str().unwrap(),
+            "-keyfile",
+            rogue_key.to_str().unwrap(),
+        ],
+        &bad,
+    );
+    // The same CRL signed by the real CA is fine: the refusal is the signature's.
+    let good = lab.path("openssl-crl.pem");
+    openssl_crl(&lab, &["-crldays", "1"], &good);
+
+    let up = Upstream::tcp(None);
+    let (port, admin) = (free_port(), free_port());
+    let cfg = config_with_tls(
+        &lab,
+        port,
+        admin,
+        &forward_backend(&up),
+        "crl_refresh = \"1s\"",
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    for (crl, ok) in [(&good, true), (&bad, false)] {
+        let alt = lab.path("alt.toml");
+        std::fs::write(
+            &alt,
+            text.replace(
+                "crl = [\"crl.pem\"]",
+                &format!("crl = [{:?}]", crl.to_str().unwrap()),
+            ),
+        )
+        .unwrap();
+        let (code, _, stderr) = check_config(&alt);
+        if ok {
+            assert_eq!(code, 0, "{stderr}");
+        } else {
+            assert_eq!(
+                code, 1,
+                "a CRL with a forged signature was accepted: {stderr}"
+            );
+            assert!(
+                stderr.contains("tls.crl") && stderr.contains("signature does not verify"),
+                "{stderr}"
+            );
+        }
+    }
+
+    // Served with the lab's genuine CRL (bob revoked); the forged one arrives on disk.
+    let srv = Server::spawn_config(&lab, port, admin, &cfg);
+    let alice = client_config(&lab, Some("alice"), false);
+    let bob = client_config(&lab, Some("bob"), false);
+    assert!(session(port, &alice, b"a").is_ok());
+    assert!(session(port, &bob, b"b").is_err());
+    std::fs::copy(&bad, lab.path("crl.pem")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || srv
+            .metric("lakegate_crl_reloads_total", "result=\"failed\"")
+            >= 1.0),
+        "{}",
+        srv.metrics()
+    );
+    // The previous lists stand: bob stays revoked, alice is served.
+    assert!(
+        session(port, &bob, b"b").is_err(),
+        "a forged CRL un-revoked bob"
+    );
+    assert!(session(port, &alice, b"a").is_ok());
+    assert_eq!(
+        srv.metric("lakegate_crl_reloads_total", "result=\"ok\""),
+        0.0
+    );
+}
+
+#[test]
+fn a_resumed_client_is_refused_once_a_refreshed_crl_revokes_it() {
+    let lab = Lab::new();
+    let up = Upstream::tcp(None);
+    let srv = forward(&lab, &up, "crl_refresh = \"1s\"");
+    // Made by openssl, revoked by `lakegate pki crl` (which reads dora.serial).
+    openssl_client(
+        &lab,
+        "dora",
+        "/CN=dora",
+        Some("URI:spiffe://lake.example/trainer/dora"),
+        None,
+    );
+    let dora = client_of(&lab, "dora");
+    assert_eq!(
+        session(srv.port, &dora, b"1").unwrap().kind,
+        HandshakeKind::Full
+    );
+    // Resumed twice: the worker now holds a verdict on dora's chain.
+    for _ in 0..2 {
+        assert_eq!(
+            session(srv.port, &dora, b"2").unwrap().kind,
+            HandshakeKind::Resumed
+        );
+    }
+    let d = lab.dir.path().to_str().unwrap().to_string();
+    lakegate(&[
+        "pki", "crl", "--dir", &d, "--revoke", "bob", "--revoke", "dora",
+    ]);
+    assert!(eventually(Duration::from_secs(10), || srv
+        .metric("lakegate_crl_reloads_total", "result=\"ok\"")
+        >= 1.0));
+    let r = session(srv.port, &dora, b"3");
+    assert!(r.is_err(), "a revoked client resumed: {r:?}");
+    assert_eq!(
+        refused_resumptions(&srv, "revoked"),
+        1.0,
+        "{}",
+        srv.metrics()
+    );
+    assert_eq!(failed(&srv, "revoked"), 1.0);
 }

@@ -7,6 +7,8 @@
 #
 #   OLD=/tmp/hsbench/old/lakegate NEW=/tmp/hsbench/new/lakegate \
 #     RUNS=5 DURATION=8s CONNS=8 benches/trust/run.sh > results.md
+#   PKI_ARGS="--key-type rsa2048" ...   an RSA CA and server key (the client key stays
+#                   ECDSA P-256, as in benches/compare's "rsa"); default: ECDSA P-256.
 #   PROFILE=1 ...   also: perf record (cpu-clock, DWARF call graphs) of each server during
 #                   one extra resumed run after the measured ones, classified by
 #                   perf_share.py (share of samples under the ticket re-verification).
@@ -44,7 +46,8 @@ jf() { python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(eva
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 
 echo "== lab PKI in $TMP (made by NEW)" >&2
-lab_pki "$TMP" # its CRL revokes no one
+# shellcheck disable=SC2086 # PKI_ARGS split on purpose
+lab_pki "$TMP" ${PKI_ARGS:-} # its CRL revokes no one
 TLSARGS=(--ca "$TMP/ca.crt" --cert "$TMP/alice.crt" --key "$TMP/alice.key")
 
 # The forward upstream: accept, read until EOF, close. Cheap enough on the client core.
@@ -230,7 +233,7 @@ cat <<EOF
 
 ## Handshakes per server CPU-second: resumption re-verified (NEW) vs not (OLD)
 
-$(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); kernel $(uname -r); server on core $SC (workers = 1), client \`lakegate load\` (NEW's) + python upstream sink on core $CC; $RUNS runs of $DURATION per binary and mode, $CONNS client connections, runs interleaved (odd runs old→new, even runs new→old), fresh server per binary and run; load average at start $LOAD0, at end $(cut -d" " -f1-3 /proc/loadavg).
+$(date -u +%Y-%m-%dT%H:%MZ); PKI: \`pki init ${PKI_ARGS:-}\`; $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); kernel $(uname -r); server on core $SC (workers = 1), client \`lakegate load\` (NEW's) + python upstream sink on core $CC; $RUNS runs of $DURATION per binary and mode, $CONNS client connections, runs interleaved (odd runs old→new, even runs new→old), fresh server per binary and run; load average at start $LOAD0, at end $(cut -d" " -f1-3 /proc/loadavg).
 OLD = $OLD ($(sha256sum "$OLD" | cut -c1-12)); NEW = $NEW ($(sha256sum "$NEW" | cut -c1-12)).
 
 Handshakes = handshakes.full + handshakes.resumed from \`load --json\` (every op is one handshake in this mode); server CPU = Δ(utime+stime)/CLK_TCK of the server process.

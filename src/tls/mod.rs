@@ -8,6 +8,7 @@ pub mod record;
 pub mod resume;
 pub mod settings;
 pub mod tickets;
+pub mod verify;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{NoServerSessionStorage, ProducesTickets, WebPkiClientVerifier};
+use rustls::server::{NoServerSessionStorage, ProducesTickets};
 use rustls::{
     CertificateError, Error as RustlsError, PeerIncompatible, RootCertStore, ServerConfig,
     SupportedCipherSuite,
@@ -19,10 +19,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 pub use crate::reason::FailReason;
-use crate::tls::identity::Identity;
 use crate::tls::resume::VerifyingTicketer;
 use crate::tls::settings::{CrlStale, Tls, TlsVersion};
 use crate::tls::tickets::FileTicketer;
+use crate::tls::verify::{ClientVerifier, VerifierError};
 
 /// An error building the TLS policy; names the config file, the key and what went wrong.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -245,10 +245,14 @@ fn load_key(cfg: &Source<'_>) -> Result<PrivateKeyDer<'static>, PolicyError> {
     })
 }
 
-/// Load the client trust anchors; returns the store and the anchors' subjects.
-fn load_client_roots(cfg: &Source<'_>) -> Result<(RootCertStore, Vec<String>), PolicyError> {
+/// The client trust anchors: the store, their certificates, their subjects.
+type ClientRoots = (RootCertStore, Vec<CertificateDer<'static>>, Vec<String>);
+
+/// Load the client trust anchors.
+fn load_client_roots(cfg: &Source<'_>) -> Result<ClientRoots, PolicyError> {
     let pem = read_file(cfg, "tls.client_ca", &cfg.tls.client_ca)?;
     let mut roots = RootCertStore::empty();
+    let mut anchors = Vec::new();
     let mut subjects = Vec::new();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| {
@@ -261,6 +265,7 @@ fn load_client_roots(cfg: &Source<'_>) -> Result<(RootCertStore, Vec<String>), P
         if let Ok((_, x)) = x509_parser::parse_x509_certificate(&cert) {
             subjects.push(x.subject().to_string());
         }
+        anchors.push(cert.clone());
         roots.add(cert).map_err(|e| {
             err(
                 cfg,
@@ -282,7 +287,7 @@ fn load_client_roots(cfg: &Source<'_>) -> Result<(RootCertStore, Vec<String>), P
             ),
         ));
     }
-    Ok((roots, subjects))
+    Ok((roots, anchors, subjects))
 }
 
 /// Load CRLs, PEM or DER, each with the file it came from.
@@ -336,80 +341,36 @@ fn crl_info(
 }
 
 /// The client verifier: a certificate is always required (there is no mode that
-/// accepts an unauthenticated client), chained to `client_ca`, checked against the CRLs.
+/// accepts an unauthenticated client), chained to `client_ca`, checked against the CRLs
+/// (each CRL's signature checked here, once, against the CA that issued it), then the
+/// identity rules ([`crate::tls::identity::Identity::from_der`]).
 fn client_verifier(
     cfg: &Source<'_>,
-    provider: &Arc<CryptoProvider>,
+    provider: &CryptoProvider,
     roots: RootCertStore,
-    crls: Vec<CertificateRevocationListDer<'static>>,
-) -> Result<Arc<dyn ClientCertVerifier>, PolicyError> {
-    let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(crls);
-    if cfg.tls.crl_stale == CrlStale::Refuse {
-        b = b.enforce_revocation_expiration();
-    }
-    let webpki = b
-        .build()
-        .map_err(|e| err(cfg, "tls.crl", format!("cannot build client verifier: {e}")))?;
-    Ok(Arc::new(IdentityVerifier(webpki)))
-}
-
-/// The client verifier lakegate uses: webpki's chain, time, EKU and CRL checks, then
-/// the identity rules ([`Identity::from_der`]: one well-formed SPIFFE ID at most, a
-/// readable CN), so a certificate with two SPIFFE IDs is refused inside the handshake
-/// with an alert, and on resumption by the same code.
-#[derive(Debug)]
-pub(crate) struct IdentityVerifier(pub(crate) Arc<dyn ClientCertVerifier>);
-
-impl ClientCertVerifier for IdentityVerifier {
-    fn offer_client_auth(&self) -> bool {
-        self.0.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.0.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::server::danger::ClientCertVerified, RustlsError> {
-        let ok = self.0.verify_client_cert(end_entity, intermediates, now)?;
-        Identity::from_der(end_entity).map_err(|e| {
-            RustlsError::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-                e,
-            ))))
-        })?;
-        Ok(ok)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, RustlsError> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, RustlsError> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
+    anchors: &[CertificateDer<'static>],
+    crls: Vec<(std::path::PathBuf, CertificateRevocationListDer<'static>)>,
+) -> Result<Arc<ClientVerifier>, PolicyError> {
+    let files: Vec<std::path::PathBuf> = crls.iter().map(|(f, _)| f.clone()).collect();
+    let file = |i: usize| {
+        files
+            .get(i)
+            .map_or(String::new(), |f| f.display().to_string())
+    };
+    let v = ClientVerifier::new(
+        provider,
+        roots,
+        anchors,
+        crls.into_iter().map(|(_, d)| d).collect(),
+        cfg.tls.crl_stale == CrlStale::Refuse,
+    )
+    .map_err(|e| match &e {
+        VerifierError::CrlSignature { index, .. } | VerifierError::CrlEncoding { index, .. } => {
+            err(cfg, "tls.crl", format!("{}: {e}", file(*index)))
+        }
+        VerifierError::Build(_) => err(cfg, "tls.crl", e.to_string()),
+    })?;
+    Ok(Arc::new(v))
 }
 
 /// Build the whole policy from a validated config, with a fresh in-process ticketer.
@@ -434,18 +395,13 @@ pub fn build_with(
     .collect();
     let certs = load_certs(cfg)?;
     let key = load_key(cfg)?;
-    let (roots, client_ca_subjects) = load_client_roots(cfg)?;
+    let (roots, anchors, client_ca_subjects) = load_client_roots(cfg)?;
     let loaded = load_crls(cfg)?;
     let crls = loaded
         .iter()
         .map(|(f, der)| crl_info(cfg, f, der))
         .collect::<Result<Vec<_>, _>>()?;
-    let verifier = client_verifier(
-        cfg,
-        &provider,
-        roots,
-        loaded.into_iter().map(|(_, d)| d).collect(),
-    )?;
+    let verifier = client_verifier(cfg, &provider, roots, &anchors, loaded)?;
 
     let (server_cert, not_after) = match x509_parser::parse_x509_certificate(&certs[0]) {
         Ok((_, x)) => (
@@ -464,7 +420,7 @@ pub fn build_with(
     let mut sc = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| err(cfg, "tls.versions", e.to_string()))?
-        .with_client_cert_verifier(verifier.clone())
+        .with_client_cert_verifier(verifier.clone() as Arc<dyn ClientCertVerifier>)
         .with_single_cert(certs, key)
         .map_err(|e| match e {
             RustlsError::InconsistentKeys(_) => err(

@@ -8,7 +8,9 @@
 //! ticket). [`VerifyingTicketer`] wraps the real ticketer (in-process or the fleet's
 //! key file) and, when a ticket is opened, re-runs the generation's client verifier on
 //! the chain inside it (anchors, CRLs and their staleness policy, EKU, time) and checks
-//! the authentication time lakegate sealed beside the session. A ticket that fails
+//! the authentication time lakegate sealed beside the session (a chain this worker has
+//! verified under this generation reuses those signature checks only; see
+//! [`crate::tls::verify`]). A ticket that fails
 //! decrypts to `None`, which rustls treats as "no ticket": the client gets a normal
 //! full handshake and is asked for its certificate again.
 //!
@@ -26,13 +28,13 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::server::danger::ClientCertVerifier;
 use rustls::server::ProducesTickets;
 use rustls::time_provider::TimeProvider;
 use rustls_pki_types::CertificateDer;
 
 pub use crate::reason::ResumeRefusal;
 use crate::tls::policy::FailReason;
+use crate::tls::verify::ClientVerifier;
 
 /// What the ticketer knows of the connection it is working for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,7 +80,7 @@ const TRAILER: usize = 8 + MAGIC.len();
 /// the keys, is shared across generations so a reload does not cut every session.
 pub struct VerifyingTicketer {
     inner: Arc<dyn ProducesTickets>,
-    verifier: Arc<dyn ClientCertVerifier>,
+    verifier: Arc<ClientVerifier>,
     lifetime_secs: u64,
     time: Arc<dyn TimeProvider>,
 }
@@ -97,7 +99,7 @@ impl VerifyingTicketer {
     /// `time` gives and their authentication is younger than `lifetime_secs`.
     pub fn new(
         inner: Arc<dyn ProducesTickets>,
-        verifier: Arc<dyn ClientCertVerifier>,
+        verifier: Arc<ClientVerifier>,
         lifetime_secs: u64,
         time: Arc<dyn TimeProvider>,
     ) -> Self {
@@ -138,9 +140,11 @@ impl VerifyingTicketer {
         let chain = session_client_chain(&plain).ok_or(Some(ResumeRefusal::Malformed))?;
         let (leaf, intermediates) = chain.split_first().ok_or(Some(ResumeRefusal::Malformed))?;
         let at = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
-        // The same verifier as a full handshake: chain, CRLs, time, EKU, identity rules.
+        // The same verifier as a full handshake: chain, CRLs, time, EKU, identity rules
+        // (a chain this worker verified under this generation skips only the signature
+        // arithmetic already done).
         self.verifier
-            .verify_client_cert(leaf, intermediates, at)
+            .verify_resumed(leaf, intermediates, at)
             .map_err(|e| Some(ResumeRefusal::Chain(FailReason::of(&e))))?;
         update(|c| c.auth_time = Some(auth_time));
         Ok(plain)
@@ -240,7 +244,6 @@ mod tests {
     use rcgen::{
         BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
     };
-    use rustls::server::WebPkiClientVerifier;
     use rustls::RootCertStore;
     use rustls_pki_types::UnixTime;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -283,16 +286,19 @@ mod tests {
         p.signed_by(&key, &ca.issuer).unwrap().der().clone()
     }
 
-    fn verifier(ca: &Ca) -> Arc<dyn ClientCertVerifier> {
+    fn verifier(ca: &Ca) -> Arc<ClientVerifier> {
         let mut roots = RootCertStore::empty();
         roots.add(ca.cert.der().clone()).unwrap();
-        let webpki = WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        Arc::new(
+            ClientVerifier::new(
+                &rustls::crypto::aws_lc_rs::default_provider(),
+                roots,
+                &[ca.cert.der().clone()],
+                vec![],
+                false,
+            )
+            .unwrap(),
         )
-        .build()
-        .unwrap();
-        Arc::new(crate::tls::policy::IdentityVerifier(webpki))
     }
 
     /// rustls's ServerSessionValue encoding, as `persist.rs` writes it (TLS 1.3, no SNI).
@@ -380,6 +386,51 @@ mod tests {
                 Some(ResumeRefusal::Chain(FailReason::UnknownCa))
             );
         }
+    }
+
+    #[test]
+    fn a_cached_chain_is_judged_again_on_every_resumption() {
+        // The first resumption leaves this worker a verdict on the chain; the ones after
+        // reuse its signature checks, never its time or identity checks.
+        let ca = ca("lab CA");
+        let clock = Arc::new(Clock(AtomicU64::new(NOW)));
+        let t = ticketer(&ca, clock.clone());
+        let mut p = CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        p.subject_alt_names = vec![SanType::URI("spiffe://lake.example/a".try_into().unwrap())];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(NOW as i64 + 200).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let alice = p.signed_by(&key, &ca.issuer).unwrap().der().clone();
+        let sealed = seal(&t, &session(&[alice]), TicketCtx::default());
+        let before = crate::tls::verify::stats();
+        for dt in [10, 20] {
+            clock.0.store(NOW + dt, Ordering::Relaxed);
+            assert!(open(&t, &sealed).0.is_some());
+        }
+        let after = crate::tls::verify::stats();
+        assert_eq!(after.cache_hits - before.cache_hits, 1);
+        // Past the leaf's notAfter, well within the ticket lifetime.
+        clock.0.store(NOW + 201, Ordering::Relaxed);
+        let (out, ctx) = open(&t, &sealed);
+        assert_eq!(out, None);
+        assert_eq!(ctx.refused, Some(ResumeRefusal::Chain(FailReason::Expired)));
+        assert_eq!(crate::tls::verify::stats().cache_hits - after.cache_hits, 1);
+        // A forged ticket around a self-signed leaf with the same subject and SPIFFE ID
+        // hashes differently: no verdict, and the real check refuses it.
+        clock.0.store(NOW + 30, Ordering::Relaxed);
+        let forged = p
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .clone();
+        let (out, ctx) = open(&t, &seal(&t, &session(&[forged]), TicketCtx::default()));
+        assert_eq!(out, None);
+        assert_eq!(
+            ctx.refused,
+            Some(ResumeRefusal::Chain(FailReason::UnknownCa))
+        );
     }
 
     #[test]

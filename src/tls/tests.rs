@@ -11,13 +11,13 @@ use rcgen::{
 };
 use rustls::client::Resumption;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
 use time::{Duration, OffsetDateTime};
 
 use super::conn::{OutBuf, TlsConn, TlsError};
 use super::identity::Identity;
 use super::policy::FailReason;
+use super::verify::ClientVerifier;
 
 struct Ca {
     cert: CertificateDer<'static>,
@@ -112,10 +112,17 @@ fn server_config(
 ) -> Arc<ServerConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.cert.clone()).unwrap();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .with_crls(crls)
-        .build()
-        .unwrap();
+    // The verifier production uses (CRL signatures checked once, here).
+    let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = Arc::new(
+        ClientVerifier::new(
+            &provider(),
+            roots,
+            std::slice::from_ref(&ca.cert),
+            crls,
+            false,
+        )
+        .unwrap(),
+    );
     let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
