@@ -19,12 +19,13 @@ use super::identity::Identity;
 use super::policy::FailReason;
 use super::verify::ClientVerifier;
 
-struct Ca {
-    cert: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
+pub(crate) struct Ca {
+    pub(crate) cert: CertificateDer<'static>,
+    pub(crate) issuer: Issuer<'static, KeyPair>,
 }
 
-fn ca(name: &str) -> Ca {
+/// A self-signed CA named `name` (a new key each call), for tests in `tls`.
+pub(crate) fn ca(name: &str) -> Ca {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, name);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -632,33 +632,16 @@ fn check_crl_signatures(
 mod tests {
     use super::*;
     use rcgen::{
-        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-        ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RevokedCertParams,
-        SanType, SerialNumber,
+        CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose,
+        KeyPair, RevokedCertParams, SanType, SerialNumber,
     };
     use time::{Duration, OffsetDateTime};
 
     use crate::tls::policy::FailReason;
 
-    struct Ca {
-        cert: CertificateDer<'static>,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
-    /// A CA named `name`; two calls with one name give two CAs with the same subject
-    /// and different keys.
-    fn ca(name: &str) -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.self_signed(&key).unwrap();
-        Ca {
-            cert: cert.der().clone(),
-            issuer: Issuer::new(p, key),
-        }
-    }
+    // A CA named `name`; two calls with one name give two CAs with the same subject and
+    // different keys.
+    use crate::tls::tests::{ca, Ca};
 
     fn t0() -> OffsetDateTime {
         // Whole seconds: certificate times are.
