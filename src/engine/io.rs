@@ -8,7 +8,7 @@ use std::time::Instant;
 use compio::buf::{BufResult, IoBuf, IoBufMut};
 use compio::driver::op::{Interest, PollOnce};
 use compio::driver::ToSharedFd;
-use compio::io::{AsyncRead, AsyncReadManaged, AsyncWriteExt};
+use compio::io::{AsyncRead, AsyncReadManaged, AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpStream, UnixStream};
 
 /// A connected byte stream on the worker's ring.
@@ -24,17 +24,10 @@ impl Stream {
     /// bytes read and the buffer. A read never shrinks the buffer's length: compio
     /// only advances it.
     pub async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
-        let BufResult(res, buf) = match self {
-            Stream::Tcp(s) => {
-                let mut r = s;
-                AsyncRead::read(&mut r, buf).await
-            }
-            Stream::Unix(s) => {
-                let mut r = s;
-                AsyncRead::read(&mut r, buf).await
-            }
-        };
-        (res, buf)
+        match self {
+            Stream::Tcp(s) => RingStream::read(s, buf).await,
+            Stream::Unix(s) => RingStream::read(s, buf).await,
+        }
     }
 
     /// Wait until a read would not block (bytes, EOF or an error are there) without
@@ -69,17 +62,10 @@ impl Stream {
 
     /// Write all of `buf`.
     pub async fn write_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
-        let BufResult(res, buf) = match self {
-            Stream::Tcp(s) => {
-                let mut w = s;
-                AsyncWriteExt::write_all(&mut w, buf).await
-            }
-            Stream::Unix(s) => {
-                let mut w = s;
-                AsyncWriteExt::write_all(&mut w, buf).await
-            }
-        };
-        (res, buf)
+        match self {
+            Stream::Tcp(s) => RingStream::write_all(s, buf).await,
+            Stream::Unix(s) => RingStream::write_all(s, buf).await,
+        }
     }
 
     /// Shut down one or both directions; errors on an already-dead socket are moot.
@@ -93,8 +79,9 @@ impl Stream {
     }
 }
 
-/// Reads and writes with the (result, buffer) shape the shell uses everywhere, for the
-/// ring's TCP streams (the s3 backend's upstream connections).
+/// Reads and writes with the (result, buffer) shape the shell uses everywhere, for any
+/// of the ring's streams (the s3 backend holds bare TCP streams; [`Stream`] wraps both
+/// kinds).
 pub(crate) trait RingStream {
     /// Read into `buf`'s range, from its start.
     async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B);
@@ -102,7 +89,10 @@ pub(crate) trait RingStream {
     async fn write_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B);
 }
 
-impl RingStream for TcpStream {
+impl<S> RingStream for S
+where
+    for<'a> &'a S: AsyncRead + AsyncWrite,
+{
     async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
         let mut r = self;
         let BufResult(res, buf) = AsyncRead::read(&mut r, buf).await;

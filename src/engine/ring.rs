@@ -57,6 +57,23 @@ struct Waiter {
     waker: RefCell<Option<Waker>>,
 }
 
+/// A place in the queue, given up when the wait ends or is dropped unwoken.
+struct Queued<'a> {
+    ring: &'a RecvRing,
+    me: Rc<Waiter>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if !self.me.woken.get() {
+            self.ring
+                .waiters
+                .borrow_mut()
+                .retain(|w| !Rc::ptr_eq(w, &self.me));
+        }
+    }
+}
+
 /// The re-arm gate of one worker's ring: connections that met `ENOBUFS` queue here
 /// and are woken one per buffer given back. Per worker, no lock, no atomic.
 #[derive(Default)]
@@ -75,24 +92,26 @@ impl RecvRing {
         }
     }
 
-    /// Wait for a buffer to come back, or [`RETRY`].
+    /// Wait for a buffer to come back, or [`RETRY`]. A wait that is dropped (the
+    /// connection timed out or is draining) leaves the queue, so a buffer given back
+    /// wakes a connection that still wants one.
     async fn wait(&self) {
-        let me = Rc::new(Waiter::default());
-        self.waiters.borrow_mut().push_back(me.clone());
+        let queued = Queued {
+            ring: self,
+            me: Rc::new(Waiter::default()),
+        };
+        self.waiters.borrow_mut().push_back(queued.me.clone());
         let woken = std::future::poll_fn(|cx| {
-            if me.woken.get() {
+            if queued.me.woken.get() {
                 Poll::Ready(())
             } else {
-                *me.waker.borrow_mut() = Some(cx.waker().clone());
+                *queued.me.waker.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
             }
         });
         tokio::select! {
             () = woken => {}
             () = compio::time::sleep(RETRY) => {}
-        }
-        if !me.woken.get() {
-            self.waiters.borrow_mut().retain(|w| !Rc::ptr_eq(w, &me));
         }
     }
 

@@ -3,11 +3,11 @@
 //! other workers except the [`Shared`] block read once per connection.
 
 use std::cell::Cell;
-
-use futures_util::StreamExt;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+use futures_util::StreamExt;
 
 use super::ctx::{Slot, Worker};
 use super::pool::Pool;
