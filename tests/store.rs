@@ -677,6 +677,12 @@ fn put_req(path: &str, body: &[u8], extra: &str) -> Vec<u8> {
     v
 }
 
+fn post_req(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut v = put_req(path, body, "");
+    v.splice(..3, *b"POST");
+    v
+}
+
 fn get_req(method: &str, path: &str) -> Vec<u8> {
     format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes()
 }
@@ -1933,4 +1939,235 @@ identity = "spiffe://lake.example/trainer/*"
     }
     assert!(!root.join("models/x").exists());
     assert!(temporaries(&root).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// No file syscall on a worker's loop
+// ---------------------------------------------------------------------------------------
+
+/// `strace`, or None (skip loudly) outside CI; under CI a missing one fails.
+fn strace() -> Option<&'static str> {
+    let ok = Command::new("strace")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some("strace");
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(!ci, "CI: strace is not installed (.ci/run installs it)");
+    eprintln!("SKIPPED: strace is not installed");
+    None
+}
+
+/// The calls that touch the filesystem (by path or by a file's descriptor). A worker
+/// makes none of them: it opens, stats, reads attributes, creates and unlinks through
+/// its io_uring ring, and leaves the rest to the blocking pool.
+const FILE_CALLS: &str = "trace=%file,fstat,fgetxattr,fsetxattr,flistxattr,fremovexattr,\
+     fsync,fdatasync,getdents64,ftruncate,fallocate,copy_file_range,pread64,pwrite64,\
+     preadv,pwritev,preadv2,pwritev2,sync_file_range";
+
+#[test]
+fn worker_loop_makes_no_file_syscalls_for_any_store_operation() {
+    let Some(strace) = strace() else {
+        return;
+    };
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    // fsync = "always": the commits' fsyncs must show up, on the pool.
+    let srv = Server::start(&lab, "", &store_backend(&root, "always"));
+    // One request before tracing: what a first request sets up once is not the point.
+    let (st, h, _) = raw(&srv, &lab, &put_req("/datasets/warm", b"w", ""));
+    assert_eq!(st, 201, "{h:?}\n{}", srv.log_plain());
+    // An object planted behind the store's back has no stored digest: its GET hashes.
+    std::fs::write(root.join("datasets/planted"), b"planted bytes").unwrap();
+
+    let pid = srv.child.id();
+    let out = lab.path("strace.txt");
+    let mut tracer = Command::new(strace)
+        .args(["-f", "-qq", "-e", FILE_CALLS, "-o"])
+        .arg(&out)
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Attached once every thread has a tracer.
+    let tasks = || -> Vec<u32> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    let traced = |tid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || tasks().into_iter().all(traced)),
+        "strace did not attach to every thread"
+    );
+    let names: std::collections::HashMap<u32, String> = tasks()
+        .into_iter()
+        .map(|t| {
+            let n = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/comm")).unwrap();
+            (t, n.trim().to_owned())
+        })
+        .collect();
+
+    let body = pseudo_random(300 * KIB as usize, 7);
+    let ask = |req: Vec<u8>, want: u16| -> Response {
+        // A fresh connection each: a refused body closes its connection.
+        let r = alice(&srv, &lab).request(&req);
+        assert_eq!(
+            r.0,
+            want,
+            "{}\n{:?}\n{}",
+            String::from_utf8_lossy(&req[..req.len().min(200)]),
+            r.1,
+            String::from_utf8_lossy(&r.2)
+        );
+        r
+    };
+    ask(
+        put_req(
+            "/datasets/deep/a/b.bin",
+            &body,
+            "x-amz-meta-color: teal\r\n",
+        ),
+        201,
+    );
+    let (_, h, got) = ask(get_req("GET", "/datasets/deep/a/b.bin"), 200);
+    assert!(got == body, "GET returned other bytes");
+    assert_eq!(header(&h, "x-amz-meta-color"), Some("teal"));
+    ask(get_req("HEAD", "/datasets/deep/a/b.bin"), 200);
+    ask(get_req("GET", "/datasets/planted"), 200);
+    ask(get_req("GET", "/datasets/missing"), 404);
+    ask(
+        get_req("GET", "/datasets/deep/a/b.bin/under-an-object"),
+        404,
+    );
+    ask(get_req("HEAD", "/datasets"), 200);
+    ask(get_req("GET", "/datasets?list-type=2&prefix=deep/"), 200);
+    ask(get_req("GET", "/"), 200);
+    // A body that fails its checksum: the temporary is unlinked.
+    ask(
+        put_req(
+            "/datasets/bad",
+            b"abc",
+            &format!("x-amz-checksum-sha256: {}\r\n", sha256_b64(b"xyz")),
+        ),
+        400,
+    );
+    // Multipart: create, a part, list, complete; and one aborted.
+    let (_, _, x) = ask(post_req("/datasets/mp?uploads", b""), 200);
+    let id = xml_all(&String::from_utf8_lossy(&x), "UploadId").remove(0);
+    let (_, h, _) = ask(
+        put_req(
+            &format!("/datasets/mp?partNumber=1&uploadId={id}"),
+            &body,
+            "",
+        ),
+        200,
+    );
+    let etag = header(&h, "etag").unwrap().to_owned();
+    ask(get_req("GET", &format!("/datasets/mp?uploadId={id}")), 200);
+    ask(get_req("GET", "/datasets?uploads"), 200);
+    let done = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
+    );
+    ask(
+        post_req(&format!("/datasets/mp?uploadId={id}"), done.as_bytes()),
+        200,
+    );
+    assert!(
+        std::fs::read(root.join("datasets/mp")).unwrap() == body,
+        "assembled object differs"
+    );
+    let (_, _, x) = ask(post_req("/datasets/gone?uploads", b""), 200);
+    let id2 = xml_all(&String::from_utf8_lossy(&x), "UploadId").remove(0);
+    ask(
+        get_req("DELETE", &format!("/datasets/gone?uploadId={id2}")),
+        204,
+    );
+    ask(get_req("DELETE", "/datasets/deep/a/b.bin"), 204);
+    ask(get_req("DELETE", "/datasets/never-there"), 204);
+
+    // SIGINT makes strace detach and write out what it has.
+    Command::new("kill")
+        .args(["-INT", &tracer.id().to_string()])
+        .status()
+        .unwrap();
+    let st = tracer.wait().unwrap();
+    let mut err = String::new();
+    tracer
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        std::fs::metadata(&out).is_ok(),
+        "strace wrote nothing ({st}): {err}"
+    );
+    let trace = std::fs::read_to_string(&out).unwrap();
+
+    let mut on_workers = Vec::new();
+    let mut on_pool = std::collections::BTreeSet::new();
+    let mut elsewhere = std::collections::BTreeSet::new();
+    for line in trace.lines() {
+        let Some((tid, call)) = line.split_once(' ') else {
+            continue;
+        };
+        let call = call.trim_start();
+        let Some(name) = call.split('(').next().filter(|n| {
+            !n.is_empty() && !n.starts_with("---") && !n.starts_with("+++") && !n.starts_with('<')
+        }) else {
+            continue;
+        };
+        let thread = tid
+            .parse()
+            .ok()
+            .and_then(|t| names.get(&t))
+            .map_or("?", String::as_str);
+        if thread.starts_with("lg-worker") {
+            on_workers.push(line.to_owned());
+        } else if thread.starts_with("lg-blocking") {
+            on_pool.insert(name.to_owned());
+        } else {
+            elsewhere.insert(format!("{thread}: {name}"));
+        }
+    }
+    eprintln!(
+        "file syscalls on the pool: {on_pool:?}; elsewhere: {elsewhere:?}; on workers: {}",
+        on_workers.len()
+    );
+    assert!(
+        on_workers.is_empty(),
+        "file syscalls on a worker's loop:\n{}",
+        on_workers.join("\n")
+    );
+    // The workers' lookups ran in the kernel (io_uring), not on compio's fallback
+    // threads, which this kernel has no reason to use.
+    assert!(
+        !elsewhere
+            .iter()
+            .any(|c| c.ends_with(" openat2") || c.ends_with(" fgetxattr")),
+        "object lookups ran as syscalls outside the ring: {elsewhere:?}"
+    );
+    // The trace saw the pool's work, so an empty worker list means something.
+    for call in ["fsync", "getdents64"] {
+        assert!(
+            on_pool.contains(call),
+            "no {call} on the pool in the trace: {on_pool:?}\n{trace}"
+        );
+    }
+    assert!(
+        on_pool.iter().any(|c| c.starts_with("rename")),
+        "no rename on the pool in the trace: {on_pool:?}"
+    );
 }

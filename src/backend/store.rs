@@ -267,6 +267,12 @@ impl Store {
         self.xattrs
     }
 
+    /// The root folder's descriptor: where a caller that runs the open syscalls itself
+    /// (the engine, on its io_uring ring; see [`open`]) starts every lookup.
+    pub fn root_dir(&self) -> &File {
+        &self.root_dir
+    }
+
     /// Held around the rename (or unlink) that changes which object a key names, and
     /// across an `If-Match` check and its rename, so that no other commit or delete
     /// slips between the check and the write. One for the process, not one per
@@ -389,16 +395,7 @@ impl Store {
     /// `NotFound` if there is no such folder; `PermissionDenied` if it is a symlink.
     pub fn bucket_dir(&self, bucket: &str) -> io::Result<File> {
         validate_bucket(bucket)?;
-        open_dir_nofollow(&self.root_dir, bucket).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOTDIR) {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("bucket {bucket:?} is not a folder"),
-                )
-            } else {
-                e
-            }
-        })
+        open_dir_nofollow(&self.root_dir, bucket).map_err(|e| open::bucket_error(bucket, e))
     }
 
     /// Create and open a new temporary file in the bucket folder for writing:
@@ -406,19 +403,15 @@ impl Store {
     /// 0644 (less the umask). Returns the file and the temporary's name.
     pub fn create_temp(&self, bucket: &str) -> io::Result<(File, String)> {
         let dir = self.bucket_dir(bucket)?;
-        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-        for _ in 0..4 {
-            let name = temp_name()?;
-            match sys::open_at(&dir, &sys::cstr(&name)?, flags, 0o640) {
+        for _ in 0..open::TEMP_TRIES {
+            let (name, c) = open::temp_name()?;
+            match sys::open_at(&dir, &c, open::TEMP_FLAGS, open::TEMP_MODE) {
                 Ok(file) => return Ok((file, name)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
         }
-        Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "no unused temporary name after 4 random tries",
-        ))
+        Err(open::no_temp_name())
     }
 
     /// Make an upload visible under `key`: record the SHA-256 in the temporary's extended
@@ -479,7 +472,7 @@ impl Store {
         opts: CommitOpts<'_>,
     ) -> io::Result<()> {
         validate_key(key)?;
-        check_temp_name(temp)?;
+        open::check_temp_name(temp)?;
         let well_formed = match tag {
             Tag::Sha256(h) => is_sha256_hex(h),
             Tag::Multipart(e) => is_multipart_etag(e),
@@ -501,8 +494,8 @@ impl Store {
         // Attributes before the fsync, so that one fsync makes them durable too.
         if self.xattrs {
             match tag {
-                Tag::Sha256(h) => store_sha256(file, h, &stamp(&md))?,
-                Tag::Multipart(e) => store_xattr(file, XATTR_ETAG, e, &stamp(&md))?,
+                Tag::Sha256(h) => store_sha256(file, h, &Stamp::of(&md).text())?,
+                Tag::Multipart(e) => store_xattr(file, XATTR_ETAG, e, &Stamp::of(&md).text())?,
             }
             if let (Tag::Sha256(_), Some(m)) = (tag, opts.md5_hex) {
                 if !(m.len() == 32 && m.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))) {
@@ -511,7 +504,7 @@ impl Store {
                         "MD5 must be 32 lowercase hex digits",
                     ));
                 }
-                store_xattr(file, XATTR_MD5, m, &stamp(&md))?;
+                store_xattr(file, XATTR_MD5, m, &Stamp::of(&md).text())?;
             }
         }
         if let Some(meta) = opts.meta.filter(|m| !m.is_empty()) {
@@ -620,7 +613,7 @@ impl Store {
 
     /// Remove a temporary, best effort (any failure of an upload: 400, 507, disconnect).
     pub fn discard_temp(&self, bucket: &str, temp: &str) {
-        if check_temp_name(temp).is_err() {
+        if open::check_temp_name(temp).is_err() {
             return;
         }
         let Ok(dir) = self.bucket_dir(bucket) else {
@@ -1313,8 +1306,7 @@ fn resolve_kind(dir: &File, name: &str, kind: Kind) -> io::Result<Kind> {
 /// latter is checked with `fstatat`); any other non-folder keeps `ENOTDIR`.
 fn open_dir_nofollow(at: &File, name: &str) -> io::Result<File> {
     let c = sys::cstr(name)?;
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-    sys::open_at(at, &c, flags, 0).map_err(|e| {
+    sys::open_at(at, &c, open::DIR_FLAGS, 0).map_err(|e| {
         let symlink = match e.raw_os_error() {
             Some(libc::ELOOP) => true,
             Some(libc::ENOTDIR) => {
@@ -1322,46 +1314,28 @@ fn open_dir_nofollow(at: &File, name: &str) -> io::Result<File> {
             }
             _ => false,
         };
-        if symlink {
-            io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("{name:?} is a symlink, which the store does not follow"),
-            )
-        } else {
-            e
-        }
+        open::dir_error(name, e, symlink)
     })
 }
 
 /// Open `key` for reading strictly beneath the bucket folder `dir`; only regular files.
 fn open_object_at(dir: &File, key: &str) -> io::Result<File> {
     let c = sys::cstr(key)?;
-    // O_NONBLOCK so that a FIFO planted in the bucket cannot block the open; it is
-    // cleared again below once the file is known to be a regular file.
-    let flags = libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_NOFOLLOW;
     let mut tries = 0;
     let file = loop {
-        match sys::open_beneath(dir, &c, flags) {
+        match sys::open_beneath(dir, &c, open::OBJECT_FLAGS) {
             Ok(file) => break file,
-            // openat2 may ask for a retry when a rename raced the lookup.
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < 3 => tries += 1,
+            Err(e) if open::retry(&e) && tries < open::RETRIES => tries += 1,
             // Kernels before 5.6 (or a seccomp filter) lack openat2: walk instead, which
             // is as strict for validated keys (no "..", not absolute).
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => break walk_open(dir, key, flags)?,
-            Err(e) => {
-                return Err(match e.raw_os_error() {
-                    Some(libc::ENOTDIR) => not_found("an object is used as a folder in the key"),
-                    Some(libc::EXDEV) => io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        "the key resolves outside its bucket",
-                    ),
-                    _ => e,
-                })
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                break walk_open(dir, key, open::OBJECT_FLAGS)?
             }
+            Err(e) => return Err(open::object_error(e)),
         }
     };
     if !file.metadata()?.is_file() {
-        return Err(not_found("the key names no object"));
+        return Err(open::not_an_object());
     }
     sys::set_nonblocking(&file, false)?;
     Ok(file)
@@ -1396,37 +1370,11 @@ fn not_dir_is_not_found(e: io::Error) -> io::Error {
     }
 }
 
-fn check_temp_name(temp: &str) -> io::Result<()> {
-    let ok = temp
-        .strip_prefix(TEMP_PREFIX)
-        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit()));
-    if ok {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a temporary made by create_temp",
-        ))
-    }
-}
-
-fn temp_name() -> io::Result<String> {
-    let mut raw = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut raw)
-        .map_err(|_| io::Error::other("the system random generator failed"))?;
-    Ok(format!("{TEMP_PREFIX}{}", hex(&raw)))
-}
-
 // ---------------------------------------------------------------------------------------
 // Metadata.
 
 fn is_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(code) if code == libc::EOPNOTSUPP || code == libc::ENOTSUP)
-}
-
-/// What the SHA-256 attribute was computed for: size and mtime to the nanosecond.
-fn stamp(md: &std::fs::Metadata) -> String {
-    format!("{}:{}.{:09}", md.len(), md.mtime(), md.mtime_nsec())
 }
 
 fn store_sha256(file: &File, sha256_hex: &str, stamp: &str) -> io::Result<()> {
@@ -1443,20 +1391,120 @@ fn store_xattr(file: &File, name: &str, value: &str, stamp: &str) -> io::Result<
     }
 }
 
-/// The cached SHA-256 if both attributes are there, well formed and current.
-fn cached_sha256(file: &File, stamp: &str) -> Option<String> {
-    let sha = file.get_xattr(XATTR_SHA256).ok()??;
-    let at = file.get_xattr(XATTR_STAMP).ok()??;
-    let sha = String::from_utf8(sha).ok()?;
-    (is_sha256_hex(&sha) && at == stamp.as_bytes()).then_some(sha)
+/// The attributes an object's metadata is read from without touching its bytes, in
+/// [`CACHED_ATTRS`]' order; `None` where the attribute is absent or unreadable.
+#[derive(Debug, Default, Clone)]
+pub struct Attrs {
+    /// `user.lakegate.sha256`.
+    pub sha256: Option<Vec<u8>>,
+    /// `user.lakegate.etag`.
+    pub etag: Option<Vec<u8>>,
+    /// `user.lakegate.md5`.
+    pub md5: Option<Vec<u8>>,
+    /// `user.lakegate.stamp`.
+    pub stamp: Option<Vec<u8>>,
 }
 
-/// The cached multipart ETag if it and the stamp are there, well formed and current.
-fn cached_etag(file: &File, stamp: &str) -> Option<String> {
-    let etag = file.get_xattr(XATTR_ETAG).ok()??;
-    let at = file.get_xattr(XATTR_STAMP).ok()??;
-    let etag = String::from_utf8(etag).ok()?;
-    (is_multipart_etag(&etag) && at == stamp.as_bytes()).then_some(etag)
+/// The attribute names [`cached_meta_from`] reads, for a caller that reads them itself
+/// (the engine does, on its io_uring ring): SHA-256, multipart ETag, MD5, stamp.
+pub const CACHED_ATTRS: [&std::ffi::CStr; 4] = [
+    c"user.lakegate.sha256",
+    c"user.lakegate.etag",
+    c"user.lakegate.md5",
+    c"user.lakegate.stamp",
+];
+
+/// The user-metadata attribute's name, for a caller that reads it itself.
+pub const META_ATTR: &std::ffi::CStr = c"user.lakegate.meta";
+
+impl Attrs {
+    /// Set the attribute `CACHED_ATTRS[i]`.
+    pub fn set(&mut self, i: usize, value: Option<Vec<u8>>) {
+        match i {
+            0 => self.sha256 = value,
+            1 => self.etag = value,
+            2 => self.md5 = value,
+            3 => self.stamp = value,
+            _ => {}
+        }
+    }
+
+    fn read(file: &File) -> Attrs {
+        let get = |name: &str| file.get_xattr(name).ok().flatten();
+        Attrs {
+            sha256: get(XATTR_SHA256),
+            etag: get(XATTR_ETAG),
+            md5: get(XATTR_MD5),
+            stamp: get(XATTR_STAMP),
+        }
+    }
+}
+
+/// What an object's stored digests were computed for: its size and mtime to the
+/// nanosecond (from `fstat` or `statx`; both say the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Bytes.
+    pub size: u64,
+    /// Seconds since the epoch (negative before it).
+    pub mtime_sec: i64,
+    /// Nanoseconds within that second.
+    pub mtime_nsec: u32,
+}
+
+impl Stamp {
+    fn of(md: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            size: md.len(),
+            mtime_sec: md.mtime(),
+            mtime_nsec: u32::try_from(md.mtime_nsec()).unwrap_or(0),
+        }
+    }
+
+    /// `<size>:<mtime seconds>.<mtime nanoseconds>`, as stored in `user.lakegate.stamp`.
+    fn text(&self) -> String {
+        format!("{}:{}.{:09}", self.size, self.mtime_sec, self.mtime_nsec)
+    }
+
+    /// The mtime as a `SystemTime`.
+    pub fn mtime(&self) -> SystemTime {
+        let nsec = Duration::from_nanos(u64::from(self.mtime_nsec));
+        match u64::try_from(self.mtime_sec) {
+            Ok(s) => UNIX_EPOCH + Duration::from_secs(s) + nsec,
+            Err(_) => UNIX_EPOCH - Duration::from_secs(self.mtime_sec.unsigned_abs()) + nsec,
+        }
+    }
+}
+
+/// The metadata of an object whose stat says `st` and whose attributes are `a`, when it
+/// can be had without reading its bytes: a current SHA-256 or multipart ETag. `None`
+/// when the bytes must be hashed. An attribute counts only when well formed and
+/// stamped for exactly this size and mtime, so a file changed behind the store's back
+/// is re-hashed, never served with a stale digest.
+pub fn cached_meta_from(st: &Stamp, a: &Attrs) -> Option<ObjectMeta> {
+    let stamp = st.text();
+    if a.stamp.as_deref() != Some(stamp.as_bytes()) {
+        return None;
+    }
+    let text = |v: &Option<Vec<u8>>| v.as_ref().and_then(|v| String::from_utf8(v.clone()).ok());
+    let sha256_hex = text(&a.sha256).filter(|s| is_sha256_hex(s));
+    let multipart_etag = text(&a.etag).filter(|s| is_multipart_etag(s));
+    if sha256_hex.is_none() && multipart_etag.is_none() {
+        return None;
+    }
+    // An MD5 is only as current as the stamp, and counts only beside a current
+    // SHA-256 (after a re-hash there is none).
+    let md5_hex = sha256_hex.as_ref().and_then(|_| {
+        text(&a.md5)
+            .filter(|m| m.len() == 32 && m.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    });
+    Some(ObjectMeta {
+        size: st.size,
+        mtime: st.mtime(),
+        sha256_hex,
+        multipart_etag,
+        md5_hex,
+    })
 }
 
 /// `<32 lowercase hex>-<1..=10000>`.
@@ -1471,96 +1519,52 @@ fn is_multipart_etag(s: &str) -> bool {
     })
 }
 
-/// The metadata of `file` when it can be had without reading its bytes: a current
-/// SHA-256 or multipart ETag in the xattrs; `None` when [`object_meta`] would hash.
+/// The metadata of `file` when it can be had without reading its bytes (see
+/// [`cached_meta_from`]); `None` when [`object_meta`] would hash.
 fn cached_meta(file: &File, xattrs: bool) -> io::Result<Option<ObjectMeta>> {
     if !xattrs {
         return Ok(None);
     }
     let md = file.metadata()?;
-    let stamp = stamp(&md);
-    let sha256_hex = cached_sha256(file, &stamp);
-    let multipart_etag = cached_etag(file, &stamp);
-    if sha256_hex.is_none() && multipart_etag.is_none() {
-        return Ok(None);
-    }
-    // As in object_meta: an MD5 counts only beside a current SHA-256.
-    let md5_hex = sha256_hex.as_ref().and_then(|_| cached_md5(file, &stamp));
-    Ok(Some(ObjectMeta {
-        size: md.len(),
-        mtime: md.modified()?,
-        sha256_hex,
-        multipart_etag,
-        md5_hex,
-    }))
+    Ok(cached_meta_from(&Stamp::of(&md), &Attrs::read(file)))
 }
 
 fn object_meta(file: &File, xattrs: bool) -> io::Result<ObjectMeta> {
-    let md = file.metadata()?;
-    let stamp = stamp(&md);
-    let cached = if xattrs {
-        cached_sha256(file, &stamp)
-    } else {
-        None
-    };
-    let multipart_etag = if xattrs {
-        cached_etag(file, &stamp)
-    } else {
-        None
-    };
-    if cached.is_none() && multipart_etag.is_some() {
-        return Ok(ObjectMeta {
-            size: md.len(),
-            mtime: md.modified()?,
-            sha256_hex: None,
-            multipart_etag,
-            md5_hex: None,
-        });
+    if let Some(meta) = cached_meta(file, xattrs)? {
+        return Ok(meta);
     }
-    // An MD5 is only as current as the stamp; after a re-hash there is none.
-    let mut md5_hex = None;
-    let sha256_hex = match cached {
-        Some(sha) => {
-            md5_hex = cached_md5(file, &stamp);
-            sha
+    let md = file.metadata()?;
+    let stamp = Stamp::of(&md);
+    let sha = hash_file(file)?;
+    // Best effort: a read-only file or filesystem still serves, only slower.
+    if xattrs && file.metadata().is_ok_and(|now| Stamp::of(&now) == stamp) {
+        if let Err(e) = store_sha256(file, &sha, &stamp.text()) {
+            tracing::debug!(error = %e, "could not cache an object's SHA-256");
         }
-        None => {
-            let sha = hash_file(file)?;
-            // Best effort: a read-only file or filesystem still serves, only slower.
-            if xattrs && file.metadata().is_ok_and(|now| self::stamp(&now) == stamp) {
-                if let Err(e) = store_sha256(file, &sha, &stamp) {
-                    tracing::debug!(error = %e, "could not cache an object's SHA-256");
-                }
-            }
-            sha
-        }
-    };
+    }
     Ok(ObjectMeta {
-        size: md.len(),
-        mtime: md.modified()?,
-        sha256_hex: Some(sha256_hex),
-        multipart_etag,
-        md5_hex,
+        size: stamp.size,
+        mtime: stamp.mtime(),
+        sha256_hex: Some(sha),
+        multipart_etag: None,
+        md5_hex: None,
     })
-}
-
-/// The recorded MD5 if it and the stamp are there, well formed and current.
-fn cached_md5(file: &File, stamp: &str) -> Option<String> {
-    let md5 = String::from_utf8(file.get_xattr(XATTR_MD5).ok()??).ok()?;
-    let at = file.get_xattr(XATTR_STAMP).ok()??;
-    let ok = md5.len() == 32 && md5.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    (ok && at == stamp.as_bytes()).then_some(md5)
 }
 
 /// An object's `Content-Type` and user metadata (empty when none was stored, or the
 /// filesystem keeps no attributes).
 pub fn read_metadata(file: &File) -> s3::Metadata {
-    match file.get_xattr(XATTR_META) {
-        Ok(Some(raw)) => serde_json::from_slice(&raw).unwrap_or_else(|e| {
+    parse_metadata(file.get_xattr(XATTR_META).ok().flatten().as_deref())
+}
+
+/// [`read_metadata`] from the attribute's value, for a caller that read it itself.
+pub fn parse_metadata(raw: Option<&[u8]>) -> s3::Metadata {
+    match raw {
+        Some(raw) => serde_json::from_slice(raw).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "an object's metadata attribute does not parse; ignored");
             s3::Metadata::default()
         }),
-        _ => s3::Metadata::default(),
+        None => s3::Metadata::default(),
     }
 }
 
@@ -1820,6 +1824,156 @@ fn has_object(dir: &File, depth: usize) -> io::Result<bool> {
         Ok(!found)
     })?;
     Ok(found)
+}
+
+// ---------------------------------------------------------------------------------------
+// Resolution without the syscalls.
+
+/// How the store opens what it opens, for a caller that runs the open syscalls itself:
+/// the engine issues them as io_uring operations on its worker's ring, so that a cold
+/// lookup waits in the kernel instead of stalling the worker. The flags, names and
+/// error meanings here are the ones the store's own blocking calls above use, so both
+/// paths resolve a key identically.
+pub mod open {
+    use std::ffi::CString;
+    use std::io;
+
+    /// A bucket (or any folder): a folder only, never through a symlink.
+    pub const DIR_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    /// An object, with `openat2` and [`RESOLVE`] beneath its bucket. `O_NONBLOCK` so
+    /// that a FIFO planted in the bucket cannot block the open; the caller clears it
+    /// once the file is known to be a regular file (io_uring reads of a file left
+    /// `O_NONBLOCK` would fail with `EAGAIN` instead of waiting).
+    pub const OBJECT_FLAGS: libc::c_int =
+        libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_NOFOLLOW;
+    /// `openat2`'s resolve flags for an object: the whole key resolves beneath the
+    /// bucket, through no symlink of any kind.
+    pub const RESOLVE: u64 =
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    /// How often an `openat2` that says `EAGAIN` (a rename raced the lookup) is tried.
+    pub const RETRIES: u32 = 3;
+    /// A new temporary in the bucket folder.
+    pub const TEMP_FLAGS: libc::c_int =
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+    /// A temporary's mode (less the umask).
+    pub const TEMP_MODE: libc::mode_t = 0o640;
+    /// Random temporary names tried before giving up.
+    pub const TEMP_TRIES: usize = 4;
+
+    /// The bucket's folder name, validated, as the open syscalls take it.
+    pub fn bucket_name(bucket: &str) -> io::Result<CString> {
+        super::validate_bucket(bucket)?;
+        super::sys::cstr(bucket)
+    }
+
+    /// The key, validated, as `openat2` takes it beneath the bucket.
+    pub fn key_name(key: &str) -> io::Result<CString> {
+        super::validate_key(key)?;
+        super::sys::cstr(key)
+    }
+
+    /// A fresh random temporary name: `.lakegate-tmp-<32 hex>`.
+    pub fn temp_name() -> io::Result<(String, CString)> {
+        let mut raw = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut raw)
+            .map_err(|_| io::Error::other("the system random generator failed"))?;
+        let name = format!("{}{}", super::TEMP_PREFIX, super::hex(&raw));
+        let c = super::sys::cstr(&name)?;
+        Ok((name, c))
+    }
+
+    /// Every random name was taken.
+    pub fn no_temp_name() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no unused temporary name after 4 random tries",
+        )
+    }
+
+    /// Only names [`temp_name`] makes are ever unlinked as temporaries.
+    pub fn check_temp_name(temp: &str) -> io::Result<()> {
+        let ok = temp
+            .strip_prefix(super::TEMP_PREFIX)
+            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit()));
+        if ok {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a temporary made by create_temp",
+            ))
+        }
+    }
+
+    /// A temporary's name as the unlink syscall takes it, only if [`temp_name`] made it.
+    pub fn temp_path(temp: &str) -> io::Result<CString> {
+        check_temp_name(temp)?;
+        super::sys::cstr(temp)
+    }
+
+    /// Whether an object's `openat2` should be tried again.
+    pub fn retry(e: &io::Error) -> bool {
+        e.raw_os_error() == Some(libc::EAGAIN)
+    }
+
+    /// A failed `openat2` of an object as the store answers it: an object used as a
+    /// folder is a missing key; a key resolving outside its bucket is refused.
+    pub fn object_error(e: io::Error) -> io::Error {
+        match e.raw_os_error() {
+            Some(libc::ENOTDIR) => super::not_found("an object is used as a folder in the key"),
+            Some(libc::EXDEV) => io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the key resolves outside its bucket",
+            ),
+            _ => e,
+        }
+    }
+
+    /// The key opened something that is not a regular file (a folder, a FIFO, ...).
+    pub fn not_an_object() -> io::Error {
+        super::not_found("the key names no object")
+    }
+
+    /// A failed folder open; `symlink` when the name turned out to be a symlink (the
+    /// kernel says `ELOOP`, or `ENOTDIR` under `O_DIRECTORY`: the caller checks which).
+    pub fn dir_error(name: &str, e: io::Error, symlink: bool) -> io::Error {
+        if symlink {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{name:?} is a symlink, which the store does not follow"),
+            )
+        } else {
+            e
+        }
+    }
+
+    /// Whether a failed folder open needs the name's type to tell a symlink from a file.
+    pub fn dir_error_needs_type(e: &io::Error) -> bool {
+        e.raw_os_error() == Some(libc::ENOTDIR)
+    }
+
+    /// Whether `mode` (`st_mode`) is a symlink's.
+    pub fn is_symlink_mode(mode: u32) -> bool {
+        mode & libc::S_IFMT == libc::S_IFLNK
+    }
+
+    /// Whether `mode` (`st_mode`) is a regular file's.
+    pub fn is_file_mode(mode: u32) -> bool {
+        mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    /// A failed bucket open as the store answers it: a bucket name that is not a
+    /// folder is a missing bucket.
+    pub fn bucket_error(bucket: &str, e: io::Error) -> io::Error {
+        if e.raw_os_error() == Some(libc::ENOTDIR) {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("bucket {bucket:?} is not a folder"),
+            )
+        } else {
+            e
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -5,15 +5,17 @@
 //! What goes here and what does not (the store backend's calls, `crate::backend::store`):
 //! - here: hashing an object that has no current stored SHA-256 (seconds for GiB),
 //!   directory listings (a walk of the whole bucket), commits (xattr writes, fsync of
-//!   the file and its folders, mkdir and rename as one unit that must stay in order),
-//!   deletes (with the folder fsync), multipart assembly and copies;
-//! - on the worker: opening an object (`openat2` beneath the bucket), its `fstat` and
-//!   reading its cached digest from the xattrs, creating and unlinking a temporary.
-//!   These are metadata calls answered from the dentry and inode caches of a local
-//!   filesystem in microseconds; a hop to this pool would cost more than the call. The
-//!   bytes themselves go through io_uring (compio `read_at`/`write_at`).
-//!   These metadata calls are still plain syscalls on the worker: the store resolves
-//!   keys through its own `openat2` wrappers below the engine, which know no runtime.
+//!   the file and its folders, mkdir and rename as one unit that must stay in order:
+//!   the attributes must be on the file before the rename makes it visible), deletes
+//!   (with the folder fsync), multipart records, assembly and copies, bucket create,
+//!   delete and listing;
+//! - on the worker's ring, as io_uring operations (`super::fsops`, called from
+//!   `super::store::files`): opening the bucket folder and the object (`openat2`
+//!   beneath the bucket), its `statx`, its digest and metadata xattrs, creating and
+//!   unlinking a temporary. They are a request's own short lookups: through the ring
+//!   a cold one waits in the kernel instead of on the worker, and none waits in this
+//!   pool's queue behind a neighbour's hashing. The bytes go through the ring too
+//!   (compio `read_at`/`write_at`).
 //!
 //! Shape: a bounded crossbeam channel of boxed jobs. A worker submits with `try_send`
 //! (never waits: a full queue is the caller's 503 `SlowDown`, counted per worker in

@@ -11,6 +11,7 @@ pub mod conn;
 pub mod ctx;
 pub mod driver;
 pub mod forward;
+pub mod fsops;
 pub mod io;
 pub mod listener;
 pub mod pool;

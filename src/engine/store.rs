@@ -37,6 +37,7 @@ use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
 use crate::tls::policy::FailReason;
 
+mod files;
 mod offload;
 
 /// Largest request head accepted; larger is 431.
@@ -794,23 +795,6 @@ impl Conn<'_> {
         Ok(keep)
     }
 
-    /// An I/O error of the store as an S3 error; a missing file is NoSuchBucket when
-    /// the bucket's folder is what is missing, else `missing`.
-    fn missing_as(store: &Store, bucket: &str, e: &std::io::Error, missing: Code) -> s3::Error {
-        let not_found =
-            if e.kind() == std::io::ErrorKind::NotFound && store.bucket_dir(bucket).is_err() {
-                Code::NoSuchBucket
-            } else {
-                missing
-            };
-        s3::Error::new(store::code_for_io(e, not_found)).detail(e)
-    }
-
-    /// An I/O error about an object: a missing one is NoSuchKey.
-    fn io_error(store: &Store, bucket: &str, e: &std::io::Error) -> s3::Error {
-        Self::missing_as(store, bucket, e, Code::NoSuchKey)
-    }
-
     async fn request(
         &mut self,
         exec: &Exec,
@@ -999,9 +983,12 @@ impl Conn<'_> {
                     .await
             }
             (Operation::AbortMultipartUpload { upload_id }, Some(key)) => {
-                let r = store.abort_upload(&bucket, key, upload_id, &self.owner());
-                self.removed(store, head, &bucket, key, r, Self::upload_error, start)
-                    .await
+                let r = self
+                    .upload_job(store, (&bucket, key, upload_id), |st, b, k, i, o| {
+                        st.abort_upload(b, k, i, o)
+                    })
+                    .await;
+                self.removed(head, &bucket, key, r, start).await
             }
             (
                 Operation::ListParts {
@@ -1010,38 +997,52 @@ impl Conn<'_> {
                     marker,
                 },
                 Some(key),
-            ) => match store.list_parts(&bucket, key, upload_id, &self.owner()) {
-                Ok(parts) => {
-                    let xml = store::multipart::list_parts_xml(
-                        &bucket, key, upload_id, &parts, marker, max_parts,
-                    );
-                    self.xml_ok(head, &bucket, key, &xml, start).await
+            ) => {
+                let r = self
+                    .upload_job(store, (&bucket, key, upload_id), |st, b, k, i, o| {
+                        st.list_parts(b, k, i, o)
+                    })
+                    .await;
+                match r {
+                    Ok(parts) => {
+                        let xml = store::multipart::list_parts_xml(
+                            &bucket, key, upload_id, &parts, marker, max_parts,
+                        );
+                        self.xml_ok(head, &bucket, key, &xml, start).await
+                    }
+                    Err(e) => self.error(head, &bucket, key, e, start).await,
                 }
-                Err(e) => {
-                    let e = Self::upload_error(store, &bucket, &e);
-                    self.error(head, &bucket, key, e, start).await
-                }
-            },
+            }
             (Operation::ListMultipartUploads(spec), _) => {
-                let r = store.list_uploads(
-                    &bucket,
-                    &self.owner(),
-                    spec.prefix,
-                    spec.key_marker,
-                    spec.upload_id_marker,
+                let (b, o) = (bucket.clone(), self.owner());
+                let (prefix, key_marker, id_marker, max) = (
+                    spec.prefix.to_owned(),
+                    spec.key_marker.map(str::to_owned),
+                    spec.upload_id_marker.map(str::to_owned),
                     spec.max_uploads,
                 );
+                let r = self
+                    .blocking(store, move |st| {
+                        st.list_uploads(
+                            &b,
+                            &o,
+                            &prefix,
+                            key_marker.as_deref(),
+                            id_marker.as_deref(),
+                            max,
+                        )
+                        .map_err(|e| {
+                            s3::Error::new(store::code_for_io(&e, Code::NoSuchBucket)).detail(e)
+                        })
+                    })
+                    .await;
                 match r {
                     Ok((uploads, more)) => {
                         let xml =
                             store::multipart::list_uploads_xml(&bucket, &spec, &uploads, more);
                         self.xml_ok(head, &bucket, "", &xml, start).await
                     }
-                    Err(e) => {
-                        let e =
-                            s3::Error::new(store::code_for_io(&e, Code::NoSuchBucket)).detail(e);
-                        self.error(head, &bucket, "", e, start).await
-                    }
+                    Err(e) => self.error(head, &bucket, "", e, start).await,
                 }
             }
             (Operation::CopyObject(spec), Some(key)) => {
@@ -1064,7 +1065,7 @@ impl Conn<'_> {
                     .await
             }
             (Operation::HeadBucket | Operation::GetBucketLocation, _) => {
-                if let Err(e) = store.bucket_dir(&bucket) {
+                if let Err(e) = files::bucket_dir(store, &bucket).await {
                     let e = s3::Error::new(store::code_for_io(&e, Code::NoSuchBucket)).detail(e);
                     return self.error(head, &bucket, "", e, start).await;
                 }
@@ -1086,17 +1087,21 @@ impl Conn<'_> {
                     .await
             }
             (Operation::DeleteBucket, None) => {
-                let r = store.delete_bucket(&bucket);
-                let r = r.map_err(|e| {
-                    let code = if e.kind() == std::io::ErrorKind::DirectoryNotEmpty
-                        || e.raw_os_error() == Some(libc::ENOTEMPTY)
-                    {
-                        Code::BucketNotEmpty
-                    } else {
-                        store::code_for_io(&e, Code::NoSuchBucket)
-                    };
-                    (code, e)
-                });
+                let b = bucket.clone();
+                let r = self
+                    .blocking(store, move |st| {
+                        st.delete_bucket(&b).map_err(|e| {
+                            let code = if e.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                                || e.raw_os_error() == Some(libc::ENOTEMPTY)
+                            {
+                                Code::BucketNotEmpty
+                            } else {
+                                store::code_for_io(&e, Code::NoSuchBucket)
+                            };
+                            s3::Error::new(code).detail(e)
+                        })
+                    })
+                    .await;
                 match r {
                     Ok(()) => {
                         tracing::info!(identity = self.identity.name(), request_id = %self.rid, bucket, "bucket deleted");
@@ -1104,10 +1109,7 @@ impl Conn<'_> {
                         self.access("DELETE", &bucket, "", 204, 0, start);
                         Ok(true)
                     }
-                    Err((code, e)) => {
-                        let e = s3::Error::new(code).detail(e);
-                        self.error(head, &bucket, "", e, start).await
-                    }
+                    Err(e) => self.error(head, &bucket, "", e, start).await,
                 }
             }
             (Operation::GetObject(c), Some(key)) => {
@@ -1117,25 +1119,8 @@ impl Conn<'_> {
                 self.get(store, head, c, &bucket, key, start, false).await
             }
             (Operation::DeleteObject, Some(key)) => {
-                match self.delete_off_loop(store, &bucket, key).await {
-                    Ok(r) => {
-                        // As S3: a key that is not there is deleted all the same (204),
-                        // so a delete retried after its answer was lost, or `aws s3 rm`
-                        // of a missing key, succeeds. A missing bucket is still
-                        // NoSuchBucket.
-                        let r = match r {
-                            Err(e)
-                                if Self::io_error(store, &bucket, &e).code == Code::NoSuchKey =>
-                            {
-                                Ok(())
-                            }
-                            r => r,
-                        };
-                        self.removed(store, head, &bucket, key, r, Self::io_error, start)
-                            .await
-                    }
-                    Err(e) => self.error(head, &bucket, key, e, start).await,
-                }
+                let r = self.delete_off_loop(store, &bucket, key).await;
+                self.removed(head, &bucket, key, r, start).await
             }
             (Operation::ListObjectsV2(spec), _) => {
                 self.list(store, head, &bucket, &spec, true, start).await
@@ -1218,7 +1203,7 @@ impl Conn<'_> {
     /// answer never names a bucket the caller could not list.
     async fn service(
         &mut self,
-        store: &Store,
+        store: &Arc<Store>,
         head: &RequestHead,
         start: Instant,
     ) -> Result<bool, End> {
@@ -1229,12 +1214,16 @@ impl Conn<'_> {
             let e = s3::Error::msg(Code::InvalidRequest, "unexpected request body");
             return self.error(head, "-", "", e, start).await;
         }
-        let all = match store.list_buckets() {
+        let all = self
+            .blocking(store, |st| {
+                st.list_buckets().map_err(|e| {
+                    s3::Error::new(store::code_for_io(&e, Code::InternalError)).detail(e)
+                })
+            })
+            .await;
+        let all = match all {
             Ok(b) => b,
-            Err(e) => {
-                let e = s3::Error::new(store::code_for_io(&e, Code::InternalError)).detail(e);
-                return self.error(head, "-", "", e, start).await;
-            }
+            Err(e) => return self.error(head, "-", "", e, start).await,
         };
         let mut shown = Vec::with_capacity(all.len());
         for (name, created) in all {
@@ -1269,7 +1258,7 @@ impl Conn<'_> {
     /// CreateBucket: a new bucket folder, for an identity granted `manage` on it.
     async fn create_bucket(
         &mut self,
-        store: &Store,
+        store: &Arc<Store>,
         head: &RequestHead,
         spec: &PutSpec,
         bucket: &str,
@@ -1286,7 +1275,7 @@ impl Conn<'_> {
             return self.error(head, bucket, "", e, start).await;
         }
         if !may_create {
-            let e = if store.bucket_dir(bucket).is_ok() {
+            let e = if files::bucket_dir(store, bucket).await.is_ok() {
                 s3::Error::new(Code::BucketAlreadyOwnedByYou)
                     .detail("the bucket exists; creating buckets needs \"manage\"")
             } else {
@@ -1294,7 +1283,20 @@ impl Conn<'_> {
             };
             return self.error(head, bucket, "", e, start).await;
         }
-        match store.create_bucket_new(bucket) {
+        let b = bucket.to_owned();
+        let r = self
+            .blocking(store, move |st| {
+                st.create_bucket_new(&b).map_err(|e| {
+                    let code = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        Code::BucketAlreadyOwnedByYou
+                    } else {
+                        store::code_for_io(&e, Code::InternalError)
+                    };
+                    s3::Error::new(code).detail(e)
+                })
+            })
+            .await;
+        match r {
             Ok(()) => {
                 tracing::info!(identity = self.identity.name(), request_id = %self.rid, bucket, "bucket created");
                 let location = format!("/{bucket}");
@@ -1311,15 +1313,7 @@ impl Conn<'_> {
                 self.access("PUT", bucket, "", 200, 0, start);
                 Ok(true)
             }
-            Err(e) => {
-                let code = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    Code::BucketAlreadyOwnedByYou
-                } else {
-                    store::code_for_io(&e, Code::InternalError)
-                };
-                self.error(head, bucket, "", s3::Error::new(code).detail(e), start)
-                    .await
-            }
+            Err(e) => self.error(head, bucket, "", e, start).await,
         }
     }
 
@@ -1334,7 +1328,7 @@ impl Conn<'_> {
         start: Instant,
         body: bool,
     ) -> Result<bool, End> {
-        let (file, meta) = match self.open_object(store, bucket, key).await {
+        let (file, meta, user) = match self.open_object(store, bucket, key).await {
             Ok(x) => x,
             Err(e) => return self.error(head, bucket, key, e, start).await,
         };
@@ -1393,7 +1387,6 @@ impl Conn<'_> {
         };
         let sum = meta.checksum_sha256_b64();
         let cr = range.map(|(a, b)| format!("bytes {a}-{b}/{}", meta.size));
-        let user = store::read_metadata(&file);
         let ctype = user
             .content_type
             .as_deref()
@@ -1530,28 +1523,24 @@ impl Conn<'_> {
         if let Some((id, _)) = part {
             // Before a byte of the body is read: an upload of another identity is
             // answered exactly like one that does not exist.
-            if let Err(e) = store.check_upload(bucket, key, id, &self.owner()) {
-                let e = Self::upload_error(store, bucket, &e);
+            if let Err(e) = self.check_upload(store, bucket, key, id).await {
                 return self.error(head, bucket, key, e, start).await;
             }
         }
-        let (std_file, temp) = match store.create_temp(bucket) {
+        let (std_file, temp) = match files::create_temp(store, bucket).await {
             Ok(x) => x,
-            Err(e) => {
-                let e = Self::io_error(store, bucket, &e);
-                return self.error(head, bucket, key, e, start).await;
-            }
+            Err(e) => return self.error(head, bucket, key, e, start).await,
         };
         if head.expect_continue {
             if let Err(e) = self.send(b"HTTP/1.1 100 Continue\r\n\r\n").await {
-                store.discard_temp(bucket, &temp);
+                files::discard_temp(store, bucket, &temp).await;
                 return Err(e);
             }
         }
         let uring = match std_file.try_clone() {
             Ok(f) => super::io::ring_file(f),
             Err(e) => {
-                store.discard_temp(bucket, &temp);
+                files::discard_temp(store, bucket, &temp).await;
                 let e = s3::Error::new(Code::InternalError).detail(e);
                 return self.error(head, bucket, key, e, start).await;
             }
@@ -1579,7 +1568,7 @@ impl Conn<'_> {
         let size = match r {
             Ok(n) => n,
             Err(BodyError::Client(e)) => {
-                store.discard_temp(bucket, &temp);
+                files::discard_temp(store, bucket, &temp).await;
                 tracing::warn!(
                     identity = self.identity.name(),
                     request_id = %self.rid,
@@ -1592,7 +1581,7 @@ impl Conn<'_> {
                 return Err(e);
             }
             Err(BodyError::Refuse(e)) => {
-                store.discard_temp(bucket, &temp);
+                files::discard_temp(store, bucket, &temp).await;
                 self.linger = true;
                 // The body was not read to its end: answer and close.
                 let _ = self
@@ -1613,7 +1602,7 @@ impl Conn<'_> {
             spec.verify(size, &digests.as_body(), trailer)
         };
         if let Err(e) = checked {
-            store.discard_temp(bucket, &temp);
+            files::discard_temp(store, bucket, &temp).await;
             return self.error(head, bucket, key, e, start).await;
         }
         if let Some((id, number)) = part {
@@ -1633,7 +1622,7 @@ impl Conn<'_> {
         }
         let hex = digests.sha256_hex();
         if let Err(e) = self.hold_inflight() {
-            store.discard_temp(bucket, &temp);
+            files::discard_temp(store, bucket, &temp).await;
             self.refuse(Some(head), bucket, key, &e, start, false, &[])
                 .await?;
             return Ok(false);
@@ -1690,12 +1679,10 @@ impl Conn<'_> {
     #[allow(clippy::too_many_arguments)]
     async fn removed(
         &mut self,
-        store: &Store,
         head: &RequestHead,
         bucket: &str,
         key: &str,
-        r: std::io::Result<()>,
-        map: fn(&Store, &str, &std::io::Error) -> s3::Error,
+        r: Result<(), s3::Error>,
         start: Instant,
     ) -> Result<bool, End> {
         match r {
@@ -1704,16 +1691,8 @@ impl Conn<'_> {
                 self.access("DELETE", bucket, key, 204, 0, start);
                 Ok(true)
             }
-            Err(e) => {
-                let e = map(store, bucket, &e);
-                self.error(head, bucket, key, e, start).await
-            }
+            Err(e) => self.error(head, bucket, key, e, start).await,
         }
-    }
-
-    /// An I/O error about an upload: a missing (or foreign) upload is NoSuchUpload.
-    fn upload_error(store: &Store, bucket: &str, e: &std::io::Error) -> s3::Error {
-        Self::missing_as(store, bucket, e, Code::NoSuchUpload)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1730,7 +1709,7 @@ impl Conn<'_> {
         start: Instant,
     ) -> Result<bool, End> {
         let Some(info) = store::multipart::PartInfo::of(number, size, d) else {
-            store.discard_temp(bucket, &temp);
+            files::discard_temp(store, bucket, &temp).await;
             let e = s3::Error::new(Code::InternalError).detail("part without its MD5");
             return self.error(head, bucket, key, e, start).await;
         };
@@ -1866,7 +1845,7 @@ impl Conn<'_> {
 
     async fn create_upload(
         &mut self,
-        store: &Store,
+        store: &Arc<Store>,
         head: &RequestHead,
         spec: &s3::CreateSpec,
         bucket: &str,
@@ -1878,16 +1857,25 @@ impl Conn<'_> {
             s3::Algorithm::Sha1 => "SHA1",
             s3::Algorithm::Sha256 => "SHA256",
         });
-        match store.create_upload(bucket, key, &self.owner(), alg, &spec.meta) {
+        let (b, k, o, meta) = (
+            bucket.to_owned(),
+            key.to_owned(),
+            self.owner(),
+            spec.meta.clone(),
+        );
+        let r = self
+            .blocking(store, move |st| {
+                st.create_upload(&b, &k, &o, alg, &meta)
+                    .map_err(|e| files::object_error(st, &b, &e))
+            })
+            .await;
+        match r {
             Ok(id) => {
                 let xml = s3::initiate_xml(bucket, key, &id);
                 tracing::info!(identity = self.identity.name(), request_id = %self.rid, bucket, key, upload_id = %id, "multipart upload created");
                 self.xml_ok(head, bucket, key, &xml, start).await
             }
-            Err(e) => {
-                let e = Self::io_error(store, bucket, &e);
-                self.error(head, bucket, key, e, start).await
-            }
+            Err(e) => self.error(head, bucket, key, e, start).await,
         }
     }
 
@@ -1904,8 +1892,7 @@ impl Conn<'_> {
     ) -> Result<bool, End> {
         // Ownership first, before the body is read: the same answer for every id that
         // is not this identity's.
-        if let Err(e) = store.check_upload(bucket, key, id, &self.owner()) {
-            let e = Self::upload_error(store, bucket, &e);
+        if let Err(e) = self.check_upload(store, bucket, key, id).await {
             return self.error(head, bucket, key, e, start).await;
         }
         let body = match self.read_small_body(head, s3::MAX_COMPLETE_BODY).await {

@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use md5::Digest as _;
 
 use super::{
-    check_temp_name, hex, object_meta, open_dir_nofollow, open_object_at, sys, validate_bucket,
-    validate_key, Kind, ObjectMeta, Store, Tag,
+    hex, object_meta, open_dir_nofollow, open_object_at, sys, validate_bucket, validate_key, Kind,
+    ObjectMeta, Store, Tag,
 };
 use crate::proto::s3::{self, Code, CompletePart, MAX_PARTS, MIN_PART_SIZE};
 
@@ -403,7 +403,7 @@ impl Store {
         file: &File,
         info: &mut PartInfo,
     ) -> io::Result<()> {
-        check_temp_name(temp)?;
+        super::open::check_temp_name(temp)?;
         if !(1..=MAX_PARTS).contains(&info.number) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -8,8 +8,8 @@ use std::fs::File;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Conn;
-use crate::backend::store::{self, Listing, ObjectMeta, Store};
+use super::{files, Conn};
+use crate::backend::store::{self, Listing, Store};
 use crate::engine::blocking::{Pending, Refused};
 use crate::proto::http::RequestHead;
 use crate::proto::s3::{self, Code};
@@ -66,28 +66,6 @@ impl Conn<'_> {
         self.offload(store, Duration::ZERO, f).await
     }
 
-    /// Open an object with its metadata. The open, `fstat` and the cached digest's
-    /// xattr are read here (answered from the kernel's caches); hashing an object that
-    /// has no current stored digest reads all of it, so it runs on the pool.
-    pub(super) async fn open_object(
-        &self,
-        store: &Arc<Store>,
-        bucket: &str,
-        key: &str,
-    ) -> Result<(File, ObjectMeta), s3::Error> {
-        let (file, cached) = store
-            .open_object_cached(bucket, key)
-            .map_err(|e| Self::io_error(store, bucket, &e))?;
-        if let Some(meta) = cached {
-            return Ok((file, meta));
-        }
-        self.blocking(store, move |st| {
-            Ok(st.object_meta(&file).map(|m| (file, m)))
-        })
-        .await?
-        .map_err(|e| Self::io_error(store, bucket, &e))
-    }
-
     /// A listing page: a walk of the bucket's folders (time grows with the bucket,
     /// memory does not; see [`Store::list_delimited`]), on the pool.
     pub(super) async fn list_page(
@@ -140,20 +118,14 @@ impl Conn<'_> {
                     meta: Some(&meta),
                     cond: Some(&cond),
                 };
-                Ok(st.commit_with(&b, &t, &k, &file, store::Tag::Sha256(&h), opts))
+                st.commit_with(&b, &t, &k, &file, store::Tag::Sha256(&h), opts)
+                    .map_err(|e| files::object_error(st, &b, &e))
             })
             .await;
-        match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                store.discard_temp(bucket, temp);
-                Err(Self::io_error(store, bucket, &e))
-            }
-            Err(e) => {
-                store.discard_temp(bucket, temp);
-                Err(e)
-            }
+        if r.is_err() {
+            files::discard_temp(store, bucket, temp).await;
         }
+        r
     }
 
     /// Commit a multipart part (fsync, record, rename) on the pool; the temporary is
@@ -176,32 +148,78 @@ impl Conn<'_> {
             self.owner(),
             temp.to_owned(),
         );
+        // The store removes the temporary itself when the commit fails; only one the
+        // pool never took is removed here.
         let r = self
             .offload(store, COMMIT_PATIENCE, move |st| {
-                Ok(st.commit_part(&b, &k, &i, &o, &t, &file, info))
+                Ok(st
+                    .commit_part(&b, &k, &i, &o, &t, &file, info)
+                    .map_err(|e| files::upload_error(st, &b, &e)))
             })
             .await;
         match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Self::upload_error(store, bucket, &e)),
+            Ok(r) => r,
             Err(e) => {
-                store.discard_temp(bucket, temp);
+                files::discard_temp(store, bucket, temp).await;
                 Err(e)
             }
         }
     }
 
-    /// Delete an object (unlink, prune empty folders, fsync the folder) on the pool;
-    /// the inner result is the store's, for [`Conn::removed`].
+    /// A store call about this identity's upload `id` of `key` on the pool. A missing,
+    /// foreign or finished upload is NoSuchUpload (a missing bucket NoSuchBucket).
+    pub(super) async fn upload_job<T: Send + 'static>(
+        &self,
+        store: &Arc<Store>,
+        (bucket, key, id): (&str, &str, &str),
+        f: impl FnOnce(&Store, &str, &str, &str, &str) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, s3::Error> {
+        let (b, k, i, o) = (
+            bucket.to_owned(),
+            key.to_owned(),
+            id.to_owned(),
+            self.owner(),
+        );
+        self.blocking(store, move |st| {
+            f(st, &b, &k, &i, &o).map_err(|e| files::upload_error(st, &b, &e))
+        })
+        .await
+    }
+
+    /// Whether `id` is an upload of this identity for `key`, on the pool (it reads the
+    /// upload's record). A foreign upload is answered as a missing one.
+    pub(super) async fn check_upload(
+        &self,
+        store: &Arc<Store>,
+        bucket: &str,
+        key: &str,
+        id: &str,
+    ) -> Result<(), s3::Error> {
+        self.upload_job(store, (bucket, key, id), |st, b, k, i, o| {
+            st.check_upload(b, k, i, o).map(drop)
+        })
+        .await
+    }
+
+    /// Delete an object (unlink, prune empty folders, fsync the folder) on the pool.
+    /// As S3: a key that is not there is deleted all the same, so a delete retried
+    /// after its answer was lost, or `aws s3 rm` of a missing key, succeeds. A missing
+    /// bucket is still NoSuchBucket.
     pub(super) async fn delete_off_loop(
         &self,
         store: &Arc<Store>,
         bucket: &str,
         key: &str,
-    ) -> Result<std::io::Result<()>, s3::Error> {
+    ) -> Result<(), s3::Error> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
-        self.blocking(store, move |st| Ok(st.delete_object(&b, &k)))
-            .await
+        self.blocking(store, move |st| match st.delete_object(&b, &k) {
+            Ok(()) => Ok(()),
+            Err(e) => match files::object_error(st, &b, &e) {
+                e if e.code == Code::NoSuchKey => Ok(()),
+                e => Err(e),
+            },
+        })
+        .await
     }
 
     /// DeleteObjects' deletes in one pool job, in the request's order: each key
