@@ -2,6 +2,11 @@
 //! runs empty when 2,000 connections that wait for their next request all get one at
 //! once; every receive that met the empty ring (ENOBUFS) waits for a buffer to come
 //! back, re-arms, and is counted, and every request is answered, byte-exact.
+//!
+//! And: a connection that pauses inside a TLS record (a ClientHello sent in pieces, a
+//! request record cut short) waits holding only a carry of the bytes it has, within a
+//! per-worker budget; past the budget it keeps its buffer; either way the record is
+//! whole when the rest arrives.
 
 mod common;
 
@@ -73,6 +78,98 @@ fn an_empty_receive_ring_under_2000_connections_recovers_and_is_counted() {
         empty > 0.0,
         "2,000 simultaneous requests never emptied a 64-buffer ring: the test shows nothing"
     );
+    let log = srv.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn paused_partial_records_are_carried_within_the_budget_and_come_back_whole() {
+    // 1,200 requests of 15,000 bytes paused 64 bytes short carry about 17.9 MB: more
+    // than one worker's 16 MiB carry budget, so some must keep their buffer instead.
+    const CONNS: usize = 1200;
+    const HELLO_FIRST: usize = 40;
+    const BODY: usize = 14_900;
+    raise_open_files(4 * CONNS as u64);
+    let lab = Lab::new();
+    let root = lab.path("data");
+    std::fs::create_dir_all(root.join("datasets")).unwrap();
+    let srv = Server::start(
+        &lab,
+        "max_connections = 5000",
+        &format!("kind = \"store\"\nroot = \"{}\"", root.display()),
+    );
+    let cfg = client_config(&lab, Some("alice"), false);
+    let carried = |srv: &Server| srv.metric("lakegate_recv_carried_total", "");
+    let full = |srv: &Server| srv.metric("lakegate_recv_carry_full_total", "");
+
+    // 1. Handshakes paused inside the ClientHello's record.
+    let c0 = carried(&srv);
+    let mut paused = Vec::with_capacity(CONNS);
+    for i in 0..CONNS {
+        let p = TlsClient::connect_paused(srv.port, cfg.clone(), HELLO_FIRST)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        paused.push(p);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || carried(&srv) - c0
+            >= CONNS as f64),
+        "{} of {CONNS} paused ClientHellos were carried",
+        carried(&srv) - c0
+    );
+    assert_eq!(full(&srv), 0.0, "40-byte carries exhausted the budget");
+    let mut clients: Vec<TlsClient> = paused
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| p.finish().unwrap_or_else(|e| panic!("handshake {i}: {e}")))
+        .collect();
+
+    // 2. Requests paused 64 bytes before the end of their one record.
+    let bodies: Vec<Vec<u8>> = (0..CONNS).map(|i| pseudo_random(BODY, i as u64)).collect();
+    let mut rests = Vec::with_capacity(CONNS);
+    let c1 = carried(&srv);
+    for (i, c) in clients.iter().enumerate() {
+        let mut req =
+            format!("PUT /datasets/p{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n")
+                .into_bytes();
+        req.extend_from_slice(&bodies[i]);
+        let wire = c.seal(&req);
+        assert!(
+            wire.len() < 16 * 1024,
+            "one record, read whole by one ring buffer"
+        );
+        let cut = wire.len() - 64;
+        c.send_raw(&wire[..cut]).unwrap();
+        rests.push(wire[cut..].to_vec());
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            carried(&srv) - c1 + full(&srv) >= CONNS as f64
+        }),
+        "paused requests: {} carried, {} kept their buffer, of {CONNS}",
+        carried(&srv) - c1,
+        full(&srv)
+    );
+    let (kept, took) = (carried(&srv) - c1, full(&srv));
+    eprintln!("{CONNS} paused requests: {kept} carried, {took} kept their buffer (budget spent)");
+    assert!(kept > 0.0, "no paused request was carried");
+    assert!(
+        took > 0.0,
+        "17.9 MB of partial records never reached the 16 MiB budget"
+    );
+
+    // 3. The rest arrives: every record is whole again, every object byte-exact.
+    for (c, rest) in clients.iter().zip(&rests) {
+        c.send_raw(rest).unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let (st, h, _) = read_response(&mut c.plain_reader(), false)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(st, 201, "connection {i}: {h:?}");
+    }
+    for (i, body) in bodies.iter().enumerate() {
+        let got = std::fs::read(root.join(format!("datasets/p{i}"))).unwrap();
+        assert!(&got == body, "object p{i} differs");
+    }
     let log = srv.log_text();
     assert!(!log.contains("panicked"), "{log}");
 }

@@ -7,8 +7,10 @@
   idle.py hold --port P --ca CA --cert CRT --key KEY -n N --ready-file F
       opens N mTLS connections one after another (TLS 1.3, full handshakes), keeps them
       open, writes F when all are up, then sleeps until killed.
-  idle.py bare --port P -n N --ready-file F
-      opens N plain TCP connections that send nothing (no TLS), keeps them open.
+  idle.py bare --port P -n N --ready-file F [--hello-bytes B]
+      opens N plain TCP connections that send nothing (no TLS), keeps them open; with
+      --hello-bytes, each sends the first B bytes of a TLS record that announces a
+      512-byte ClientHello and then nothing more (a handshake paused mid-record).
   idle.py probe --port P --ca CA [--cert CRT --key KEY]
       one connection: prints "accepted <version> <cipher>" if the server keeps it open
       after the handshake and a byte of data, "refused <why>" if it is torn down.
@@ -100,8 +102,16 @@ def hold(a):
 def bare(a):
     conns = []
     t0 = time.monotonic()
+    # A handshake record header (TLS 1.0 record version, as clients send), 512 bytes
+    # announced, then the start of a ClientHello: type 1, length 508, version 3.3.
+    hello = bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03, 0x03])
+    hello += os.urandom(512)
+    first = hello[: a.hello_bytes]
     for _ in range(a.n):
-        conns.append(socket.create_connection(("127.0.0.1", a.port), timeout=30))
+        c = socket.create_connection(("127.0.0.1", a.port), timeout=30)
+        if first:
+            c.sendall(first)
+        conns.append(c)
     with open(a.ready_file + ".tmp", "w") as f:
         f.write(f"{len(conns)} {time.monotonic() - t0:.3f}\n")
     os.rename(a.ready_file + ".tmp", a.ready_file)
@@ -150,6 +160,7 @@ def main():
     b.add_argument("--port", type=int, required=True)
     b.add_argument("-n", type=int, required=True)
     b.add_argument("--ready-file", required=True)
+    b.add_argument("--hello-bytes", type=int, default=0)
     a = p.parse_args()
     {"sink": sink, "hold": hold, "probe": probe, "bare": bare}[a.cmd](a)
 

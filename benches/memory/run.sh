@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Memory per connection (issue 11's aims), measured on the real binary:
 #   (a) RSS per bare TCP connect that sends nothing (N_BARE, default 3000), store mode;
+#   (a') RSS per connect that sends the first 40 bytes of a ClientHello's record and
+#       stops (a handshake paused mid-record; N_BARE connections), store mode;
 #   (b) RSS per idle established mTLS connection (N_IDLE, default 10000 in store mode,
 #       9000 in forward mode: a relay holds two descriptors per client and the machine
 #       caps a process at 20,000).
@@ -60,8 +62,10 @@ measure() {
     sleep 1
     r0=$(rss "$S_PID")
     rm -f "$TMP/ready"
-    if [ "$kind" = bare ]; then
-        python3 "$IDLE" bare --port "$S_PORT" -n "$n" --ready-file "$TMP/ready" &
+    if [ "$kind" = bare ] || [ "$kind" = hello ]; then
+        local hello=0
+        [ "$kind" = hello ] && hello=40
+        python3 "$IDLE" bare --port "$S_PORT" -n "$n" --ready-file "$TMP/ready" --hello-bytes "$hello" &
     else
         python3 "$IDLE" hold --port "$S_PORT" --ca "$TMP/pki/ca.crt" --cert "$TMP/pki/alice.crt" --key "$TMP/pki/alice.key" -n "$n" --ready-file "$TMP/ready" 2>/dev/null &
     fi
@@ -83,15 +87,17 @@ measure() {
 declare -A S
 for run in $(seq "$RUNS"); do
     S[bare]+="$(measure store bare "$N_BARE") "
+    S[hello]+="$(measure store hello "$N_BARE") "
     S[store]+="$(measure store idle "$N_IDLE") "
     S[forward]+="$(measure forward idle "$N_IDLE_FWD") "
-    echo "run $run: bare ${S[bare]##* } store ${S[store]} forward ${S[forward]}" >&2
+    echo "run $run: bare ${S[bare]##* } hello ${S[hello]##* } store ${S[store]} forward ${S[forward]}" >&2
 done
 # med_of KIND -> the median of the samples of KIND (space-separated in S)
 med_of() { local a; read -ra a <<<"${S[$1]}"; median "${a[@]}"; }
 echo "| figure | median KiB/conn | samples | aim |"
 echo "| --- | --- | --- | --- |"
 echo "| bare TCP connect that sends nothing, $N_BARE connections (store) | $(med_of bare) | ${S[bare]}| ≤ 8 |"
+echo "| connect + 40 bytes of a ClientHello record, then silence, $N_BARE connections (store) | $(med_of hello) | ${S[hello]}| |"
 echo "| idle established mTLS, $N_IDLE connections, store | $(med_of store) | ${S[store]}| ≤ 16 |"
 echo "| idle established mTLS, $N_IDLE_FWD connections, forward | $(med_of forward) | ${S[forward]}| ≤ 16 |"
 echo "raw samples: $OUT/raw.txt" >&2

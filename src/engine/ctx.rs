@@ -53,9 +53,32 @@ impl Worker {
     /// Wait for bytes from `s` holding no buffer, then take a pool buffer holding them
     /// at its start ([`RecvRing::receive`]).
     pub async fn receive(&self, s: &super::io::Stream) -> (std::io::Result<usize>, Vec<u8>) {
+        self.receive_after(s, 0).await
+    }
+
+    /// [`Worker::receive`] with the new bytes put after the first `at` of the buffer,
+    /// for a connection that holds that many in a [`super::ring::Carry`] (see
+    /// [`Worker::carry`]) and restores them there.
+    pub async fn receive_after(
+        &self,
+        s: &super::io::Stream,
+        at: usize,
+    ) -> (std::io::Result<usize>, Vec<u8>) {
         self.ring
-            .receive(s, &self.pool, &self.stats.recv_ring_empty)
+            .receive(s, &self.pool, &self.stats.recv_ring_empty, at)
             .await
+    }
+
+    /// Keep `bytes`, the start of a record the connection cannot open yet, while it
+    /// waits ([`super::ring::Carry`]); `None` when the worker's carry budget is spent
+    /// (counted): the caller then waits holding its buffer.
+    pub fn carry(&self, bytes: &[u8]) -> Option<super::ring::Carry<'_>> {
+        let carry = self.ring.carry(bytes);
+        match carry {
+            Some(_) => self.stats.recv_carried.inc(),
+            None => self.stats.recv_carry_full.inc(),
+        }
+        carry
     }
 }
 

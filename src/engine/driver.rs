@@ -199,12 +199,39 @@ async fn handshake(
         gate.room(used, inb.len())?;
         let n = match first.take() {
             Some(n) => n,
-            None => {
-                let cap = inb.len();
-                let (res, slice) = client.read(inb.slice(used..cap)).await;
-                inb = slice.into_inner();
-                res.map_err(|e| (FailReason::Protocol, format!("read: {e}")))?
-            }
+            // Between the client's flights (or inside one sent in pieces): wait holding
+            // only the partial record, so a client that sends a few bytes and stops
+            // pins a few bytes, not three pool buffers, until the handshake deadline.
+            None => match w.carry(&inb[..used]) {
+                Some(carry) => {
+                    w.pool.give(std::mem::take(&mut inb));
+                    let spare = out.is_empty() && plain.is_empty();
+                    if spare {
+                        w.pool.give(std::mem::take(&mut out.buf));
+                        w.pool.give(std::mem::take(&mut plain.buf));
+                    }
+                    let (res, mut buf) = w.receive_after(client, carry.len()).await;
+                    if spare {
+                        out = OutBuf::from_vec(w.pool.take());
+                        plain = OutBuf::from_vec(w.pool.take());
+                    }
+                    // The carried bytes go back at the start: `used` still counts them.
+                    // Empty at EOF or on error, with no buffer taken.
+                    inb = if buf.is_empty() {
+                        w.pool.take()
+                    } else {
+                        carry.restore(&mut buf);
+                        buf
+                    };
+                    res.map_err(|e| (FailReason::Protocol, format!("read: {e}")))?
+                }
+                None => {
+                    let cap = inb.len();
+                    let (res, slice) = client.read(inb.slice(used..cap)).await;
+                    inb = slice.into_inner();
+                    res.map_err(|e| (FailReason::Protocol, format!("read: {e}")))?
+                }
+            },
         };
         gate.on_read(n)?;
         used += n;

@@ -328,16 +328,28 @@ impl Shell<'_> {
         let mut quiet = true;
         // Err: a failure the machine has not heard of yet.
         let result: Result<(), Close> = loop {
-            let n = if quiet && used == 0 {
-                // The first bytes of a burst come through the worker's buffer ring
-                // into the start of a pool buffer taken when they are there.
+            // A quiet client's next bytes come through the worker's buffer ring into
+            // the start of a pool buffer taken when they are there; a partial record
+            // it paused in is carried meanwhile (with the budget spent, the buffer is
+            // kept and read into instead).
+            let carry = match (quiet, used) {
+                (false, _) => None,
+                (true, 0) => Some(None),
+                (true, _) => self.w.carry(&inb[..used]).map(Some),
+            };
+            let n = if let Some(carry) = carry {
                 self.w.pool.give(std::mem::take(&mut inb));
-                match self.wait(self.w.receive(&self.client)).await {
-                    Ok((n, buf)) => {
-                        // Empty at EOF: no buffer was taken.
+                let at = carry.as_ref().map_or(0, |c| c.len());
+                match self.wait(self.w.receive_after(&self.client, at)).await {
+                    Ok((n, mut buf)) => {
+                        // Empty at EOF: no buffer was taken. Otherwise the carried bytes
+                        // go back at its start, which `used` still counts.
                         inb = if buf.is_empty() {
                             self.w.pool.take()
                         } else {
+                            if let Some(c) = carry {
+                                c.restore(&mut buf);
+                            }
                             buf
                         };
                         n

@@ -13,6 +13,16 @@
 //! Streaming through ring buffers instead would cut every record that straddles two
 //! buffers and cost a carry copy at each boundary.
 //!
+//! A connection that waits with the start of a record it cannot open yet (the client
+//! paused mid-record, or sends a handshake flight in pieces) keeps only those bytes: a
+//! [`Carry`] of exactly their length, taken from the worker's [`CARRY_BUDGET`] for as
+//! long as the wait lasts, instead of the 65 KiB pool buffer they sat in. When the
+//! rest arrives, the carry goes first into the pool buffer the new bytes land in. The
+//! carried bytes are copied twice (out and back), at most one record per wait, never
+//! in a connection that streams (it reads straight into its own buffer). With the
+//! budget spent, a connection waits holding its buffer as before, and that is counted
+//! (`lakegate_recv_carry_full_total`).
+//!
 //! An empty ring is a normal state under a burst of wake-ups (thousands of connections
 //! each wanting a buffer at once): the receive ends with `ENOBUFS`. The connection
 //! counts it (`lakegate_recv_ring_empty_total`) and re-arms only once a buffer has come
@@ -48,6 +58,48 @@ pub const BUFFERS: u16 = 64;
 /// per worker, for any number of connections.
 pub const BUFFER_LEN: usize = 16 * 1024;
 
+/// Bytes all of one worker's waiting connections may carry at once: 1,000 maximal
+/// partial records, or a few bytes for each of many thousand paused handshakes.
+pub const CARRY_BUDGET: usize = 16 * 1024 * 1024;
+
+/// Longest carry: what fits before a ring buffer's bytes in a pool buffer. A partial
+/// TLS record is shorter (at most 5 + 16,384 + 256 bytes).
+const MAX_CARRY: usize = super::pool::BUF_SIZE - BUFFER_LEN;
+
+/// The start of a record a waiting connection keeps (see the module's text); its bytes
+/// go back to the worker's budget when it is dropped.
+pub struct Carry<'a> {
+    ring: &'a RecvRing,
+    bytes: Vec<u8>,
+}
+
+impl Carry<'_> {
+    /// How many bytes are carried.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether nothing is carried.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Put the carried bytes back at the start of `buf` (the buffer the rest landed
+    /// in, after them) and give their budget back.
+    pub fn restore(self, buf: &mut [u8]) {
+        if let Some(to) = buf.get_mut(..self.bytes.len()) {
+            to.copy_from_slice(&self.bytes);
+        }
+    }
+}
+
+impl Drop for Carry<'_> {
+    fn drop(&mut self) {
+        let left = self.ring.carried.get().saturating_sub(self.bytes.len());
+        self.ring.carried.set(left);
+    }
+}
+
 /// How long a connection that met an empty ring waits before it re-arms anyway.
 const RETRY: Duration = Duration::from_millis(1);
 
@@ -79,9 +131,30 @@ impl Drop for Queued<'_> {
 #[derive(Default)]
 pub struct RecvRing {
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
+    /// Bytes in this worker's live [`Carry`]s.
+    carried: Cell<usize>,
 }
 
 impl RecvRing {
+    /// Keep `bytes` while their connection waits, or `None` when the worker's
+    /// [`CARRY_BUDGET`] has no room for them (the connection then keeps its buffer).
+    pub fn carry(&self, bytes: &[u8]) -> Option<Carry<'_>> {
+        let now = self.carried.get();
+        if bytes.len() > MAX_CARRY || now + bytes.len() > CARRY_BUDGET {
+            return None;
+        }
+        self.carried.set(now + bytes.len());
+        Some(Carry {
+            ring: self,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// Bytes carried by this worker's waiting connections now.
+    pub fn carried(&self) -> usize {
+        self.carried.get()
+    }
+
     /// A ring buffer went back: wake the longest waiter.
     fn recycled(&self) {
         if let Some(w) = self.waiters.borrow_mut().pop_front() {
@@ -116,20 +189,23 @@ impl RecvRing {
     }
 
     /// Wait for `s` to have bytes, holding no buffer; then take a pool buffer and put
-    /// them at its start. Returns how many (0: the peer closed) and the buffer (empty
-    /// on error or EOF: no pool buffer is taken then). `empty` counts `ENOBUFS`.
+    /// them in it from `at` on (the room before is for a [`Carry`] the caller holds
+    /// and restores). Returns how many (0: the peer closed) and the buffer (empty on
+    /// error or EOF: no pool buffer is taken then). `empty` counts `ENOBUFS`.
     pub async fn receive(
         &self,
         s: &Stream,
         pool: &Pool,
         empty: &Counter,
+        at: usize,
     ) -> (io::Result<usize>, Vec<u8>) {
         loop {
             match s.recv_ring().await {
                 Ok(Some(got)) if !got.is_empty() => {
                     let mut buf = pool.take();
                     let n = got.len();
-                    buf[..n].copy_from_slice(&got);
+                    // A carry is at most MAX_CARRY, so `at + n` fits a pool buffer.
+                    buf[at..at + n].copy_from_slice(&got);
                     drop(got);
                     self.recycled();
                     return (Ok(n), buf);

@@ -120,6 +120,8 @@ struct Conn<'a> {
     pstart: usize,
     out: OutBuf,
     peer_closed: bool,
+    /// The client's last read was short (see [`Conn::fill`]).
+    quiet: bool,
     /// We answered before reading a whole request body: drain for a moment before
     /// closing, or the unread bytes make the kernel reset the connection and the client
     /// never sees the status.
@@ -230,6 +232,7 @@ pub async fn serve(
         pstart: 0,
         out,
         peer_closed: tls_closed,
+        quiet: true,
         linger: false,
         cycle,
         log,
@@ -437,38 +440,65 @@ impl Conn<'_> {
         self.cycle.hard_deadline()
     }
 
-    /// Wait for the next request holding no buffer: the three pool buffers go back
-    /// while the client is quiet (memory per idle keep-alive connection) and are taken
-    /// again when it has bytes for us, which arrive through the worker's buffer ring
-    /// into the start of `inb` ([`super::ring`]). Returns how many. The same deadlines
-    /// as a read.
-    async fn wait_between_requests(&mut self) -> Result<usize, End> {
-        self.w.pool.give(std::mem::take(&mut self.inb));
-        self.w.pool.give(std::mem::take(&mut self.plain.buf));
-        self.w.pool.give(std::mem::take(&mut self.out.buf));
-        self.plain.filled = 0;
-        self.pstart = 0;
-        self.out.filled = 0;
+    /// Wait for the client's next bytes holding no receive buffer: between requests,
+    /// or inside one once the client has gone quiet (its last read was short). `inb`
+    /// goes back to the pool, and `plain` and `out` too when they hold nothing (memory
+    /// per idle keep-alive connection); the start of a record the client paused in is
+    /// carried meanwhile ([`super::ring::Carry`]). The new bytes arrive through the
+    /// worker's buffer ring into `inb`, after the carried ones ([`super::ring`]).
+    /// Returns how many. The same deadlines as a read; a drain ends the wait only
+    /// `between` requests. With the worker's carry budget spent, this is
+    /// [`Conn::read_more`], which keeps the buffer.
+    async fn wait_quiet(&mut self, between: bool) -> Result<usize, End> {
+        let w: &Worker = self.w;
+        let carry = match self.used {
+            0 => None,
+            used => match w.carry(&self.inb[..used]) {
+                Some(c) => Some(c),
+                // Boxed: rare, and kept out of every connection's idle state.
+                None => return Box::pin(self.read_more()).await,
+            },
+        };
+        let at = carry.as_ref().map_or(0, |c| c.len());
+        w.pool.give(std::mem::take(&mut self.inb));
+        let spare = self.pstart == self.plain.filled && self.out.is_empty();
+        if spare {
+            w.pool.give(std::mem::take(&mut self.plain.buf));
+            w.pool.give(std::mem::take(&mut self.out.buf));
+            self.plain.filled = 0;
+            self.pstart = 0;
+            self.out.filled = 0;
+        }
         let cycle = &self.cycle;
         let wait = read_until(
-            self.w.receive(&self.client),
+            w.receive_after(&self.client, at),
             || cycle.idle_deadline(),
-            Some(self.w.drain.clone()),
+            between.then(|| w.drain.clone()),
         );
-        let r = bounded(wait, self.hard_deadline(), self.w.drain_deadline()).await;
-        self.plain = OutBuf::from_vec(self.w.pool.take());
-        self.out = OutBuf::from_vec(self.w.pool.take());
+        let r = bounded(wait, self.hard_deadline(), w.drain_deadline()).await;
+        if spare {
+            self.plain = OutBuf::from_vec(w.pool.take());
+            self.out = OutBuf::from_vec(w.pool.take());
+        }
         let (inb, res) = match r {
-            Ok(Ok((n, buf))) if !buf.is_empty() => (buf, Ok(n)),
-            // EOF: no buffer was taken.
-            Ok(Ok((n, _))) => (self.w.pool.take(), Ok(n)),
-            Ok(Err((WaitError::Idle, _))) => (self.w.pool.take(), Err(Close::IdleTimeout)),
-            Ok(Err((WaitError::Draining, _))) => {
-                (self.w.pool.take(), Err(self.cycle.on_drain(false)))
+            // The carried bytes go back at the start: `used` still counts them.
+            Ok(Ok((n, mut buf))) if !buf.is_empty() => {
+                if let Some(c) = carry {
+                    c.restore(&mut buf);
+                }
+                (buf, Ok(n))
             }
-            Ok(Err((WaitError::Io(_), _))) => (self.w.pool.take(), Err(Close::ClientReadError)),
-            Err(why) => (self.w.pool.take(), Err(why)),
+            // EOF: no buffer was taken.
+            Ok(Ok((n, _))) => (w.pool.take(), Ok(n)),
+            Ok(Err((WaitError::Idle, _))) => (w.pool.take(), Err(Close::IdleTimeout)),
+            Ok(Err((WaitError::Draining, _))) => (w.pool.take(), Err(self.cycle.on_drain(false))),
+            Ok(Err((WaitError::Io(_), _))) => (w.pool.take(), Err(Close::ClientReadError)),
+            Err(why) => (w.pool.take(), Err(why)),
         };
+        if !matches!(res, Ok(n) if n > 0) {
+            // Nothing came after the carried bytes, which are gone with the carry.
+            self.used = 0;
+        }
         self.inb = inb;
         res
     }
@@ -495,14 +525,18 @@ impl Conn<'_> {
             // request runs on until it completes or the drain deadline cuts it.
             let buffered = self.pstart != self.plain.filled || self.used != 0;
             let between = self.cycle.drain_ends_wait(buffered);
-            let n = if between {
-                self.wait_between_requests().await?
+            let n = if between || self.quiet {
+                self.wait_quiet(between).await?
             } else {
                 self.read_more().await?
             };
             if n == 0 {
                 return Err(Close::ClientEof);
             }
+            // A short read: the client has said what it had for now, and the next read
+            // waits through the ring ([`Conn::wait_quiet`]). A streaming client keeps
+            // reading straight into `inb`.
+            self.quiet = n < crate::session::relay::TRICKLE;
             self.cycle.on_read(n, Instant::now());
             self.used += n;
             self.log.bytes_in.set(self.log.bytes_in.get() + n as u64);

@@ -172,6 +172,11 @@ pub struct WorkerStats {
     pub drain_cut: Counter,
     /// Receives that found this worker's buffer ring empty (`ENOBUFS`) and re-armed.
     pub recv_ring_empty: Counter,
+    /// Waits that carried a partial record instead of holding a receive buffer.
+    pub recv_carried: Counter,
+    /// Waits with a partial record that found this worker's carry budget spent, and
+    /// kept their receive buffer instead.
+    pub recv_carry_full: Counter,
     /// Established connections ended, by [`Close::index`].
     pub closes: [Counter; Close::LABELS.len()],
 }
@@ -200,6 +205,8 @@ impl Default for WorkerStats {
             blocking_rejected: Counter::default(),
             drain_cut: Counter::default(),
             recv_ring_empty: Counter::default(),
+            recv_carried: Counter::default(),
+            recv_carry_full: Counter::default(),
             closes: Default::default(),
         }
     }
@@ -574,6 +581,18 @@ impl Telemetry {
             "Receives that found their worker's provided buffer ring empty (ENOBUFS); each waited for a buffer to come back and re-armed.",
             COUNTER,
             vec![counter(vec![], self.sum(|w| w.recv_ring_empty.get()) as f64)],
+        ));
+        out.push(family(
+            "lakegate_recv_carried_total",
+            "Waits that kept only the partial TLS record their client paused in (a carry of its length) instead of a receive buffer.",
+            COUNTER,
+            vec![counter(vec![], self.sum(|w| w.recv_carried.get()) as f64)],
+        ));
+        out.push(family(
+            "lakegate_recv_carry_full_total",
+            "Waits with a partial TLS record that found their worker's carry budget spent and kept their 65 KiB receive buffer instead.",
+            COUNTER,
+            vec![counter(vec![], self.sum(|w| w.recv_carry_full.get()) as f64)],
         ));
         out.push(family(
             "lakegate_bytes_received_total",

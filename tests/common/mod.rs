@@ -436,6 +436,29 @@ pub fn client_config(lab: &Lab, name: Option<&str>, tls12_only: bool) -> Arc<rus
     })
 }
 
+/// A connection that has sent only the start of its ClientHello.
+pub struct PausedHello {
+    conn: rustls::ClientConnection,
+    sock: TcpStream,
+    rest: Vec<u8>,
+}
+
+impl PausedHello {
+    /// Send the rest of the ClientHello and complete the handshake.
+    pub fn finish(mut self) -> Result<TlsClient, String> {
+        self.sock.write_all(&self.rest).map_err(|e| e.to_string())?;
+        while self.conn.is_handshaking() {
+            self.conn
+                .complete_io(&mut self.sock)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(TlsClient {
+            conn: Arc::new(Mutex::new(self.conn)),
+            sock: self.sock,
+        })
+    }
+}
+
 /// A blocking mTLS client whose reading and writing halves run on separate threads.
 pub struct TlsClient {
     conn: Arc<Mutex<rustls::ClientConnection>>,
@@ -459,6 +482,48 @@ impl TlsClient {
             conn: Arc::new(Mutex::new(conn)),
             sock,
         })
+    }
+
+    /// Connect and send only the first `first` bytes of the ClientHello; the rest,
+    /// and the handshake, when [`PausedHello::finish`] is called.
+    pub fn connect_paused(
+        port: u16,
+        cfg: Arc<rustls::ClientConfig>,
+        first: usize,
+    ) -> std::io::Result<PausedHello> {
+        let mut sock = TcpStream::connect(("127.0.0.1", port))?;
+        sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut conn =
+            rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+        conn.set_buffer_limit(None);
+        let mut hello = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut hello)?;
+        }
+        let first = first.min(hello.len());
+        sock.write_all(&hello[..first])?;
+        Ok(PausedHello {
+            conn,
+            sock,
+            rest: hello[first..].to_vec(),
+        })
+    }
+
+    /// The TLS records that carry `data`, not sent: a test sends them in pieces with
+    /// [`TlsClient::send_raw`].
+    pub fn seal(&self, data: &[u8]) -> Vec<u8> {
+        let mut conn = self.conn.lock().unwrap();
+        conn.writer().write_all(data).unwrap();
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    /// Send bytes as they are (TLS records, whole or not).
+    pub fn send_raw(&self, bytes: &[u8]) -> std::io::Result<()> {
+        (&self.sock).write_all(bytes)
     }
 
     /// After a TLS 1.3 handshake the server may still reject us (its alert arrives with
