@@ -2171,3 +2171,59 @@ fn worker_loop_makes_no_file_syscalls_for_any_store_operation() {
         "no rename on the pool in the trace: {on_pool:?}"
     );
 }
+
+/// A worker remembers what an object's attributes said (its digests, its metadata)
+/// for that exact state of the object; a change made behind the store's back (new
+/// bytes of the same length, a rewritten attribute) is seen by the very next GET.
+#[test]
+fn changes_behind_the_stores_back_are_seen_by_the_next_get() {
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let srv = Server::start(&lab, "", &store_backend(&root, "never"));
+    let a = pseudo_random(1000, 1);
+    let b = pseudo_random(1000, 2);
+    let put = put_req("/datasets/k", &a, "content-type: text/plain\r\n");
+    assert_eq!(raw(&srv, &lab, &put).0, 201);
+    let get = get_req("GET", "/datasets/k");
+    let etag = |h: &[(String, String)]| header(h, "etag").unwrap().to_owned();
+    for _ in 0..2 {
+        let (st, h, body) = raw(&srv, &lab, &get);
+        assert_eq!((st, body == a), (200, true));
+        assert_eq!(etag(&h), format!("\"{}\"", sha256_hex(&a)));
+        assert_eq!(header(&h, "content-type"), Some("text/plain"));
+    }
+    // New bytes of the same length, at once: the stored digest no longer applies.
+    let path = root.join("datasets/k");
+    std::fs::write(&path, &b).unwrap();
+    let (st, h, body) = raw(&srv, &lab, &get);
+    assert_eq!((st, body == b), (200, true));
+    assert_eq!(
+        etag(&h),
+        format!("\"{}\"", sha256_hex(&b)),
+        "a stale digest was served"
+    );
+    // A rewritten metadata attribute (same bytes).
+    let (_, h, _) = raw(&srv, &lab, &get);
+    assert_eq!(header(&h, "content-type"), Some("text/plain"));
+    let name = std::ffi::CString::new("user.lakegate.meta").unwrap();
+    let value = br#"{"content_type":"image/png"}"#;
+    let p = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: both strings are NUL-terminated and live across the call, and `value`
+    // is `value.len()` readable bytes; setxattr keeps none of them.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+    let (_, h, _) = raw(&srv, &lab, &get);
+    assert_eq!(
+        header(&h, "content-type"),
+        Some("image/png"),
+        "stale metadata was served"
+    );
+}

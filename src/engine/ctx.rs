@@ -29,6 +29,8 @@ pub struct Worker {
     pub pool: Pool,
     /// The re-arm gate of this worker's receive buffer ring.
     pub ring: RecvRing,
+    /// What this worker's store lookups found in objects' attributes.
+    pub attrs: super::attrcache::AttrCache,
     /// Connections open on this worker.
     pub open: Cell<usize>,
     /// Turns true when the appliance starts draining.

@@ -6,6 +6,7 @@
 //! plane: `crate::control` starts the workers, swaps generations in and drains them, and
 //! nothing here imports it.
 
+pub mod attrcache;
 pub mod blocking;
 pub mod conn;
 pub mod ctx;

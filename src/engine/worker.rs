@@ -81,6 +81,7 @@ pub fn run(
             stats,
             pool: Pool::new(256),
             ring: RecvRing::default(),
+            attrs: Default::default(),
             open: Cell::new(0),
             drain: stop.clone(),
             cut: cut_rx,

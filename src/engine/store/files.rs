@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::Conn;
 use crate::backend::store::{self, open, Attrs, ObjectMeta, Stamp, Store, CACHED_ATTRS};
+use crate::engine::attrcache::{self, AttrCache};
 use crate::engine::fsops;
 use crate::proto::s3::{self, Code};
 
@@ -112,9 +113,11 @@ impl From<s3::Error> for NotOpened {
 /// Open `key` beneath its bucket on the ring, as [`Store::open_object_cached`] does
 /// with blocking calls: `openat2` with the store's resolve flags (a rename racing the
 /// lookup is tried again), only a regular file, then its `statx` and, where the
-/// filesystem keeps them, its digest and metadata attributes, read at once.
+/// filesystem keeps them, its digest and metadata attributes, read at once, unless
+/// `cache` knows them for this exact state of the object ([`AttrCache`]).
 pub(super) async fn lookup_object(
     store: &Arc<Store>,
+    cache: &AttrCache,
     bucket: &str,
     key: &str,
 ) -> Result<Opened, NotOpened> {
@@ -154,6 +157,10 @@ pub(super) async fn lookup_object(
             user,
         });
     }
+    let seen = attrcache::Key::of(&st);
+    if let Some((meta, user)) = cache.get(&seen) {
+        return Ok(Opened { file, meta, user });
+    }
     // The five attribute reads are independent: issued together, they cost one round
     // through the kernel's io-wq instead of five.
     let file = Arc::new(file);
@@ -176,11 +183,9 @@ pub(super) async fn lookup_object(
     let file = Arc::into_inner(file).ok_or_else(|| {
         s3::Error::new(Code::InternalError).detail("an attribute read kept the object open")
     })?;
-    Ok(Opened {
-        file,
-        meta: store::cached_meta_from(&stamp, &attrs),
-        user,
-    })
+    let meta = store::cached_meta_from(&stamp, &attrs);
+    cache.put(seen, (meta.clone(), user.clone()));
+    Ok(Opened { file, meta, user })
 }
 
 /// Create a new temporary in the bucket's folder on the ring, as
@@ -224,7 +229,7 @@ impl Conn<'_> {
         key: &str,
     ) -> Result<(File, ObjectMeta, s3::Metadata), s3::Error> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
-        match lookup_object(store, bucket, key).await {
+        match lookup_object(store, &self.w.attrs, bucket, key).await {
             Ok(Opened {
                 file,
                 meta: Some(meta),
