@@ -27,7 +27,7 @@ LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 echo "== build" >&2
 cargo build --release 2>&1 | tail -1 >&2
 BENCH=$(bench_exe forward)
-LG=$PWD/target/release/lakegate
+LG=${LG:-$PWD/target/release/lakegate}
 [ -x "$BENCH" ] && [ -x "$LG" ] || { echo "build failed" >&2; exit 1; }
 command -v haproxy >/dev/null || { echo "haproxy missing (apt-get install -y haproxy)" >&2; exit 1; }
 

@@ -42,7 +42,7 @@ LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 echo "== build" >&2
 cargo build --release 2>&1 | tail -1 >&2
 FWD=$(bench_exe forward); ST=$(bench_exe store)
-LG=$PWD/target/release/lakegate
+LG=${LG:-$PWD/target/release/lakegate}
 [ -x "$FWD" ] && [ -x "$ST" ] && [ -x "$LG" ] || { echo "build failed" >&2; exit 1; }
 
 TOTAL_B=$(bytes "$TOTAL"); OBJ_B=$(bytes "$OBJ"); BIG_B=$(bytes "$BIG")

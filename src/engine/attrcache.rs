@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use crate::backend::store::ObjectMeta;
 use crate::proto::s3;
 
-/// Entries kept per worker: a few hundred KiB at most.
+/// Entries kept per worker: under 1 MiB of memory.
 pub const ENTRIES: usize = 2048;
 
 /// What identifies one state of one object.
