@@ -150,3 +150,43 @@ fn sigterm_lets_an_upload_in_flight_finish_and_cuts_one_that_cannot() {
         .unwrap_or_else(|| srv.log_plain());
     assert!(cut.contains("open=1"), "{cut}");
 }
+
+/// Many requests at once for one object that has no stored digest: one hash job runs
+/// for all of them (per worker), so they neither fill the blocking pool's queue (503
+/// SlowDown) nor hash the same bytes hundreds of times.
+#[test]
+fn concurrent_heads_of_one_unhashed_object_share_one_hash() {
+    const CONNS: usize = 300;
+    let lab = Lab::new();
+    let root = lab.path("data");
+    std::fs::create_dir_all(root.join("datasets")).unwrap();
+    // Written behind the appliance's back, sparse: 256 MiB of zeroes to hash.
+    std::fs::File::create(root.join("datasets/big"))
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let srv = Server::start(&lab, "max_connections = 1000", &backend(&root));
+    let cfg = client_config(&lab, Some("alice"), false);
+    let mut clients: Vec<TlsClient> = (0..CONNS)
+        .map(|i| {
+            TlsClient::connect(srv.port, cfg.clone())
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+        })
+        .collect();
+    let head = b"HEAD /datasets/big HTTP/1.1\r\nHost: x\r\n\r\n";
+    for c in &clients {
+        c.send(head).unwrap();
+    }
+    let want = format!("\"{}\"", sha256_hex(&vec![0u8; 256 << 20]));
+    for (i, c) in clients.iter_mut().enumerate() {
+        let (st, h, _) = read_response(&mut c.plain_reader(), true)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(st, 200, "connection {i}: {h:?}");
+        assert_eq!(header(&h, "etag"), Some(want.as_str()), "connection {i}");
+    }
+    assert_eq!(
+        srv.metric("lakegate_blocking_pool_rejected_total", ""),
+        0.0,
+        "the pool refused jobs"
+    );
+}

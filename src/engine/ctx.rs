@@ -31,6 +31,14 @@ pub struct Worker {
     pub ring: RecvRing,
     /// What this worker's store lookups found in objects' attributes.
     pub attrs: super::attrcache::AttrCache,
+    /// Objects being hashed for this worker now, by their state: a request for one
+    /// waits for that job instead of queueing another (`store::files`).
+    pub hashing: std::cell::RefCell<
+        std::collections::HashMap<
+            super::attrcache::Key,
+            Rc<tokio::sync::OnceCell<crate::backend::store::ObjectMeta>>,
+        >,
+    >,
     /// Connections open on this worker.
     pub open: Cell<usize>,
     /// Turns true when the appliance starts draining.
@@ -72,10 +80,14 @@ impl Worker {
     }
 
     /// Keep `bytes`, the start of a record the connection cannot open yet, while it
-    /// waits ([`super::ring::Carry`]); `None` when the worker's carry budget is spent
-    /// (counted): the caller then waits holding its buffer.
-    pub fn carry(&self, bytes: &[u8]) -> Option<super::ring::Carry<'_>> {
-        let carry = self.ring.carry(bytes);
+    /// waits ([`super::ring::Carry`]); `None` when `budget` has no room (counted): the
+    /// caller then waits holding its buffer.
+    pub fn carry(
+        &self,
+        bytes: &[u8],
+        budget: super::ring::Budget,
+    ) -> Option<super::ring::Carry<'_>> {
+        let carry = self.ring.carry(bytes, budget);
         match carry {
             Some(_) => self.stats.recv_carried.inc(),
             None => self.stats.recv_carry_full.inc(),

@@ -12,6 +12,7 @@ use compio::buf::{IntoInner, IoBuf};
 use super::conn::{ConnLog, Established};
 use super::ctx::{Slot, Worker};
 use super::io::{unix_now, Stream};
+use super::ring::{Budget, Carry};
 use super::shared::Generation;
 use crate::authz::Decision;
 use crate::config::Backend;
@@ -172,6 +173,17 @@ async fn refuse(client: &Stream, mut est: Established, log: &ConnLog) {
 
 type HsError = (FailReason, String);
 
+/// How a handshake waits for the client's next bytes: `Some(None)` holding nothing
+/// (no partial record), `Some(Some(carry))` holding only the partial record, from the
+/// handshakes' own budget; `None` when that is spent: it keeps its buffer.
+fn carry_for<'w>(w: &'w Worker, partial: &[u8]) -> Option<Option<Carry<'w>>> {
+    if partial.is_empty() {
+        Some(None)
+    } else {
+        w.carry(partial, Budget::Handshake).map(Some)
+    }
+}
+
 async fn handshake(
     w: &Worker,
     gen: &Arc<Generation>,
@@ -202,7 +214,7 @@ async fn handshake(
             // Between the client's flights (or inside one sent in pieces): wait holding
             // only the partial record, so a client that sends a few bytes and stops
             // pins a few bytes, not three pool buffers, until the handshake deadline.
-            None => match w.carry(&inb[..used]) {
+            None => match carry_for(w, &inb[..used]) {
                 Some(carry) => {
                     w.pool.give(std::mem::take(&mut inb));
                     let spare = out.is_empty() && plain.is_empty();
@@ -210,7 +222,8 @@ async fn handshake(
                         w.pool.give(std::mem::take(&mut out.buf));
                         w.pool.give(std::mem::take(&mut plain.buf));
                     }
-                    let (res, mut buf) = w.receive_after(client, carry.len()).await;
+                    let at = carry.as_ref().map_or(0, |c| c.len());
+                    let (res, mut buf) = w.receive_after(client, at).await;
                     if spare {
                         out = OutBuf::from_vec(w.pool.take());
                         plain = OutBuf::from_vec(w.pool.take());
@@ -220,7 +233,9 @@ async fn handshake(
                     inb = if buf.is_empty() {
                         w.pool.take()
                     } else {
-                        carry.restore(&mut buf);
+                        if let Some(c) = carry {
+                            c.restore(&mut buf);
+                        }
                         buf
                     };
                     res.map_err(|e| (FailReason::Protocol, format!("read: {e}")))?

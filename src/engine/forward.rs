@@ -13,6 +13,7 @@ use compio::buf::{IntoInner, IoBuf};
 use super::conn::{ConnLog, Established};
 use super::ctx::Worker;
 use super::io::{read_until, unix_now, unix_secs, Stream, WaitError};
+use super::ring::Budget;
 use super::shared::Generation;
 use crate::config::{Backend, ProxyProtocol, Upstream};
 use crate::proto::proxy_v2;
@@ -335,7 +336,7 @@ impl Shell<'_> {
             let carry = match (quiet, used) {
                 (false, _) => None,
                 (true, 0) => Some(None),
-                (true, _) => self.w.carry(&inb[..used]).map(Some),
+                (true, _) => self.w.carry(&inb[..used], Budget::Established).map(Some),
             };
             let n = if let Some(carry) = carry {
                 self.w.pool.give(std::mem::take(&mut inb));

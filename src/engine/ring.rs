@@ -58,9 +58,24 @@ pub const BUFFERS: u16 = 64;
 /// per worker, for any number of connections.
 pub const BUFFER_LEN: usize = 16 * 1024;
 
-/// Bytes all of one worker's waiting connections may carry at once: 1,000 maximal
-/// partial records, or a few bytes for each of many thousand paused handshakes.
+/// Bytes all of one worker's waiting established connections may carry at once:
+/// 1,000 maximal partial records.
 pub const CARRY_BUDGET: usize = 16 * 1024 * 1024;
+
+/// Bytes all of one worker's unfinished handshakes may carry at once, apart from
+/// [`CARRY_BUDGET`]: clients no one has authenticated yet cannot spend what
+/// authenticated ones wait with. 4 MiB: a few bytes each for many thousand paused
+/// handshakes, or some hundred whole certificate flights.
+pub const HANDSHAKE_CARRY_BUDGET: usize = 4 * 1024 * 1024;
+
+/// Whose budget a carry comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// A connection in its handshake (not authenticated yet).
+    Handshake,
+    /// An established connection.
+    Established,
+}
 
 /// Longest carry: what fits before a ring buffer's bytes in a pool buffer. A partial
 /// TLS record is shorter (at most 5 + 16,384 + 256 bytes).
@@ -69,7 +84,7 @@ const MAX_CARRY: usize = super::pool::BUF_SIZE - BUFFER_LEN;
 /// The start of a record a waiting connection keeps (see the module's text); its bytes
 /// go back to the worker's budget when it is dropped.
 pub struct Carry<'a> {
-    ring: &'a RecvRing,
+    budget: &'a Cell<usize>,
     bytes: Vec<u8>,
 }
 
@@ -95,8 +110,8 @@ impl Carry<'_> {
 
 impl Drop for Carry<'_> {
     fn drop(&mut self) {
-        let left = self.ring.carried.get().saturating_sub(self.bytes.len());
-        self.ring.carried.set(left);
+        let left = self.budget.get().saturating_sub(self.bytes.len());
+        self.budget.set(left);
     }
 }
 
@@ -131,28 +146,30 @@ impl Drop for Queued<'_> {
 #[derive(Default)]
 pub struct RecvRing {
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
-    /// Bytes in this worker's live [`Carry`]s.
+    /// Bytes in this worker's live [`Carry`]s of established connections.
     carried: Cell<usize>,
+    /// Bytes in this worker's live [`Carry`]s of handshakes.
+    carried_handshake: Cell<usize>,
 }
 
 impl RecvRing {
-    /// Keep `bytes` while their connection waits, or `None` when the worker's
-    /// [`CARRY_BUDGET`] has no room for them (the connection then keeps its buffer).
-    pub fn carry(&self, bytes: &[u8]) -> Option<Carry<'_>> {
-        let now = self.carried.get();
-        if bytes.len() > MAX_CARRY || now + bytes.len() > CARRY_BUDGET {
+    /// Keep `bytes` while their connection waits, or `None` when `budget` has no room
+    /// for them or they are longer than a buffer can take in front of a ring buffer's
+    /// bytes (the connection then keeps its buffer).
+    pub fn carry(&self, bytes: &[u8], budget: Budget) -> Option<Carry<'_>> {
+        let (used, limit) = match budget {
+            Budget::Handshake => (&self.carried_handshake, HANDSHAKE_CARRY_BUDGET),
+            Budget::Established => (&self.carried, CARRY_BUDGET),
+        };
+        let now = used.get();
+        if bytes.len() > MAX_CARRY || now + bytes.len() > limit {
             return None;
         }
-        self.carried.set(now + bytes.len());
+        used.set(now + bytes.len());
         Some(Carry {
-            ring: self,
+            budget: used,
             bytes: bytes.to_vec(),
         })
-    }
-
-    /// Bytes carried by this worker's waiting connections now.
-    pub fn carried(&self) -> usize {
-        self.carried.get()
     }
 
     /// A ring buffer went back: wake the longest waiter.

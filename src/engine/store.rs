@@ -25,6 +25,7 @@ use compio::buf::{IntoInner, IoBuf};
 use super::conn::{ConnLog, Established};
 use super::ctx::Worker;
 use super::io::{read_until, unix_now, unix_secs, RingFile, RingStream, Stream, WaitError};
+use super::ring::Budget;
 use super::shared::Generation;
 use crate::authz::token::{self, Claims, Refused, TokenError, TokenGate};
 use crate::authz::{Access, Decision};
@@ -453,7 +454,7 @@ impl Conn<'_> {
         let w: &Worker = self.w;
         let carry = match self.used {
             0 => None,
-            used => match w.carry(&self.inb[..used]) {
+            used => match w.carry(&self.inb[..used], Budget::Established) {
                 Some(c) => Some(c),
                 // Boxed: rare, and kept out of every connection's idle state.
                 None => return Box::pin(self.read_more()).await,

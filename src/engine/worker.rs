@@ -82,6 +82,7 @@ pub fn run(
             pool: Pool::new(256),
             ring: RecvRing::default(),
             attrs: Default::default(),
+            hashing: Default::default(),
             open: Cell::new(0),
             drain: stop.clone(),
             cut: cut_rx,

@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use super::Conn;
@@ -94,6 +95,8 @@ pub(super) struct Opened {
     pub meta: Option<ObjectMeta>,
     /// Its `Content-Type` and user metadata.
     pub user: s3::Metadata,
+    /// This state of the object, as its `statx` said.
+    pub seen: attrcache::Key,
 }
 
 /// Why a ring lookup of an object did not give one.
@@ -149,17 +152,23 @@ pub(super) async fn lookup_object(
         mtime_sec: st.stx_mtime.tv_sec,
         mtime_nsec: st.stx_mtime.tv_nsec,
     };
+    let seen = attrcache::Key::of(&st);
     if !store.keeps_attributes() {
         let user = s3::Metadata::default();
         return Ok(Opened {
             file,
             meta: None,
             user,
+            seen,
         });
     }
-    let seen = attrcache::Key::of(&st);
     if let Some((meta, user)) = cache.get(&seen) {
-        return Ok(Opened { file, meta, user });
+        return Ok(Opened {
+            file,
+            meta,
+            user,
+            seen,
+        });
     }
     // The five attribute reads are independent: issued together, they cost one round
     // through the kernel's io-wq instead of five.
@@ -173,19 +182,44 @@ pub(super) async fn lookup_object(
         fsops::get_xattr(file.clone(), store::META_ATTR, META_FIRST),
     )
     .await;
+    // Remembered only if every read gave an answer (a value, or "none"): a transient
+    // error must spoil one response, not every one until the object changes.
+    let mut answered = true;
     let mut attrs = Attrs::default();
     for (i, (value, _)) in [a0, a1, a2, a3].into_iter().enumerate() {
+        answered &= value.is_ok();
         // As the blocking path: an attribute that cannot be read counts as absent.
         attrs.set(i, value.ok().flatten());
     }
-    let user = store::parse_metadata(meta.0.ok().flatten().as_deref());
-    drop(meta.1);
+    // Every op gives its handle on the file back; they must all be gone before the
+    // file is taken out of its Arc.
+    let (raw_user, handle) = meta;
+    drop(handle);
+    answered &= raw_user.is_ok();
+    let raw_user = raw_user.ok().flatten();
+    let user = store::parse_metadata(raw_user.as_deref());
     let file = Arc::into_inner(file).ok_or_else(|| {
         s3::Error::new(Code::InternalError).detail("an attribute read kept the object open")
     })?;
     let meta = store::cached_meta_from(&stamp, &attrs);
-    cache.put(seen, (meta.clone(), user.clone()));
-    Ok(Opened { file, meta, user })
+    // An object without a current digest is not remembered: the hash its GET runs on
+    // the pool stores one, and the lookups after that must see it, not this state.
+    let small = raw_user
+        .as_ref()
+        .is_none_or(|m| m.len() <= attrcache::MAX_META);
+    if answered && small && meta.is_some() {
+        cache.put(
+            seen,
+            (meta.clone(), user.clone()),
+            std::time::SystemTime::now(),
+        );
+    }
+    Ok(Opened {
+        file,
+        meta,
+        user,
+        seen,
+    })
 }
 
 /// Create a new temporary in the bucket's folder on the ring, as
@@ -219,6 +253,42 @@ pub(super) async fn discard_temp(store: &Arc<Store>, bucket: &str, temp: &str) {
 }
 
 impl Conn<'_> {
+    /// The metadata of an object with no current stored digest: its bytes hashed on
+    /// the pool, once per state of the object on this worker however many requests
+    /// want it at once (they wait for the one job; a thousand GETs of a freshly
+    /// written file must not fill the pool's queue with a thousand copies of it).
+    async fn hash_once(
+        &self,
+        store: &Arc<Store>,
+        bucket: &str,
+        file: &File,
+        seen: attrcache::Key,
+    ) -> Result<ObjectMeta, s3::Error> {
+        let cell = self.w.hashing.borrow_mut().entry(seen).or_default().clone();
+        let r = cell
+            .get_or_try_init(|| async {
+                let f = file
+                    .try_clone()
+                    .map_err(|e| s3::Error::new(Code::InternalError).detail(e))?;
+                let b = bucket.to_owned();
+                self.blocking(store, move |st| {
+                    st.object_meta(&f).map_err(|e| object_error(st, &b, &e))
+                })
+                .await
+            })
+            .await
+            .cloned();
+        // The entry goes once it has its answer (the digest is stored now, and later
+        // lookups read it) or when no one else waits on it.
+        let mut map = self.w.hashing.borrow_mut();
+        if map.get(&seen).is_some_and(|c| Rc::ptr_eq(c, &cell))
+            && (cell.initialized() || Rc::strong_count(&cell) <= 2)
+        {
+            map.remove(&seen);
+        }
+        r
+    }
+
     /// Open an object with its metadata for GET or HEAD: the lookup on the ring; the
     /// hashing of an object with no current stored digest (its whole length) on the
     /// pool, and the whole lookup there on a kernel without `openat2`.
@@ -234,18 +304,16 @@ impl Conn<'_> {
                 file,
                 meta: Some(meta),
                 user,
+                ..
             }) => Ok((file, meta, user)),
             Ok(Opened {
                 file,
                 meta: None,
                 user,
+                seen,
             }) => {
-                self.blocking(store, move |st| {
-                    st.object_meta(&file)
-                        .map(|m| (file, m, user))
-                        .map_err(|e| object_error(st, &b, &e))
-                })
-                .await
+                let meta = self.hash_once(store, &b, &file, seen).await?;
+                Ok((file, meta, user))
             }
             Err(NotOpened::Refused(e)) => Err(e),
             Err(NotOpened::NoOpenat2) => {
