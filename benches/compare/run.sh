@@ -53,7 +53,7 @@ log "== build"
 cargo build --release 2>&1 | tail -1 >&2
 FWD=$(bench_exe forward)
 CHART=$(bench_exe compare-chart)
-LG=$PWD/target/release/lakegate
+LG=${LG:-$PWD/target/release/lakegate}
 IDLE=$PWD/benches/compare/idle.py
 for x in "$FWD" "$CHART" "$LG"; do [ -x "$x" ] || { log "build failed ($x)"; exit 1; }; done
 
