@@ -639,22 +639,6 @@ impl Store {
         Ok((file, meta))
     }
 
-    /// [`Store::open_object`] without its one unbounded step: the metadata is `None`
-    /// when the object has no current stored digest, and the caller computes it with
-    /// [`Store::object_meta`] away from its event loop. What is done here (openat2,
-    /// fstat, xattr reads) is answered from the kernel's caches.
-    pub fn open_object_cached(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> io::Result<(File, Option<ObjectMeta>)> {
-        validate_key(key)?;
-        let dir = self.bucket_dir(bucket)?;
-        let file = open_object_at(&dir, key)?;
-        let meta = cached_meta(&file, self.xattrs)?;
-        Ok((file, meta))
-    }
-
     /// The metadata of an open object, hashing its bytes (and storing the digest) when
     /// no current one is stored: blocks for as long as reading the whole file takes.
     pub fn object_meta(&self, file: &File) -> io::Result<ObjectMeta> {

@@ -113,8 +113,8 @@ impl From<s3::Error> for NotOpened {
     }
 }
 
-/// Open `key` beneath its bucket on the ring, as [`Store::open_object_cached`] does
-/// with blocking calls: `openat2` with the store's resolve flags (a rename racing the
+/// Open `key` beneath its bucket on the ring, as [`Store::open_object`] does with
+/// blocking calls (less its hashing): `openat2` with the store's resolve flags (a rename racing the
 /// lookup is tried again), only a regular file, then its `statx` and, where the
 /// filesystem keeps them, its digest and metadata attributes, read at once, unless
 /// `cache` knows them for this exact state of the object ([`AttrCache`]).
