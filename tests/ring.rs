@@ -174,6 +174,84 @@ fn paused_partial_records_are_carried_within_the_budget_and_come_back_whole() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
+/// Clients no one has authenticated carry from a budget of their own (4 MiB per
+/// worker): 300 connections that each send 16,000 bytes of a ClientHello record and stop
+/// spend it, and a certified client that pauses mid-record is still carried.
+#[test]
+fn unauthenticated_handshakes_cannot_spend_the_established_carry_budget() {
+    use std::io::Write as _;
+    const CONNS: usize = 300;
+    const FIRST: usize = 16_000;
+    raise_open_files(4 * CONNS as u64);
+    let lab = Lab::new();
+    let root = lab.path("data");
+    std::fs::create_dir_all(root.join("datasets")).unwrap();
+    let srv = Server::start(
+        &lab,
+        "max_connections = 5000",
+        &format!("kind = \"store\"\nroot = \"{}\"", root.display()),
+    );
+    let cfg = client_config(&lab, Some("alice"), false);
+    // Connected first, so its handshake is not the one waiting for budget.
+    let alice = TlsClient::connect(srv.port, cfg).unwrap();
+    let carried = |srv: &Server| srv.metric("lakegate_recv_carried_total", "");
+    let full = |srv: &Server| srv.metric("lakegate_recv_carry_full_total", "");
+    let (c0, f0) = (carried(&srv), full(&srv));
+    // A handshake record announcing 16,384 bytes, cut at 16,000.
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x3f, 0xfc, 0x03, 0x03,
+    ];
+    hello.resize(FIRST, 0x5a);
+    let mut strangers = Vec::with_capacity(CONNS);
+    for i in 0..CONNS {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", srv.port))
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        s.write_all(&hello).unwrap();
+        strangers.push(s);
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            carried(&srv) - c0 + full(&srv) - f0 >= CONNS as f64
+        }),
+        "{} carried, {} kept their buffer, of {CONNS}",
+        carried(&srv) - c0,
+        full(&srv) - f0
+    );
+    let (kept, took) = (carried(&srv) - c0, full(&srv) - f0);
+    eprintln!("{CONNS} paused ClientHellos: {kept} carried, {took} kept their buffer");
+    assert!(
+        took > 0.0,
+        "4.8 MB of paused handshakes fit a 4 MiB budget?"
+    );
+    assert!(
+        kept * FIRST as f64 <= 4.0 * 1024.0 * 1024.0,
+        "over the handshake budget"
+    );
+
+    // The certified client pauses inside its request's record: still carried.
+    let c1 = carried(&srv);
+    let body = pseudo_random(10_000, 3);
+    let mut req = b"PUT /datasets/a HTTP/1.1\r\nHost: x\r\nContent-Length: 10000\r\n\r\n".to_vec();
+    req.extend_from_slice(&body);
+    let wire = alice.seal(&req);
+    let cut = wire.len() - 64;
+    alice.send_raw(&wire[..cut]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || carried(&srv) - c1 >= 1.0),
+        "the certified client's pause was not carried (budget spent by strangers?)"
+    );
+    assert_eq!(
+        full(&srv) - f0,
+        took,
+        "the certified client fell back to its buffer"
+    );
+    alice.send_raw(&wire[cut..]).unwrap();
+    let (st, h, _) = read_response(&mut alice.plain_reader(), false).unwrap();
+    assert_eq!(st, 201, "{h:?}");
+    assert!(std::fs::read(root.join("datasets/a")).unwrap() == body);
+    drop(strangers);
+}
+
 /// Raise this process's soft limit on open files to `want` (at most the hard limit).
 fn raise_open_files(want: u64) {
     let mut lim = libc::rlimit {

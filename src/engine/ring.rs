@@ -15,7 +15,8 @@
 //!
 //! A connection that waits with the start of a record it cannot open yet (the client
 //! paused mid-record, or sends a handshake flight in pieces) keeps only those bytes: a
-//! [`Carry`] of exactly their length, taken from the worker's [`CARRY_BUDGET`] for as
+//! [`Carry`] of exactly their length, taken from the worker's [`CARRY_BUDGET`] (or, in a
+//! handshake, the separate [`HANDSHAKE_CARRY_BUDGET`]) for as
 //! long as the wait lasts, instead of the 65 KiB pool buffer they sat in. When the
 //! rest arrives, the carry goes first into the pool buffer the new bytes land in. The
 //! carried bytes are copied twice (out and back), at most one record per wait, never
