@@ -36,6 +36,21 @@ fn rustls_client_echoes_256_mib_through_tcp_and_unix_upstreams() {
     }
 }
 
+/// KeyUpdates both ways in the middle of a stream: the client updates its key and asks
+/// for ours every 256 KiB; each answer goes out before our next record (sealed in the
+/// download's record slots), and the echo comes back intact under every new key.
+#[test]
+fn key_updates_asked_mid_stream_are_answered_and_the_echo_stays_intact() {
+    let lab = Lab::new();
+    let up = Upstream::tcp(None);
+    let srv = Server::forward(&lab, &up.addr, "", "");
+    let c = TlsClient::connect(srv.port, client_config(&lab, Some("alice"), false)).unwrap();
+    let (sent, got, n) = c.echo_updating_keys(48 * MIB, Some(256 * 1024));
+    assert_eq!(n, 48 * MIB);
+    assert_eq!(sent, got, "sha256 of the echo across 190 key updates");
+    assert_eq!(up.wait_seen(1)[0].sha256, sent);
+}
+
 #[test]
 fn openssl_s_client_echoes_256_mib() {
     let lab = Lab::new();

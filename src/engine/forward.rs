@@ -436,9 +436,133 @@ impl Shell<'_> {
         }
     }
 
+    /// Upstream plaintext → client, TLS 1.3 on lakegate's own record layer: each read
+    /// lands in the record slots of one buffer and is sealed there, so a byte is copied
+    /// only by the kernel (in from the upstream, out to the client), never in user
+    /// space. Upstream EOF → close_notify.
+    async fn upstream_to_client_in_place(&self) {
+        const DIR: Dir = Dir::UpstreamToClient;
+        let mut buf = Vec::new();
+        // As the copying path: between bursts, wait for the upstream holding no buffer.
+        let mut quiet = true;
+        // Err: a failure the machine has not heard of yet.
+        let result: Result<(), Close> = loop {
+            if quiet {
+                if !buf.is_empty() {
+                    self.w.pool.give_slotted(std::mem::take(&mut buf));
+                }
+                let ready = self
+                    .wait(async { (self.up.readable().await.map(|()| 0), ()) })
+                    .await;
+                if let Err((WaitError::Io(_) | WaitError::Draining, _)) = ready {
+                    return self.fail(DIR, Close::UpstreamReadError);
+                }
+                // Idle: the read below sees the same timer and says goodbye properly.
+                buf = self.w.pool.take_slotted();
+            }
+            let n = match self
+                .wait(self.up.read_slots(std::mem::take(&mut buf)))
+                .await
+            {
+                Ok((n, back)) => {
+                    buf = back;
+                    n
+                }
+                Err((WaitError::Idle, _)) => {
+                    // The read still owns its buffer until it completes.
+                    return self
+                        .idle_goodbye(OutBuf::from_vec(self.w.pool.take()))
+                        .await;
+                }
+                Err((WaitError::Io(_) | WaitError::Draining, _)) => {
+                    return self.fail(DIR, Close::UpstreamReadError)
+                }
+            };
+            // Upstream EOF: the machine says close_notify, then the client's write side.
+            let eof = (n == 0).then(|| self.m.borrow_mut().on_upstream_eof());
+            let keep = match n {
+                0 => {
+                    self.m.borrow_mut().on_activity(Instant::now());
+                    false
+                }
+                n => self.m.borrow_mut().on_read(DIR, n, Instant::now()),
+            };
+            let sealed = {
+                let mut tls = self.tls.borrow_mut();
+                match eof {
+                    Some(a) if a.close_notify => {
+                        // Into the buffer's front; its length stays the slots' length.
+                        let mut out = OutBuf::from_vec(std::mem::take(&mut buf));
+                        let r = tls.close_notify(&mut out);
+                        let len = out.filled;
+                        buf = out.buf;
+                        r.map(|()| 0..len)
+                    }
+                    Some(_) => Ok(0..0),
+                    None => tls.seal_slots(&mut buf, n),
+                }
+            };
+            let Ok(range) = sealed else {
+                break Err(Close::TlsEncrypt);
+            };
+            let len = range.len();
+            let write = self.client.write_all(buf.slice(range));
+            let limit = self.m.borrow().write_timeout();
+            let (res, slice) = match compio::time::timeout(limit, write).await {
+                Ok(x) => x,
+                Err(_) => return self.fail(DIR, Close::ClientWriteTimeout),
+            };
+            buf = slice.into_inner();
+            if res.is_err() {
+                break Err(Close::ClientWriteError);
+            }
+            self.log
+                .bytes_out
+                .set(self.log.bytes_out.get() + len as u64);
+            self.w.stats.bytes_sent.add(len as u64);
+            quiet = !keep;
+            if let Some(a) = eof {
+                self.shut(a);
+                break Ok(());
+            }
+        };
+        self.w.pool.give_slotted(buf);
+        if let Err(why) = result {
+            self.fail(DIR, why);
+        }
+    }
+
+    /// The upstream direction went idle: what the machine says, its close_notify
+    /// included (written through `out`).
+    async fn idle_goodbye(&self, mut out: OutBuf) {
+        let a = self.m.borrow_mut().on_idle(Dir::UpstreamToClient);
+        if a.close_notify {
+            out.clear();
+            if self.tls.borrow_mut().close_notify(&mut out).is_ok() {
+                let len = out.filled;
+                let write = self
+                    .client
+                    .write_all(std::mem::take(&mut out.buf).slice(..len));
+                let limit = self.m.borrow().write_timeout();
+                // The connection is going anyway: a goodbye that cannot be written
+                // changes nothing.
+                if let Ok((_, slice)) = compio::time::timeout(limit, write).await {
+                    out.buf = slice.into_inner();
+                }
+            }
+        }
+        self.w.pool.give(out.buf);
+        self.shut(a);
+    }
+
     /// Upstream plaintext → encrypt → client; upstream EOF → close_notify.
     async fn upstream_to_client(&self, mut ub: Vec<u8>, mut out: OutBuf) {
         const DIR: Dir = Dir::UpstreamToClient;
+        if self.tls.borrow().seals_in_place() {
+            self.w.pool.give(ub);
+            self.w.pool.give(out.buf);
+            return self.upstream_to_client_in_place().await;
+        }
         // As the other direction: between bursts, wait for the upstream holding no buffer.
         let mut quiet = true;
         // Err: a failure the machine has not heard of yet.
@@ -458,22 +582,10 @@ impl Shell<'_> {
             let (n, slice) = match self.wait(self.up.read(ub.slice(..cap))).await {
                 Ok(x) => x,
                 Err((WaitError::Idle, _)) => {
-                    let a = self.m.borrow_mut().on_idle(DIR);
-                    if a.close_notify {
-                        if out.buf.is_empty() {
-                            out = OutBuf::from_vec(self.w.pool.take());
-                        }
-                        out.clear();
-                        if self.tls.borrow_mut().close_notify(&mut out).is_ok() {
-                            let len = out.filled;
-                            let write = self.client.write_all(out.buf.slice(..len));
-                            let limit = self.m.borrow().write_timeout();
-                            // The connection is going anyway: a goodbye that cannot
-                            // be written changes nothing.
-                            let _ = compio::time::timeout(limit, write).await;
-                        }
+                    if out.buf.is_empty() {
+                        out = OutBuf::from_vec(self.w.pool.take());
                     }
-                    return self.shut(a);
+                    return self.idle_goodbye(out).await;
                 }
                 Err((WaitError::Io(_) | WaitError::Draining, _)) => {
                     return self.fail(DIR, Close::UpstreamReadError)

@@ -7,7 +7,11 @@ use std::time::Instant;
 
 use compio::buf::{BufResult, IoBuf, IoBufMut};
 use compio::driver::op::{Interest, PollOnce};
-use compio::driver::ToSharedFd;
+use compio::driver::{OpCode, OpEntry, SharedFd, ToSharedFd};
+use io_uring_07::{opcode, types};
+use std::os::fd::AsRawFd;
+
+use crate::tls::record::slots;
 use compio::io::{AsyncRead, AsyncReadManaged, AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpStream, UnixStream};
 
@@ -60,6 +64,24 @@ impl Stream {
         }
     }
 
+    /// One `readv` into the record slots of `buf` ([`slots`]), so the plaintext lands
+    /// where it will be sealed: bytes read and the buffer. `buf` must be at least
+    /// [`slots::LEN`] long.
+    pub async fn read_slots(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        assert!(buf.len() >= slots::LEN);
+        let mut op = match self {
+            Stream::Tcp(s) => ReadSlots::new(s.to_shared_fd(), buf),
+            Stream::Unix(s) => ReadSlots::new(s.to_shared_fd(), buf),
+        };
+        loop {
+            let BufResult(res, back) = compio::runtime::submit(op).await;
+            match res {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => op = back,
+                res => return (res, back.buf),
+            }
+        }
+    }
+
     /// Write all of `buf`.
     pub async fn write_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
         match self {
@@ -76,6 +98,76 @@ impl Stream {
             Stream::Tcp(s) => socket2::SockRef::from(s).shutdown(how),
             Stream::Unix(s) => socket2::SockRef::from(s).shutdown(how),
         };
+    }
+}
+
+/// `readv(fd, [the slots' plaintext rooms])`: the buffer and the vector the kernel
+/// reads through are the op's own, and compio keeps an op in place (boxed, never moved)
+/// until its completion, also when its future was dropped.
+struct ReadSlots {
+    fd: SharedFd<socket2::Socket>,
+    buf: Vec<u8>,
+    iov: [libc::iovec; slots::COUNT],
+}
+
+impl ReadSlots {
+    fn new(fd: SharedFd<socket2::Socket>, buf: Vec<u8>) -> Self {
+        ReadSlots {
+            fd,
+            buf,
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; slots::COUNT],
+        }
+    }
+
+    /// Point the vector at the slots (again: the op may have moved since it was made).
+    fn aim(&mut self) {
+        let base = self.buf.as_mut_ptr();
+        for (i, v) in self.iov.iter_mut().enumerate() {
+            let r = slots::room(i);
+            // `buf` is at least `slots::LEN` long (checked in `read_slots`), so every
+            // room lies inside it.
+            *v = libc::iovec {
+                iov_base: base.wrapping_add(r.start).cast(),
+                iov_len: r.len(),
+            };
+        }
+    }
+}
+
+// SAFETY: the entry points at `self.iov`, whose entries point into `self.buf`'s
+// disjoint slot rooms; the op owns both and compio keeps it in place until the
+// completion, and `self.fd` keeps the socket open for as long. The kernel writes only
+// inside the rooms the vector names.
+unsafe impl OpCode for ReadSlots {
+    type Control = ();
+
+    fn create_entry(&mut self, _: &mut ()) -> OpEntry {
+        self.aim();
+        OpEntry::Submission(
+            opcode::Readv::new(
+                types::Fd(self.fd.as_raw_fd()),
+                self.iov.as_ptr(),
+                slots::COUNT as u32,
+            )
+            .build(),
+        )
+    }
+
+    fn call_blocking(&mut self, _: &mut ()) -> io::Result<usize> {
+        self.aim();
+        // SAFETY: as for the ring entry: the vector names `slots::COUNT` rooms inside
+        // `self.buf`, which is borrowed mutably for the call, and the fd is open.
+        let r = unsafe {
+            libc::readv(
+                self.fd.as_raw_fd(),
+                self.iov.as_ptr(),
+                slots::COUNT as libc::c_int,
+            )
+        };
+        usize::try_from(r).map_err(|_| io::Error::last_os_error())
     }
 }
 

@@ -4,6 +4,8 @@
 
 use std::cell::RefCell;
 
+use crate::tls::record::slots;
+
 /// Size of one pooled buffer: four maximal TLS records.
 pub const BUF_SIZE: usize = 64 * 1024 + 1024;
 
@@ -12,15 +14,36 @@ pub const BUF_SIZE: usize = 64 * 1024 + 1024;
 #[derive(Default)]
 pub struct Pool {
     free: RefCell<Vec<Vec<u8>>>,
+    /// Record-slot buffers ([`slots::LEN`]) for the forward relay's downloads.
+    slotted: RefCell<Vec<Vec<u8>>>,
     keep: usize,
 }
 
 impl Pool {
-    /// A pool that keeps at most `keep` idle buffers.
+    /// A pool that keeps at most `keep` idle buffers of each kind.
     pub fn new(keep: usize) -> Self {
         Pool {
             free: RefCell::new(Vec::new()),
+            slotted: RefCell::new(Vec::new()),
             keep,
+        }
+    }
+
+    /// Take a record-slot buffer ([`slots::LEN`] initialised bytes): one buffer the
+    /// size of two pooled ones, read into with a single `readv` of [`slots::COUNT`]
+    /// records, where the copying path reads and seals through two.
+    pub fn take_slotted(&self) -> Vec<u8> {
+        match self.slotted.borrow_mut().pop() {
+            Some(b) => b,
+            None => vec![0; slots::LEN],
+        }
+    }
+
+    /// Give a record-slot buffer back (dropped if that list is full or it shrank).
+    pub fn give_slotted(&self, b: Vec<u8>) {
+        let mut free = self.slotted.borrow_mut();
+        if free.len() < self.keep && b.len() == slots::LEN {
+            free.push(b);
         }
     }
 

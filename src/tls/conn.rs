@@ -12,6 +12,7 @@
 //! through an owned chunk first). TLS 1.2 (opt-in) stays on rustls. Encryption writes
 //! straight into the caller's outgoing buffer either way.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use rustls::kernel::KernelConnection;
@@ -435,6 +436,25 @@ impl TlsConn {
                 ConnectionState::PeerClosed => self.peer_closed = true,
                 _ => return Err(TlsError::Closed),
             }
+        }
+    }
+
+    /// Whether [`Self::seal_slots`] serves this connection: TLS 1.3 on lakegate's own
+    /// record layer (a TLS 1.2 session stays on rustls and its copying path).
+    pub fn seals_in_place(&self) -> bool {
+        matches!(self.state, State::Records(_)) && !self.sent_close && !self.failed
+    }
+
+    /// Seal the `n` plaintext bytes a sender read into the record slots of `buf`
+    /// ([`crate::tls::record::slots`]) where they are; returns the range of `buf` to
+    /// send. Only while [`Self::seals_in_place`].
+    pub fn seal_slots(&mut self, buf: &mut [u8], n: usize) -> Result<Range<usize>, TlsError> {
+        if self.sent_close || self.failed {
+            return Err(TlsError::Closed);
+        }
+        match &mut self.state {
+            State::Records(e) => e.layer.seal_slots(buf, n),
+            _ => Err(TlsError::Closed),
         }
     }
 

@@ -616,6 +616,108 @@ fn key_updates_both_ways_keep_the_stream_intact() {
     assert!(p.server_plain.as_slice().ends_with(b"still here"));
 }
 
+/// Everything the client can read now, appended to `into`.
+fn client_reads(client: &mut ClientConnection, mut wire: &[u8], into: &mut Vec<u8>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while !wire.is_empty() {
+        client.read_tls(&mut wire).unwrap();
+        client.process_new_packets().unwrap();
+        loop {
+            match std::io::Read::read(&mut client.reader(), &mut buf) {
+                Ok(0) => break,
+                Ok(k) => into.extend_from_slice(&buf[..k]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+}
+
+/// The forward relay's download path: plaintext read into record slots and sealed
+/// there, mixed with records sealed the copying way, with KeyUpdates asked for by the
+/// client and due at the send key's limit; a rustls client reads every byte in order.
+#[test]
+fn records_sealed_in_their_slots_reach_a_rustls_client_intact() {
+    use super::record::{slots, MAX_PLAINTEXT};
+    let w = world_for_records();
+    let mut p = Pair::new(
+        client_config(&w.ca, Some(&w.alice), false),
+        server_config(&w.ca, &w.server, vec![], false),
+    );
+    p.drive().unwrap();
+    p.client.set_buffer_limit(None);
+    assert!(p.server.seals_in_place());
+    let mut rng = Rng(0x5107);
+    let mut buf = vec![0u8; slots::LEN];
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    let (mut asked, mut updates) = (0, 0);
+    for round in 0..240 {
+        if round == 120 {
+            // From here our own KeyUpdates come every few batches.
+            p.server.set_send_key_limit(9);
+        }
+        if round % 29 == 3 {
+            // The client updates its key and asks for ours.
+            p.client.refresh_traffic_keys().unwrap();
+            p.drive().unwrap();
+            asked += 1;
+        }
+        let n = match round % 5 {
+            0 => slots::COUNT * MAX_PLAINTEXT,
+            1 => MAX_PLAINTEXT,
+            2 => 1 + rng.below(100),
+            _ => 1 + rng.below(slots::COUNT * MAX_PLAINTEXT),
+        };
+        let data = rng.bytes(n);
+        want.extend_from_slice(&data);
+        if round % 7 == 6 {
+            // The copying path in between: both count the same sequence numbers.
+            let mut out = OutBuf::with_capacity(0);
+            p.server.encrypt(&data, &mut out).unwrap();
+            client_reads(&mut p.client, out.as_slice(), &mut got);
+            continue;
+        }
+        // As one readv fills the slots.
+        for (i, chunk) in data.chunks(MAX_PLAINTEXT).enumerate() {
+            buf[slots::room(i)][..chunk.len()].copy_from_slice(chunk);
+        }
+        let sent = p.server.seal_slots(&mut buf, n).unwrap();
+        if sent.start == 0 {
+            updates += 1;
+        } else {
+            assert_eq!(sent.start, slots::KEY_UPDATE_ROOM);
+        }
+        let records = n.div_ceil(MAX_PLAINTEXT);
+        assert_eq!(
+            sent.len(),
+            (sent.start == 0) as usize * slots::KEY_UPDATE_ROOM + n + records * 22
+        );
+        client_reads(&mut p.client, &buf[sent], &mut got);
+    }
+    assert!(got == want, "the client read other bytes than were sealed");
+    assert!(
+        asked >= 8 && updates > asked,
+        "{asked} asked, {updates} KeyUpdates sent in slots"
+    );
+    // Closed: no more sealing, and the relay falls back to nothing.
+    let mut out = OutBuf::with_capacity(0);
+    p.server.close_notify(&mut out).unwrap();
+    assert!(!p.server.seals_in_place());
+    assert!(p.server.seal_slots(&mut buf, 1).is_err());
+}
+
+#[test]
+fn tls12_sessions_do_not_seal_in_place() {
+    let w = world_for_records();
+    let mut p = Pair::new(
+        client_config(&w.ca, Some(&w.alice), true),
+        server_config(&w.ca, &w.server, vec![], true),
+    );
+    p.drive().unwrap();
+    assert!(!p.server.is_handshaking());
+    assert!(!p.server.seals_in_place());
+}
+
 #[test]
 fn sequence_numbers_past_two_to_the_twenty_records() {
     let w = world_for_records();

@@ -556,6 +556,12 @@ impl TlsClient {
     /// Send `total` pseudo-random bytes, send close_notify, and read everything back
     /// until the server's close_notify. Returns (sha256 sent, sha256 received, bytes received).
     pub fn echo(self, total: u64) -> (Vec<u8>, Vec<u8>, u64) {
+        self.echo_updating_keys(total, None)
+    }
+
+    /// [`Self::echo`], the client updating its key and asking for the server's
+    /// (KeyUpdate with update_requested) after every `every` bytes it sent.
+    pub fn echo_updating_keys(self, total: u64, every: Option<u64>) -> (Vec<u8>, Vec<u8>, u64) {
         let conn = self.conn.clone();
         let mut wsock = self.sock.try_clone().unwrap();
         let writer = std::thread::spawn(move || {
@@ -576,6 +582,9 @@ impl TlsClient {
                 ctx.update(&chunk[..n]);
                 {
                     let mut c = conn.lock().unwrap();
+                    if every.is_some_and(|e| sent > 0 && sent % e < n as u64) {
+                        c.refresh_traffic_keys().unwrap();
+                    }
                     c.writer().write_all(&chunk[..n]).unwrap();
                     wire.clear();
                     while c.wants_write() {
