@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# lakegate forward mode: server CPU-seconds per GiB of upload against its floor
-# (AES-GCM open + a plaintext HAProxy TCP relay), and mTLS handshakes per server
-# CPU-second (full and resumed). Prints a Markdown table with medians and every run.
+# lakegate forward mode: server CPU-seconds per GiB of upload and of download against
+# their floors (AES-GCM + a plaintext HAProxy TCP relay of the same direction), and mTLS
+# handshakes per server CPU-second (full and resumed). Prints a Markdown table with
+# medians and every run.
 #
 #   benches/forward/run.sh                      # defaults below
 #   RUNS=3 BYTES=4G FULL_N=2000 RESUMED_N=4000 HS_THREADS=2 benches/forward/run.sh
@@ -122,6 +123,42 @@ stop_lakegate "$UP_PID" "$UP_TPID"
 RSS=$(awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }' "$TMP/upload.time")
 kill "$HP_PID"; wait "$HP_PID" 2>/dev/null || true
 
+echo "== downloads of $BYTES: lakegate and haproxy on core $SC, a source upstream on core $CC" >&2
+taskset -c $CC "$BENCH" source --bytes "$(bytes "$BYTES")" --port-file "$TMP/source.port" >/dev/null &
+PIDS+=($!)
+for _ in $(seq 100); do [ -s "$TMP/source.port" ] && break; sleep 0.05; done
+SRC=$(cat "$TMP/source.port")
+start_lakegate download "$SRC"
+DN_PID=$LG_PID; DN_TPID=$LG_TPID; DN_PORT=$LG_PORT
+HPD_PORT=$("$BENCH" free-port)
+sed "s/127.0.0.1:$HP_PORT\$/127.0.0.1:$HPD_PORT/; s/127.0.0.1:$SINK\$/127.0.0.1:$SRC/" "$TMP/haproxy.cfg" >"$TMP/haproxy-dn.cfg"
+taskset -c $SC haproxy -db -f "$TMP/haproxy-dn.cfg" >"$TMP/haproxy-dn.log" 2>&1 &
+HPD_PID=$!; PIDS+=($HPD_PID)
+# Not probed by connecting: every connection gets the source's bytes.
+for _ in $(seq 100); do ss -ltn | grep -q "127.0.0.1:$HPD_PORT " && break; sleep 0.05; done
+
+# download PID ARGS... -> "cpu_s_per_gib user sys gib_per_s suite"
+download() {
+    local pid=$1 u0 s0 u1 s1 out; shift
+    read -r u0 s0 < <(cpu_of "$pid")
+    out=$(taskset -c $CC "$BENCH" download "$@")
+    read -r u1 s1 < <(cpu_of "$pid")
+    [ "$(kv "$out" bytes)" = "$(bytes "$BYTES")" ] || { echo "short download: $out" >&2; exit 1; }
+    echo "$(calc "($u1 + $s1 - $u0 - $s0) / $GIB") $(calc "($u1 - $u0) / $GIB") $(calc "($s1 - $s0) / $GIB") $(kv "$out" gib_per_s) $(kv "$out" suite)"
+}
+declare -a DN DN_RAW HPD HPD_RAW RATIO_DN
+for i in $(seq "$RUNS"); do
+    echo "== round $i/$RUNS: downloads of $BYTES" >&2
+    r=$(download "$DN_PID" --connect "127.0.0.1:$DN_PORT" "${TLSARGS[@]}" --suite aes128)
+    DN+=("${r%% *}"); DN_RAW+=("$r"); echo "   lakegate aes128: cpu/GiB user/GiB sys/GiB GiB/s suite = $r" >&2
+    r=$(download "$HPD_PID" --connect "127.0.0.1:$HPD_PORT")
+    HPD+=("${r%% *}"); HPD_RAW+=("$r"); echo "   haproxy tcp:     $r" >&2
+    RATIO_DN+=("$(calc "${DN[-1]} / (${A128[$((i - 1))]} + ${HPD[-1]})")")
+done
+DN_HWM=$(awk '/VmHWM/ { print $2 }' "/proc/$DN_PID/status")
+stop_lakegate "$DN_PID" "$DN_TPID"
+kill "$HPD_PID"; wait "$HPD_PID" 2>/dev/null || true
+
 echo "== lakegate (handshakes) on core $SC, echo upstream" >&2
 start_lakegate hs "$ECHO"
 HS_PID=$LG_PID; HS_TPID=$LG_TPID; HS_PORT=$LG_PORT; HS_ADMIN=$LG_ADMIN
@@ -168,6 +205,13 @@ source: $SOURCE; upload $BYTES per run; $RUNS runs; server core $SC, client+sink
 | extra: lakegate, server-preferred suite ($(col 5 "${LG256_RAW[@]}" | sort -u | xargs)), CPU-s/GiB | $M_LG256 | ${LG256[*]} |
 | extra: AES-256-GCM open_in_place CPU-s/GiB | $M_A256 | ${A256[*]} |
 | extra: lakegate(default suite) / (AES-256 open + haproxy) | $(median "${RATIO256[@]}") | ${RATIO256[*]} |
+| (4) lakegate download, TLS13_AES_128_GCM_SHA256, server CPU-s/GiB | $(median "${DN[@]}") | ${DN[*]} |
+|   … of which user / sys CPU-s/GiB | $(median $(col 2 "${DN_RAW[@]}")) / $(median $(col 3 "${DN_RAW[@]}")) | $(col 2 "${DN_RAW[@]}" | xargs) / $(col 3 "${DN_RAW[@]}" | xargs) |
+|   … client-observed throughput GiB/s | $(median $(col 4 "${DN_RAW[@]}")) | $(col 4 "${DN_RAW[@]}" | xargs) |
+| (4b) haproxy mode tcp download (no TLS), server CPU-s/GiB | $(median "${HPD[@]}") | ${HPD[*]} |
+|   … of which user / sys CPU-s/GiB | $(median $(col 2 "${HPD_RAW[@]}")) / $(median $(col 3 "${HPD_RAW[@]}")) | $(col 2 "${HPD_RAW[@]}" | xargs) / $(col 3 "${HPD_RAW[@]}" | xargs) |
+| **lakegate download / (2a + 4b)**, per round then median (aim ≤ 1.15, issue 11) | **$(median "${RATIO_DN[@]}")** | ${RATIO_DN[*]} |
+| lakegate download peak RSS (VmHWM) | ${DN_HWM} KiB | |
 | sink CPU-s/GiB (core $CC), lakegate runs / haproxy runs | $(median $(col 6 "${LG128_RAW[@]}")) / $(median $(col 6 "${HP_RAW[@]}")) | |
 | lakegate peak RSS over all uploads (/usr/bin/time -v; VmHWM) | ${RSS} KiB; ${HWM} KiB | |
 | (3) full mTLS handshakes (ECDSA P-256, $(col 6 "${FULL_RAW[@]}" | sort -u | xargs)) per server CPU-s, N=$FULL_N, $HS_THREADS client threads | $(median "${FULL[@]}") | ${FULL[*]} |
