@@ -20,7 +20,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool that keeps at most `keep` idle buffers of each kind.
+    /// A pool that keeps at most `keep` idle buffers (and `keep / 2` slot buffers).
     pub fn new(keep: usize) -> Self {
         Pool {
             free: RefCell::new(Vec::new()),
@@ -39,10 +39,11 @@ impl Pool {
         }
     }
 
-    /// Give a record-slot buffer back (dropped if that list is full or it shrank).
+    /// Give a record-slot buffer back (dropped if that list is full or it shrank). The
+    /// list keeps half as many: as many bytes as the plain list at most.
     pub fn give_slotted(&self, b: Vec<u8>) {
         let mut free = self.slotted.borrow_mut();
-        if free.len() < self.keep && b.len() == slots::LEN {
+        if free.len() < self.keep / 2 && b.len() == slots::LEN {
             free.push(b);
         }
     }
