@@ -594,3 +594,76 @@ fn idle_connection_is_closed_after_idle_timeout() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A client that lets a download pile up and never reads it must not hold the relay
+/// (and its 128 KiB slot buffer) forever: the write to it blocks, and the connection is
+/// cut at the idle timeout (the write's own timeout and the idle timer fall due
+/// together; either may close it), counted, while another client is served meanwhile.
+#[test]
+fn a_client_that_stops_reading_a_download_is_cut_and_counted() {
+    let lab = Lab::new();
+    // A source upstream: every connection gets bytes until it goes away.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let source = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let chunk = vec![0x5au8; 256 * 1024];
+                while c.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    let (port, admin) = (free_port(), free_port());
+    let cfg = lab.config(
+        port,
+        admin,
+        "",
+        &format!("kind = \"forward\"\nupstream = \"{source}\""),
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("idle_timeout = \"30s\"", "idle_timeout = \"2s\"");
+    assert!(text.contains("idle_timeout = \"2s\""));
+    std::fs::write(&cfg, text).unwrap();
+    let srv = Server::spawn_config(&lab, port, admin, &cfg);
+
+    let stalled = TlsClient::connect(port, client_config(&lab, Some("alice"), false)).unwrap();
+    let t = Instant::now();
+    let cut = |m: &str| {
+        ["client_write_timeout", "idle_timeout"]
+            .iter()
+            .map(|r| {
+                metric_value(
+                    m,
+                    "lakegate_connections_closed_total",
+                    &format!("reason=\"{r}\""),
+                )
+            })
+            .sum::<f64>()
+    };
+    // Another client, reading, is served while the first one stalls.
+    let reader = TlsClient::connect(port, client_config(&lab, Some("alice"), false)).unwrap();
+    let mut plain = reader.plain_reader();
+    let mut got = vec![0u8; 4 * MIB as usize];
+    plain.read_exact(&mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 0x5a));
+    drop(plain);
+    drop(reader);
+    loop {
+        let m = srv.metrics();
+        if cut(&m) >= 1.0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "never cut: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let el = t.elapsed();
+    assert!(el >= Duration::from_millis(1800), "cut after {el:?}");
+    assert!(
+        srv.log_text().contains("close=\"client write timeout\"")
+            || srv.log_text().contains("close=\"idle"),
+        "{}",
+        srv.log_text()
+    );
+    drop(stalled);
+}

@@ -505,21 +505,13 @@ impl Shell<'_> {
             let Ok(range) = sealed else {
                 break Err(Close::TlsEncrypt);
             };
-            let len = range.len();
-            let write = self.client.write_all(buf.slice(range));
-            let limit = self.m.borrow().write_timeout();
-            let (res, slice) = match compio::time::timeout(limit, write).await {
-                Ok(x) => x,
-                Err(_) => return self.fail(DIR, Close::ClientWriteTimeout),
-            };
-            buf = slice.into_inner();
-            if res.is_err() {
-                break Err(Close::ClientWriteError);
+            match self.to_client(std::mem::take(&mut buf), range).await {
+                Ok(back) => buf = back,
+                Err((why, back)) => {
+                    buf = back;
+                    break Err(why);
+                }
             }
-            self.log
-                .bytes_out
-                .set(self.log.bytes_out.get() + len as u64);
-            self.w.stats.bytes_sent.add(len as u64);
             quiet = !keep;
             if let Some(a) = eof {
                 self.shut(a);
@@ -530,6 +522,32 @@ impl Shell<'_> {
         if let Err(why) = result {
             self.fail(DIR, why);
         }
+    }
+
+    /// Write `buf[range]` to the client within the write timeout and count it; the
+    /// buffer comes back (empty when the write timed out: the ring still holds it).
+    async fn to_client(
+        &self,
+        buf: Vec<u8>,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<u8>, (Close, Vec<u8>)> {
+        let len = range.len();
+        let write = self.client.write_all(buf.slice(range));
+        let limit = self.m.borrow().write_timeout();
+        // A client that stops reading is cut here; the relay then shuts the socket,
+        // which completes the pending write.
+        let Ok((res, slice)) = compio::time::timeout(limit, write).await else {
+            return Err((Close::ClientWriteTimeout, Vec::new()));
+        };
+        let buf = slice.into_inner();
+        if res.is_err() {
+            return Err((Close::ClientWriteError, buf));
+        }
+        self.log
+            .bytes_out
+            .set(self.log.bytes_out.get() + len as u64);
+        self.w.stats.bytes_sent.add(len as u64);
+        Ok(buf)
     }
 
     /// The upstream direction went idle: what the machine says, its close_notify
@@ -617,22 +635,13 @@ impl Shell<'_> {
                 }
             }
             let len = out.filled;
-            // A client that stops reading is cut at the idle timeout; shutting the
-            // socket completes the pending write.
-            let write = self.client.write_all(out.buf.slice(..len));
-            let limit = self.m.borrow().write_timeout();
-            let (res, slice) = match compio::time::timeout(limit, write).await {
-                Ok(x) => x,
-                Err(_) => return self.fail(DIR, Close::ClientWriteTimeout),
-            };
-            out.buf = slice.into_inner();
-            if res.is_err() {
-                break Err(Close::ClientWriteError);
+            match self.to_client(std::mem::take(&mut out.buf), 0..len).await {
+                Ok(back) => out.buf = back,
+                Err((why, back)) => {
+                    out.buf = back;
+                    break Err(why);
+                }
             }
-            self.log
-                .bytes_out
-                .set(self.log.bytes_out.get() + len as u64);
-            self.w.stats.bytes_sent.add(len as u64);
             // Released after a short read only, as the plaintext buffer upstream.
             quiet = !keep;
             if quiet {
