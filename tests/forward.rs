@@ -36,6 +36,40 @@ fn rustls_client_echoes_256_mib_through_tcp_and_unix_upstreams() {
     }
 }
 
+/// With TLS 1.2 allowed, a TLS 1.2 client's relay runs on rustls's records and the
+/// copying download path: the echo comes back intact, and a TLS 1.3 client of the same
+/// server still gets the in-place path.
+#[test]
+fn tls12_relay_uses_the_copying_path_and_echoes_intact() {
+    let lab = Lab::new();
+    let up = Upstream::tcp(None);
+    let (port, admin) = (free_port(), free_port());
+    let cfg = config_with_tls(
+        &lab,
+        port,
+        admin,
+        &forward_backend(&up),
+        "versions = [\"1.2\", \"1.3\"]",
+    );
+    let srv = Server::spawn_config(&lab, port, admin, &cfg);
+    for tls12 in [true, false] {
+        let c = TlsClient::connect(port, client_config(&lab, Some("alice"), tls12)).unwrap();
+        let (sent, got, n) = c.echo(24 * MIB);
+        assert_eq!(n, 24 * MIB);
+        assert_eq!(sent, got, "echo over TLS 1.{}", if tls12 { 2 } else { 3 });
+    }
+    let m = srv.metrics();
+    for v in ["TLSv1.2", "TLSv1.3"] {
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("lakegate_tls_sessions_total")
+                    && l.contains(&format!("version=\"{v}\""))
+                    && !l.ends_with(" 0")),
+            "no {v} session: {m}"
+        );
+    }
+}
+
 /// KeyUpdates both ways in the middle of a stream: the client updates its key and asks
 /// for ours every 256 KiB; each answer goes out before our next record (sealed in the
 /// download's record slots), and the echo comes back intact under every new key.

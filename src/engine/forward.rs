@@ -454,10 +454,15 @@ impl Shell<'_> {
                 let ready = self
                     .wait(async { (self.up.readable().await.map(|()| 0), ()) })
                     .await;
-                if let Err((WaitError::Io(_) | WaitError::Draining, _)) = ready {
-                    return self.fail(DIR, Close::UpstreamReadError);
+                match ready {
+                    Ok(_) => {}
+                    Err((WaitError::Idle, _)) => {
+                        return self
+                            .idle_goodbye(OutBuf::from_vec(self.w.pool.take()))
+                            .await
+                    }
+                    Err(_) => return self.fail(DIR, Close::UpstreamReadError),
                 }
-                // Idle: the read below sees the same timer and says goodbye properly.
                 buf = self.w.pool.take_slotted();
             }
             let n = match self

@@ -406,7 +406,9 @@ impl<K: KeySchedule> RecordLayer<K> {
     }
 
     /// Seal, where they were read, the `n` plaintext bytes a sender put into the record
-    /// slots of `buf` (see [`slots`]: slot `i` holds bytes `i * 2^14 ..`). Returns the
+    /// slots of `buf` (see [`slots`]: slot `i` holds bytes `i * 2^14 ..`, filled in
+    /// order as one `readv` fills them; whatever else a slot holds, from a pooled
+    /// buffer's earlier use, is sealed and sent if `n` says so). Returns the
     /// range of `buf` to send: the records lie back to back (a full slot is exactly one
     /// record long), after the KeyUpdate record when one was due.
     pub fn seal_slots(&mut self, buf: &mut [u8], n: usize) -> Result<Range<usize>, TlsError> {
