@@ -455,10 +455,11 @@ pub mod slots {
     /// One maximal record: header, 2^14 bytes of content, the inner type, the tag.
     pub const STRIDE: usize = HEADER_LEN + MAX_PLAINTEXT + 1 + TAG_LEN;
     /// Slots per buffer: 128 KiB of plaintext per read. Per-read costs (the ring
-    /// round trip, the wakeups on both sockets) dominate a relay: reading 64 KiB at a
-    /// time cost 0.77-0.80 CPU-s/GiB, 128 KiB 0.62-0.69, 256 KiB 0.53-0.62
-    /// (`benches/forward/run.sh` download rows). 128 KiB keeps an active download at
-    /// what the copying path held (two 65 KiB buffers).
+    /// round trip, the wakeups on both sockets) dominate a relay. In interleaved A/B
+    /// downloads (CPU-s/GiB): 64 KiB per read 0.77-0.80 against 128 KiB 0.62-0.685;
+    /// in a noisier second set, 128 KiB 0.675-0.815 against 256 KiB 0.53-0.615.
+    /// 128 KiB keeps an active download at what the copying path held (two 65 KiB
+    /// buffers).
     pub const COUNT: usize = 8;
     /// The bytes a slotted buffer needs.
     pub const LEN: usize = KEY_UPDATE_ROOM + COUNT * STRIDE;
