@@ -205,6 +205,17 @@ fn suite_name(c: &ClientConnection) -> String {
 // upload
 // ---------------------------------------------------------------------------------------
 
+/// The TLS client of one bulk transfer: handshake done, no plaintext buffer limit.
+fn bulk_connection(a: &Args, sock: &mut TcpStream) -> Res<ClientConnection> {
+    let cfg = client_config(a, false)?;
+    let mut conn = ClientConnection::new(cfg, ServerName::try_from("localhost")?.to_owned())?;
+    conn.set_buffer_limit(None);
+    while conn.is_handshaking() {
+        conn.complete_io(sock)?;
+    }
+    Ok(conn)
+}
+
 fn upload(a: &Args) -> Res<()> {
     let addr = a.req("--connect");
     let total = a.num("--bytes", 4 << 30);
@@ -215,12 +226,7 @@ fn upload(a: &Args) -> Res<()> {
     let t0 = Instant::now();
     let mut suite = "plaintext".to_string();
     if a.opt("--ca").is_some() {
-        let cfg = client_config(a, false)?;
-        let mut conn = ClientConnection::new(cfg, ServerName::try_from("localhost")?.to_owned())?;
-        conn.set_buffer_limit(None);
-        while conn.is_handshaking() {
-            conn.complete_io(&mut sock)?;
-        }
+        let mut conn = bulk_connection(a, &mut sock)?;
         suite = suite_name(&conn);
         let mut sent = 0u64;
         while sent < total {
@@ -285,12 +291,7 @@ fn download(a: &Args) -> Res<()> {
     let mut total = 0u64;
     let mut suite = "plaintext".to_string();
     if a.opt("--ca").is_some() {
-        let cfg = client_config(a, false)?;
-        let mut conn = ClientConnection::new(cfg, ServerName::try_from("localhost")?.to_owned())?;
-        conn.set_buffer_limit(None);
-        while conn.is_handshaking() {
-            conn.complete_io(&mut sock)?;
-        }
+        let mut conn = bulk_connection(a, &mut sock)?;
         suite = suite_name(&conn);
         let mut plain = vec![0u8; 256 * 1024];
         'read: loop {

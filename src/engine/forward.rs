@@ -483,15 +483,7 @@ impl Shell<'_> {
                     return self.fail(DIR, Close::UpstreamReadError)
                 }
             };
-            // Upstream EOF: the machine says close_notify, then the client's write side.
-            let eof = (n == 0).then(|| self.m.borrow_mut().on_upstream_eof());
-            let keep = match n {
-                0 => {
-                    self.m.borrow_mut().on_activity(Instant::now());
-                    false
-                }
-                n => self.m.borrow_mut().on_read(DIR, n, Instant::now()),
-            };
+            let (eof, keep) = self.upstream_read(n);
             let sealed = {
                 let mut tls = self.tls.borrow_mut();
                 match eof {
@@ -527,6 +519,19 @@ impl Shell<'_> {
         if let Err(why) = result {
             self.fail(DIR, why);
         }
+    }
+
+    /// `n` bytes came from the upstream (0: its EOF). Tells the machine; returns what
+    /// it says at EOF (close_notify, then the client's write side) and whether the
+    /// read was long enough to keep the buffer for the next one.
+    fn upstream_read(&self, n: usize) -> (Option<relay::Actions>, bool) {
+        let mut m = self.m.borrow_mut();
+        if n == 0 {
+            let a = m.on_upstream_eof();
+            m.on_activity(Instant::now());
+            return (Some(a), false);
+        }
+        (None, m.on_read(Dir::UpstreamToClient, n, Instant::now()))
     }
 
     /// Write `buf[range]` to the client within the write timeout and count it; the
@@ -619,15 +624,7 @@ impl Shell<'_> {
                 out = OutBuf::from_vec(self.w.pool.take());
             }
             out.clear();
-            // Upstream EOF: the machine says close_notify, then the client's write side.
-            let eof = (n == 0).then(|| self.m.borrow_mut().on_upstream_eof());
-            let keep = match n {
-                0 => {
-                    self.m.borrow_mut().on_activity(Instant::now());
-                    false
-                }
-                n => self.m.borrow_mut().on_read(DIR, n, Instant::now()),
-            };
+            let (eof, keep) = self.upstream_read(n);
             {
                 let mut tls = self.tls.borrow_mut();
                 let r = match eof {
