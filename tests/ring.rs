@@ -89,15 +89,8 @@ fn paused_partial_records_are_carried_within_the_budget_and_come_back_whole() {
     const CONNS: usize = 1200;
     const HELLO_FIRST: usize = 40;
     const BODY: usize = 14_900;
-    raise_open_files(4 * CONNS as u64);
-    let lab = Lab::new();
+    let (lab, srv) = store_for(CONNS);
     let root = lab.path("data");
-    std::fs::create_dir_all(root.join("datasets")).unwrap();
-    let srv = Server::start(
-        &lab,
-        "max_connections = 5000",
-        &format!("kind = \"store\"\nroot = \"{}\"", root.display()),
-    );
     let cfg = client_config(&lab, Some("alice"), false);
     let carried = |srv: &Server| srv.metric("lakegate_recv_carried_total", "");
     let full = |srv: &Server| srv.metric("lakegate_recv_carry_full_total", "");
@@ -182,15 +175,8 @@ fn unauthenticated_handshakes_cannot_spend_the_established_carry_budget() {
     use std::io::Write as _;
     const CONNS: usize = 300;
     const FIRST: usize = 16_000;
-    raise_open_files(4 * CONNS as u64);
-    let lab = Lab::new();
+    let (lab, srv) = store_for(CONNS);
     let root = lab.path("data");
-    std::fs::create_dir_all(root.join("datasets")).unwrap();
-    let srv = Server::start(
-        &lab,
-        "max_connections = 5000",
-        &format!("kind = \"store\"\nroot = \"{}\"", root.display()),
-    );
     let cfg = client_config(&lab, Some("alice"), false);
     // Connected first, so its handshake is not the one waiting for budget.
     let alice = TlsClient::connect(srv.port, cfg).unwrap();
@@ -272,4 +258,18 @@ fn raise_open_files(want: u64) {
         "this test needs {want} open files; the hard limit is {}",
         lim.rlim_max
     );
+}
+
+/// A store appliance (one `datasets` bucket) that takes `conns` connections at once.
+fn store_for(conns: usize) -> (Lab, Server) {
+    raise_open_files(4 * conns as u64);
+    let lab = Lab::new();
+    let root = lab.path("data");
+    std::fs::create_dir_all(root.join("datasets")).unwrap();
+    let srv = Server::start(
+        &lab,
+        "max_connections = 5000",
+        &format!("kind = \"store\"\nroot = \"{}\"", root.display()),
+    );
+    (lab, srv)
 }

@@ -79,6 +79,21 @@ impl Worker {
             .await
     }
 
+    /// How a connection waits for its client's next bytes: `Some(None)` holding
+    /// nothing (no partial record), `Some(Some(carry))` holding only the partial record
+    /// from `budget`, `None` when that budget is spent: it keeps its buffer.
+    pub fn carry_partial(
+        &self,
+        partial: &[u8],
+        budget: super::ring::Budget,
+    ) -> Option<Option<super::ring::Carry<'_>>> {
+        if partial.is_empty() {
+            Some(None)
+        } else {
+            self.carry(partial, budget).map(Some)
+        }
+    }
+
     /// Keep `bytes`, the start of a record the connection cannot open yet, while it
     /// waits ([`super::ring::Carry`]); `None` when `budget` has no room (counted): the
     /// caller then waits holding its buffer.

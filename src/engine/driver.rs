@@ -12,7 +12,7 @@ use compio::buf::{IntoInner, IoBuf};
 use super::conn::{ConnLog, Established};
 use super::ctx::{Slot, Worker};
 use super::io::{unix_now, Stream};
-use super::ring::{Budget, Carry};
+use super::ring::Budget;
 use super::shared::Generation;
 use crate::authz::Decision;
 use crate::config::Backend;
@@ -173,17 +173,6 @@ async fn refuse(client: &Stream, mut est: Established, log: &ConnLog) {
 
 type HsError = (FailReason, String);
 
-/// How a handshake waits for the client's next bytes: `Some(None)` holding nothing
-/// (no partial record), `Some(Some(carry))` holding only the partial record, from the
-/// handshakes' own budget; `None` when that is spent: it keeps its buffer.
-fn carry_for<'w>(w: &'w Worker, partial: &[u8]) -> Option<Option<Carry<'w>>> {
-    if partial.is_empty() {
-        Some(None)
-    } else {
-        w.carry(partial, Budget::Handshake).map(Some)
-    }
-}
-
 async fn handshake(
     w: &Worker,
     gen: &Arc<Generation>,
@@ -214,7 +203,7 @@ async fn handshake(
             // Between the client's flights (or inside one sent in pieces): wait holding
             // only the partial record, so a client that sends a few bytes and stops
             // pins a few bytes, not three pool buffers, until the handshake deadline.
-            None => match carry_for(w, &inb[..used]) {
+            None => match w.carry_partial(&inb[..used], Budget::Handshake) {
                 Some(carry) => {
                     w.pool.give(std::mem::take(&mut inb));
                     let spare = out.is_empty() && plain.is_empty();

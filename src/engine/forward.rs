@@ -333,10 +333,10 @@ impl Shell<'_> {
             // the start of a pool buffer taken when they are there; a partial record
             // it paused in is carried meanwhile (with the budget spent, the buffer is
             // kept and read into instead).
-            let carry = match (quiet, used) {
-                (false, _) => None,
-                (true, 0) => Some(None),
-                (true, _) => self.w.carry(&inb[..used], Budget::Established).map(Some),
+            let carry = if quiet {
+                self.w.carry_partial(&inb[..used], Budget::Established)
+            } else {
+                None
             };
             let n = if let Some(carry) = carry {
                 self.w.pool.give(std::mem::take(&mut inb));

@@ -452,13 +452,10 @@ impl Conn<'_> {
     /// [`Conn::read_more`], which keeps the buffer.
     async fn wait_quiet(&mut self, between: bool) -> Result<usize, End> {
         let w: &Worker = self.w;
-        let carry = match self.used {
-            0 => None,
-            used => match w.carry(&self.inb[..used], Budget::Established) {
-                Some(c) => Some(c),
-                // Boxed: rare, and kept out of every connection's idle state.
-                None => return Box::pin(self.read_more()).await,
-            },
+        let carry = match w.carry_partial(&self.inb[..self.used], Budget::Established) {
+            Some(c) => c,
+            // Boxed: rare, and kept out of every connection's idle state.
+            None => return Box::pin(self.read_more()).await,
         };
         let at = carry.as_ref().map_or(0, |c| c.len());
         w.pool.give(std::mem::take(&mut self.inb));
