@@ -1962,6 +1962,76 @@ fn strace() -> Option<&'static str> {
     None
 }
 
+/// `strace` and a store server with `fsync = "always"` that has served one PUT (what
+/// a first request sets up once is not the point of a trace); None (skipped loudly)
+/// without strace.
+fn store_to_trace(lab: &Lab) -> Option<(&'static str, PathBuf, Server)> {
+    let strace = strace()?;
+    let root = store_root(lab, "store");
+    let srv = Server::start(lab, "", &store_backend(&root, "always"));
+    let (st, h, _) = raw(&srv, lab, &put_req("/datasets/warm", b"w", ""));
+    assert_eq!(st, 201, "{h:?}\n{}", srv.log_plain());
+    Some((strace, root, srv))
+}
+
+/// The threads of process `pid`, by id, with their names.
+fn threads(pid: u32) -> std::collections::HashMap<u32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| {
+            let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+            Some((tid, name.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// `strace -f` of the running process `pid`, for the system calls of `filter` (an
+/// `-e` expression), writing to `out`; returns once every thread has a tracer.
+fn attach_strace(strace: &str, pid: u32, filter: &str, out: &Path) -> Child {
+    let tracer = Command::new(strace)
+        .args(["-f", "-qq", "-e", filter, "-o"])
+        .arg(out)
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let traced = |tid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || threads(pid).keys().all(traced)),
+        "strace did not attach to every thread"
+    );
+    tracer
+}
+
+/// Stop `tracer` (SIGINT makes strace detach and write out what it has) and return
+/// what it wrote to `out`.
+fn detach_strace(mut tracer: Child, out: &Path) -> String {
+    Command::new("kill")
+        .args(["-INT", &tracer.id().to_string()])
+        .status()
+        .unwrap();
+    let st = tracer.wait().unwrap();
+    let mut err = String::new();
+    tracer
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        std::fs::metadata(out).is_ok(),
+        "strace wrote nothing ({st}): {err}"
+    );
+    std::fs::read_to_string(out).unwrap()
+}
+
 /// The calls that touch the filesystem (by path or by a file's descriptor). A worker
 /// makes none of them: it opens, stats, reads attributes, creates and unlinks through
 /// its io_uring ring, and leaves the rest to the blocking pool.
@@ -1971,53 +2041,20 @@ const FILE_CALLS: &str = "trace=%file,fstat,fgetxattr,fsetxattr,flistxattr,fremo
 
 #[test]
 fn worker_loop_makes_no_file_syscalls_for_any_store_operation() {
-    let Some(strace) = strace() else {
+    let lab = Lab::new();
+    // fsync = "always": the multipart records' and assembly's fsyncs must show up, on
+    // the pool (a PUT's are ring operations:
+    // a_commit_fsyncs_makes_folders_and_renames_through_the_workers_ring).
+    let Some((strace, root, srv)) = store_to_trace(&lab) else {
         return;
     };
-    let lab = Lab::new();
-    let root = store_root(&lab, "store");
-    // fsync = "always": the commits' fsyncs must show up, on the pool.
-    let srv = Server::start(&lab, "", &store_backend(&root, "always"));
-    // One request before tracing: what a first request sets up once is not the point.
-    let (st, h, _) = raw(&srv, &lab, &put_req("/datasets/warm", b"w", ""));
-    assert_eq!(st, 201, "{h:?}\n{}", srv.log_plain());
     // An object planted behind the store's back has no stored digest: its GET hashes.
     std::fs::write(root.join("datasets/planted"), b"planted bytes").unwrap();
 
     let pid = srv.child.id();
     let out = lab.path("strace.txt");
-    let mut tracer = Command::new(strace)
-        .args(["-f", "-qq", "-e", FILE_CALLS, "-o"])
-        .arg(&out)
-        .args(["-p", &pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Attached once every thread has a tracer.
-    let tasks = || -> Vec<u32> {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect()
-    };
-    let traced = |tid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
-    };
-    assert!(
-        eventually(Duration::from_secs(10), || tasks().into_iter().all(traced)),
-        "strace did not attach to every thread"
-    );
-    let names: std::collections::HashMap<u32, String> = tasks()
-        .into_iter()
-        .map(|t| {
-            let n = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/comm")).unwrap();
-            (t, n.trim().to_owned())
-        })
-        .collect();
+    let tracer = attach_strace(strace, pid, FILE_CALLS, &out);
+    let names = threads(pid);
 
     let body = pseudo_random(300 * KIB as usize, 7);
     let ask = |req: Vec<u8>, want: u16| -> Response {
@@ -2097,24 +2134,7 @@ fn worker_loop_makes_no_file_syscalls_for_any_store_operation() {
     ask(get_req("DELETE", "/datasets/deep/a/b.bin"), 204);
     ask(get_req("DELETE", "/datasets/never-there"), 204);
 
-    // SIGINT makes strace detach and write out what it has.
-    Command::new("kill")
-        .args(["-INT", &tracer.id().to_string()])
-        .status()
-        .unwrap();
-    let st = tracer.wait().unwrap();
-    let mut err = String::new();
-    tracer
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(
-        std::fs::metadata(&out).is_ok(),
-        "strace wrote nothing ({st}): {err}"
-    );
-    let trace = std::fs::read_to_string(&out).unwrap();
+    let trace = detach_strace(tracer, &out);
 
     let mut on_workers = Vec::new();
     let mut on_pool = std::collections::BTreeSet::new();
@@ -2170,6 +2190,128 @@ fn worker_loop_makes_no_file_syscalls_for_any_store_operation() {
         on_pool.iter().any(|c| c.starts_with("rename")),
         "no rename on the pool in the trace: {on_pool:?}"
     );
+}
+
+/// A tracefs instance of its own (its own buffer, so nothing else that traces is
+/// disturbed) recording the io_uring operations every ring of the machine submits;
+/// removed on drop. None (skip loudly) outside CI where tracefs cannot be had.
+struct RingTrace(PathBuf);
+
+impl RingTrace {
+    fn start() -> Option<RingTrace> {
+        let base = Path::new("/sys/kernel/tracing");
+        if !base.join("instances").is_dir() {
+            // Root may mount it where the machine did not.
+            let _ = Command::new("mount")
+                .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let dir = base.join(format!("instances/lakegate-test-{}", std::process::id()));
+        let event = dir.join("events/io_uring/io_uring_submit_req/enable");
+        let made = std::fs::create_dir(&dir).is_ok() && std::fs::write(&event, "1").is_ok();
+        if made {
+            return Some(RingTrace(dir));
+        }
+        let _ = std::fs::remove_dir(&dir);
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+        assert!(
+            !ci,
+            "CI: no tracefs with io_uring events at /sys/kernel/tracing"
+        );
+        eprintln!("SKIPPED: no tracefs with io_uring events (needs root and /sys/kernel/tracing)");
+        None
+    }
+
+    /// The opcodes submitted so far by the threads `tids` (a line starts with the
+    /// thread's `<name>-<tid>`).
+    fn ops(&self, tids: &[u32]) -> Vec<String> {
+        let _ = std::fs::write(self.0.join("tracing_on"), "0");
+        let trace = std::fs::read_to_string(self.0.join("trace")).unwrap();
+        trace
+            .lines()
+            .filter(|l| {
+                let task = l.split_whitespace().next().unwrap_or("");
+                task.rsplit_once('-')
+                    .and_then(|(_, t)| t.parse().ok())
+                    .is_some_and(|t: u32| tids.contains(&t))
+            })
+            .filter_map(|l| l.split("opcode ").nth(1)?.split(',').next())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for RingTrace {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            self.0.join("events/io_uring/io_uring_submit_req/enable"),
+            "0",
+        );
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A commit's waits for the disk are the kernel's: the upload's fsync, the parent
+/// folders' mkdirs, the rename onto the key and the folders' fsyncs are io_uring
+/// operations a worker submits (seen in the kernel's own io_uring trace), not system
+/// calls of any thread of lakegate (seen by strace), and the object is where it should
+/// be, whole.
+#[test]
+fn a_commit_fsyncs_makes_folders_and_renames_through_the_workers_ring() {
+    let lab = Lab::new();
+    let Some((strace, root, srv)) = store_to_trace(&lab) else {
+        return;
+    };
+    let Some(ring) = RingTrace::start() else {
+        return;
+    };
+
+    let pid = srv.child.id();
+    let workers: Vec<u32> = threads(pid)
+        .into_iter()
+        .filter(|(_, name)| name.starts_with("lg-worker"))
+        .map(|(tid, _)| tid)
+        .collect();
+    assert!(!workers.is_empty(), "no lg-worker threads in {pid}");
+    let out = lab.path("strace.txt");
+    let calls = "trace=fsync,fdatasync,mkdir,mkdirat,rename,renameat,renameat2";
+    let tracer = attach_strace(strace, pid, calls, &out);
+
+    let body = pseudo_random(200 * KIB as usize, 11);
+    for key in [
+        "/datasets/ring/a/b.bin",
+        "/datasets/ring/a/c.bin",
+        "/datasets/top.bin",
+    ] {
+        let (st, h, _) = raw(&srv, &lab, &put_req(key, &body, ""));
+        assert_eq!(st, 201, "{key}: {h:?}\n{}", srv.log_plain());
+    }
+    // Overwritten in place: the rename replaces.
+    let again = pseudo_random(1000, 12);
+    assert_eq!(
+        raw(&srv, &lab, &put_req("/datasets/top.bin", &again, "")).0,
+        201
+    );
+
+    let syscalls = detach_strace(tracer, &out);
+    let ops = ring.ops(&workers);
+    let count = |op: &str| ops.iter().filter(|o| o.as_str() == op).count();
+
+    assert!(std::fs::read(root.join("datasets/ring/a/b.bin")).unwrap() == body);
+    assert!(std::fs::read(root.join("datasets/ring/a/c.bin")).unwrap() == body);
+    assert!(std::fs::read(root.join("datasets/top.bin")).unwrap() == again);
+    assert!(temporaries(&root).is_empty());
+    assert!(
+        syscalls.trim().is_empty(),
+        "a commit made blocking system calls:\n{syscalls}"
+    );
+    // The folders `ring` and `ring/a`: made by the first upload, found by the second.
+    assert_eq!(count("MKDIRAT"), 4, "{ops:?}");
+    assert_eq!(count("RENAMEAT"), 4, "{ops:?}");
+    // Each upload, then the folders whose entries changed: b.bin the bucket, ring and
+    // ring/a (4 in all); c.bin the bucket and ring/a (3); top.bin the bucket (2, twice).
+    assert_eq!(count("FSYNC"), 4 + 3 + 2 + 2, "{ops:?}");
 }
 
 /// A worker remembers what an object's attributes said (its digests, its metadata)

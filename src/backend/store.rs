@@ -32,6 +32,7 @@
 //! blocking syscalls on the calling thread.
 
 use std::collections::BTreeSet;
+use std::ffi::CStr;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io;
@@ -278,12 +279,12 @@ impl Store {
     /// slips between the check and the write. One for the process, not one per
     /// `Store`: a reload builds a new `Store` while requests on the old one finish.
     /// Not on the per-byte path: one short critical section per commit.
-    fn lock(&self) -> std::sync::MutexGuard<'static, ()> {
-        static COMMIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        // The guarded data is `()`: a panic while holding it left nothing half-done.
-        COMMIT_LOCK
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    ///
+    /// Blocking: for the pool's threads and callers outside the engine. A worker takes
+    /// [`commit_lock`] with `.lock().await` instead, so that waiting for it never stops
+    /// its loop, and holds it across its ring rename.
+    fn lock(&self) -> tokio::sync::MutexGuard<'static, ()> {
+        commit_lock().blocking_lock()
     }
 
     /// CreateBucket: a new folder for `bucket` under the root. `AlreadyExists` if
@@ -471,6 +472,57 @@ impl Store {
         tag: Tag<'_>,
         opts: CommitOpts<'_>,
     ) -> io::Result<()> {
+        self.commit_prepare(temp, key, file, tag, opts)?;
+        let dir = self.bucket_dir(bucket)?;
+        if self.fsync {
+            file.sync_all()?;
+        }
+
+        let temp_c = sys::cstr(temp)?;
+        let (parents, leaf) = match key.rsplit_once('/') {
+            Some((parents, leaf)) => (Some(parents), leaf),
+            None => (None, key),
+        };
+        let leaf_c = sys::cstr(leaf)?;
+        let mut tries = 0;
+        loop {
+            let mut changed = Vec::new();
+            let parent = match parents {
+                Some(parents) => Some(self.make_parents(&dir, parents, &mut changed)?),
+                None => None,
+            };
+            let target = parent.as_ref().unwrap_or(&dir);
+            match self.place(&dir, &temp_c, target, &leaf_c, key, opts.cond) {
+                Ok(()) => {
+                    if self.fsync {
+                        target.sync_all()?;
+                        for d in &changed {
+                            d.sync_all()?;
+                        }
+                        if parent.is_some() {
+                            dir.sync_all()?;
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(e) if commit_retries(&e, parent.is_some(), &mut tries) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A commit's first step, before its fsync: check the key, the temporary's name and
+    /// the tag, that the upload is a regular file, and record the tag, the MD5 and the
+    /// metadata of `opts` in its extended attributes (before the fsync, so that one
+    /// fsync makes them durable too).
+    pub fn commit_prepare(
+        &self,
+        temp: &str,
+        key: &str,
+        file: &File,
+        tag: Tag<'_>,
+        opts: CommitOpts<'_>,
+    ) -> io::Result<()> {
         validate_key(key)?;
         open::check_temp_name(temp)?;
         let well_formed = match tag {
@@ -483,7 +535,6 @@ impl Store {
                 "SHA-256 must be 64 lowercase hex digits, a multipart ETag <32 hex>-<parts>",
             ));
         }
-        let dir = self.bucket_dir(bucket)?;
         let md = file.metadata()?;
         if !md.is_file() {
             return Err(io::Error::new(
@@ -491,7 +542,6 @@ impl Store {
                 "the upload is not a regular file",
             ));
         }
-        // Attributes before the fsync, so that one fsync makes them durable too.
         if self.xattrs {
             match tag {
                 Tag::Sha256(h) => store_sha256(file, h, &Stamp::of(&md).text())?,
@@ -518,76 +568,57 @@ impl Store {
             // Not store_xattr: metadata that cannot be kept must fail the write.
             file.set_xattr(XATTR_META, &json)?;
         }
-        if self.fsync {
-            file.sync_all()?;
-        }
+        Ok(())
+    }
 
-        let temp_c = sys::cstr(temp)?;
-        let (parents, leaf) = match key.rsplit_once('/') {
-            Some((parents, leaf)) => (Some(parents), leaf),
-            None => (None, key),
-        };
-        let leaf_c = sys::cstr(leaf)?;
-        let mut tries = 0;
-        loop {
-            let mut changed = Vec::new();
-            let parent = match parents {
-                Some(parents) => Some(self.make_parents(&dir, parents, &mut changed)?),
-                None => None,
-            };
-            let target = parent.as_ref().unwrap_or(&dir);
-            let renamed = match opts.cond.filter(|c| !c.is_empty()) {
-                None => {
-                    let _g = self.lock();
-                    sys::rename_at(&dir, &temp_c, target, &leaf_c)
+    /// Rename the temporary `temp` in the bucket folder `dir` onto `leaf` in `target`
+    /// (the key's parent folder), under the commit lock, if the write conditions hold
+    /// at that moment ([`PreconditionFailed`] otherwise, and nothing changes).
+    pub fn place(
+        &self,
+        dir: &File,
+        temp: &CStr,
+        target: &File,
+        leaf: &CStr,
+        key: &str,
+        cond: Option<&s3::WriteConditions>,
+    ) -> io::Result<()> {
+        match cond.filter(|c| !c.is_empty()) {
+            None => {
+                let _g = self.lock();
+                sys::rename_at(dir, temp, target, leaf)
+            }
+            Some(c) if c.if_none_match_star && c.if_match.is_none() => {
+                // The kernel refuses to replace: atomic against every writer, this
+                // process or another.
+                match sys::rename_noreplace(dir, temp, target, leaf) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(io::Error::other(
+                        PreconditionFailed("an object has the key"),
+                    )),
+                    r => r,
                 }
-                Some(c) if c.if_none_match_star && c.if_match.is_none() => {
-                    // The kernel refuses to replace: atomic against every writer, this
-                    // process or another.
-                    match sys::rename_noreplace(&dir, &temp_c, target, &leaf_c) {
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(
-                            io::Error::other(PreconditionFailed("an object has the key")),
-                        ),
-                        r => r,
-                    }
+            }
+            Some(c) => {
+                let _g = self.lock();
+                let current = match open_object_at(dir, key) {
+                    Ok(f) => Some(object_meta(&f, self.xattrs)?.etag()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
+                };
+                if c.holds(current.as_deref()) {
+                    sys::rename_at(dir, temp, target, leaf)
+                } else {
+                    Err(io::Error::other(PreconditionFailed(
+                        "the object at the key does not match If-Match / If-None-Match",
+                    )))
                 }
-                Some(c) => {
-                    let _g = self.lock();
-                    let current = match open_object_at(&dir, key) {
-                        Ok(f) => Some(object_meta(&f, self.xattrs)?.etag()),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                        Err(e) => return Err(e),
-                    };
-                    if c.holds(current.as_deref()) {
-                        sys::rename_at(&dir, &temp_c, target, &leaf_c)
-                    } else {
-                        Err(io::Error::other(PreconditionFailed(
-                            "the object at the key does not match If-Match / If-None-Match",
-                        )))
-                    }
-                }
-            };
-            match renamed {
-                Ok(()) => {
-                    if self.fsync {
-                        target.sync_all()?;
-                        for d in &changed {
-                            d.sync_all()?;
-                        }
-                        if parent.is_some() {
-                            dir.sync_all()?;
-                        }
-                    }
-                    return Ok(());
-                }
-                // A concurrent DELETE pruned a parent folder that had just become empty
-                // between our mkdir and the rename: make it again.
-                Err(e) if e.kind() == io::ErrorKind::NotFound && parent.is_some() && tries < 3 => {
-                    tries += 1;
-                }
-                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Whether the store fsyncs what it writes (the `fsync` setting).
+    pub fn fsyncs(&self) -> bool {
+        self.fsync
     }
 
     /// Create (if missing) and open each folder of `parents` beneath `dir`, one component
@@ -598,7 +629,7 @@ impl Store {
         for component in parents.split('/') {
             let at = cur.as_ref().unwrap_or(dir);
             let name = sys::cstr(component)?;
-            let created = match sys::mkdir_at(at, &name, 0o750) {
+            let created = match sys::mkdir_at(at, &name, FOLDER_MODE) {
                 Ok(()) => true,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
                 Err(e) => return Err(e),
@@ -1283,6 +1314,29 @@ fn resolve_kind(dir: &File, name: &str, kind: Kind) -> io::Result<Kind> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Kind::Other),
         Err(e) => Err(e),
     }
+}
+
+/// The mode of the folders a commit makes for a key's parents (less the umask).
+pub const FOLDER_MODE: libc::mode_t = 0o750;
+
+/// The commit lock of [`Store::lock`]: one for the process, taken by the pool's
+/// threads (blocking) and by the workers (awaited, so that a worker waiting for it
+/// keeps serving its other connections). An async lock because a worker holds it
+/// across its ring rename; it is never held across anything else that waits.
+pub fn commit_lock() -> &'static tokio::sync::Mutex<()> {
+    static COMMIT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    &COMMIT_LOCK
+}
+
+/// Whether a commit's rename that failed with `e` is tried again: a concurrent DELETE
+/// pruned a parent folder that had just become empty between the mkdir and the
+/// rename (`NotFound`), which making the folders again fixes; at most three times.
+pub fn commit_retries(e: &io::Error, has_parent: bool, tries: &mut u32) -> bool {
+    if e.kind() == io::ErrorKind::NotFound && has_parent && *tries < 3 {
+        *tries += 1;
+        return true;
+    }
+    false
 }
 
 /// Open the folder `name` in `at` without following a symlink. A symlink is

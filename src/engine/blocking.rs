@@ -4,18 +4,20 @@
 //!
 //! What goes here and what does not (the store backend's calls, `crate::backend::store`):
 //! - here: hashing an object that has no current stored SHA-256 (seconds for GiB),
-//!   directory listings (a walk of the whole bucket), commits (xattr writes, fsync of
-//!   the file and its folders, mkdir and rename as one unit that must stay in order:
-//!   the attributes must be on the file before the rename makes it visible), deletes
-//!   (with the folder fsync), multipart records, assembly and copies, bucket create,
-//!   delete and listing;
+//!   directory listings (a walk of the whole bucket), a commit's xattr writes and its
+//!   conditional rename (`If-Match` reads the current object under the commit lock),
+//!   deletes (with the folder fsync), multipart records, assembly and copies, bucket
+//!   create, delete and listing;
 //! - on the worker's ring, as io_uring operations (`super::fsops`, called from
-//!   `super::store::files`): opening the bucket folder and the object (`openat2`
-//!   beneath the bucket), its `statx`, its digest and metadata xattrs, creating and
-//!   unlinking a temporary. They are a request's own short lookups: through the ring
-//!   a cold one waits in the kernel instead of on the worker, and none waits in this
-//!   pool's queue behind a neighbour's hashing. The bytes go through the ring too
-//!   (compio `read_at`/`write_at`).
+//!   `super::store::files` and `super::store::commit`): opening the bucket folder and
+//!   the object (`openat2` beneath the bucket), its `statx`, its digest and metadata
+//!   xattrs, creating and unlinking a temporary; and a commit's waits for the disk:
+//!   the upload's fsync (a received part's too), the parent folders' mkdirs, the
+//!   unconditional rename and the folders' fsyncs, in the store's order (attributes
+//!   before the fsync, the fsync before the rename makes the object visible). Through
+//!   the ring a cold lookup or an fsync waits in the kernel instead of on the worker,
+//!   and none waits in this pool's queue behind a neighbour's hashing. The bytes go
+//!   through the ring too (compio `read_at`/`write_at`).
 //!
 //! Shape: a bounded crossbeam channel of boxed jobs. A worker submits with `try_send`
 //! (never waits: a full queue is the caller's 503 `SlowDown`, counted per worker in

@@ -1,9 +1,11 @@
 //! File-system calls as io_uring operations on the worker's ring: `openat`, `openat2`,
-//! `statx`, `fgetxattr` and `unlinkat`. A lookup whose dentries or inode are not in
-//! the kernel's caches waits for the disk; as a plain syscall that wait stalls every
-//! connection of the worker, as a ring operation only the request that asked. The
-//! kernel runs what cannot finish at once (and `statx`, `fgetxattr`, `unlinkat`, and
-//! an `openat2` whose lookup is not cached) on its io-wq threads.
+//! `statx`, `fgetxattr`, `unlinkat`, `mkdirat`, `renameat` and `fsync`. A lookup whose
+//! dentries or inode are not in the kernel's caches waits for the disk, and an fsync
+//! waits for it always; as a plain syscall that wait stalls every connection of the
+//! worker, as a ring operation only the request that asked. The
+//! kernel runs what cannot finish at once (and `statx`, `fgetxattr`, `unlinkat`,
+//! `mkdirat`, `renameat`, `fsync`, and an `openat2` whose lookup is not cached) on its
+//! io-wq threads.
 //!
 //! compio 0.19 carries `openat`, `statx` and `unlinkat` only relative to the current
 //! folder or as its own types; these are the same operations through its public
@@ -253,6 +255,97 @@ unsafe impl<D: AsFd> OpCode for UnlinkAt<D> {
     }
 }
 
+/// `mkdirat(dir, path, mode)`.
+struct MkDirAt<D> {
+    dir: D,
+    path: CString,
+    mode: libc::mode_t,
+}
+
+// SAFETY: as for `OpenAt`.
+unsafe impl<D: AsFd> OpCode for MkDirAt<D> {
+    type Control = ();
+
+    fn create_entry(&mut self, _: &mut ()) -> OpEntry {
+        OpEntry::Submission(
+            opcode::MkDirAt::new(types::Fd(self.dir.as_fd().as_raw_fd()), self.path.as_ptr())
+                .mode(self.mode)
+                .build(),
+        )
+    }
+
+    fn call_blocking(&mut self, _: &mut ()) -> io::Result<usize> {
+        // SAFETY: the descriptor is open and the path NUL-terminated; mkdirat keeps
+        // neither.
+        let r =
+            unsafe { libc::mkdirat(self.dir.as_fd().as_raw_fd(), self.path.as_ptr(), self.mode) };
+        cvt(libc::c_long::from(r))
+    }
+}
+
+/// `renameat(from_dir, from, to_dir, to)`, holding `hold` until it is done.
+struct RenameAt<D, T, H> {
+    from_dir: D,
+    from: CString,
+    to_dir: T,
+    to: CString,
+    _hold: H,
+}
+
+// SAFETY: the entry points at both paths, which this op owns and which compio keeps in
+// place until the completion, and at both folders' descriptors, which `from_dir` and
+// `to_dir` keep open for as long.
+unsafe impl<D: AsFd, T: AsFd, H> OpCode for RenameAt<D, T, H> {
+    type Control = ();
+
+    fn create_entry(&mut self, _: &mut ()) -> OpEntry {
+        OpEntry::Submission(
+            opcode::RenameAt::new(
+                types::Fd(self.from_dir.as_fd().as_raw_fd()),
+                self.from.as_ptr(),
+                types::Fd(self.to_dir.as_fd().as_raw_fd()),
+                self.to.as_ptr(),
+            )
+            .build(),
+        )
+    }
+
+    fn call_blocking(&mut self, _: &mut ()) -> io::Result<usize> {
+        // SAFETY: both descriptors are open and both paths NUL-terminated; renameat
+        // keeps none of them.
+        let r = unsafe {
+            libc::renameat(
+                self.from_dir.as_fd().as_raw_fd(),
+                self.from.as_ptr(),
+                self.to_dir.as_fd().as_raw_fd(),
+                self.to.as_ptr(),
+            )
+        };
+        cvt(libc::c_long::from(r))
+    }
+}
+
+/// `fsync(file)`: its data and its metadata.
+struct Fsync<F> {
+    file: F,
+}
+
+// SAFETY: the entry points at no memory, only at `self.file`'s descriptor, which
+// `self.file` keeps open until the completion.
+unsafe impl<F: AsFd> OpCode for Fsync<F> {
+    type Control = ();
+
+    fn create_entry(&mut self, _: &mut ()) -> OpEntry {
+        OpEntry::Submission(opcode::Fsync::new(types::Fd(self.file.as_fd().as_raw_fd())).build())
+    }
+
+    fn call_blocking(&mut self, _: &mut ()) -> io::Result<usize> {
+        // SAFETY: the descriptor is open (owned by `self.file`).
+        let r = unsafe { libc::fsync(self.file.as_fd().as_raw_fd()) };
+        cvt(libc::c_long::from(r))
+    }
+}
+
 /// `openat(dir, path, flags | O_CLOEXEC, mode)` on the ring; `dir` and `path` come
 /// back with the result.
 pub async fn open_at<D: AsFd + 'static>(
@@ -293,6 +386,42 @@ pub async fn open_beneath<D: AsFd + 'static>(
     let (r, mut op) = run(op).await;
     let r = r.and_then(|_| op.fd.take().map(std::fs::File::from).ok_or_else(lost_fd));
     (r, op.dir, op.path)
+}
+
+/// `mkdirat(dir, path, mode)` on the ring.
+pub async fn mkdir_at<D: AsFd + 'static>(
+    dir: D,
+    path: CString,
+    mode: libc::mode_t,
+) -> io::Result<()> {
+    run(MkDirAt { dir, path, mode }).await.0.map(drop)
+}
+
+/// `renameat(from_dir, from, to_dir, to)` on the ring: replaces what `to` names.
+/// `hold` (a lock's guard) is dropped only once the kernel is done with the rename, even
+/// when this future is dropped first (compio keeps the operation until its completion):
+/// a lock held for a rename stays held for as long as the rename may still happen.
+pub async fn rename_at<D: AsFd + 'static, T: AsFd + 'static, H: 'static>(
+    from_dir: D,
+    from: CString,
+    to_dir: T,
+    to: CString,
+    hold: H,
+) -> io::Result<()> {
+    let op = RenameAt {
+        from_dir,
+        from,
+        to_dir,
+        to,
+        _hold: hold,
+    };
+    run(op).await.0.map(drop)
+}
+
+/// `fsync(file)` on the ring: the disk's wait is the kernel's (io-wq), not the loop's.
+pub async fn sync<F: AsFd + 'static>(file: F) -> (io::Result<()>, F) {
+    let (r, op) = run(Fsync { file }).await;
+    (r.map(drop), op.file)
 }
 
 fn lost_fd() -> io::Error {
@@ -387,4 +516,57 @@ pub fn clear_nonblocking(file: &std::fs::File) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        compio::runtime::Runtime::new()
+            .expect("a compio runtime")
+            .block_on(f)
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("lg-fsops-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    fn c(s: &str) -> CString {
+        CString::new(s).unwrap()
+    }
+
+    #[test]
+    fn mkdir_rename_and_fsync_do_what_their_system_calls_do() {
+        let root = scratch("ops");
+        let dir = std::sync::Arc::new(std::fs::File::open(&root).unwrap());
+        std::fs::write(root.join("temp"), b"bytes").unwrap();
+        let file = std::fs::File::open(root.join("temp")).unwrap();
+        let hold = Rc::new(());
+        block_on(async {
+            mkdir_at(dir.clone(), c("sub"), 0o750).await.unwrap();
+            let again = mkdir_at(dir.clone(), c("sub"), 0o750).await.unwrap_err();
+            assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+            let (r, _) = sync(file).await;
+            r.unwrap();
+            let sub = std::fs::File::open(root.join("sub")).unwrap();
+            rename_at(dir.clone(), c("temp"), sub, c("leaf"), hold.clone())
+                .await
+                .unwrap();
+            // Held for the rename only: released with the operation.
+            assert_eq!(Rc::strong_count(&hold), 1);
+            let gone = rename_at(dir.clone(), c("temp"), dir.clone(), c("x"), ())
+                .await
+                .unwrap_err();
+            assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        });
+        assert_eq!(std::fs::read(root.join("sub/leaf")).unwrap(), b"bytes");
+        assert!(!root.join("temp").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

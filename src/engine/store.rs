@@ -38,6 +38,7 @@ use crate::tls::conn::{OutBuf, TlsConn};
 use crate::tls::identity::Identity;
 use crate::tls::policy::FailReason;
 
+mod commit;
 mod files;
 mod offload;
 

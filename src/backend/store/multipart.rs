@@ -372,20 +372,21 @@ impl Store {
     }
 
     /// Make a received part (the temporary `temp` in the bucket folder, written through
-    /// `file`) part `info.number` of the upload, replacing an earlier one. On any
-    /// failure the temporary is removed.
-    #[allow(clippy::too_many_arguments)]
+    /// `file`) part `info.number` of the upload, replacing an earlier one. `synced`: the
+    /// caller has already made the part's bytes durable (the engine fsyncs on its ring,
+    /// so that the wait for the disk holds no pool thread); the folder entries are
+    /// fsynced here either way, if configured. On any failure the temporary is removed.
     pub fn commit_part(
         &self,
         bucket: &str,
         key: &str,
         id: &str,
         owner: &str,
-        temp: &str,
-        file: &File,
+        (temp, file, synced): (&str, &File, bool),
         mut info: PartInfo,
     ) -> io::Result<()> {
-        let r = self.commit_part_inner(bucket, key, id, owner, temp, file, &mut info);
+        let sync_file = self.fsync && !synced;
+        let r = self.commit_part_inner(bucket, key, id, owner, temp, file, &mut info, sync_file);
         if r.is_err() {
             self.discard_temp(bucket, temp);
         }
@@ -402,6 +403,7 @@ impl Store {
         temp: &str,
         file: &File,
         info: &mut PartInfo,
+        sync_file: bool,
     ) -> io::Result<()> {
         super::open::check_temp_name(temp)?;
         if !(1..=MAX_PARTS).contains(&info.number) {
@@ -412,7 +414,7 @@ impl Store {
         }
         let bucket_dir = self.bucket_dir(bucket)?;
         let (_, dir, _) = self.upload(bucket, key, id, owner)?;
-        if self.fsync {
+        if sync_file {
             file.sync_all()?;
         }
         let record_name = part_record(info.number);
@@ -779,7 +781,7 @@ impl Store {
         };
         let md5 = info.md5.clone();
         // commit_part removes the temporary on failure.
-        self.commit_part(bucket, key, id, owner, &temp, &out, info)
+        self.commit_part(bucket, key, id, owner, (&temp, &out, false), info)
             .map_err(|e| s3::Error::new(no_bucket_or(&e, bucket, Code::NoSuchUpload)).detail(e))?;
         let mtime = out.metadata().and_then(|m| m.modified()).map_err(dst_err)?;
         Ok((md5, ObjectMeta { mtime, ..meta }.last_modified_iso()))

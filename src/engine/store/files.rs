@@ -7,6 +7,7 @@
 //! connections. Everything else the store does runs on the blocking pool
 //! ([`super::offload`]).
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -58,6 +59,18 @@ pub(super) fn upload_error(store: &Store, bucket: &str, e: &io::Error) -> s3::Er
     missing_as(store, bucket, e, Code::NoSuchUpload)
 }
 
+/// [`object_error`] on the ring, for a worker: a missing file is NoSuchBucket when the
+/// bucket's folder is what is missing (opened on the ring to tell), else NoSuchKey.
+pub(super) async fn ring_object_error(store: &Arc<Store>, bucket: &str, e: io::Error) -> s3::Error {
+    let missing = if e.kind() == io::ErrorKind::NotFound && bucket_dir(store, bucket).await.is_err()
+    {
+        Code::NoSuchBucket
+    } else {
+        Code::NoSuchKey
+    };
+    lookup_error(&e, missing)
+}
+
 /// An error of one step of a ring lookup, where the step says what is missing.
 fn lookup_error(e: &io::Error, missing: Code) -> s3::Error {
     s3::Error::new(store::code_for_io(e, missing)).detail(e)
@@ -67,7 +80,20 @@ fn lookup_error(e: &io::Error, missing: Code) -> s3::Error {
 /// when there is no such folder, `PermissionDenied` for a symlink.
 pub(super) async fn bucket_dir(store: &Arc<Store>, bucket: &str) -> io::Result<File> {
     let name = open::bucket_name(bucket)?;
-    let (r, root, name) = fsops::open_at(Root(store.clone()), name, open::DIR_FLAGS, 0).await;
+    open_dir(Root(store.clone()), name, bucket)
+        .await
+        .map_err(|e| open::bucket_error(bucket, e))
+}
+
+/// Open the folder `name` (`shown` in errors) in `at` on the ring, never following a
+/// symlink: `NotFound` when there is none, `PermissionDenied` for a symlink, as the
+/// store's blocking `open_dir_nofollow` answers.
+pub(super) async fn open_dir<D: AsFd + 'static>(
+    at: D,
+    name: CString,
+    shown: &str,
+) -> io::Result<File> {
+    let (r, at, name) = fsops::open_at(at, name, open::DIR_FLAGS, 0).await;
     let e = match r {
         Ok(dir) => return Ok(dir),
         Err(e) => e,
@@ -75,15 +101,12 @@ pub(super) async fn bucket_dir(store: &Arc<Store>, bucket: &str) -> io::Result<F
     let symlink = if e.raw_os_error() == Some(libc::ELOOP) {
         true
     } else if open::dir_error_needs_type(&e) {
-        let (st, _) = fsops::stat_nofollow(root, name).await;
+        let (st, _) = fsops::stat_nofollow(at, name).await;
         st.is_ok_and(|st| open::is_symlink_mode(u32::from(st.stx_mode)))
     } else {
         false
     };
-    Err(open::bucket_error(
-        bucket,
-        open::dir_error(bucket, e, symlink),
-    ))
+    Err(open::dir_error(shown, e, symlink))
 }
 
 /// An object opened on the ring for GET or HEAD.

@@ -4,7 +4,6 @@
 //! that file keeps only the call sites. What goes to the pool and what stays on the
 //! worker, and why, is said in [`crate::engine::blocking`].
 
-use std::fs::File;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use crate::proto::s3::{self, Code};
 /// How long a commit waits for room in a full pool queue before it is refused: the
 /// whole body is already on disk, so a short wait is cheaper for everyone than a 503
 /// that makes the client send it all again. Other jobs are refused at once.
-const COMMIT_PATIENCE: Duration = Duration::from_secs(1);
+pub(super) const COMMIT_PATIENCE: Duration = Duration::from_secs(1);
 
 impl Conn<'_> {
     /// Run `f` on the blocking pool and await its result. A full queue is 503
@@ -87,83 +86,6 @@ impl Conn<'_> {
                 .map_err(|e| s3::Error::new(store::code_for_io(&e, Code::NoSuchBucket)).detail(e))
         })
         .await
-    }
-
-    /// Commit an upload (xattrs, fsync, parent folders, rename, folder fsync) on the
-    /// pool, in that order as one job. The temporary is gone afterwards unless the
-    /// commit succeeded, including when the pool refused the job.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn commit(
-        &self,
-        store: &Arc<Store>,
-        bucket: &str,
-        temp: &str,
-        key: &str,
-        file: File,
-        sha256_hex: &str,
-        md5_hex: Option<String>,
-        meta: s3::Metadata,
-        cond: s3::WriteConditions,
-    ) -> Result<(), s3::Error> {
-        let (b, t, k, h) = (
-            bucket.to_owned(),
-            temp.to_owned(),
-            key.to_owned(),
-            sha256_hex.to_owned(),
-        );
-        let r = self
-            .offload(store, COMMIT_PATIENCE, move |st| {
-                let opts = store::CommitOpts {
-                    md5_hex: md5_hex.as_deref(),
-                    meta: Some(&meta),
-                    cond: Some(&cond),
-                };
-                st.commit_with(&b, &t, &k, &file, store::Tag::Sha256(&h), opts)
-                    .map_err(|e| files::object_error(st, &b, &e))
-            })
-            .await;
-        if r.is_err() {
-            files::discard_temp(store, bucket, temp).await;
-        }
-        r
-    }
-
-    /// Commit a multipart part (fsync, record, rename) on the pool; the temporary is
-    /// gone afterwards unless it succeeded.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn commit_part_off_loop(
-        &self,
-        store: &Arc<Store>,
-        bucket: &str,
-        key: &str,
-        id: &str,
-        temp: &str,
-        file: File,
-        info: store::multipart::PartInfo,
-    ) -> Result<(), s3::Error> {
-        let (b, k, i, o, t) = (
-            bucket.to_owned(),
-            key.to_owned(),
-            id.to_owned(),
-            self.owner(),
-            temp.to_owned(),
-        );
-        // The store removes the temporary itself when the commit fails; only one the
-        // pool never took is removed here.
-        let r = self
-            .offload(store, COMMIT_PATIENCE, move |st| {
-                Ok(st
-                    .commit_part(&b, &k, &i, &o, &t, &file, info)
-                    .map_err(|e| files::upload_error(st, &b, &e)))
-            })
-            .await;
-        match r {
-            Ok(r) => r,
-            Err(e) => {
-                files::discard_temp(store, bucket, temp).await;
-                Err(e)
-            }
-        }
     }
 
     /// A store call about this identity's upload `id` of `key` on the pool. A missing,
