@@ -40,6 +40,7 @@ use lakegate::engine::shared::Generation;
 use lakegate::engine::store::MAX_HEAD;
 use lakegate::pki::KeyType;
 use lakegate::proto::http::{self, BodyDecoder, Method};
+use lakegate::session::body::{self, Gather, Gathered};
 use lakegate::session::cycle::{Cycle, HeadStep, Limits};
 use lakegate::tls::conn::{OutBuf, TlsConn, MAX_RECORD};
 use lakegate::tls::identity::Identity;
@@ -536,8 +537,10 @@ impl Wire {
 
 /// The per-connection state of `engine::store::Conn`, without the socket. Its request
 /// cycle (head polling, keep-alive, body-rate accounting) is the product's own
-/// [`Cycle`], driven at the same points and with the same clock reads as the store
-/// shell drives it; what is still copied here is the shell's buffer handling.
+/// [`Cycle`], and its body steps (gathering the body bytes, handing the buffer to the
+/// write, making room for the next decryption) are the product's own
+/// `session::body`, driven at the same points and with the same clock reads as the
+/// store shell drives them. What is left here is the order of those calls.
 struct Shell {
     cycle: Cycle,
     tls: TlsConn,
@@ -586,16 +589,12 @@ impl Shell {
     /// `Conn::fill`: read more TLS and decrypt it onto the end of `plain`. The read is
     /// the only step not timed.
     fn fill(&mut self, sw: &mut Stopwatch) {
-        if self.pstart == self.plain.filled {
-            self.pstart = 0;
-            self.plain.filled = 0;
-        } else if self.pstart > 0 && self.plain.filled + MAX_RECORD * 4 > self.plain.buf.len() {
-            self.plain
-                .buf
-                .copy_within(self.pstart..self.plain.filled, 0);
-            self.plain.filled -= self.pstart;
-            self.pstart = 0;
-        }
+        body::make_room(
+            &mut self.plain.buf,
+            &mut self.pstart,
+            &mut self.plain.filled,
+            MAX_RECORD * 4,
+        );
         loop {
             assert!(self.used < self.inb.len(), "record larger than buffer");
             sw.pause();
@@ -686,51 +685,34 @@ impl Shell {
         max: u64,
         sw: &mut Stopwatch,
     ) -> u64 {
-        let mut dec = BodyDecoder::for_request(head);
+        let mut gather = Gather::new(BodyDecoder::for_request(head));
         let mut off = 0u64;
         loop {
-            let mut region: Option<(usize, usize)> = None;
-            while self.pstart < self.plain.filled && !dec.is_done() {
-                let step = dec
-                    .step(&self.plain.buf[self.pstart..self.plain.filled])
-                    .expect("body framing");
-                let a = self.pstart + step.data.start;
-                let b = self.pstart + step.data.end;
-                self.pstart += step.consumed;
-                if b > a {
-                    hasher.update(&self.plain.buf[a..b]);
-                    region = Some(match region {
-                        None => (a, b),
-                        Some((s, e)) if e == a => (s, b),
-                        Some((s, e)) => {
-                            self.plain.buf.copy_within(a..b, e);
-                            (s, e + (b - a))
-                        }
-                    });
-                }
-                if step.consumed == 0 {
-                    break;
-                }
-            }
-            let done = dec.is_done();
-            let Some((s, e)) = region else {
+            let Gathered { region, done } = gather
+                .gather(
+                    None,
+                    &mut self.plain.buf,
+                    &mut self.pstart,
+                    self.plain.filled,
+                    |b| hasher.update(b),
+                )
+                .expect("body framing");
+            let Some(r) = region else {
                 if done {
                     return off;
                 }
                 self.need_more(sw);
                 continue;
             };
-            let len = (e - s) as u64;
+            let len = r.len() as u64;
             assert!(off + len <= max, "413");
-            let full = std::mem::replace(&mut self.plain.buf, self.pool.take());
-            let rest = self.plain.filled - self.pstart;
-            if self.plain.buf.len() < rest {
-                self.plain.buf.resize(rest, 0);
-            }
-            self.plain.buf[..rest].copy_from_slice(&full[self.pstart..self.plain.filled]);
-            self.plain.filled = rest;
-            self.pstart = 0;
-            black_box(&full[s..e]);
+            let full = body::hand_over(
+                &mut self.plain.buf,
+                &mut self.pstart,
+                &mut self.plain.filled,
+                self.pool.take(),
+            );
+            black_box(&full[r]);
             self.pool.give(full);
             off += len;
             if done {

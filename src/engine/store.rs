@@ -14,6 +14,7 @@
 mod upstream;
 
 use std::net::{Shutdown, SocketAddr};
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +33,7 @@ use crate::authz::{Access, Decision};
 use crate::backend::store::{self, BodyHasher, Store};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
 use crate::proto::s3::{self, Code, Conditions, ListSpec, Operation, PutSpec, RequestId};
+use crate::session::body::{self, Gather, Gathered};
 use crate::session::cycle::{self, Cycle, HeadStep};
 use crate::session::Close;
 use crate::tls::conn::{OutBuf, TlsConn};
@@ -503,18 +505,12 @@ impl Conn<'_> {
     }
 
     async fn fill(&mut self) -> Result<(), End> {
-        if self.pstart == self.plain.filled {
-            self.pstart = 0;
-            self.plain.filled = 0;
-        } else if self.pstart > 0
-            && self.plain.filled + crate::tls::conn::MAX_RECORD * 4 > self.plain.buf.len()
-        {
-            self.plain
-                .buf
-                .copy_within(self.pstart..self.plain.filled, 0);
-            self.plain.filled -= self.pstart;
-            self.pstart = 0;
-        }
+        body::make_room(
+            &mut self.plain.buf,
+            &mut self.pstart,
+            &mut self.plain.filled,
+            crate::tls::conn::MAX_RECORD * 4,
+        );
         loop {
             if self.used == self.inb.len() {
                 return Err(Close::RecordTooLarge);
@@ -1780,7 +1776,7 @@ impl Conn<'_> {
         head: &RequestHead,
         limit: u64,
     ) -> Result<Vec<u8>, BodyError> {
-        let mut dec = BodyDecoder::for_request(head);
+        let dec = BodyDecoder::for_request(head);
         if dec.remaining().is_some_and(|n| n > limit) {
             return Err(BodyError::Refuse(
                 s3::Error::msg(
@@ -1796,37 +1792,26 @@ impl Conn<'_> {
                 .map_err(BodyError::Client)?;
         }
         self.cycle.on_body_start(Instant::now());
+        let mut gather = Gather::new(dec);
         let mut out = Vec::new();
         let r = loop {
-            let mut failed = None;
-            while self.pstart < self.plain.filled && !dec.is_done() {
-                let step = match dec.step(&self.plain.buf[self.pstart..self.plain.filled]) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        failed = Some(BodyError::Refuse(s3::Error::from(&e).detail(&e)));
-                        break;
-                    }
-                };
-                out.extend_from_slice(
-                    &self.plain.buf[self.pstart + step.data.start..self.pstart + step.data.end],
-                );
-                self.pstart += step.consumed;
-                if out.len() as u64 > limit {
-                    failed = Some(BodyError::Refuse(s3::Error::msg(
+            let got = gather.gather(
+                None,
+                &mut self.plain.buf,
+                &mut self.pstart,
+                self.plain.filled,
+                |b| out.extend_from_slice(b),
+            );
+            match got {
+                Err(f) => break Err(BodyError::Refuse(s3::Error::from(&f))),
+                Ok(_) if out.len() as u64 > limit => {
+                    break Err(BodyError::Refuse(s3::Error::msg(
                         Code::MalformedXML,
                         format!("the request body is over {limit} bytes"),
-                    )));
-                    break;
+                    )))
                 }
-                if step.consumed == 0 {
-                    break;
-                }
-            }
-            if let Some(f) = failed {
-                break Err(f);
-            }
-            if dec.is_done() {
-                break Ok(out);
+                Ok(g) if g.done => break Ok(out),
+                Ok(_) => {}
             }
             if let Err(e) = self.need_more().await {
                 break Err(e);
@@ -2205,57 +2190,20 @@ impl Conn<'_> {
         hasher: &mut BodyHasher,
         max: u64,
     ) -> Result<u64, BodyError> {
-        let mut dec = BodyDecoder::for_request(head);
+        let mut gather = Gather::new(BodyDecoder::for_request(head));
         let mut off = 0u64;
-        let malformed = |e: http::HttpError| BodyError::Refuse(s3::Error::from(&e).detail(&e));
         loop {
-            // Gather this buffer's body bytes into one contiguous region. With
-            // Content-Length they already are; chunked framing is squeezed out in place.
-            let mut region: Option<(usize, usize)> = None;
-            while self.pstart < self.plain.filled && !dec.is_done() {
-                let step = dec
-                    .step(&self.plain.buf[self.pstart..self.plain.filled])
-                    .map_err(malformed)?;
-                let (mut a, b) = (self.pstart + step.data.start, self.pstart + step.data.end);
-                self.pstart += step.consumed;
-                while a < b {
-                    let (x, y) = match inner.as_mut() {
-                        None => {
-                            let whole = (a, b);
-                            a = b;
-                            whole
-                        }
-                        Some(d) => {
-                            let s = d.step(&self.plain.buf[a..b]).map_err(malformed)?;
-                            if s.consumed == 0 {
-                                return Err(BodyError::Refuse(s3::Error::msg(
-                                    Code::InvalidRequest,
-                                    "data after the end of the aws-chunked body",
-                                )));
-                            }
-                            let r = (a + s.data.start, a + s.data.end);
-                            a += s.consumed;
-                            r
-                        }
-                    };
-                    if y > x {
-                        hasher.update(&self.plain.buf[x..y]);
-                        region = Some(match region {
-                            None => (x, y),
-                            Some((s, e)) if e == x => (s, y),
-                            Some((s, e)) => {
-                                self.plain.buf.copy_within(x..y, e);
-                                (s, e + (y - x))
-                            }
-                        });
-                    }
-                }
-                if step.consumed == 0 {
-                    break;
-                }
-            }
-            let done = dec.is_done();
-            let Some((s, e)) = region else {
+            // This buffer's body bytes, gathered into one contiguous region.
+            let Gathered { region, done } = gather
+                .gather(
+                    inner.as_mut(),
+                    &mut self.plain.buf,
+                    &mut self.pstart,
+                    self.plain.filled,
+                    |b| hasher.update(b),
+                )
+                .map_err(|f| BodyError::Refuse(s3::Error::from(&f)))?;
+            let Some(Range { start: s, end: e }) = region else {
                 if done {
                     return Ok(off);
                 }
@@ -2270,14 +2218,12 @@ impl Conn<'_> {
             }
             // Hand this buffer to the write; bytes after the body region (framing of the
             // next chunk, or the next pipelined request) move to a fresh buffer.
-            let full = std::mem::replace(&mut self.plain.buf, self.w.pool.take());
-            let rest = self.plain.filled - self.pstart;
-            if self.plain.buf.len() < rest {
-                self.plain.buf.resize(rest, 0);
-            }
-            self.plain.buf[..rest].copy_from_slice(&full[self.pstart..self.plain.filled]);
-            self.plain.filled = rest;
-            self.pstart = 0;
+            let full = body::hand_over(
+                &mut self.plain.buf,
+                &mut self.pstart,
+                &mut self.plain.filled,
+                self.w.pool.take(),
+            );
             if let Sink::Upstream { total, .. } | Sink::Nothing { total } = sink {
                 if off + len > *total {
                     return Err(BodyError::Refuse(

@@ -6,12 +6,14 @@
 //! and half-close are unit-tested on a simulated clock, without sockets.
 //!
 //! Owns: why connections end ([`Close`]), the handshake gate ([`gate`]), how long an
-//! admission holds ([`admission`]), the forward relay's lifecycle ([`relay`]) and
-//! the object API's request cycle ([`cycle`]).
+//! admission holds ([`admission`]), the forward relay's lifecycle ([`relay`]), the
+//! object API's request cycle ([`cycle`]) and how a request body's bytes are found in
+//! the decrypted buffer ([`body`]).
 //! Must not touch: tokio, compio, sockets, files, `Instant::now`, telemetry
 //! counters (the shell counts what the machines report), [`crate::engine`].
 
 pub mod admission;
+pub mod body;
 pub mod cycle;
 pub mod gate;
 pub mod relay;
