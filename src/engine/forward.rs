@@ -276,8 +276,9 @@ impl Shell<'_> {
                 break Some(r);
             }
             // Still admitted (a CRL was replaced in time, or the second of expiry has
-            // not passed): wait for the next change.
+            // not passed): wait for the next change, under the running policy's age.
             admission.readmitted(gen.valid_until(limits.chain), unix_secs());
+            admission.set_max_age(gen.config.server.max_connection_age);
         };
         let a = self.m.borrow_mut().on_policy_cut(why);
         self.shut(a);

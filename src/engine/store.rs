@@ -33,6 +33,7 @@ use crate::authz::{Access, Decision};
 use crate::backend::store::{self, BodyHasher, Store};
 use crate::proto::http::{self, BodyDecoder, Method, RequestHead};
 use crate::proto::s3::{self, Code, Conditions, ListSpec, Operation, PutSpec, RequestId};
+use crate::session::admission::Admission;
 use crate::session::body::{self, Gather, Gathered};
 use crate::session::cycle::{self, Cycle, HeadStep};
 use crate::session::Close;
@@ -106,10 +107,8 @@ struct Conn<'a> {
     gen: Arc<Generation>,
     /// The verified client chain, to re-judge the connection under a new generation.
     chain: Vec<CertificateDer<'static>>,
-    /// When the connection was accepted, for `max_connection_age`.
-    accepted: Instant,
-    /// Unix seconds until which the admission holds without a new judgement.
-    valid_until: i64,
+    /// How long the last judgement holds, and `max_connection_age`.
+    admission: Admission,
     /// The backend of `gen`; `None` only while a request has it out.
     exec: Option<Exec>,
     /// The bucket and access of the request being served, held to the running policy
@@ -220,12 +219,12 @@ pub async fn serve(
     } = est;
     let tls_closed = tls.peer_closed();
     let cycle = Cycle::new(limits_of(&gen.config.server), Instant::now());
+    let admission = Admission::new(accepted, gen.config.server.max_connection_age, valid_until);
     let mut c = Conn {
         w,
         gen,
         chain,
-        accepted,
-        valid_until,
+        admission,
         exec: Some(exec),
         inflight: None,
         client,
@@ -279,12 +278,7 @@ impl Conn<'_> {
                 let _ = Box::pin(self.error(&head, "-", "-", e, start)).await;
                 return Close::NoLongerAdmitted;
             }
-            let aged = self
-                .gen
-                .config
-                .server
-                .max_connection_age
-                .is_some_and(|age| self.accepted.elapsed() >= age);
+            let aged = self.admission.aged(Instant::now());
             let draining = self
                 .w
                 .shared
@@ -333,7 +327,7 @@ impl Conn<'_> {
         // on the common path where nothing changed.
         let cur = self.w.shared.current.load();
         let changed = !Arc::ptr_eq(&cur, &self.gen);
-        if !changed && unix_secs() < self.valid_until {
+        if !self.admission.due(changed, unix_secs()) {
             return Ok(false);
         }
         let cur = if changed {
@@ -343,9 +337,11 @@ impl Conn<'_> {
             self.gen.clone()
         };
         cur.still_admits(&self.chain, &self.identity, unix_now())?;
-        // Passing in the very second of an expiry: judged again a second on.
-        self.valid_until = cur.valid_until(&self.chain).max(unix_secs() + 1);
+        self.admission
+            .readmitted(cur.valid_until(&self.chain), unix_secs());
         if changed {
+            self.admission
+                .set_max_age(cur.config.server.max_connection_age);
             // A new root (or upstream) serves from the next request on; a forward
             // relay cannot serve this connection at all.
             let exec = match (&cur.store, &cur.s3) {

@@ -1,10 +1,11 @@
 //! How long an established connection's admission holds, sans-IO: the running policy
 //! judged the client chain at some point, and that judgement stands until the policy
 //! changes (the shell sees a new generation), a certificate of the chain expires or a
-//! CRL goes stale (`valid_until`, Unix seconds), or the connection reaches
-//! `max_connection_age`. The shell re-judges when [`Admission::due`] says so and
-//! reports the outcome; it arms [`Admission::poll_timeout`] where nothing else wakes
-//! it (a relay that streams without requests).
+//! CRL goes stale (`valid_until`, Unix seconds), or the connection reaches the
+//! running policy's `max_connection_age`. The shell re-judges when [`Admission::due`]
+//! says so and reports the outcome; it arms [`Admission::poll_timeout`] where nothing
+//! else wakes it (a relay that streams without requests). The store's request cycle
+//! and the forward relay both hold their connections to it.
 //!
 //! Must not touch: the verifier, the clock (both `now`s are passed in), counters.
 
@@ -42,6 +43,12 @@ impl Admission {
     /// in the very second of an expiry is judged again a second on, never in a loop.
     pub fn readmitted(&mut self, valid_until: i64, now_unix: i64) {
         self.valid_until = valid_until.max(now_unix + 1);
+    }
+
+    /// A new policy's `max_connection_age`, still counted from the accept: a reload
+    /// that lowers it ends a connection already past it at its next check.
+    pub fn set_max_age(&mut self, max_age: Option<Duration>) {
+        self.max_age = max_age;
     }
 
     /// Whether the connection has reached `max_connection_age` at `now`.
@@ -99,5 +106,21 @@ mod tests {
         assert_eq!(endless.poll_timeout(t0, 0), t0 + Duration::from_secs(FAR));
         let unlimited = Admission::new(t0, None, 100);
         assert!(!unlimited.aged(t0 + 1_000_000 * S));
+    }
+
+    #[test]
+    fn a_new_policys_max_age_counts_from_the_accept() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(t0, None, i64::MAX);
+        assert!(!a.aged(t0 + 90 * S));
+        // A reload at t0 + 90 s sets 60 s: the connection is already past it.
+        a.set_max_age(Some(60 * S));
+        assert!(a.aged(t0 + 90 * S));
+        assert_eq!(a.poll_timeout(t0 + 90 * S, 0), t0 + 60 * S);
+        // Raised again: the same connection runs on.
+        a.set_max_age(Some(120 * S));
+        assert!(!a.aged(t0 + 90 * S));
+        a.set_max_age(None);
+        assert!(!a.aged(t0 + 1_000_000 * S));
     }
 }
