@@ -660,16 +660,14 @@ impl Conn<'_> {
             self.client.shutdown(Shutdown::Write);
             let client = &self.client;
             let mut buf = std::mem::take(&mut self.inb);
-            // Bounded: at most 2 s and 64 MiB of discarded body.
-            let _ = compio::time::timeout(std::time::Duration::from_secs(2), async {
-                let mut total = 0usize;
-                while total < 64 << 20 {
+            let mut linger = cycle::Linger::new(Instant::now());
+            let _ = compio::time::timeout(cycle::Linger::TIME, async {
+                loop {
                     let cap = buf.len();
                     let (r, slice) = client.read(buf.slice(..cap)).await;
                     buf = slice.into_inner();
-                    match r {
-                        Ok(n) if n > 0 => total += n,
-                        _ => break,
+                    if !linger.on_read(r.unwrap_or(0), Instant::now()) {
+                        break;
                     }
                 }
             })

@@ -2,8 +2,9 @@
 //! kept-alive mTLS connection. Which deadline a read waits under (the idle timeout
 //! between requests, `request_head_timeout` from a head's first byte, `min_body_rate`
 //! inside a body), whether a head is complete, malformed or overdue, whether the
-//! response says `Connection: close`, and whether the connection waits for another
-//! request or closes, and why.
+//! response says `Connection: close`, whether the connection waits for another
+//! request or closes, and why, and how long a refused body is read and discarded
+//! before that close ([`Linger`]).
 //!
 //! The shell decrypts into a plaintext buffer and asks [`Cycle::poll_head`] about its
 //! unprocessed part; it reports reads (`on_read`), writes (`on_write`) and the body's
@@ -262,9 +263,68 @@ impl Cycle {
     }
 }
 
+/// After a refusal sent while the client was still sending its body: how long, and
+/// how much, to keep reading and discarding before the close. Closing a socket with
+/// unread bytes in its receive queue sends a reset, which can destroy the refusal in
+/// flight; a client that keeps sending past these bounds is cut anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Linger {
+    until: Instant,
+    left: u64,
+}
+
+impl Linger {
+    /// Longest linger.
+    pub const TIME: Duration = Duration::from_secs(2);
+    /// Most bytes discarded.
+    pub const BYTES: u64 = 64 << 20;
+
+    /// A linger that starts at `now` (the refusal has been sent).
+    pub fn new(now: Instant) -> Linger {
+        Linger {
+            until: now + Self::TIME,
+            left: Self::BYTES,
+        }
+    }
+
+    /// When the linger ends whatever the client does.
+    pub fn deadline(&self) -> Instant {
+        self.until
+    }
+
+    /// `n` more bytes were read and discarded at `now` (0: the client closed, or the
+    /// read failed): whether to read on.
+    pub fn on_read(&mut self, n: usize, now: Instant) -> bool {
+        self.left = self.left.saturating_sub(n as u64);
+        n > 0 && self.left > 0 && now < self.until
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_linger_ends_at_its_time_its_bytes_or_the_clients_close() {
+        let t0 = Instant::now();
+        let mut l = Linger::new(t0);
+        assert_eq!(l.deadline(), t0 + Linger::TIME);
+        assert!(l.on_read(65_536, t0 + Duration::from_millis(100)));
+        assert!(
+            !l.on_read(0, t0 + Duration::from_millis(200)),
+            "the client closed"
+        );
+        let mut l = Linger::new(t0);
+        assert!(!l.on_read(1, t0 + Linger::TIME), "time is up");
+        let mut l = Linger::new(t0);
+        let step = 1 << 20;
+        let reads = (0..100).take_while(|_| l.on_read(step, t0)).count();
+        assert_eq!(
+            reads as u64 + 1,
+            Linger::BYTES / step as u64,
+            "64 MiB and no more"
+        );
+    }
 
     const S: Duration = Duration::from_secs(1);
 
