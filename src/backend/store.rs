@@ -486,19 +486,16 @@ impl Store {
         let leaf_c = sys::cstr(leaf)?;
         let mut tries = 0;
         loop {
-            let mut changed = Vec::new();
             let parent = match parents {
-                Some(parents) => Some(self.make_parents(&dir, parents, &mut changed)?),
+                Some(parents) => Some(self.make_parents(&dir, parents)?),
                 None => None,
             };
             let target = parent.as_ref().unwrap_or(&dir);
             match self.place(&dir, &temp_c, target, &leaf_c, key, opts.cond) {
                 Ok(()) => {
+                    // The folders the rename changed (those made were synced as made).
                     if self.fsync {
                         target.sync_all()?;
-                        for d in &changed {
-                            d.sync_all()?;
-                        }
                         if parent.is_some() {
                             dir.sync_all()?;
                         }
@@ -622,9 +619,10 @@ impl Store {
     }
 
     /// Create (if missing) and open each folder of `parents` beneath `dir`, one component
-    /// at a time, never following a symlink. Folders that got a new entry are pushed on
-    /// `changed` (when fsyncing) so the caller can make the new entries durable.
-    fn make_parents(&self, dir: &File, parents: &str, changed: &mut Vec<File>) -> io::Result<File> {
+    /// at a time, never following a symlink. When fsyncing, a folder that got a new
+    /// entry is synced before going deeper: a deep key holds two descriptors at a time,
+    /// not one per folder made.
+    fn make_parents(&self, dir: &File, parents: &str) -> io::Result<File> {
         let mut cur: Option<File> = None;
         for component in parents.split('/') {
             let at = cur.as_ref().unwrap_or(dir);
@@ -635,7 +633,7 @@ impl Store {
                 Err(e) => return Err(e),
             };
             if created && self.fsync {
-                changed.push(at.try_clone()?);
+                at.sync_all()?;
             }
             cur = Some(open_dir_nofollow(at, component)?);
         }

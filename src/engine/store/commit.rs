@@ -166,10 +166,9 @@ impl Conn<'_> {
         };
         let (temp_c, leaf_c) = (open::temp_path(temp)?, open::key_name(leaf)?);
         let mut tries = 0;
-        let folders = loop {
-            let mut changed = Vec::new();
+        let (parent, target) = loop {
             let parent = match parents {
-                Some(p) => Some(make_parents(dir.clone(), p, fsync, &mut changed).await?),
+                Some(p) => Some(make_parents(dir.clone(), p, fsync).await?),
                 None => None,
             };
             let target = parent.clone().unwrap_or_else(|| dir.clone());
@@ -196,24 +195,17 @@ impl Conn<'_> {
                 .map_err(Failed::S3)?
             };
             match renamed {
-                // The folders whose entries changed: each one a folder was made in,
-                // the bucket's (the temporary left it) and the key's parent.
-                Ok(()) => {
-                    // The bucket's folder lost the temporary's entry; it may already be
-                    // listed for a folder made in it.
-                    if parent.is_some() && !changed.iter().any(|d| Arc::ptr_eq(d, &dir)) {
-                        changed.push(dir);
-                    }
-                    changed.push(target);
-                    break changed;
-                }
+                Ok(()) => break (parent, target),
                 Err(e) if store::commit_retries(&e, parent.is_some(), &mut tries) => {}
                 Err(e) => return Err(e.into()),
             }
         };
         if fsync {
-            for folder in folders {
-                fsops::sync(folder).await.0?;
+            // The folders the rename changed: the key's parent gained the entry, and the
+            // bucket's lost the temporary's (the folders made were synced as made).
+            fsops::sync(target).await.0?;
+            if parent.is_some() {
+                fsops::sync(dir).await.0?;
             }
         }
         Ok(())
@@ -235,19 +227,15 @@ impl From<io::Error> for Failed {
 
 /// Create (if missing) and open each folder of `parents` beneath `dir` on the ring, one
 /// component at a time, never following a symlink (a symlink component is
-/// `PermissionDenied`), as the store's blocking `make_parents` does. Folders that got
-/// a new entry are pushed on `changed` when `fsync`, to be made durable.
-async fn make_parents(
-    dir: Arc<File>,
-    parents: &str,
-    fsync: bool,
-    changed: &mut Vec<Arc<File>>,
-) -> io::Result<Arc<File>> {
+/// `PermissionDenied`), as the store's blocking `make_parents` does. With `fsync`, a
+/// folder that got a new entry is synced before going deeper, so that a key of 500
+/// components holds two descriptors at a time, not one per folder made.
+async fn make_parents(dir: Arc<File>, parents: &str, fsync: bool) -> io::Result<Arc<File>> {
     let mut cur = dir;
     for component in parents.split('/') {
         let name = open::key_name(component)?;
         match fsops::mkdir_at(cur.clone(), name.clone(), store::FOLDER_MODE).await {
-            Ok(()) if fsync => changed.push(cur.clone()),
+            Ok(()) if fsync => fsops::sync(cur.clone()).await.0?,
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
