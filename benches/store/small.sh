@@ -7,6 +7,8 @@
 #
 #   benches/store/small.sh BIN_A [BIN_B ...]       # RUNS=3, runs interleaved A B A B ...
 #   RUNS=5 REQS=100000 benches/store/small.sh /tmp/lg-d2f53ca /tmp/lg-46482e7
+#   MODE=upload REQS=50000 benches/store/small.sh A B   # small PUTs instead (each one a
+#                                                      # commit: xattrs, rename)
 #
 # Setup: a lab PKI and a store root in a temp folder under /var/tmp (on the disk, so the
 # user xattrs holding the digests exist), bucket "datasets" with OBJECTS (default 1000)
@@ -43,6 +45,7 @@ LOADGEN=${BINS[0]}
 export LG=$LOADGEN # used by lab_pki / lab_config
 RUNS=${RUNS:-3}
 REQS=${REQS:-200000}
+MODE=${MODE:-download}
 WARM=${WARM:-2000}
 CONNS=${CONNS:-4}
 SIZE=${SIZE:-4KiB}
@@ -117,10 +120,10 @@ for i in $(seq "$RUNS"); do
     for b in "${BINS[@]}"; do
         name=${b##*/}
         start "$b"
-        load "$D/warm.json" download "$WARM"
+        load "$D/warm.json" "$MODE" "$WARM"
         read -r u0 s0 < <(ticks "$SRV")
         t0=$(date +%s.%N)
-        load "$D/run.json" download "$REQS"
+        load "$D/run.json" "$MODE" "$REQS"
         t1=$(date +%s.%N)
         read -r u1 s1 < <(ticks "$SRV")
         thr=$(find "/proc/$SRV/task" -mindepth 1 -maxdepth 1 | wc -l)
@@ -145,13 +148,13 @@ UPTIME1=$(uptime)
 A=${BINS[0]##*/}
 cat <<MD
 
-## store small GETs — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)
-command: \`RUNS=$RUNS benches/store/small.sh $*\`
-$REQS GETs of $SIZE per run (after $WARM unmeasured), $CONNS keep-alive connections, client \`${LOADGEN##*/} load --mode download\` on core $CC; server workers = 1 on core $SC; store root on $(df --output=fstype "$D" | tail -1) ($D), bucket of $OBJECTS + $CONNS objects.
+## store small ${MODE}s — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)
+command: \`MODE=$MODE REQS=$REQS RUNS=$RUNS benches/store/small.sh $*\`
+$REQS ${MODE} requests of $SIZE per run (after $WARM unmeasured), $CONNS keep-alive connections, client \`${LOADGEN##*/} load --mode $MODE\` on core $CC; server workers = 1 on core $SC; store root on $(df --output=fstype "$D" | tail -1) ($D), bucket of $OBJECTS + $CONNS objects.
 uptime at start: $UPTIME0
 uptime at end:   $UPTIME1
 
-| run | binary | server CPU-µs/req | user | sys | p50 µs | p99 µs | GETs ok / responses | statuses | errors | setup PUTs | wall s | client CPU-s | server threads at end |
+| run | binary | server CPU-µs/req | user | sys | p50 µs | p99 µs | ok / responses | statuses | errors | setup PUTs | wall s | client CPU-s | server threads at end |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 $(printf '%s\n' "${ROWS[@]}")
 
