@@ -2193,12 +2193,14 @@ fn worker_loop_makes_no_file_syscalls_for_any_store_operation() {
 }
 
 /// A tracefs instance of its own (its own buffer, so nothing else that traces is
-/// disturbed) recording the io_uring operations every ring of the machine submits;
-/// removed on drop. None (skip loudly) outside CI where tracefs cannot be had.
+/// disturbed) recording the io_uring operations the threads `tids` submit (filtered in
+/// the kernel: the other tests' servers, running meanwhile, cannot overwrite them in
+/// the buffer); removed on drop. None (skip loudly) outside CI where tracefs cannot be
+/// had.
 struct RingTrace(PathBuf);
 
 impl RingTrace {
-    fn start() -> Option<RingTrace> {
+    fn start(tids: &[u32]) -> Option<RingTrace> {
         let base = Path::new("/sys/kernel/tracing");
         if !base.join("instances").is_dir() {
             // Root may mount it where the machine did not.
@@ -2208,8 +2210,11 @@ impl RingTrace {
                 .status();
         }
         let dir = base.join(format!("instances/lakegate-test-{}", std::process::id()));
-        let event = dir.join("events/io_uring/io_uring_submit_req/enable");
-        let made = std::fs::create_dir(&dir).is_ok() && std::fs::write(&event, "1").is_ok();
+        let event = dir.join("events/io_uring/io_uring_submit_req");
+        let only: Vec<String> = tids.iter().map(|t| format!("common_pid == {t}")).collect();
+        let made = std::fs::create_dir(&dir).is_ok()
+            && std::fs::write(event.join("filter"), only.join(" || ")).is_ok()
+            && std::fs::write(event.join("enable"), "1").is_ok();
         if made {
             return Some(RingTrace(dir));
         }
@@ -2263,10 +2268,6 @@ fn a_commit_fsyncs_makes_folders_and_renames_through_the_workers_ring() {
     let Some((strace, root, srv)) = store_to_trace(&lab) else {
         return;
     };
-    let Some(ring) = RingTrace::start() else {
-        return;
-    };
-
     let pid = srv.child.id();
     let workers: Vec<u32> = threads(pid)
         .into_iter()
@@ -2274,6 +2275,9 @@ fn a_commit_fsyncs_makes_folders_and_renames_through_the_workers_ring() {
         .map(|(tid, _)| tid)
         .collect();
     assert!(!workers.is_empty(), "no lg-worker threads in {pid}");
+    let Some(ring) = RingTrace::start(&workers) else {
+        return;
+    };
     let out = lab.path("strace.txt");
     let calls = "trace=fsync,fdatasync,mkdir,mkdirat,rename,renameat,renameat2";
     let tracer = attach_strace(strace, pid, calls, &out);
