@@ -267,6 +267,28 @@ fn cpus_allowed(pid: u32, comm: &str) -> Vec<String> {
     out
 }
 
+/// `(thread name, value)` of `field` in each thread's `/proc/<pid>/task/<tid>/sched`,
+/// sorted; empty where the kernel does not show it.
+fn sched_fields(pid: u32, field: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let sched = std::fs::read_to_string(t.path().join("sched")).unwrap_or_default();
+        let value = sched.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == field).then(|| v.trim().to_owned())
+        });
+        if let Some(v) = value {
+            out.push((name.trim().to_owned(), v));
+        }
+    }
+    out.sort();
+    out
+}
+
 fn pin_self(cpu: usize) {
     assert!(core_affinity::set_for_current(core_affinity::CoreId {
         id: cpu
@@ -291,6 +313,34 @@ fn two_workers_are_pinned_and_both_accept() {
         pins,
         vec!["lg-worker-0=0".to_string(), "lg-worker-1=1".to_string()]
     );
+    // Each worker asked for its short scheduler slice (0.3 ms), keeping its nice value;
+    // the pool's threads keep the kernel's default.
+    let slices = sched_fields(srv.child.id(), "se.slice");
+    if slices.is_empty() {
+        eprintln!(
+            "SKIPPED (slice part): this kernel's /proc/<pid>/task/<tid>/sched has no se.slice"
+        );
+    } else {
+        let worker: Vec<&String> = slices
+            .iter()
+            .filter(|(t, _)| t.starts_with("lg-worker-"))
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(worker, ["300000", "300000"], "{slices:?}");
+        assert!(
+            slices
+                .iter()
+                .any(|(t, v)| t.starts_with("lg-blocking-") && v != "300000"),
+            "{slices:?}"
+        );
+        let nice = sched_fields(srv.child.id(), "prio");
+        let main = nice.iter().find(|(t, _)| t == "lakegate").map(|(_, v)| v);
+        for (t, v) in &nice {
+            if t.starts_with("lg-worker-") {
+                assert_eq!(Some(v), main, "a worker's nice changed: {nice:?}");
+            }
+        }
+    }
 
     // Clients pinned to each CPU: with steering by CPU, each lands on that CPU's worker.
     let port = srv.port;
