@@ -196,8 +196,9 @@ pub fn run(
     })
 }
 
-/// The time slice a worker asks of the scheduler: shorter than the default (0.75 ms ×
-/// (1 + log2 CPUs)), so that since Linux 6.12 (EEVDF's `PREEMPT_SHORT`) a worker that
+/// The time slice a worker asks of the scheduler: shorter than the kernel's default
+/// (its base slice scaled by 1 + log2 CPUs: 1.4 ms on a 2-CPU machine, as read from
+/// `/proc/<pid>/task/<tid>/sched`), so that since Linux 6.12 (EEVDF's `PREEMPT_SHORT`) a worker that
 /// wakes for a request preempts a pool thread or another process running on its core
 /// at once, instead of waiting out that task's slice. A worker's turn is tens of
 /// microseconds per request, so it rarely uses a whole slice.
