@@ -9,11 +9,14 @@
 #   RUNS=5 REQS=100000 benches/store/small.sh /tmp/lg-d2f53ca /tmp/lg-46482e7
 #   MODE=upload REQS=50000 benches/store/small.sh A B   # small PUTs instead (each one a
 #                                                      # commit: xattrs, rename)
+#   MODE=upload FSYNC=always REQS=5000 benches/store/small.sh A B   # with fsync (the
+#                                                      # server's default)
 #
 # Setup: a lab PKI and a store root in a temp folder under /var/tmp (on the disk, so the
 # user xattrs holding the digests exist), bucket "datasets" with OBJECTS (default 1000)
 # objects of SIZE (default 4KiB) uploaded through lakegate (`load --mode upload`), so
-# they carry stored digests. workers = 1, fsync = "never", etag md5 (the default).
+# they carry stored digests. workers = 1, fsync = FSYNC (default "never"), etag md5 (the
+# default).
 #
 # Each run and binary: a fresh `BIN serve` pinned to core SC (default 0; `cores = [SC]`
 # and taskset); an unmeasured warm-up of WARM (default 2000) GETs; then REQS (default
@@ -46,6 +49,7 @@ export LG=$LOADGEN # used by lab_pki / lab_config
 RUNS=${RUNS:-3}
 REQS=${REQS:-200000}
 MODE=${MODE:-download}
+FSYNC=${FSYNC:-never}
 WARM=${WARM:-2000}
 CONNS=${CONNS:-4}
 SIZE=${SIZE:-4KiB}
@@ -62,7 +66,7 @@ bench_tmp D /var/tmp/lg-small.XXXXXX
 lab_pki "$D/pki"
 mkdir -p "$D/data/datasets"
 lab_config "$D/pki" "$PORT" "$ADMIN" --server "workers = 1" --server "cores = [$SC]" \
-    --backend 'kind = "store"' --backend "root = \"$D/data\"" --backend 'fsync = "never"' \
+    --backend 'kind = "store"' --backend "root = \"$D/data\"" --backend "fsync = \"$FSYNC\"" \
     --authz 'buckets = ["datasets"]' --authz 'access = ["read", "write", "delete", "list"]' \
     >"$D/lg.toml"
 for b in "${BINS[@]}"; do "$b" check --config "$D/lg.toml" >/dev/null || die "$b check failed"; done
@@ -149,7 +153,7 @@ A=${BINS[0]##*/}
 cat <<MD
 
 ## store small ${MODE}s — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)
-command: \`MODE=$MODE REQS=$REQS RUNS=$RUNS benches/store/small.sh $*\`
+command: \`MODE=$MODE FSYNC=$FSYNC REQS=$REQS RUNS=$RUNS benches/store/small.sh $*\`
 $REQS ${MODE} requests of $SIZE per run (after $WARM unmeasured), $CONNS keep-alive connections, client \`${LOADGEN##*/} load --mode $MODE\` on core $CC; server workers = 1 on core $SC; store root on $(df --output=fstype "$D" | tail -1) ($D), bucket of $OBJECTS + $CONNS objects.
 uptime at start: $UPTIME0
 uptime at end:   $UPTIME1
