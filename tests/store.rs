@@ -2319,6 +2319,63 @@ fn a_commit_fsyncs_makes_folders_and_renames_through_the_workers_ring() {
     assert_eq!(count("FSYNC"), 5 + 3 + 2 + 2, "{ops:?}");
 }
 
+/// The ring commit's folder walk, tried as an attacker with write access would, on
+/// a store where someone planted symlinks in the bucket: a PUT through a symlinked
+/// folder (absolute, relative, one hop inside a real folder, deeper under it) is 403
+/// and writes nothing outside; a key under an object is 409; a key that names a symlink
+/// replaces the link itself, never its target. No temporary is left behind.
+#[test]
+fn a_put_through_a_symlinked_folder_is_refused_and_writes_nothing_outside() {
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let outside = lab.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("target.txt"), b"theirs").unwrap();
+    let bucket = root.join("datasets");
+    std::os::unix::fs::symlink(&outside, bucket.join("link-dir")).unwrap();
+    std::os::unix::fs::symlink("../../outside", bucket.join("rel-dir")).unwrap();
+    std::fs::create_dir(bucket.join("real")).unwrap();
+    std::os::unix::fs::symlink("../link-dir", bucket.join("real/hop")).unwrap();
+    std::os::unix::fs::symlink(outside.join("target.txt"), bucket.join("link-file")).unwrap();
+    let srv = Server::start(&lab, "", &store_backend(&root, "always"));
+
+    for key in [
+        "link-dir/new.txt",
+        "rel-dir/new.txt",
+        "real/hop/new.txt",
+        "link-dir/deep/new.txt",
+        "real/hop/deeper/still/new.txt",
+    ] {
+        let (st, h, b) = raw(
+            &srv,
+            &lab,
+            &put_req(&format!("/datasets/{key}"), b"pwned", ""),
+        );
+        assert_eq!(st, 403, "{key}: {h:?} {}", String::from_utf8_lossy(&b));
+    }
+    let (st, ..) = raw(&srv, &lab, &put_req("/datasets/real/obj", b"x", ""));
+    assert_eq!(st, 201);
+    let (st, ..) = raw(&srv, &lab, &put_req("/datasets/real/obj/under", b"x", ""));
+    assert_eq!(st, 409, "a key under an object");
+    // A key that names a symlink: the rename replaces the link, not what it points to.
+    let (st, ..) = raw(&srv, &lab, &put_req("/datasets/link-file", b"mine", ""));
+    assert_eq!(st, 201);
+    assert!(!bucket.join("link-file").is_symlink());
+    assert_eq!(std::fs::read(bucket.join("link-file")).unwrap(), b"mine");
+
+    let mut outside_now: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    outside_now.sort();
+    assert_eq!(outside_now, ["target.txt"], "something was written outside");
+    assert_eq!(
+        std::fs::read(outside.join("target.txt")).unwrap(),
+        b"theirs"
+    );
+    assert!(temporaries(&root).is_empty(), "{:?}", files_under(&root));
+}
+
 /// A key 300 folders deep, committed with `fsync = "always"` by a server whose
 /// descriptor limit is lowered to 100 above what it holds idle: the commit holds a
 /// couple of folder descriptors at a time, not one per folder it made (which an

@@ -51,12 +51,6 @@ fn brief_client(lab: &Lab, secs: i64) {
     );
 }
 
-fn forward(lab: &Lab, up: &Upstream, tls_extra: &str) -> Server {
-    let (port, admin) = (free_port(), free_port());
-    let cfg = config_with_tls(lab, port, admin, &forward_backend(up), tls_extra);
-    Server::spawn_config(lab, port, admin, &cfg)
-}
-
 fn refused_resumptions(srv: &Server, reason: &str) -> f64 {
     srv.metric(
         "lakegate_tls_resumptions_refused_total",
@@ -92,7 +86,7 @@ fn an_expired_certificate_does_not_resume_with_its_old_ticket() {
     let up = Upstream::tcp(None);
     // Valid for a few seconds, made by openssl.
     brief_client(&lab, 5);
-    let srv = forward(&lab, &up, "");
+    let srv = Server::forward_tls(&lab, &up, "");
     let cfg = client_of(&lab, "brief");
     assert_eq!(
         session(srv.port, &cfg, b"one").unwrap().kind,
@@ -163,7 +157,7 @@ fn a_ticket_stops_resuming_once_its_ca_is_no_longer_trusted() {
 fn a_stale_crl_under_refuse_stops_resumption() {
     let lab = Lab::new();
     let up = Upstream::tcp(None);
-    let srv = forward(&lab, &up, "crl_stale = \"refuse\"\ncrl_refresh = \"1s\"");
+    let srv = Server::forward_tls(&lab, &up, "crl_stale = \"refuse\"\ncrl_refresh = \"1s\"");
     let alice = client_config(&lab, Some("alice"), false);
     assert_eq!(
         session(srv.port, &alice, b"a").unwrap().kind,
@@ -192,7 +186,7 @@ fn a_stale_crl_under_refuse_stops_resumption() {
 fn a_ticket_older_than_ticket_lifetime_gets_a_full_handshake_even_after_resumptions() {
     let lab = Lab::new();
     let up = Upstream::tcp(None);
-    let srv = forward(&lab, &up, "ticket_lifetime = \"3s\"");
+    let srv = Server::forward_tls(&lab, &up, "ticket_lifetime = \"3s\"");
     let alice = client_config(&lab, Some("alice"), false);
     let t0 = Instant::now();
     assert_eq!(
@@ -294,7 +288,7 @@ impl Held {
 fn a_forward_relay_of_a_revoked_client_is_closed_within_crl_refresh() {
     let lab = Lab::new();
     let up = Upstream::tcp(None);
-    let srv = forward(&lab, &up, "crl_refresh = \"1s\"");
+    let srv = Server::forward_tls(&lab, &up, "crl_refresh = \"1s\"");
     let mut alice = Held::open(srv.port, &client_config(&lab, Some("alice"), false));
     let mut carol = Held::open(srv.port, &client_config(&lab, Some("carol"), false));
     let d = lab.dir.path().to_str().unwrap().to_string();
@@ -1328,7 +1322,7 @@ fn a_crl_with_a_bad_signature_is_refused_at_load_and_keeps_the_lists_on_refresh(
 fn a_resumed_client_is_refused_once_a_refreshed_crl_revokes_it() {
     let lab = Lab::new();
     let up = Upstream::tcp(None);
-    let srv = forward(&lab, &up, "crl_refresh = \"1s\"");
+    let srv = Server::forward_tls(&lab, &up, "crl_refresh = \"1s\"");
     // Made by openssl, revoked by `lakegate pki crl` (which reads dora.serial).
     openssl_client(
         &lab,

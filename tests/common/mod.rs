@@ -186,6 +186,13 @@ impl Server {
         Server::start(lab, server_extra, &backend)
     }
 
+    /// Start `lakegate serve` forwarding to `up`, with `tls_extra` lines in `[tls]`.
+    pub fn forward_tls(lab: &Lab, up: &Upstream, tls_extra: &str) -> Server {
+        let (port, admin) = (free_port(), free_port());
+        let cfg = config_with_tls(lab, port, admin, &forward_backend(up), tls_extra);
+        Server::spawn_config(lab, port, admin, &cfg)
+    }
+
     pub fn start(lab: &Lab, server_extra: &str, backend: &str) -> Server {
         let port = free_port();
         let admin = free_port();
