@@ -390,6 +390,66 @@ fn a_relay_is_closed_at_max_connection_age() {
     );
 }
 
+/// A reload's `max_connection_age` holds the relays already open, counted from their
+/// accept: lengthened, an open relay outlives the age it was accepted under; shortened
+/// below its age, it is ended at once.
+#[test]
+fn a_reload_of_max_connection_age_holds_the_relays_already_open() {
+    let lab = Lab::new();
+    let up = Upstream::tcp(None);
+    let (port, admin) = (free_port(), free_port());
+    let cfg = lab.config(
+        port,
+        admin,
+        "max_connection_age = \"3s\"",
+        &forward_backend(&up),
+    );
+    let srv = Server::spawn_config(&lab, port, admin, &cfg);
+    let t = Instant::now();
+    let mut alice = Held::open(port, &client_config(&lab, Some("alice"), false));
+    reload_with(&srv, &cfg, |c| {
+        c.replace("max_connection_age = \"3s\"", "max_connection_age = \"1h\"")
+    });
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the reload came too late"
+    );
+    // Past the age she was accepted under: still relayed.
+    assert_eq!(
+        alice.wait(Duration::from_secs(4), usize::MAX),
+        Err("still open".into())
+    );
+    assert_eq!(alice.echo(b"still here").as_deref(), Ok(&b"still here"[..]));
+    assert_eq!(
+        srv.metric(
+            "lakegate_connections_closed_by_policy_total",
+            "reason=\"max_connection_age\""
+        ),
+        0.0
+    );
+    // Now older than the new age: ended without waiting for traffic.
+    reload_with(&srv, &cfg, |c| {
+        c.replace("max_connection_age = \"1h\"", "max_connection_age = \"2s\"")
+    });
+    let cut = Instant::now();
+    assert_eq!(
+        alice.wait(Duration::from_secs(3), usize::MAX),
+        Err("close_notify".into())
+    );
+    assert!(
+        cut.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        cut.elapsed()
+    );
+    assert_eq!(
+        srv.metric(
+            "lakegate_connections_closed_by_policy_total",
+            "reason=\"max_connection_age\""
+        ),
+        1.0
+    );
+}
+
 #[test]
 fn names_of_one_type_do_not_pass_for_another() {
     let lab = Lab::new();
