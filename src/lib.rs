@@ -21,8 +21,8 @@
 //!  config                       the TOML file -> validated Config
 //!  authz                        [[authz]] rules, bearer tokens, the admin credential
 //!  tls, telemetry               policy, identity, tickets, records | counters, render
-//!  proto, reason, secrets, lab  codecs; label sets and close reasons; secret-file
-//!                               check; config template
+//!  proto, secrets, lab          codecs; secret-file check; config template
+//!  reason                       label sets: close reasons, S3 error codes
 //! ```
 //!
 //! Telemetry is a leaf: it imports only [`reason`], which imports nothing. The binary

@@ -37,7 +37,8 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["authz"],
     &["tls", "telemetry"],
-    &["proto", "reason", "secrets", "lab"],
+    &["proto", "secrets", "lab"],
+    &["reason"],
 ];
 
 /// Where an edge was seen, for the failure message.

@@ -1123,6 +1123,13 @@ fn disk_full_gives_507_and_leaves_nothing_behind() {
     assert!(objects(&root).is_empty(), "{:?}", files_under(&root));
     let (st, ..) = raw(&srv, &lab, &get_req("HEAD", "/datasets/huge.bin"));
     assert_eq!(st, 404);
+    assert_eq!(
+        srv.metric(
+            "lakegate_request_errors_total",
+            "code=\"InsufficientStorage\""
+        ),
+        1.0
+    );
 
     // With the space back, a small upload works.
     let data = pseudo_random(MIB as usize, 22);
@@ -1227,7 +1234,7 @@ fn fifty_concurrent_clients_put_and_get_1_mib_each() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 8. DESIGN.md metrics: lakegate_requests_total{method, status}
+// 8. DESIGN.md metrics: lakegate_requests_total{method, status}, and errors by S3 code
 // ---------------------------------------------------------------------------------------
 
 /// The sum of `name` samples whose labels contain every one of `labels`.
@@ -1240,7 +1247,7 @@ fn metric_with(text: &str, name: &str, labels: &[&str]) -> f64 {
 }
 
 #[test]
-fn requests_are_counted_by_method_and_status() {
+fn requests_are_counted_by_method_and_status_and_errors_by_s3_code() {
     let lab = Lab::new();
     let root = store_root(&lab, "store");
     let srv = Server::start(&lab, "", &store_backend(&root, "never"));
@@ -1253,6 +1260,17 @@ fn requests_are_counted_by_method_and_status() {
         let (st, ..) = c.request(&get_req("GET", "/datasets/m/absent"));
         assert_eq!(st, 404);
     }
+    // A Content-MD5 that is not the body's: 400 BadDigest, nothing stored.
+    let (st, ..) = raw(
+        &srv,
+        &lab,
+        &put_req(
+            "/datasets/m/bad",
+            b"x",
+            "Content-MD5: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+        ),
+    );
+    assert_eq!(st, 400);
     let (st, ..) = c.request(&get_req("DELETE", "/datasets/m/0"));
     assert_eq!(st, 204);
     // The worker counts a request right after its response leaves, so a scrape that
@@ -1278,6 +1296,25 @@ fn requests_are_counted_by_method_and_status() {
     assert_eq!(count("PUT", "201"), 3.0, "{m}");
     assert_eq!(count("GET", "404"), 2.0, "{m}");
     assert_eq!(count("DELETE", "204"), 1.0, "{m}");
+    let errors = |code: &str| {
+        metric_with(
+            &m,
+            "lakegate_request_errors_total",
+            &[&format!("code=\"{code}\"")],
+        )
+    };
+    assert_eq!(errors("NoSuchKey"), 2.0, "{m}");
+    assert_eq!(errors("BadDigest"), 1.0, "{m}");
+    // Answers that are not errors are not counted, and every code is a series.
+    assert_eq!(
+        metric_with(&m, "lakegate_request_errors_total", &[]),
+        3.0,
+        "{m}"
+    );
+    assert!(
+        m.contains("lakegate_request_errors_total{code=\"InsufficientStorage\"} 0"),
+        "{m}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

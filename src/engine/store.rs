@@ -776,6 +776,7 @@ impl Conn<'_> {
     ) -> Result<(), End> {
         let rid = self.rid;
         let status = e.code.status();
+        self.w.stats.request_errors[e.code.index()].inc();
         let mut body = Vec::with_capacity(384);
         s3::error_xml(&mut body, e, head.map_or("/", |h| h.path.as_str()), &rid);
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + extra.len());

@@ -11,6 +11,7 @@
 use std::fmt;
 
 mod close;
+pub mod s3;
 pub use close::Close;
 
 /// Why a handshake failed, as the fixed set of `reason` label values.

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::proto::{self, MetricFamily, MetricType};
 
+use crate::reason::s3::Code;
 use crate::reason::{Close, FailReason, ResumeRefusal, TokenReason};
 
 /// A counter with exactly one writer thread; readers may be anywhere.
@@ -156,6 +157,8 @@ pub struct WorkerStats {
     pub sessions: [Counter; SESSION_SLOTS],
     /// Requests by (method, status) slot; see [`request_slot`].
     pub requests: [Counter; METHODS.len() * STATUSES.len()],
+    /// Requests answered with an S3 error document, by [`Code::index`].
+    pub request_errors: [Counter; Code::ALL.len()],
     /// Request durations (head received to response done).
     pub request_duration: Histo,
     /// Token decisions: [0] valid, [1] absent where not required, then one per
@@ -199,6 +202,7 @@ impl Default for WorkerStats {
             upstream_unavailable: Counter::default(),
             sessions: std::array::from_fn(|_| Counter::default()),
             requests: std::array::from_fn(|_| Counter::default()),
+            request_errors: std::array::from_fn(|_| Counter::default()),
             request_duration: Histo::default(),
             tokens: Default::default(),
             recent_certs: Mutex::new(RecentCerts::default()),
@@ -500,6 +504,22 @@ impl Telemetry {
             "Object API requests by method and status.",
             COUNTER,
             reqs,
+        ));
+        // Every code is a series from the first scrape on, so that an alert on, say,
+        // InsufficientStorage has a zero to rise from.
+        out.push(family(
+            "lakegate_request_errors_total",
+            "Object API requests answered with an S3 error document, by its <Code>.",
+            COUNTER,
+            Code::ALL
+                .iter()
+                .map(|c| {
+                    counter(
+                        vec![label("code", c.as_str())],
+                        self.sum(|w| w.request_errors[c.index()].get()) as f64,
+                    )
+                })
+                .collect(),
         ));
         let mut toks = vec![
             counter(
@@ -876,7 +896,22 @@ mod tests {
         t.workers[0].requests[request_slot("PUT", 201)].inc();
         t.workers[1].requests[request_slot("PUT", 201)].add(2);
         t.workers[1].handshake_failed(FailReason::Revoked);
+        assert!(
+            idle.contains("lakegate_request_errors_total{code=\"InsufficientStorage\"} 0"),
+            "{idle}"
+        );
+        t.workers[0].request_errors[Code::InsufficientStorage.index()].inc();
+        t.workers[1].request_errors[Code::InsufficientStorage.index()].inc();
+        t.workers[1].request_errors[Code::SlowDown.index()].inc();
         let text = t.render();
+        assert!(
+            text.contains("lakegate_request_errors_total{code=\"InsufficientStorage\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lakegate_request_errors_total{code=\"SlowDown\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("lakegate_requests_total{method=\"PUT\",status=\"201\"} 3"),
             "{text}"
