@@ -46,6 +46,7 @@ use xattr::FileExt as _;
 
 use crate::proto::s3::{self, Code};
 
+mod listcache;
 pub mod multipart;
 
 /// Longest accepted key, in bytes (S3's limit).
@@ -221,6 +222,8 @@ pub struct Store {
     /// Whether the root's filesystem keeps `user.*` extended attributes. Without them
     /// every GET and HEAD re-hashes the object.
     xattrs: bool,
+    /// Large folders' sorted entries, kept between LIST pages.
+    folders: listcache::Cache,
 }
 
 impl Store {
@@ -254,7 +257,18 @@ impl Store {
             root_dir,
             fsync,
             xattrs,
+            folders: listcache::Cache::new(
+                listcache::BUDGET,
+                listcache::MIN_FOLDER_SIZE,
+                listcache::SETTLED,
+            ),
         })
+    }
+
+    /// Folder walks served from kept sorted entries, folders read to be kept, and
+    /// folders read and found too large to keep ([`listcache`]).
+    pub fn list_cache_stats(&self) -> (u64, u64, u64) {
+        self.folders.stats()
     }
 
     /// The root folder.
@@ -757,9 +771,12 @@ impl Store {
     /// Memory per call is bounded whatever the bucket's size: the page being picked
     /// (`max_keys + 1` ≤ 1,001 names of ≤ 1,024 bytes, about 1 MiB at worst) plus one
     /// [`sys::DIRENT_BUF`] (32 KiB) `getdents64` buffer and one descriptor per folder
-    /// level open in the walk; entries are streamed from that buffer, never collected.
-    /// Time is not bounded (every entry is looked at once per page): call it off any
-    /// event loop.
+    /// level open in the walk; entries are streamed from that buffer. Besides, a large
+    /// folder that has not changed for a second is read once, sorted, and kept for the
+    /// next pages in the store's [`listcache`], all such folders together at most
+    /// [`listcache::BUDGET`] (64 MiB); a page of a kept folder starts by binary search
+    /// and stops when full. Time is not bounded (a folder not kept is read whole on
+    /// every page): call it off any event loop.
     pub fn list_delimited(
         &self,
         bucket: &str,
@@ -779,6 +796,7 @@ impl Store {
             });
         }
         let mut pick = Picker {
+            folders: &self.folders,
             prefix,
             delimiter: delimiter.filter(|d| !d.is_empty()),
             after: start_after,
@@ -1732,6 +1750,8 @@ impl Civil {
 /// pass the filters, so memory stays bounded by the page size however large the bucket
 /// is.
 struct Picker<'a> {
+    /// Where a large folder's sorted entries are kept between pages.
+    folders: &'a listcache::Cache,
     prefix: &'a str,
     delimiter: Option<&'a str>,
     after: Option<&'a str>,
@@ -1786,11 +1806,15 @@ impl Picker<'_> {
     }
 }
 
-/// Depth-first walk of the folder `dir`, whose keys start with `base`. Entries are
-/// streamed from one `getdents64` buffer per folder level, never collected: memory is
-/// the Picker's `limit` keys plus [`sys::DIRENT_BUF`] per level of the walk, whatever
-/// the number of entries (see [`Store::list_delimited`]).
+/// Depth-first walk of the folder `dir`, whose keys start with `base`. A large folder
+/// is walked from its kept sorted entries ([`listcache`]); any other folder's entries
+/// are streamed from one `getdents64` buffer per folder level, never collected: memory
+/// is the Picker's `limit` keys plus [`sys::DIRENT_BUF`] per level of the walk,
+/// whatever the number of entries (see [`Store::list_delimited`]).
 fn walk(dir: &File, base: &mut String, pick: &mut Picker<'_>) -> io::Result<()> {
+    if let Some(folder) = pick.folders.folder(dir)? {
+        return listcache::walk_sorted(dir, &folder, base, pick);
+    }
     sys::for_each_entry(dir, |name, kind| {
         walk_entry(dir, name, kind, base, pick).map(|()| true)
     })
@@ -2385,6 +2409,183 @@ mod tests {
 
     fn keys(l: &Listing) -> Vec<&str> {
         l.entries.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    /// A store on `root` whose kept-folder cache keeps every folder at once (`settled`
+    /// zero) within `budget`; budget zero keeps none (every folder streamed).
+    fn store_with_cache(root: &Path, budget: usize, settled: Duration) -> Store {
+        let mut s = Store::new(root, false).unwrap();
+        s.folders = listcache::Cache::new(budget, 0, settled);
+        s
+    }
+
+    /// Every page of a listing, walked to its end: (keys, common prefixes) of each.
+    fn all_pages(
+        s: &Store,
+        prefix: &str,
+        delimiter: Option<&str>,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> Vec<(Vec<String>, Vec<String>)> {
+        let mut pages = Vec::new();
+        let mut after = start_after.map(str::to_owned);
+        loop {
+            let l = s
+                .list_delimited("data", prefix, delimiter, after.as_deref(), max_keys)
+                .unwrap();
+            pages.push((
+                l.entries.iter().map(|(k, _)| k.clone()).collect(),
+                l.common_prefixes.clone(),
+            ));
+            if !l.truncated {
+                return pages;
+            }
+            after = l.next_start_after;
+            assert!(pages.len() < 10_000, "the listing does not end");
+        }
+    }
+
+    /// A bucket whose keys crowd around `/` in sort order (`a-b/…` < `a.txt` < `a/…` <
+    /// `a0`), with folders several deep, a symlink, a FIFO and a temporary the listing
+    /// must skip, and 400 flat keys.
+    fn crowded_bucket(root: &Path) {
+        let b = root.join("data");
+        std::fs::create_dir_all(&b).unwrap();
+        let mut keys: Vec<String> = (0..400).map(|i| format!("k{:04}", i * 7 % 400)).collect();
+        keys.extend(
+            [
+                "a.txt",
+                "a-b/x",
+                "a-b/y/z",
+                "a0",
+                "a/1",
+                "a/2/3",
+                "a/2/3.5",
+                "a/2/4/5",
+                "a/b/c/d",
+                "a/b/c.e",
+                "b",
+                "c/d/e/f/g",
+                "z",
+                "~",
+            ]
+            .iter()
+            .map(|k| k.to_string()),
+        );
+        for k in &keys {
+            let p = b.join(k);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, k.as_bytes()).unwrap();
+        }
+        symlink("/etc", b.join("a/link")).unwrap();
+        symlink("k0001", b.join("k9999")).unwrap();
+        std::fs::write(b.join(format!("{TEMP_PREFIX}x")), b"t").unwrap();
+        let fifo =
+            std::ffi::CString::new(b.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path for the call only.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn a_listing_from_kept_sorted_folders_is_the_streamed_listing_page_by_page() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        crowded_bucket(&root);
+        let kept = store_with_cache(&root, listcache::BUDGET, Duration::ZERO);
+        let streamed = store_with_cache(&root, 0, Duration::ZERO);
+        let mut compared = 0;
+        for prefix in ["", "a", "a/", "a/2", "k0", "k01", "c/d/", "nothing"] {
+            for delimiter in [None, Some("/"), Some("."), Some("0")] {
+                for after in [None, Some("a"), Some("a/2/3"), Some("k0199"), Some("a-b/")] {
+                    for max_keys in [1, 3, 1000] {
+                        let want = all_pages(&streamed, prefix, delimiter, after, max_keys);
+                        let got = all_pages(&kept, prefix, delimiter, after, max_keys);
+                        assert_eq!(
+                            got, want,
+                            "prefix {prefix:?} delimiter {delimiter:?} after {after:?} max {max_keys}"
+                        );
+                        compared += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(compared, 8 * 4 * 5 * 3);
+        // The whole listing, flat: every object once, in byte order, nothing else.
+        let flat: Vec<String> = all_pages(&kept, "", None, None, 1000)
+            .into_iter()
+            .flat_map(|(k, _)| k)
+            .collect();
+        let mut sorted = flat.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(flat, sorted);
+        assert_eq!(flat.len(), 400 + 14, "{flat:?}");
+        assert!(flat
+            .iter()
+            .all(|k| !k.contains("link") && k != "fifo" && k != "k9999"));
+        let (hits, fills, _) = kept.list_cache_stats();
+        assert!(fills >= 6 && hits > 1000, "hits {hits} fills {fills}");
+        assert_eq!(streamed.list_cache_stats().1, 0);
+    }
+
+    #[test]
+    fn a_kept_folder_is_read_again_once_its_entries_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let s = store_with_cache(&root, listcache::BUDGET, listcache::SETTLED);
+        s.create_bucket("data").unwrap();
+        for i in 0..20 {
+            put(&s, "data", &format!("k{i:02}"), b"x").unwrap();
+        }
+        let page = |s: &Store| keys(&s.list("data", "", None, 1000).unwrap()).len();
+        // Changed within the last second: not kept.
+        assert_eq!(page(&s), 20);
+        assert_eq!(s.list_cache_stats(), (0, 0, 0));
+        std::thread::sleep(listcache::SETTLED + Duration::from_millis(100));
+        assert_eq!(page(&s), 20);
+        assert_eq!(s.list_cache_stats(), (0, 1, 0));
+        assert_eq!(page(&s), 20);
+        assert_eq!(s.list_cache_stats(), (1, 1, 0));
+        // A new object, a removed one, and a file written behind the store's back: each
+        // shows at once, the folder read streaming until it settles again.
+        put(&s, "data", "k99", b"x").unwrap();
+        assert_eq!(page(&s), 21);
+        s.delete_object("data", "k00").unwrap();
+        assert_eq!(page(&s), 20);
+        std::fs::write(root.join("data/k50"), b"y").unwrap();
+        let l = s.list("data", "", None, 1000).unwrap();
+        assert_eq!(keys(&l).len(), 21);
+        assert!(keys(&l).contains(&"k50") && !keys(&l).contains(&"k00"));
+        std::fs::rename(root.join("data/k50"), root.join("data/k51")).unwrap();
+        let l = s.list("data", "", None, 1000).unwrap();
+        assert!(keys(&l).contains(&"k51") && !keys(&l).contains(&"k50"));
+        assert_eq!(s.list_cache_stats(), (1, 1, 0));
+        std::thread::sleep(listcache::SETTLED + Duration::from_millis(100));
+        let l = s.list("data", "", None, 1000).unwrap();
+        assert_eq!(keys(&l).len(), 21);
+        assert_eq!(s.list_cache_stats(), (1, 2, 0));
+    }
+
+    #[test]
+    fn a_folder_over_the_budget_is_listed_streaming_and_not_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        crowded_bucket(&root);
+        // Room for a few entries: the small folders are kept, the bucket's is not.
+        let s = store_with_cache(&root, 40 * 64, Duration::ZERO);
+        let streamed = store_with_cache(&root, 0, Duration::ZERO);
+        for max_keys in [7, 1000] {
+            assert_eq!(
+                all_pages(&s, "", None, None, max_keys),
+                all_pages(&streamed, "", None, None, max_keys)
+            );
+        }
+        // The bucket's folder was read once to learn it does not fit, then streamed;
+        // it is not read to be kept again while it is unchanged.
+        let (_, fills, oversize) = s.list_cache_stats();
+        assert_eq!(oversize, 1);
+        all_pages(&s, "", None, None, 1000);
+        assert_eq!(s.list_cache_stats(), (s.list_cache_stats().0, fills, 1));
     }
 
     const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
