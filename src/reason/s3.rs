@@ -3,10 +3,25 @@
 //! of the log line. Here rather than in `proto::s3` (which re-exports it) so that
 //! telemetry, a leaf, can size and label its counters from it.
 
-/// An S3 error code: one status, one code string, one label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Code {
+/// Declares [`Code`] and [`Code::ALL`] from one list, so that a code added to the enum
+/// is in `ALL` (and so has a counter) by construction.
+macro_rules! codes {
+    ($($(#[$doc:meta])* $code:ident,)*) => {
+        /// An S3 error code: one status, one code string, one label.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub enum Code {
+            $($(#[$doc])* $code,)*
+        }
+
+        impl Code {
+            /// Every code, in declaration order: `Code::ALL[c.index()] == c`.
+            pub const ALL: &'static [Code] = &[$(Code::$code,)*];
+        }
+    };
+}
+
+codes! {
     /// 403: no rule admits this identity for this action, or the store refused the
     /// path (a symlink, a permission), or the bearer token's scope does not cover it.
     AccessDenied,
@@ -87,46 +102,6 @@ pub enum Code {
 }
 
 impl Code {
-    /// Every code, in declaration order: `Code::ALL[c as usize] == c`.
-    pub const ALL: [Code; 36] = [
-        Code::AccessDenied,
-        Code::InvalidToken,
-        Code::NoSuchKey,
-        Code::NoSuchBucket,
-        Code::NoSuchUpload,
-        Code::InvalidPart,
-        Code::InvalidPartOrder,
-        Code::EntityTooSmall,
-        Code::MalformedXML,
-        Code::InvalidArgument,
-        Code::InvalidRequest,
-        Code::InvalidURI,
-        Code::InvalidBucketName,
-        Code::KeyTooLongError,
-        Code::IncompleteBody,
-        Code::BadDigest,
-        Code::InvalidDigest,
-        Code::XAmzContentSHA256Mismatch,
-        Code::MethodNotAllowed,
-        Code::RequestTimeout,
-        Code::KeyConflict,
-        Code::BucketNotEmpty,
-        Code::BucketAlreadyOwnedByYou,
-        Code::MetadataTooLarge,
-        Code::InvalidLocationConstraint,
-        Code::MissingContentLength,
-        Code::PreconditionFailed,
-        Code::EntityTooLarge,
-        Code::InvalidRange,
-        Code::RequestHeaderSectionTooLarge,
-        Code::InternalError,
-        Code::NotImplemented,
-        Code::SlowDown,
-        Code::BadGateway,
-        Code::GatewayTimeout,
-        Code::InsufficientStorage,
-    ];
-
     /// The index of this code in [`Code::ALL`] (a counter slot).
     pub fn index(self) -> usize {
         self as usize
