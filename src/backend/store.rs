@@ -2571,8 +2571,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
         crowded_bucket(&root);
-        // Room for a few entries: the small folders are kept, the bucket's is not.
-        let s = store_with_cache(&root, 40 * 64, Duration::ZERO);
+        // Room for the small folders (12 of about 0.5 KiB) but not for the bucket's
+        // (414 entries, over a quarter of the budget).
+        let s = store_with_cache(&root, 16 << 10, Duration::ZERO);
         let streamed = store_with_cache(&root, 0, Duration::ZERO);
         for max_keys in [7, 1000] {
             assert_eq!(

@@ -11,32 +11,39 @@
 //! under. Any change to the folder's entries (create, unlink, rename in or out, by this
 //! process or another) sets its ctime, and userspace cannot set a ctime. A change in
 //! the same clock tick as the read could leave the ctime as it was, so a folder whose
-//! ctime is less than [`SETTLED`] old is not kept (it is read each time, as before);
+//! ctime is less than [`SETTLED`] old is not kept (it is read each time, as before),
+//! nor one whose ctime has no sub-second part (a filesystem that keeps whole seconds);
 //! the ctime is also read again after the read, and a folder that changed meanwhile is
 //! not kept. Only names and whether each is a file or a folder are kept: sizes, dates
 //! and ETags are read from each object of the page, as before.
 //!
-//! Memory: each entry and its name's heap chunk ([`entry_cost`]), all folders together at most
-//! the cache's budget ([`BUDGET`]); the least recently used folder goes first. A
-//! folder that alone would exceed it is not kept, and is remembered as such until it
-//! changes, so that it is not read twice per page. Folders whose size says they hold
-//! few entries are not kept: they cost less to read than to keep.
+//! Memory: each entry and its name's heap chunk ([`entry_cost`]) plus [`FOLDER_COST`]
+//! per folder, all kept folders together at most [`BUDGET`], one folder at most a
+//! quarter of it; the least recently used folder goes first. A folder that would take
+//! more is not kept, and is remembered as such until it changes, so that it is not read
+//! twice per page. One folder is read to be kept at a time: a LIST that finds another
+//! read under way walks streaming, so the reading holds at most one folder's names
+//! beside the budget. Folders whose size says they hold few entries are not kept: they
+//! cost less to read than to keep.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{resolve_kind, sys, validate_segment, walk_entry, Kind, Picker};
 
-/// What all kept folders may hold together: 64 MiB, about 1.2 million entries of
+/// What all kept folders may hold together: 128 MiB, about 2.4 million entries of
 /// names up to 24 bytes (56 bytes each).
-pub const BUDGET: usize = 64 << 20;
+pub const BUDGET: usize = 128 << 20;
 /// What one entry costs besides its name's own allocation.
-pub const ENTRY_COST: usize = std::mem::size_of::<Entry>();
+const ENTRY_COST: usize = std::mem::size_of::<Entry>();
+/// What a kept folder costs besides its entries: the folder, its `Arc`, its slots in
+/// the two maps, their allocator chunks, rounded up.
+pub const FOLDER_COST: usize = 256;
 
 /// What an entry with a name of `len` bytes holds: the entry, and the name's heap
 /// chunk as glibc's allocator rounds it (8 bytes of header, 16-byte steps, 32 at least).
@@ -46,8 +53,9 @@ fn entry_cost(len: usize) -> usize {
 /// A folder's `st_size` below which it is read each time: about 400 entries on tmpfs
 /// (20 bytes each), two blocks on ext4.
 pub const MIN_FOLDER_SIZE: u64 = 8 << 10;
-/// How old a folder's ctime must be before its entries are kept.
-pub const SETTLED: Duration = Duration::from_secs(1);
+/// How old a folder's ctime must be before its entries are kept: two seconds, as the
+/// store's attribute cache asks of an object (`engine/attrcache.rs`).
+pub const SETTLED: Duration = Duration::from_secs(2);
 /// Folders remembered as too large to keep (cleared when full).
 const TOO_LARGE_SLOTS: usize = 64;
 
@@ -94,12 +102,38 @@ struct Slot {
 #[derive(Default)]
 struct Inner {
     folders: HashMap<Id, Slot>,
+    /// The kept folders by last use, oldest first.
+    lru: BTreeMap<u64, Id>,
     too_large: HashMap<Id, (i64, i64)>,
     bytes: usize,
     clock: u64,
+    /// A folder is being read to be kept (by one pool thread at a time).
+    filling: bool,
     hits: u64,
     fills: u64,
     oversize: u64,
+}
+
+impl Inner {
+    /// Forget the folder `id`, handing its entries to `dropped` (freed by the caller
+    /// once the lock is released: a million names take a while to free).
+    fn remove(&mut self, id: &Id, dropped: &mut Vec<Arc<Folder>>) {
+        if let Some(slot) = self.folders.remove(id) {
+            self.lru.remove(&slot.used);
+            self.bytes -= slot.folder.bytes;
+            dropped.push(slot.folder);
+        }
+    }
+
+    fn touch(&mut self, id: Id) -> Option<&Slot> {
+        self.clock += 1;
+        let now = self.clock;
+        let slot = self.folders.get_mut(&id)?;
+        self.lru.remove(&slot.used);
+        slot.used = now;
+        self.lru.insert(now, id);
+        Some(slot)
+    }
 }
 
 /// The store's cache of folders' sorted entries, shared by the blocking pool's threads
@@ -122,6 +156,15 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+/// Clears [`Inner::filling`] however the read ends.
+struct Filling<'a>(&'a Cache);
+
+impl Drop for Filling<'_> {
+    fn drop(&mut self) {
+        self.0.lock().filling = false;
+    }
+}
+
 impl Cache {
     /// A cache of at most `budget` bytes, for folders of at least `min_folder_size`
     /// whose ctime is `settled` old.
@@ -141,40 +184,47 @@ impl Cache {
         (g.hits, g.fills, g.oversize)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // The map stays consistent across a panic (each change is one insert or
-        // remove with its byte count), so a poisoned lock is still usable.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Each change to the maps is made whole before anything can panic, so a
+        // poisoned lock is still consistent.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The folder `dir`'s entries in listing order, read now if they were not kept or
     /// are stale; `None` when the folder is not to be kept (small, fresh, too large,
-    /// or changing while read): walk it streaming then.
+    /// changing while read, or another folder being read): walk it streaming then.
     pub fn folder(&self, dir: &File) -> io::Result<Option<Arc<Folder>>> {
         let md = dir.metadata()?;
         let id = (md.dev(), md.ino());
         let ctime = (md.ctime(), md.ctime_nsec());
+        let mut dropped = Vec::new();
         {
             let mut g = self.lock();
-            let g = &mut *g;
-            if let Some(slot) = g.folders.get_mut(&id) {
-                if slot.folder.ctime == ctime {
-                    g.clock += 1;
-                    slot.used = g.clock;
+            let current = g.folders.get(&id).map(|s| s.folder.ctime == ctime);
+            match current {
+                Some(true) => {
                     g.hits += 1;
-                    return Ok(Some(slot.folder.clone()));
+                    return Ok(g.touch(id).map(|s| s.folder.clone()));
                 }
-                let stale = g.folders.remove(&id).map_or(0, |s| s.folder.bytes);
-                g.bytes -= stale;
+                Some(false) => g.remove(&id, &mut dropped),
+                None => {}
             }
-            if g.too_large.get(&id) == Some(&ctime) {
+            if g.too_large.get(&id) == Some(&ctime)
+                || g.filling
+                || md.size() < self.min_folder_size
+                || !self.settled_at(ctime, SystemTime::now())
+            {
+                drop(g);
+                drop(dropped);
                 return Ok(None);
             }
+            g.filling = true;
         }
-        if md.size() < self.min_folder_size || !self.settled_at(ctime, SystemTime::now()) {
-            return Ok(None);
-        }
-        let Some(folder) = read(dir, ctime, self.budget)? else {
+        drop(dropped);
+        let filling = Filling(self);
+        let read = read(dir, ctime, self.budget / 4)?;
+        let after = dir.metadata()?;
+        let Some(folder) = read else {
             let mut g = self.lock();
             if g.too_large.len() >= TOO_LARGE_SLOTS {
                 g.too_large.clear();
@@ -183,43 +233,42 @@ impl Cache {
             g.oversize += 1;
             return Ok(None);
         };
-        let after = dir.metadata()?;
         if (after.ctime(), after.ctime_nsec()) != ctime {
             return Ok(None);
         }
         let folder = Arc::new(folder);
-        let mut g = self.lock();
-        let g = &mut *g;
-        while g.bytes + folder.bytes > self.budget {
-            let Some(oldest) = g
-                .folders
-                .iter()
-                .min_by_key(|(_, s)| s.used)
-                .map(|(k, _)| *k)
-            else {
-                break;
-            };
-            let freed = g.folders.remove(&oldest).map_or(0, |s| s.folder.bytes);
-            g.bytes -= freed;
+        let mut dropped = Vec::new();
+        {
+            let mut g = self.lock();
+            while g.bytes + folder.bytes > self.budget {
+                let Some((_, oldest)) = g.lru.pop_first() else {
+                    break;
+                };
+                if let Some(slot) = g.folders.remove(&oldest) {
+                    g.bytes -= slot.folder.bytes;
+                    dropped.push(slot.folder);
+                }
+            }
+            g.fills += 1;
+            g.bytes += folder.bytes;
+            g.clock += 1;
+            let used = g.clock;
+            g.lru.insert(used, id);
+            g.folders.insert(
+                id,
+                Slot {
+                    folder: folder.clone(),
+                    used,
+                },
+            );
         }
-        g.clock += 1;
-        g.fills += 1;
-        g.bytes += folder.bytes;
-        let used = g.clock;
-        if let Some(old) = g.folders.insert(
-            id,
-            Slot {
-                folder: folder.clone(),
-                used,
-            },
-        ) {
-            // Another thread kept the same folder meanwhile.
-            g.bytes -= old.folder.bytes;
-        }
+        drop(filling);
+        drop(dropped);
         Ok(Some(folder))
     }
 
-    /// Whether a ctime is old enough that a change after it would show as a new one.
+    /// Whether a ctime is old enough that a change after it would show as a new one,
+    /// and fine enough to tell changes within a second apart.
     fn settled_at(&self, (secs, nsecs): (i64, i64), now: SystemTime) -> bool {
         let Ok(now) = now.duration_since(UNIX_EPOCH) else {
             return false;
@@ -227,7 +276,7 @@ impl Cache {
         let (Ok(secs), Ok(nsecs)) = (u64::try_from(secs), u32::try_from(nsecs)) else {
             return false;
         };
-        Duration::new(secs, nsecs.min(999_999_999)) + self.settled <= now
+        nsecs != 0 && Duration::new(secs, nsecs.min(999_999_999)) + self.settled <= now
     }
 }
 
@@ -235,7 +284,7 @@ impl Cache {
 /// when they would take more than `budget` bytes.
 fn read(dir: &File, ctime: (i64, i64), budget: usize) -> io::Result<Option<Folder>> {
     let mut entries = Vec::new();
-    let mut bytes = 0usize;
+    let mut bytes = FOLDER_COST;
     let mut fits = true;
     sys::for_each_entry(dir, |name, kind| {
         if name == "." || name == ".." || validate_segment(name).is_err() || name.contains('\\') {
@@ -282,17 +331,20 @@ pub fn walk_sorted(
         entirely_unwanted(&start, e.dir, pick)
     });
     for e in folder.entries.get(from..).unwrap_or_default() {
-        if pick.best.len() >= pick.limit {
-            range_start(&mut start, base, e);
-            // Keys come in listing order from here on, and so do the common prefixes
-            // they roll up into: none can be below the largest kept.
-            if pick
+        range_start(&mut start, base, e);
+        // Past the prefix: every later key sorts after it too, so none starts with it.
+        if start.as_str() > pick.prefix && !start.starts_with(pick.prefix) {
+            break;
+        }
+        // Keys come in listing order from here on, and so do the common prefixes they
+        // roll up into: once the page is full, none can be below the largest kept.
+        if pick.best.len() >= pick.limit
+            && pick
                 .best
                 .last()
                 .is_some_and(|top| start.as_str() >= top.as_str())
-            {
-                break;
-            }
+        {
+            break;
         }
         walk_entry(dir, &e.name, e.kind(), base, pick)?;
     }
@@ -360,5 +412,7 @@ mod tests {
         assert!(!c.settled_at((999, 501), t));
         assert!(!c.settled_at((1_000, 0), t));
         assert!(!c.settled_at((-1, 0), t));
+        // Whole seconds: a filesystem that cannot tell two changes in a second apart.
+        assert!(!c.settled_at((10, 0), t));
     }
 }
