@@ -222,8 +222,9 @@ pub struct Store {
     /// Whether the root's filesystem keeps `user.*` extended attributes. Without them
     /// every GET and HEAD re-hashes the object.
     xattrs: bool,
-    /// Large folders' sorted entries, kept between LIST pages.
-    folders: listcache::Cache,
+    /// Large folders' sorted entries, kept between LIST pages: one cache for the process
+    /// ([`listcache::shared`]), so that a reload's new store does not keep a second copy.
+    folders: std::sync::Arc<listcache::Cache>,
 }
 
 impl Store {
@@ -257,11 +258,7 @@ impl Store {
             root_dir,
             fsync,
             xattrs,
-            folders: listcache::Cache::new(
-                listcache::BUDGET,
-                listcache::MIN_FOLDER_SIZE,
-                listcache::SETTLED,
-            ),
+            folders: listcache::shared(),
         })
     }
 
@@ -2415,7 +2412,7 @@ mod tests {
     /// zero) within `budget`; budget zero keeps none (every folder streamed).
     fn store_with_cache(root: &Path, budget: usize, settled: Duration) -> Store {
         let mut s = Store::new(root, false).unwrap();
-        s.folders = listcache::Cache::new(budget, 0, settled);
+        s.folders = std::sync::Arc::new(listcache::Cache::new(budget, 0, settled));
         s
     }
 
@@ -2564,6 +2561,18 @@ mod tests {
         let l = s.list("data", "", None, 1000).unwrap();
         assert_eq!(keys(&l).len(), 21);
         assert_eq!(s.list_cache_stats(), (1, 2, 0));
+    }
+
+    #[test]
+    fn every_store_of_the_process_shares_one_folder_cache() {
+        // A reload opens the store again while the old generation's connections still
+        // hold the old one: both must keep within one budget.
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let one = Store::new(&a.path().join("root"), false).unwrap();
+        let again = Store::new(&a.path().join("root"), false).unwrap();
+        let other = Store::new(&b.path().join("root"), false).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&one.folders, &again.folders));
+        assert!(std::sync::Arc::ptr_eq(&one.folders, &other.folders));
     }
 
     #[test]

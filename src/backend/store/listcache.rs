@@ -18,7 +18,8 @@
 //! and ETags are read from each object of the page, as before.
 //!
 //! Memory: each entry and its name's heap chunk ([`entry_cost`]) plus [`FOLDER_COST`]
-//! per folder, all kept folders together at most [`BUDGET`], one folder at most a
+//! per folder, all kept folders of the process together at most [`BUDGET`] (one cache
+//! for every store a reload opens, [`shared`]), one folder at most a
 //! quarter of it; the least recently used folder goes first. A folder that would take
 //! more is not kept, and is remembered as such until it changes, so that it is not read
 //! twice per page. One folder is read to be kept at a time: a LIST that finds another
@@ -154,6 +155,16 @@ impl std::fmt::Debug for Cache {
             .field("budget", &self.budget)
             .finish()
     }
+}
+
+/// The process's cache, shared by every [`super::Store`]: a folder is known by its
+/// device and inode, whatever root reached it, and a reload that opens the store again
+/// while connections of the old generation still hold the old one keeps one budget.
+pub fn shared() -> Arc<Cache> {
+    static SHARED: std::sync::OnceLock<Arc<Cache>> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| Arc::new(Cache::new(BUDGET, MIN_FOLDER_SIZE, SETTLED)))
+        .clone()
 }
 
 /// Clears [`Inner::filling`] however the read ends.
