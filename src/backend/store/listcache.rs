@@ -251,6 +251,9 @@ impl Cache {
         let mut dropped = Vec::new();
         {
             let mut g = self.lock();
+            // Only one read at a time, so no other slot for this folder was made since
+            // the lookup; should one be there anyway, it goes with its own accounts.
+            g.remove(&id, &mut dropped);
             while g.bytes + folder.bytes > self.budget {
                 let Some((_, oldest)) = g.lru.pop_first() else {
                     break;
