@@ -769,9 +769,9 @@ impl Store {
     /// (`max_keys + 1` ≤ 1,001 names of ≤ 1,024 bytes, about 1 MiB at worst) plus one
     /// [`sys::DIRENT_BUF`] (32 KiB) `getdents64` buffer and one descriptor per folder
     /// level open in the walk; entries are streamed from that buffer. Besides, a large
-    /// folder that has not changed for a second is read once, sorted, and kept for the
-    /// next pages in the store's [`listcache`], all such folders together at most
-    /// [`listcache::BUDGET`] (64 MiB); a page of a kept folder starts by binary search
+    /// folder that has not changed for two seconds is read once, sorted, and kept for
+    /// the next pages in the process's [`listcache`], all such folders together at most
+    /// [`listcache::BUDGET`] (128 MiB); a page of a kept folder starts by binary search
     /// and stops when full. Time is not bounded (a folder not kept is read whole on
     /// every page): call it off any event loop.
     pub fn list_delimited(
@@ -2596,6 +2596,14 @@ mod tests {
         assert_eq!(oversize, 1);
         all_pages(&s, "", None, None, 1000);
         assert_eq!(s.list_cache_stats(), (s.list_cache_stats().0, fills, 1));
+        // A budget of nothing keeps nothing, not even a folder with no keys in it.
+        std::fs::create_dir(root.join("data/empty")).unwrap();
+        let none = store_with_cache(&root, 0, Duration::ZERO);
+        assert_eq!(
+            all_pages(&none, "empty/", None, None, 1000),
+            [(vec![], vec![])]
+        );
+        assert_eq!(none.list_cache_stats().1, 0);
     }
 
     const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";

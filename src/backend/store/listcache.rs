@@ -320,7 +320,7 @@ fn read(dir: &File, ctime: (i64, i64), budget: usize) -> io::Result<Option<Folde
         });
         Ok(true)
     })?;
-    if !fits {
+    if !fits || bytes > budget {
         return Ok(None);
     }
     entries.sort_unstable_by(Entry::listing_cmp);
