@@ -362,18 +362,20 @@ fn a_forward_relay_ends_when_its_certificate_expires_or_its_rule_is_removed() {
     );
 }
 
+/// A forward server with `server_extra` in its `[server]` table, and its config file
+/// (for a reload to rewrite).
+fn relay_server(lab: &Lab, up: &Upstream, server_extra: &str) -> (Server, std::path::PathBuf) {
+    let (port, admin) = (free_port(), free_port());
+    let cfg = lab.config(port, admin, server_extra, &forward_backend(up));
+    (Server::spawn_config(lab, port, admin, &cfg), cfg)
+}
+
 #[test]
 fn a_relay_is_closed_at_max_connection_age() {
     let lab = Lab::new();
     let up = Upstream::tcp(None);
-    let (port, admin) = (free_port(), free_port());
-    let cfg = lab.config(
-        port,
-        admin,
-        "max_connection_age = \"2s\"",
-        &forward_backend(&up),
-    );
-    let srv = Server::spawn_config(&lab, port, admin, &cfg);
+    let (srv, _) = relay_server(&lab, &up, "max_connection_age = \"2s\"");
+    let port = srv.port;
     let t = Instant::now();
     let mut alice = Held::open(port, &client_config(&lab, Some("alice"), false));
     assert_eq!(
@@ -397,16 +399,9 @@ fn a_relay_is_closed_at_max_connection_age() {
 fn a_reload_of_max_connection_age_holds_the_relays_already_open() {
     let lab = Lab::new();
     let up = Upstream::tcp(None);
-    let (port, admin) = (free_port(), free_port());
-    let cfg = lab.config(
-        port,
-        admin,
-        "max_connection_age = \"3s\"",
-        &forward_backend(&up),
-    );
-    let srv = Server::spawn_config(&lab, port, admin, &cfg);
+    let (srv, cfg) = relay_server(&lab, &up, "max_connection_age = \"3s\"");
     let t = Instant::now();
-    let mut alice = Held::open(port, &client_config(&lab, Some("alice"), false));
+    let mut alice = Held::open(srv.port, &client_config(&lab, Some("alice"), false));
     reload_with(&srv, &cfg, |c| {
         c.replace("max_connection_age = \"3s\"", "max_connection_age = \"1h\"")
     });
