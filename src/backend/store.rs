@@ -2594,8 +2594,21 @@ mod tests {
         // it is not read to be kept again while it is unchanged.
         let (_, fills, oversize) = s.list_cache_stats();
         assert_eq!(oversize, 1);
+        s.folders.held();
         all_pages(&s, "", None, None, 1000);
         assert_eq!(s.list_cache_stats(), (s.list_cache_stats().0, fills, 1));
+        // Room for a few small folders at a time: they are kept and evicted in turn,
+        // the listing stays the same and the accounts within the budget.
+        let tight = store_with_cache(&root, 2 << 10, Duration::ZERO);
+        for _ in 0..3 {
+            assert_eq!(
+                all_pages(&tight, "", None, None, 1000),
+                all_pages(&streamed, "", None, None, 1000)
+            );
+            assert!(tight.folders.held() <= 2 << 10);
+        }
+        let (_, fills, _) = tight.list_cache_stats();
+        assert!(fills > 12, "{fills} fills: nothing was evicted");
         // A budget of nothing keeps nothing, not even a folder with no keys in it.
         std::fs::create_dir(root.join("data/empty")).unwrap();
         let none = store_with_cache(&root, 0, Duration::ZERO);

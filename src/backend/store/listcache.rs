@@ -195,6 +195,20 @@ impl Cache {
         (g.hits, g.fills, g.oversize)
     }
 
+    /// Bytes held, recounted from the kept folders; panics if the accounts disagree.
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        let g = self.lock();
+        let counted: usize = g.folders.values().map(|s| s.folder.bytes).sum();
+        assert_eq!(counted, g.bytes);
+        assert_eq!(g.lru.len(), g.folders.len());
+        assert!(g
+            .folders
+            .iter()
+            .all(|(id, s)| g.lru.get(&s.used) == Some(id)));
+        g.bytes
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Each change to the maps is made whole before anything can panic, so a
         // poisoned lock is still consistent.
@@ -255,13 +269,10 @@ impl Cache {
             // the lookup; should one be there anyway, it goes with its own accounts.
             g.remove(&id, &mut dropped);
             while g.bytes + folder.bytes > self.budget {
-                let Some((_, oldest)) = g.lru.pop_first() else {
+                let Some(&oldest) = g.lru.values().next() else {
                     break;
                 };
-                if let Some(slot) = g.folders.remove(&oldest) {
-                    g.bytes -= slot.folder.bytes;
-                    dropped.push(slot.folder);
-                }
+                g.remove(&oldest, &mut dropped);
             }
             g.fills += 1;
             g.bytes += folder.bytes;
