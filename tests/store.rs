@@ -1374,6 +1374,88 @@ fn requests_are_counted_by_method_and_status_and_errors_by_s3_code() {
     );
 }
 
+#[test]
+fn an_error_answered_after_the_whole_body_keeps_the_connection() {
+    // A client that gets a 400 or a 412 for a body it sent whole (boto3 retrying a bad
+    // digest, a conditional write losing its race) keeps its connection, and with it
+    // the mTLS handshake it paid for. Refusals before the body is read still close.
+    let lab = Lab::new();
+    let root = store_root(&lab, "store");
+    let srv = Server::start(
+        &lab,
+        "max_object_size = \"1KiB\"",
+        &store_backend(&root, "never"),
+    );
+    let closes = |h: &[(String, String)]| header(h, "connection") == Some("close");
+    let mut c = alice(&srv, &lab);
+    let (st, h, _) = c.request(&put_req("/datasets/k/one", b"first", ""));
+    assert_eq!((st, closes(&h)), (201, false));
+
+    let answers = [
+        // Content-MD5 checked once the body is in.
+        (
+            put_req(
+                "/datasets/k/two",
+                b"x",
+                "Content-MD5: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+            ),
+            400,
+            "BadDigest",
+        ),
+        // The same on a chunked body, whose end only the last chunk marks.
+        (
+            b"PUT /datasets/k/two HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-MD5: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+            400,
+            "BadDigest",
+        ),
+        // A conditional write over an existing object, judged at commit.
+        (
+            put_req("/datasets/k/one", b"second", "If-None-Match: *\r\n"),
+            412,
+            "PreconditionFailed",
+        ),
+        // An XML body read whole and found malformed.
+        (
+            {
+                let xml = b"<Delete><Object>";
+                let sum = format!("x-amz-checksum-sha256: {}\r\n", sha256_b64(xml));
+                let mut v = put_req("/datasets?delete", xml, &sum);
+                v.splice(..3, *b"POST");
+                v
+            },
+            400,
+            "MalformedXML",
+        ),
+    ];
+    for (req, status, code) in &answers {
+        let (st, h, b) = c.request(req);
+        let doc = String::from_utf8_lossy(&b);
+        assert_eq!((st, xml_code(&b).as_str()), (*status, *code), "{doc}");
+        assert!(!closes(&h), "{code}: {h:?}");
+        // The same connection serves the next request.
+        let (st, _, b) = c.request(&get_req("GET", "/datasets/k/one"));
+        assert_eq!((st, b.as_slice()), (200, &b"first"[..]), "after {code}");
+    }
+    // Pipelined behind a refused body: the next request is read from where it ended.
+    let mut two = answers[0].0.clone();
+    two.extend_from_slice(&get_req("GET", "/datasets/k/one"));
+    c.send(&two).unwrap();
+    let mut r = c.plain_reader();
+    let (st, ..) = read_response(&mut r, false).unwrap();
+    assert_eq!(st, 400);
+    let (st, _, b) = read_response(&mut r, false).unwrap();
+    assert_eq!((st, b.as_slice()), (200, &b"first"[..]));
+    assert!(!root.join("datasets/k/two").exists());
+
+    // Refused before its body is read (announced over max_object_size): the answer
+    // says close, and the connection ends, for the body's bytes are still coming.
+    let big = put_req("/datasets/k/big", &[b'z'; 2048], "");
+    let (st, h, b) = c.request(&big);
+    assert_eq!((st, xml_code(&b).as_str()), (413, "EntityTooLarge"));
+    assert!(closes(&h), "{h:?}");
+    assert!(c.try_request(&get_req("GET", "/datasets/k/one")).is_err());
+}
+
 // ---------------------------------------------------------------------------------------
 // 9. What the store does not implement is refused (501) and changes nothing
 // ---------------------------------------------------------------------------------------

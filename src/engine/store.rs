@@ -129,6 +129,10 @@ struct Conn<'a> {
     /// closing, or the unread bytes make the kernel reset the connection and the client
     /// never sees the status.
     linger: bool,
+    /// The current request's body has been read to its end, so an error answered
+    /// after it (a bad digest, a failed precondition, a full disk) can keep the
+    /// connection: the next request starts where this body ended.
+    body_read: bool,
     /// The request cycle: deadlines, keep-alive, drain (sans-IO).
     cycle: Cycle,
     log: &'a ConnLog,
@@ -237,6 +241,7 @@ pub async fn serve(
         peer_closed: tls_closed,
         quiet: true,
         linger: false,
+        body_read: false,
         cycle,
         log,
         identity,
@@ -394,6 +399,7 @@ impl Conn<'_> {
             {
                 HeadStep::Head(head, n) => {
                     self.pstart += n;
+                    self.body_read = false;
                     self.rid = self.w.next_request_id();
                     return Ok(Some(*head));
                 }
@@ -744,7 +750,7 @@ impl Conn<'_> {
         let e = s3::Error::msg(code, r.error.description())
             .detail(format_args!("token {}", reason.as_str()));
         let www = r.error.www_authenticate();
-        let body_pending = !BodyDecoder::for_request(head).is_done();
+        let body_pending = self.body_pending(head);
         let keep = !body_pending && head.keep_alive;
         self.linger |= body_pending;
         self.refuse(
@@ -802,7 +808,14 @@ impl Conn<'_> {
         sent
     }
 
-    /// Answer an error; the connection stays open only if the request had no unread body.
+    /// Whether bytes of this request's body may still be on their way: then an answer
+    /// must close the connection, for they cannot be told from the next request.
+    fn body_pending(&self, head: &RequestHead) -> bool {
+        !self.body_read && !BodyDecoder::for_request(head).is_done()
+    }
+
+    /// Answer an error; the connection stays open only if the request has no body left
+    /// unread.
     async fn error(
         &mut self,
         head: &RequestHead,
@@ -811,7 +824,7 @@ impl Conn<'_> {
         e: s3::Error,
         start: Instant,
     ) -> Result<bool, End> {
-        let body_pending = !BodyDecoder::for_request(head).is_done();
+        let body_pending = self.body_pending(head);
         let keep = !body_pending && head.keep_alive;
         self.linger |= body_pending;
         self.refuse(Some(head), bucket, key, &e, start, keep, &[])
@@ -1805,7 +1818,10 @@ impl Conn<'_> {
                         format!("the request body is over {limit} bytes"),
                     )))
                 }
-                Ok(g) if g.done => break Ok(out),
+                Ok(g) if g.done => {
+                    self.body_read = true;
+                    break Ok(out);
+                }
                 Ok(_) => {}
             }
             if let Err(e) = self.need_more().await {
@@ -2200,6 +2216,7 @@ impl Conn<'_> {
                 .map_err(|f| BodyError::Refuse(s3::Error::from(&f)))?;
             let Some(Range { start: s, end: e }) = region else {
                 if done {
+                    self.body_read = true;
                     return Ok(off);
                 }
                 self.need_more().await?;
@@ -2247,6 +2264,7 @@ impl Conn<'_> {
             off += len;
             more?;
             if done {
+                self.body_read = true;
                 return Ok(off);
             }
         }
