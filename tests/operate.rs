@@ -409,6 +409,80 @@ fn crl_files_are_reread_when_they_change_and_stale_ones_follow_the_policy() {
         == 1.0));
 }
 
+/// A client session cache that counts the TLS 1.3 tickets the server sends.
+#[derive(Debug)]
+struct CountingTickets {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingTickets {
+    fn set_kx_hint(&self, n: rustls::pki_types::ServerName<'static>, g: rustls::NamedGroup) {
+        self.inner.set_kx_hint(n, g)
+    }
+    fn kx_hint(&self, n: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(n)
+    }
+    fn set_tls12_session(
+        &self,
+        n: rustls::pki_types::ServerName<'static>,
+        v: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(n, v)
+    }
+    fn tls12_session(
+        &self,
+        n: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(n)
+    }
+    fn remove_tls12_session(&self, n: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(n)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        n: rustls::pki_types::ServerName<'static>,
+        v: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.insert_tls13_ticket(n, v)
+    }
+    fn take_tls13_ticket(
+        &self,
+        n: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(n)
+    }
+}
+
+#[test]
+fn a_full_handshake_gets_two_tickets_and_each_resumption_one() {
+    // OpenSSL's counts, which HAProxy and nginx send: two after a full handshake (a
+    // client may open two connections at once), one after a resumption (which spent
+    // one). rustls alone would send two every time.
+    let lab = Lab::new();
+    let up = Upstream::tcp(None);
+    let srv = Server::forward_tls(&lab, &up, "");
+    let store = Arc::new(CountingTickets {
+        inner: rustls::client::ClientSessionMemoryCache::new(16),
+        tickets: Default::default(),
+    });
+    let mut cfg = (*client_config(&lab, Some("alice"), false)).clone();
+    cfg.resumption = rustls::client::Resumption::store(store.clone());
+    let cfg = Arc::new(cfg);
+    let tickets = || store.tickets.load(std::sync::atomic::Ordering::Relaxed);
+    let mut kinds = Vec::new();
+    let mut counts = Vec::new();
+    for i in 0..4u8 {
+        kinds.push(session(srv.port, &cfg, &[b'a' + i]).unwrap().kind);
+        counts.push(tickets());
+    }
+    use HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Full, Resumed, Resumed, Resumed]);
+    assert_eq!(counts, [2, 3, 4, 5], "tickets held after each session");
+}
+
 #[test]
 fn two_appliances_sharing_a_ticket_key_file_resume_each_others_sessions() {
     let lab = Lab::new();

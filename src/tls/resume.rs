@@ -45,6 +45,8 @@ pub struct TicketCtx {
     pub auth_time: Option<u64>,
     /// The last ticket this connection offered that was refused, and why.
     pub refused: Option<ResumeRefusal>,
+    /// Tickets sealed for this connection so far.
+    pub issued: u8,
 }
 
 thread_local! {
@@ -167,6 +169,11 @@ impl ProducesTickets for VerifyingTicketer {
         // rather than one with an invented authentication time.
         let ctx = CURRENT.with(Cell::get)?;
         let auth_time = match ctx.auth_time {
+            // A resumed session gets one new ticket, as OpenSSL does: its client spent
+            // one to get here, so one refills it. rustls would send a full handshake's
+            // count (two) on every resumption, each a seal and a record of work for a
+            // ticket that only piles up in the client's cache.
+            Some(_) if ctx.issued >= 1 => return None,
             Some(t) => t,
             None => self.now()?,
         };
@@ -174,7 +181,9 @@ impl ProducesTickets for VerifyingTicketer {
         sealed.extend_from_slice(plain);
         sealed.extend_from_slice(&auth_time.to_be_bytes());
         sealed.extend_from_slice(MAGIC);
-        self.inner.encrypt(&sealed)
+        let ticket = self.inner.encrypt(&sealed)?;
+        update(|c| c.issued = c.issued.saturating_add(1));
+        Some(ticket)
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
@@ -361,6 +370,26 @@ mod tests {
         let (out, ctx) = open(&t, &resealed);
         assert_eq!(out, None);
         assert_eq!(ctx.refused, Some(ResumeRefusal::TooOld));
+    }
+
+    /// Seal `n` tickets in one connection's context, as rustls does after its Finished.
+    fn seal_n(t: &VerifyingTicketer, plain: &[u8], ctx: TicketCtx, n: usize) -> usize {
+        enter(ctx);
+        let sealed = (0..n).filter(|_| t.encrypt(plain).is_some()).count();
+        assert_eq!(leave().unwrap().issued as usize, sealed);
+        sealed
+    }
+
+    #[test]
+    fn a_resumed_session_gets_one_new_ticket_and_a_full_handshake_all_it_asks() {
+        let ca = ca("lab CA");
+        let clock = Arc::new(Clock(AtomicU64::new(NOW)));
+        let t = ticketer(&ca, clock);
+        let plain = session(&[leaf(&ca, &["spiffe://lake.example/a"])]);
+        assert_eq!(seal_n(&t, &plain, TicketCtx::default(), 3), 3, "full");
+        let (_, resumed) = open(&t, &seal(&t, &plain, TicketCtx::default()));
+        assert!(resumed.auth_time.is_some());
+        assert_eq!(seal_n(&t, &plain, resumed, 2), 1, "resumed");
     }
 
     #[test]
