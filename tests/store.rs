@@ -1136,6 +1136,31 @@ fn disk_full_gives_507_and_leaves_nothing_behind() {
     let (st, ..) = raw(&srv, &lab, &put_req("/datasets/fits.bin", &data, ""));
     assert_eq!(st, 201, "{}", srv.log_plain());
     assert_eq!(std::fs::read(root.join("datasets/fits.bin")).unwrap(), data);
+
+    // The same filesystem remounted read-only: a write is the store's failure (500),
+    // told apart from a full disk by its fault, and reads go on.
+    let ro = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(ro.success());
+    let (st, _, b) = raw(&srv, &lab, &put_req("/datasets/late.bin", b"late", ""));
+    assert_eq!((st, xml_code(&b).as_str()), (500, "InternalError"));
+    let (st, _, b) = raw(&srv, &lab, &get_req("GET", "/datasets/fits.bin"));
+    assert_eq!((st, b.len()), (200, data.len()));
+    let fault = |f: &str| srv.metric("lakegate_store_errors_total", &format!("fault=\"{f}\""));
+    assert_eq!((fault("no_space"), fault("read_only")), (1.0, 1.0));
+    assert_eq!(fault("io"), 0.0);
+    assert!(
+        srv.log_line_with(&["request refused", "InsufficientStorage", "no_space"])
+            .is_some()
+            && srv
+                .log_line_with(&["request refused", "InternalError", "read_only"])
+                .is_some(),
+        "{}",
+        srv.log_plain()
+    );
     drop(srv);
 }
 
@@ -1362,6 +1387,18 @@ fn requests_are_counted_by_method_and_status_and_errors_by_s3_code() {
     };
     assert_eq!(errors("NoSuchKey"), 2.0, "{m}");
     assert_eq!(errors("BadDigest"), 1.0, "{m}");
+    // The two misses are what the filesystem said (ENOENT); the bad digest is not a
+    // store fault at all.
+    assert_eq!(
+        metric_with(&m, "lakegate_store_errors_total", &["fault=\"not_found\""]),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_with(&m, "lakegate_store_errors_total", &[]),
+        2.0,
+        "{m}"
+    );
     // Answers that are not errors are not counted, and every code is a series.
     assert_eq!(
         metric_with(&m, "lakegate_request_errors_total", &[]),

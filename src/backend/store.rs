@@ -12,7 +12,7 @@
 //!   for, so a file rewritten in place by someone else is re-hashed, not mislabelled);
 //! - body digests (SHA-256 always; MD5, CRC-32 and SHA-1 when the request carries
 //!   them), the ListObjectsV2 XML, and the mapping of filesystem errors to S3 error
-//!   codes ([`code_for_io`]; the status follows from the code).
+//!   faults ([`fault_of`], whose [`Fault`] gives the S3 code, and so the status).
 //!
 //! The rules that keep a key inside its bucket:
 //! - keys are validated first: no `.`/`..` or empty segments, not absolute, no NUL or
@@ -44,7 +44,7 @@ use base64::Engine as _;
 use md5::Digest as _;
 use xattr::FileExt as _;
 
-use crate::proto::s3::{self, Code};
+use crate::proto::s3::{self, Code, Fault};
 
 mod listcache;
 pub mod multipart;
@@ -1238,41 +1238,57 @@ impl Digests {
     }
 }
 
-/// Map an I/O error of the store to an S3 error code: ENOSPC/EDQUOT → 507
-/// InsufficientStorage, EACCES/EPERM/ELOOP (a symlink on the way) → 403 AccessDenied,
-/// ENOENT → 404 (`not_found`: NoSuchKey or NoSuchBucket, which only the caller knows),
-/// ENOTDIR/EISDIR/ENOTEMPTY (a key that collides with a folder or an object used as a
-/// folder) → 409 KeyConflict, ENAMETOOLONG → 400 KeyTooLongError, refused input → 400
-/// InvalidArgument, EFBIG → 413 EntityTooLarge, anything else → 500 InternalError.
-pub fn code_for_io(e: &io::Error, not_found: Code) -> Code {
+/// What the filesystem said, as a [`Fault`]: the one place the store reads an errno.
+/// ENOENT → not_found; ENOSPC/EDQUOT → no_space; EACCES/EPERM/ELOOP (a symlink on
+/// the way) → denied; ENOTDIR/EISDIR/ENOTEMPTY (a key that collides with a folder, or
+/// an object used as a folder) → conflict; ENAMETOOLONG; EFBIG → too_large; EROFS →
+/// read_only; EMFILE/ENFILE → no_descriptors; EIO → io; our own refused input →
+/// invalid; a lost precondition → precondition; anything else → other.
+pub fn fault_of(e: &io::Error) -> Fault {
     if e.get_ref().is_some_and(|i| i.is::<PreconditionFailed>()) {
-        return Code::PreconditionFailed;
+        return Fault::Precondition;
     }
     if e.kind() == io::ErrorKind::Unsupported {
-        return Code::NotImplemented;
+        return Fault::Unsupported;
     }
     if let Some(code) = e.raw_os_error() {
         match code {
-            libc::ENOSPC | libc::EDQUOT => return Code::InsufficientStorage,
-            libc::EACCES | libc::EPERM | libc::ELOOP => return Code::AccessDenied,
-            libc::ENOENT => return not_found,
-            libc::ENOTDIR | libc::EISDIR | libc::ENOTEMPTY => return Code::KeyConflict,
-            libc::ENAMETOOLONG => return Code::KeyTooLongError,
-            libc::EFBIG => return Code::EntityTooLarge,
+            libc::ENOENT => return Fault::NotFound,
+            libc::ENOSPC | libc::EDQUOT => return Fault::NoSpace,
+            libc::EACCES | libc::EPERM | libc::ELOOP => return Fault::Denied,
+            libc::ENOTDIR | libc::EISDIR | libc::ENOTEMPTY => return Fault::Conflict,
+            libc::ENAMETOOLONG => return Fault::NameTooLong,
+            libc::EFBIG => return Fault::TooLarge,
+            libc::EROFS => return Fault::ReadOnly,
+            libc::EMFILE | libc::ENFILE => return Fault::NoDescriptors,
+            libc::EIO => return Fault::Io,
             _ => {}
         }
     }
     match e.kind() {
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Code::InsufficientStorage,
-        io::ErrorKind::PermissionDenied => Code::AccessDenied,
-        io::ErrorKind::NotFound => not_found,
+        io::ErrorKind::NotFound => Fault::NotFound,
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Fault::NoSpace,
+        io::ErrorKind::PermissionDenied => Fault::Denied,
         io::ErrorKind::NotADirectory
         | io::ErrorKind::IsADirectory
-        | io::ErrorKind::DirectoryNotEmpty => Code::KeyConflict,
-        io::ErrorKind::InvalidInput => Code::InvalidArgument,
-        io::ErrorKind::FileTooLarge => Code::EntityTooLarge,
-        _ => Code::InternalError,
+        | io::ErrorKind::DirectoryNotEmpty => Fault::Conflict,
+        io::ErrorKind::InvalidInput => Fault::Invalid,
+        io::ErrorKind::FileTooLarge => Fault::TooLarge,
+        io::ErrorKind::ReadOnlyFilesystem => Fault::ReadOnly,
+        _ => Fault::Other,
     }
+}
+
+/// The S3 code of an I/O error of the store ([`fault_of`], then [`Fault::code`]):
+/// `not_found` is NoSuchKey or NoSuchBucket, which only the caller knows.
+pub fn code_for_io(e: &io::Error, not_found: Code) -> Code {
+    fault_of(e).code(not_found)
+}
+
+/// An I/O error of the store as the S3 error it is answered with, carrying its fault
+/// (for the log line and `lakegate_store_errors_total`) and the OS error as the detail.
+pub fn io_error(e: &io::Error, not_found: Code) -> s3::Error {
+    s3::Error::store(fault_of(e), not_found, e)
 }
 
 /// The HTTP status of [`code_for_io`] (404 for a missing key).
@@ -3242,6 +3258,43 @@ mod tests {
             403
         );
         assert_eq!(status_for_io(&io::Error::other("x")), 500);
+    }
+
+    #[test]
+    fn each_errno_is_one_fault_and_the_store_failures_are_500_or_507() {
+        let os = io::Error::from_raw_os_error;
+        for (errno, fault) in [
+            (libc::ENOENT, Fault::NotFound),
+            (libc::ENOSPC, Fault::NoSpace),
+            (libc::EDQUOT, Fault::NoSpace),
+            (libc::EACCES, Fault::Denied),
+            (libc::ELOOP, Fault::Denied),
+            (libc::ENOTEMPTY, Fault::Conflict),
+            (libc::ENAMETOOLONG, Fault::NameTooLong),
+            (libc::EFBIG, Fault::TooLarge),
+            (libc::EROFS, Fault::ReadOnly),
+            (libc::EMFILE, Fault::NoDescriptors),
+            (libc::ENFILE, Fault::NoDescriptors),
+            (libc::EIO, Fault::Io),
+            (libc::EOPNOTSUPP, Fault::Unsupported),
+            (libc::EINVAL, Fault::Invalid),
+            (libc::ENOMEM, Fault::Other),
+        ] {
+            let e = os(errno);
+            assert_eq!(fault_of(&e), fault, "errno {errno}");
+            let refused = io_error(&e, Code::NoSuchKey);
+            assert_eq!(
+                (refused.code, refused.fault),
+                (fault.code(Code::NoSuchKey), Some(fault))
+            );
+            assert_eq!(refused.detail.as_deref(), Some(e.to_string().as_str()));
+        }
+        let lost = io::Error::other(PreconditionFailed("an object has the key"));
+        assert_eq!(fault_of(&lost), Fault::Precondition);
+        assert_eq!(
+            io_error(&lost, Code::NoSuchKey).code,
+            Code::PreconditionFailed
+        );
     }
 
     /// Commit `body` onto `key` with `opts` (MD5 and SHA-256 of the body computed here).

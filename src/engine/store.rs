@@ -783,6 +783,9 @@ impl Conn<'_> {
         let rid = self.rid;
         let status = e.code.status();
         self.w.stats.request_errors[e.code.index()].inc();
+        if let Some(f) = e.fault {
+            self.w.stats.store_errors[f.index()].inc();
+        }
         let mut body = Vec::with_capacity(384);
         s3::error_xml(&mut body, e, head.map_or("/", |h| h.path.as_str()), &rid);
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + extra.len());
@@ -800,6 +803,7 @@ impl Conn<'_> {
         tracing::info!(
             target: "access",
             request_id = %rid, identity = self.identity.name(), status, code = e.code.as_str(),
+            fault = e.fault.map_or("-", s3::Fault::as_str),
             reason = e.detail.as_deref().unwrap_or(&e.message), "request refused"
         );
         let sent = self.send(&resp).await;
@@ -1068,9 +1072,7 @@ impl Conn<'_> {
                             id_marker.as_deref(),
                             max,
                         )
-                        .map_err(|e| {
-                            s3::Error::new(store::code_for_io(&e, Code::NoSuchBucket)).detail(e)
-                        })
+                        .map_err(|e| store::io_error(&e, Code::NoSuchBucket))
                     })
                     .await;
                 match r {
@@ -1103,7 +1105,7 @@ impl Conn<'_> {
             }
             (Operation::HeadBucket | Operation::GetBucketLocation, _) => {
                 if let Err(e) = files::bucket_dir(store, &bucket).await {
-                    let e = s3::Error::new(store::code_for_io(&e, Code::NoSuchBucket)).detail(e);
+                    let e = store::io_error(&e, Code::NoSuchBucket);
                     return self.error(head, &bucket, "", e, start).await;
                 }
                 if head.method == Method::Head {
@@ -1128,14 +1130,13 @@ impl Conn<'_> {
                 let r = self
                     .blocking(store, move |st| {
                         st.delete_bucket(&b).map_err(|e| {
-                            let code = if e.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                            if e.kind() == std::io::ErrorKind::DirectoryNotEmpty
                                 || e.raw_os_error() == Some(libc::ENOTEMPTY)
                             {
-                                Code::BucketNotEmpty
+                                s3::Error::new(Code::BucketNotEmpty).detail(e)
                             } else {
-                                store::code_for_io(&e, Code::NoSuchBucket)
-                            };
-                            s3::Error::new(code).detail(e)
+                                store::io_error(&e, Code::NoSuchBucket)
+                            }
                         })
                     })
                     .await;
@@ -1253,9 +1254,8 @@ impl Conn<'_> {
         }
         let all = self
             .blocking(store, |st| {
-                st.list_buckets().map_err(|e| {
-                    s3::Error::new(store::code_for_io(&e, Code::InternalError)).detail(e)
-                })
+                st.list_buckets()
+                    .map_err(|e| store::io_error(&e, Code::InternalError))
             })
             .await;
         let all = match all {
@@ -1324,12 +1324,11 @@ impl Conn<'_> {
         let r = self
             .blocking(store, move |st| {
                 st.create_bucket_new(&b).map_err(|e| {
-                    let code = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                        Code::BucketAlreadyOwnedByYou
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        s3::Error::new(Code::BucketAlreadyOwnedByYou).detail(e)
                     } else {
-                        store::code_for_io(&e, Code::InternalError)
-                    };
-                    s3::Error::new(code).detail(e)
+                        store::io_error(&e, Code::InternalError)
+                    }
                 })
             })
             .await;
@@ -1578,7 +1577,7 @@ impl Conn<'_> {
             Ok(f) => super::io::ring_file(f),
             Err(e) => {
                 files::discard_temp(store, bucket, &temp).await;
-                let e = s3::Error::new(Code::InternalError).detail(e);
+                let e = store::io_error(&e, Code::InternalError);
                 return self.error(head, bucket, key, e, start).await;
             }
         };
@@ -2172,13 +2171,11 @@ impl Conn<'_> {
             match result {
                 Ok(()) => deleted.push(key),
                 // S3 reports a key that was not there as deleted.
-                Err(e) if store::code_for_io(&e, Code::NoSuchKey) == Code::NoSuchKey => {
-                    deleted.push(key)
-                }
+                Err(e) if store::fault_of(&e) == s3::Fault::NotFound => deleted.push(key),
                 Err(e) => {
-                    let code = store::code_for_io(&e, Code::NoSuchKey);
-                    tracing::info!(request_id = %self.rid, identity = self.identity.name(), bucket, key, error = %e, "DeleteObjects key failed");
-                    errors.push((key, s3::Error::new(code)));
+                    let fault = store::fault_of(&e);
+                    tracing::info!(request_id = %self.rid, identity = self.identity.name(), bucket, key, error = %e, fault = fault.as_str(), "DeleteObjects key failed");
+                    errors.push((key, s3::Error::new(fault.code(Code::NoSuchKey))));
                 }
             }
         }
@@ -2253,13 +2250,13 @@ impl Conn<'_> {
             let (r, buf) = wres;
             self.w.pool.give(buf);
             if let Err(err) = r {
-                let code = match sink {
-                    Sink::File(_) => store::code_for_io(&err, Code::InternalError),
-                    Sink::Upstream { .. } | Sink::Nothing { .. } => Code::BadGateway,
+                let e = match sink {
+                    Sink::File(_) => store::io_error(&err, Code::InternalError),
+                    Sink::Upstream { .. } | Sink::Nothing { .. } => {
+                        s3::Error::new(Code::BadGateway)
+                    }
                 };
-                return Err(BodyError::Refuse(
-                    s3::Error::new(code).detail(format_args!("write: {err}")),
-                ));
+                return Err(BodyError::Refuse(e.detail(format_args!("write: {err}"))));
             }
             off += len;
             more?;

@@ -28,6 +28,7 @@ use base64::Engine as _;
 use super::http::{HttpError, Method, RequestHead};
 
 pub use crate::reason::s3::Code;
+pub use crate::reason::store::Fault;
 
 /// A refused request: the code, what the client is told, and what only the log sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,9 @@ pub struct Error {
     pub message: Cow<'static, str>,
     /// The reason for the log line (rule index, OS error, ...); never sent.
     pub detail: Option<String>,
+    /// What the filesystem said, when a store operation is what failed (the `fault`
+    /// log field and `lakegate_store_errors_total{fault}`).
+    pub fault: Option<Fault>,
 }
 
 impl Error {
@@ -47,6 +51,7 @@ impl Error {
             code,
             message: Cow::Borrowed(code.default_message()),
             detail: None,
+            fault: None,
         }
     }
 
@@ -56,6 +61,7 @@ impl Error {
             code,
             message: message.into(),
             detail: None,
+            fault: None,
         }
     }
 
@@ -68,6 +74,15 @@ impl Error {
     pub fn detail(mut self, detail: impl std::fmt::Display) -> Error {
         self.detail = Some(detail.to_string());
         self
+    }
+
+    /// The error a store fault is answered with: its code (`not_found` for a missing
+    /// path: which of NoSuchKey, NoSuchBucket or NoSuchUpload only the caller knows),
+    /// the OS error as the detail, and the fault itself for the log and the metric.
+    pub fn store(fault: Fault, not_found: Code, detail: impl std::fmt::Display) -> Error {
+        let mut e = Error::new(fault.code(not_found)).detail(detail);
+        e.fault = Some(fault);
+        e
     }
 }
 

@@ -1,17 +1,19 @@
 //! Bounded label sets: why a handshake, a resumption or a bearer token was refused,
-//! and why a connection ended ([`Close`]), each variant with the one metric label it
-//! maps to.
+//! why a connection ended ([`Close`]), the S3 error a request was answered with
+//! ([`s3::Code`]) and what the filesystem said when a store operation failed
+//! ([`store::Fault`]), each variant with the one metric label it maps to.
 //!
 //! Owns: the enums and their label strings, nothing else. Plain types with no logic
 //! beyond the label, so telemetry (a leaf) can size its counters and render them
 //! without importing the layers that decide the reasons; those layers (`tls`,
 //! `authz`) classify their errors into these types and re-export them where they
-//! always were. Must not import anything from the crate.
+//! always were. Must not import anything from the crate outside `reason`.
 
 use std::fmt;
 
 mod close;
 pub mod s3;
+pub mod store;
 pub use close::Close;
 
 /// Why a handshake failed, as the fixed set of `reason` label values.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use prometheus::proto::{self, MetricFamily, MetricType};
 
 use crate::reason::s3::Code;
+use crate::reason::store::Fault;
 use crate::reason::{Close, FailReason, ResumeRefusal, TokenReason};
 
 /// A counter with exactly one writer thread; readers may be anywhere.
@@ -159,6 +160,8 @@ pub struct WorkerStats {
     pub requests: [Counter; METHODS.len() * STATUSES.len()],
     /// Requests answered with an S3 error document, by [`Code::index`].
     pub request_errors: [Counter; Code::ALL.len()],
+    /// Requests refused because a store operation failed, by [`Fault::index`].
+    pub store_errors: [Counter; Fault::ALL.len()],
     /// Request durations (head received to response done).
     pub request_duration: Histo,
     /// Token decisions: [0] valid, [1] absent where not required, then one per
@@ -203,6 +206,7 @@ impl Default for WorkerStats {
             sessions: std::array::from_fn(|_| Counter::default()),
             requests: std::array::from_fn(|_| Counter::default()),
             request_errors: std::array::from_fn(|_| Counter::default()),
+            store_errors: std::array::from_fn(|_| Counter::default()),
             request_duration: Histo::default(),
             tokens: Default::default(),
             recent_certs: Mutex::new(RecentCerts::default()),
@@ -517,6 +521,20 @@ impl Telemetry {
                     counter(
                         vec![label("code", c.as_str())],
                         self.sum(|w| w.request_errors[c.index()].get()) as f64,
+                    )
+                })
+                .collect(),
+        ));
+        out.push(family(
+            "lakegate_store_errors_total",
+            "Object API requests refused because a store operation failed, by what the filesystem said (io, no_space, read_only, no_descriptors and other are the store's failures; the rest are the request's).",
+            COUNTER,
+            Fault::ALL
+                .iter()
+                .map(|f| {
+                    counter(
+                        vec![label("fault", f.as_str())],
+                        self.sum(|w| w.store_errors[f.index()].get()) as f64,
                     )
                 })
                 .collect(),
@@ -903,6 +921,8 @@ mod tests {
         t.workers[0].request_errors[Code::InsufficientStorage.index()].inc();
         t.workers[1].request_errors[Code::InsufficientStorage.index()].inc();
         t.workers[1].request_errors[Code::SlowDown.index()].inc();
+        t.workers[0].store_errors[Fault::Io.index()].inc();
+        t.workers[1].store_errors[Fault::Io.index()].inc();
         let text = t.render();
         assert!(
             text.contains("lakegate_request_errors_total{code=\"InsufficientStorage\"} 2"),
@@ -910,6 +930,14 @@ mod tests {
         );
         assert!(
             text.contains("lakegate_request_errors_total{code=\"SlowDown\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lakegate_store_errors_total{fault=\"io\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lakegate_store_errors_total{fault=\"no_space\"} 0"),
             "{text}"
         );
         assert!(

@@ -504,9 +504,7 @@ impl Store {
         max_size: u64,
         cond: &s3::WriteConditions,
     ) -> Result<(String, ObjectMeta), s3::Error> {
-        let io_err = |e: io::Error, not_found: Code| {
-            s3::Error::new(super::code_for_io(&e, not_found)).detail(e)
-        };
+        let io_err = |e: io::Error, not_found: Code| super::io_error(&e, not_found);
         let (root, dir, info) = self
             .upload(bucket, key, id, owner)
             .map_err(|e| io_err(e, Code::NoSuchUpload))?;
@@ -720,16 +718,15 @@ impl Store {
             } else {
                 code
             };
-            super::code_for_io(e, nf)
+            super::io_error(e, nf)
         };
         // The upload first: a foreign or unknown one is NoSuchUpload before the source
         // is even looked at.
         let upload = self
             .check_upload(bucket, key, id, owner)
-            .map_err(|e| s3::Error::new(no_bucket_or(&e, bucket, Code::NoSuchUpload)).detail(e))?;
+            .map_err(|e| no_bucket_or(&e, bucket, Code::NoSuchUpload))?;
         let src_missing = |e: io::Error| {
-            s3::Error::new(no_bucket_or(&e, src_bucket, Code::NoSuchKey))
-                .detail(format!("copy source: {e}"))
+            no_bucket_or(&e, src_bucket, Code::NoSuchKey).detail(format!("copy source: {e}"))
         };
         let src_dir = self.bucket_dir(src_bucket).map_err(src_missing)?;
         let src = open_object_at(&src_dir, src_key).map_err(src_missing)?;
@@ -767,8 +764,7 @@ impl Store {
             announced == Some(s3::Algorithm::Crc32),
             announced == Some(s3::Algorithm::Sha1),
         );
-        let dst_err =
-            |e: io::Error| s3::Error::new(no_bucket_or(&e, bucket, Code::NoSuchUpload)).detail(e);
+        let dst_err = |e: io::Error| no_bucket_or(&e, bucket, Code::NoSuchUpload);
         let (out, temp) = self.create_temp(bucket).map_err(dst_err)?;
         if let Err(e) = copy_hashing(&src, off, &out, len, &mut hasher) {
             self.discard_temp(bucket, &temp);
@@ -782,7 +778,7 @@ impl Store {
         let md5 = info.md5.clone();
         // commit_part removes the temporary on failure.
         self.commit_part(bucket, key, id, owner, (&temp, &out, false), info)
-            .map_err(|e| s3::Error::new(no_bucket_or(&e, bucket, Code::NoSuchUpload)).detail(e))?;
+            .map_err(|e| no_bucket_or(&e, bucket, Code::NoSuchUpload))?;
         let mtime = out.metadata().and_then(|m| m.modified()).map_err(dst_err)?;
         Ok((md5, ObjectMeta { mtime, ..meta }.last_modified_iso()))
     }
@@ -809,7 +805,7 @@ impl Store {
             } else {
                 Code::NoSuchKey
             };
-            s3::Error::new(super::code_for_io(&e, nf)).detail(format!("copy source: {e}"))
+            super::io_error(&e, nf).detail(format!("copy source: {e}"))
         };
         validate_key(key).map_err(|e| super::key_error(&e))?;
         let src_dir = self.bucket_dir(src_bucket).map_err(src_missing)?;
@@ -822,7 +818,7 @@ impl Store {
             } else {
                 Code::NoSuchKey
             };
-            s3::Error::new(super::code_for_io(&e, nf)).detail(e)
+            super::io_error(&e, nf)
         };
         let (out, temp) = self.create_temp(bucket).map_err(dst_err)?;
         if let Err(e) = copy_range(&src, &out, 0, meta.size) {

@@ -45,7 +45,7 @@ pub(super) fn missing_as(store: &Store, bucket: &str, e: &io::Error, missing: Co
     } else {
         missing
     };
-    s3::Error::new(store::code_for_io(e, not_found)).detail(e)
+    store::io_error(e, not_found)
 }
 
 /// [`missing_as`] for an object: a missing one is NoSuchKey. Pool jobs only.
@@ -73,7 +73,7 @@ pub(super) async fn ring_object_error(store: &Arc<Store>, bucket: &str, e: io::E
 
 /// An error of one step of a ring lookup, where the step says what is missing.
 fn lookup_error(e: &io::Error, missing: Code) -> s3::Error {
-    s3::Error::new(store::code_for_io(e, missing)).detail(e)
+    store::io_error(e, missing)
 }
 
 /// Open the bucket's folder on the ring, with [`Store::bucket_dir`]'s answers: `NotFound`
@@ -292,7 +292,7 @@ impl Conn<'_> {
             .get_or_try_init(|| async {
                 let f = file
                     .try_clone()
-                    .map_err(|e| s3::Error::new(Code::InternalError).detail(e))?;
+                    .map_err(|e| store::io_error(&e, Code::InternalError))?;
                 let b = bucket.to_owned();
                 self.blocking(store, move |st| {
                     st.object_meta(&f).map_err(|e| object_error(st, &b, &e))

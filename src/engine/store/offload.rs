@@ -83,7 +83,7 @@ impl Conn<'_> {
         );
         self.blocking(store, move |st| {
             st.list_delimited(&b, &p, d.as_deref(), start_after.as_deref(), max_keys)
-                .map_err(|e| s3::Error::new(store::code_for_io(&e, Code::NoSuchBucket)).detail(e))
+                .map_err(|e| store::io_error(&e, Code::NoSuchBucket))
         })
         .await
     }
