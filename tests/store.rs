@@ -1137,6 +1137,35 @@ fn disk_full_gives_507_and_leaves_nothing_behind() {
     assert_eq!(st, 201, "{}", srv.log_plain());
     assert_eq!(std::fs::read(root.join("datasets/fits.bin")).unwrap(), data);
 
+    // UploadPartCopy fills the disk too: the second 12 MiB copy does not fit, and it is
+    // the same 507 (its write's fault, not a blanket 500), with nothing left behind.
+    let src = pseudo_random(12 * MIB as usize, 23);
+    let (st, ..) = raw(&srv, &lab, &put_req("/datasets/src.bin", &src, ""));
+    assert_eq!(st, 201);
+    let mut c = alice(&srv, &lab);
+    let (st, _, x) = c.request(&post_req("/datasets/mp?uploads", b""));
+    assert_eq!(st, 200);
+    let id = xml_all(&String::from_utf8_lossy(&x), "UploadId").remove(0);
+    let copy = |n: u32| {
+        format!(
+            "PUT /datasets/mp?partNumber={n}&uploadId={id} HTTP/1.1\r\nHost: x\r\nx-amz-copy-source: datasets/src.bin\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let (st, ..) = c.request(&copy(1));
+    assert_eq!(st, 200, "{}", srv.log_plain());
+    let (st, _, b) = c.request(&copy(2));
+    assert_eq!((st, xml_code(&b).as_str()), (507, "InsufficientStorage"));
+    let (st, ..) = c.request(&get_req("DELETE", &format!("/datasets/mp?uploadId={id}")));
+    assert_eq!(st, 204);
+    let (st, ..) = c.request(&get_req("DELETE", "/datasets/src.bin"));
+    assert_eq!(st, 204);
+    assert!(
+        eventually(Duration::from_secs(10), || temporaries(&root).is_empty()),
+        "{:?}",
+        files_under(&root)
+    );
+
     // The same filesystem remounted read-only: a write is the store's failure (500),
     // told apart from a full disk by its fault, and reads go on.
     let ro = Command::new("mount")
@@ -1150,7 +1179,7 @@ fn disk_full_gives_507_and_leaves_nothing_behind() {
     let (st, _, b) = raw(&srv, &lab, &get_req("GET", "/datasets/fits.bin"));
     assert_eq!((st, b.len()), (200, data.len()));
     let fault = |f: &str| srv.metric("lakegate_store_errors_total", &format!("fault=\"{f}\""));
-    assert_eq!((fault("no_space"), fault("read_only")), (1.0, 1.0));
+    assert_eq!((fault("no_space"), fault("read_only")), (2.0, 1.0));
     assert_eq!(fault("io"), 0.0);
     assert!(
         srv.log_line_with(&["request refused", "InsufficientStorage", "no_space"])

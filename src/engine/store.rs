@@ -1499,7 +1499,18 @@ impl Conn<'_> {
             let got = match r {
                 Ok(0) => break Err(Close::ObjectShort),
                 Ok(k) => k,
-                Err(_) => break Err(Close::ObjectRead),
+                Err(e) => {
+                    // After the status line: no error document, but the disk's fault
+                    // is counted and logged like a refused request's.
+                    let fault = store::fault_of(&e);
+                    self.w.stats.store_errors[fault.index()].inc();
+                    tracing::warn!(
+                        request_id = %self.rid, identity = self.identity.name(),
+                        fault = fault.as_str(), error = %e, offset = pos,
+                        "object read failed mid-response"
+                    );
+                    break Err(Close::ObjectRead);
+                }
             };
             let mut sent = Ok(());
             for chunk in buf[..got].chunks(FLUSH) {
@@ -2174,6 +2185,7 @@ impl Conn<'_> {
                 Err(e) if store::fault_of(&e) == s3::Fault::NotFound => deleted.push(key),
                 Err(e) => {
                     let fault = store::fault_of(&e);
+                    self.w.stats.store_errors[fault.index()].inc();
                     tracing::info!(request_id = %self.rid, identity = self.identity.name(), bucket, key, error = %e, fault = fault.as_str(), "DeleteObjects key failed");
                     errors.push((key, s3::Error::new(fault.code(Code::NoSuchKey))));
                 }

@@ -160,7 +160,8 @@ pub struct WorkerStats {
     pub requests: [Counter; METHODS.len() * STATUSES.len()],
     /// Requests answered with an S3 error document, by [`Code::index`].
     pub request_errors: [Counter; Code::ALL.len()],
-    /// Requests refused because a store operation failed, by [`Fault::index`].
+    /// Store operations that failed for a request (a refusal, a DeleteObjects key, a
+    /// GET's read after its status), by [`Fault::index`].
     pub store_errors: [Counter; Fault::ALL.len()],
     /// Request durations (head received to response done).
     pub request_duration: Histo,
@@ -527,7 +528,7 @@ impl Telemetry {
         ));
         out.push(family(
             "lakegate_store_errors_total",
-            "Object API requests refused because a store operation failed, by what the filesystem said (io, no_space, read_only, no_descriptors and other are the store's failures; the rest are the request's).",
+            "Store operations that failed for object API requests, by what the filesystem said (io, no_space, read_only, no_descriptors and other are the store's failures; the rest are the request's).",
             COUNTER,
             Fault::ALL
                 .iter()

@@ -768,8 +768,12 @@ impl Store {
         let (out, temp) = self.create_temp(bucket).map_err(dst_err)?;
         if let Err(e) = copy_hashing(&src, off, &out, len, &mut hasher) {
             self.discard_temp(bucket, &temp);
-            // The source shrank under us: it is not the object `check` approved.
-            return Err(s3::Error::new(Code::InternalError).detail(format!("copy source: {e}")));
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                // The source shrank under us: it is not the object `check` approved.
+                return Err(s3::Error::new(Code::InternalError).detail("copy source shrank"));
+            }
+            // A failing disk or a full one, on either side: its fault, its code.
+            return Err(super::io_error(&e, Code::InternalError).detail(format!("copy: {e}")));
         }
         let Some(info) = PartInfo::of(number, len, &hasher.finish()) else {
             self.discard_temp(bucket, &temp);
