@@ -5,7 +5,9 @@
 #
 #   benches/compare/handshake-instructions.sh OLD_BINARY NEW_BINARY
 #   KEYS='rsa ecdsa' MODES='full resumed' DUR=10s ROUNDS=2 benches/compare/handshake-instructions.sh A B
+#   NEW_ENV='LAKEGATE_LOG=warn' benches/compare/handshake-instructions.sh BIN BIN   # one binary, two settings
 #
+# OLD_ENV / NEW_ENV: environment assignments for each server (e.g. its log filter).
 # Each binary serves forward mode with one worker under `valgrind --tool=callgrind`
 # (instrumentation off until the load starts, so start-up is not counted); `lakegate
 # load --mode handshake` (the NEW binary, 4 connection slots, `--resume` for resumed)
@@ -52,13 +54,15 @@ for k in $KEYS; do
     for mode in $MODES; do
         for r in $(seq "$ROUNDS"); do
             for which in old new; do
-                bin=$OLD; [ $which = new ] && bin=$NEW
+                bin=$OLD; envs=${OLD_ENV:-}
+                [ $which = new ] && { bin=$NEW; envs=${NEW_ENV:-}; }
                 port=$(free_port)
                 lab_config "$T/pki-$k" "$port" "" --server "workers = 1" \
                     --server 'idle_timeout = "900s"' --backend 'kind = "forward"' \
                     --backend "upstream = \"127.0.0.1:$sink_port\"" >"$T/$k.toml"
                 out=$T/cg-$which-$k-$mode-$r.out
-                valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+                # shellcheck disable=SC2086
+                env $envs valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
                     "$bin" serve --config "$T/$k.toml" 2>"$T/valgrind.log" &
                 vp=$!
                 PIDS+=($vp)
@@ -88,7 +92,7 @@ PY
 )
                 read -r n ir each counted <<<"$line"
                 [ "$counted" -gt 0 ] || die "$which $k $mode: no $mode handshakes"
-                echo "| $k | $mode | $which $(basename "$bin") | $r | $n | $ir | $each |"
+                echo "| $k | $mode | $which $(basename "$bin")${envs:+ $envs} | $r | $n | $ir | $each |"
                 per[$which-$k-$mode]="${per[$which-$k-$mode]:-} $each"
             done
         done
