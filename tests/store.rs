@@ -1458,19 +1458,27 @@ fn an_error_answered_after_the_whole_body_keeps_the_connection() {
     assert_eq!((st, closes(&h)), (201, false));
 
     let answers = [
-        // Content-MD5 checked once the body is in.
+        // Content-MD5 checked once the body is in. The body is a request of its own:
+        // were it read as one, the next GET would find the object deleted.
         (
             put_req(
                 "/datasets/k/two",
-                b"x",
+                SMUGGLED,
                 "Content-MD5: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
             ),
             400,
             "BadDigest",
         ),
-        // The same on a chunked body, whose end only the last chunk marks.
+        // The same on a chunked body with a trailer, whose end only the empty line
+        // after the trailer marks.
         (
-            b"PUT /datasets/k/two HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-MD5: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+            [
+                &b"PUT /datasets/k/two HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-MD5: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n"[..],
+                format!("{:x}\r\n", SMUGGLED.len()).as_bytes(),
+                SMUGGLED,
+                b"\r\n0\r\nx-trailer: 1\r\n\r\n",
+            ]
+            .concat(),
             400,
             "BadDigest",
         ),
@@ -1514,13 +1522,19 @@ fn an_error_answered_after_the_whole_body_keeps_the_connection() {
     assert!(!root.join("datasets/k/two").exists());
 
     // Refused before its body is read (announced over max_object_size): the answer
-    // says close, and the connection ends, for the body's bytes are still coming.
-    let big = put_req("/datasets/k/big", &[b'z'; 2048], "");
+    // says close, and the connection ends, for the body's bytes are still coming; the
+    // requests they spell are never served.
+    let big = put_req("/datasets/k/big", &SMUGGLED.repeat(40), "");
     let (st, h, b) = c.request(&big);
     assert_eq!((st, xml_code(&b).as_str()), (413, "EntityTooLarge"));
     assert!(closes(&h), "{h:?}");
     assert!(c.try_request(&get_req("GET", "/datasets/k/one")).is_err());
+    let (st, _, b) = alice(&srv, &lab).request(&get_req("GET", "/datasets/k/one"));
+    assert_eq!((st, b.as_slice()), (200, &b"first"[..]));
 }
+
+/// A request hidden in a body: served only if the body were misread as requests.
+const SMUGGLED: &[u8] = b"DELETE /datasets/k/one HTTP/1.1\r\nHost: x\r\n\r\n";
 
 // ---------------------------------------------------------------------------------------
 // 9. What the store does not implement is refused (501) and changes nothing
