@@ -3,17 +3,19 @@
 //! operations that would give the same answer again remembered instead of redone.
 //!
 //! Two things repeat on the handshake path. webpki verifies a CRL's signature every
-//! time it consults the CRL (rustls/webpki#81), and a resumed session re-verifies the
-//! very chain a full handshake verified a moment ago. Both are signature checks of
-//! bytes already checked. So the verifier hands webpki the aws-lc-rs algorithms
+//! time it consults the CRL (rustls/webpki#81), and a client that comes back (a
+//! resumption, or a new full handshake with the same certificate, as a job's many
+//! connections are) has the very chain verified again that was verified a moment ago.
+//! Both are signature checks of bytes already checked. So the verifier hands webpki the aws-lc-rs algorithms
 //! wrapped in [`Remembered`], which answers "valid" without the arithmetic only for
 //! an exact (algorithm, public key, message, signature) that aws-lc-rs has already
 //! accepted:
 //!
 //! - each CRL's signature, checked once at load against the trust anchor that issued it
 //!   ([`ClientVerifier::new`] refuses a CRL whose signature does not verify);
-//! - per worker thread, the signatures a full verification of a chain accepted, kept under
-//!   (SHA-256 of the chain, generation) in a bounded cache that only resumption reads.
+//! - per worker thread, the signatures a verification of a chain accepted, kept under
+//!   (SHA-256 of the chain, generation) in a bounded cache that the next verification
+//!   of the same chain on that worker reads (a full handshake or a resumption).
 //!
 //! Everything else still runs on every call: path building, validity against `now`, EKU,
 //! the revocation lookup in each CRL with its staleness policy, key usage, the identity
@@ -135,10 +137,22 @@ impl ClientVerifier {
         })
     }
 
-    /// Judge the chain a resumed session carries, at `now`. A chain this worker verified
-    /// under this generation skips only the signature arithmetic it already did; validity,
-    /// revocation, CRL staleness and identity rules are judged anew.
+    /// Judge the chain a resumed session carries, at `now`: as a full handshake's
+    /// ([`ClientVerifier::verify_remembering`]).
     pub fn verify_resumed(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, RustlsError> {
+        self.verify_remembering(end_entity, intermediates, now)
+    }
+
+    /// Judge a chain at `now`. A chain this worker verified under this generation skips
+    /// only the signature arithmetic it already did (each signature is still matched by
+    /// its exact inputs); validity, revocation, CRL staleness, EKU and identity rules
+    /// are judged anew. A chain not seen before is verified in full and remembered.
+    fn verify_remembering(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -206,22 +220,17 @@ impl ClientCertVerifier for ClientVerifier {
         self.webpki.root_hint_subjects()
     }
 
-    /// A full verification (a full handshake, or an open connection re-judged); what it
-    /// verifies is remembered for this chain's resumptions on this worker.
+    /// A full handshake, or an open connection re-judged: the same rules as a
+    /// resumption's, and the same memo of the chain's signatures. The client's
+    /// CertificateVerify (proof that it holds the key, over this handshake) is
+    /// `verify_tls13_signature`'s, checked every time.
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, RustlsError> {
-        let key = (chain_digest(end_entity, intermediates), self.generation);
-        self.verify(
-            end_entity,
-            intermediates,
-            now,
-            Mode::Record(Vec::new()),
-            Some(key),
-        )
+        self.verify_remembering(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -256,9 +265,10 @@ pub struct Stats {
     pub crl_recalled: u64,
     /// Chain signatures answered from a cached verdict.
     pub chain_recalled: u64,
-    /// Resumptions that found a verdict for their chain.
+    /// Chain verifications (full handshakes, resumptions, re-judged connections) that
+    /// found a verdict for their chain.
     pub cache_hits: u64,
-    /// Resumptions that did not.
+    /// Those that did not.
     pub cache_misses: u64,
 }
 
@@ -360,8 +370,8 @@ impl Drop for Scope {
     }
 }
 
-/// First in, first out: a verdict is worth keeping only while the client resumes, and
-/// a full handshake puts it back.
+/// First in, first out: a verdict is worth keeping while its client comes back; one
+/// pushed out is verified in full on the client's next handshake and put back.
 #[derive(Default)]
 struct ChainCache {
     map: HashMap<Key, Box<[Digest]>>,
@@ -746,13 +756,13 @@ mod tests {
             false,
         )
         .unwrap();
-        let alice = leaf(&ca, 1, year);
-        for _ in 0..3 {
+        for serial in 1..4 {
+            // A leaf not seen before: its signature by the CA with aws-lc-rs; the CRL's
+            // from the check at load.
+            let client = leaf(&ca, serial, year);
             let d = delta(|| {
-                v.verify_client_cert(&alice, &[], at(t0())).unwrap();
+                v.verify_client_cert(&client, &[], at(t0())).unwrap();
             });
-            // The leaf's signature by the CA, with aws-lc-rs; the CRL's from the check
-            // at load.
             assert_eq!((d.verified, d.crl_recalled), (1, 1), "{d:?}");
         }
         // The revocation lookup itself still runs.
@@ -880,6 +890,47 @@ mod tests {
         // The new generation's own clients are served.
         let bob = leaf(&new, 2, t0() + Duration::days(365));
         assert!(v_new.verify_client_cert(&bob, &[], at(t0())).is_ok());
+    }
+
+    #[test]
+    fn a_full_handshake_with_a_chain_seen_before_skips_only_its_signatures() {
+        let ca = ca("lab CA");
+        let not_after = t0() + Duration::hours(1);
+        let v = verifier(&[&ca], vec![crl(&ca, &[], t0() + Duration::days(1))], false).unwrap();
+        let alice = leaf(&ca, 1, not_after);
+        let d = delta(|| {
+            v.verify_client_cert(&alice, &[], at(t0())).unwrap();
+        });
+        assert_eq!((d.cache_misses, d.verified), (1, 1), "{d:?}");
+        let d = delta(|| {
+            v.verify_client_cert(&alice, &[], at(t0())).unwrap();
+        });
+        assert_eq!(
+            (d.cache_hits, d.verified, d.chain_recalled),
+            (1, 0, 1),
+            "{d:?}"
+        );
+        // Time is judged anew: the remembered signature does not outlive the leaf.
+        let mut r = None;
+        let d = delta(|| {
+            r = Some(v.verify_client_cert(&alice, &[], at(not_after + Duration::seconds(1))))
+        });
+        assert_eq!(d.cache_hits, 1);
+        assert_eq!(reason(r.unwrap()), Some(FailReason::Expired));
+        // Another certificate of the same CA is verified in full.
+        let bob = leaf(&ca, 2, not_after);
+        let d = delta(|| {
+            v.verify_client_cert(&bob, &[], at(t0())).unwrap();
+        });
+        assert_eq!((d.cache_misses, d.verified), (1, 1), "{d:?}");
+        // A leaf of the same subject and serial under a CA that merely has the same
+        // name finds nothing remembered and fails.
+        let rogue = self::ca("lab CA");
+        let forged = leaf(&rogue, 1, not_after);
+        let mut r = None;
+        let d = delta(|| r = Some(v.verify_client_cert(&forged, &[], at(t0()))));
+        assert_eq!((d.cache_hits, d.chain_recalled), (0, 0), "{d:?}");
+        assert!(r.unwrap().is_err(), "a forged chain was accepted");
     }
 
     #[test]
