@@ -223,7 +223,12 @@ impl ClientCertVerifier for ClientVerifier {
     /// A full handshake, or an open connection re-judged: the same rules as a
     /// resumption's, and the same memo of the chain's signatures. The client's
     /// CertificateVerify (proof that it holds the key, over this handshake) is
-    /// `verify_tls13_signature`'s, checked every time.
+    /// `verify_tls13_signature`'s (or `verify_tls12_signature`'s), checked every time.
+    ///
+    /// A hit skips a public-key operation before the client has proved anything, so
+    /// the time to an alert tells a client holding someone's certificate chain whether
+    /// this worker verified that chain lately (once: its own probe is remembered). A
+    /// chain travels encrypted in TLS 1.3; README says so beside the memo.
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -310,9 +315,11 @@ impl KnownSig {
 
 /// What the signatures checked inside the current verifier call are for.
 enum Mode {
-    /// A full verification: collect the digests of what verifies.
+    /// A chain this worker has not verified under this generation (a miss): collect
+    /// the digests of what verifies.
     Record(Vec<Digest>),
-    /// A resumption of a chain verified before: these verified then.
+    /// A chain verified before (a hit, on a full handshake or a resumption): these
+    /// verified then.
     Vouched(Vec<Digest>),
     /// A CRL checked at load: keep the exact inputs of what verifies.
     Capture(Vec<KnownSig>),
@@ -931,6 +938,61 @@ mod tests {
         let d = delta(|| r = Some(v.verify_client_cert(&forged, &[], at(t0()))));
         assert_eq!((d.cache_hits, d.chain_recalled), (0, 0), "{d:?}");
         assert!(r.unwrap().is_err(), "a forged chain was accepted");
+    }
+
+    #[test]
+    fn a_vouched_signature_answers_only_for_its_exact_inputs() {
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let key =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
+        let pk = key.public_key().as_ref();
+        let alg = *remembered_algorithms()
+            .iter()
+            .find(|a| {
+                a.signature_alg_id() == rustls_pki_types::alg_id::ECDSA_SHA256
+                    && a.public_key_alg_id() == rustls_pki_types::alg_id::ECDSA_P256
+            })
+            .unwrap();
+        let (msg, other) = (&b"a leaf's tbsCertificate"[..], &b"another leaf's"[..]);
+        let sig = key.sign(&rng, msg).unwrap().as_ref().to_vec();
+        let other_sig = key.sign(&rng, other).unwrap().as_ref().to_vec();
+        let mut forged = sig.clone();
+        *forged.last_mut().unwrap() ^= 1;
+        // (accepted, verified by aws-lc-rs, answered from the memo) under `vouched`.
+        let check = |vouched: &[u8], m: &[u8], s: &[u8]| {
+            let mode = Mode::Vouched(vec![sig_digest(alg, pk, msg, vouched)]);
+            WORKER.with(|w| w.borrow_mut().scope = Some(mode));
+            let before = stats();
+            let ok = alg.verify_signature(pk, m, s).is_ok();
+            WORKER.with(|w| w.borrow_mut().scope = None);
+            let after = stats();
+            (
+                ok,
+                after.verified - before.verified,
+                after.chain_recalled - before.chain_recalled,
+            )
+        };
+        assert_eq!(check(&sig, msg, &sig), (true, 0, 1), "the vouched tuple");
+        // Whatever is vouched for is taken on trust for exactly those bytes (which is
+        // why only what aws-lc-rs accepted is ever recorded), and for nothing else.
+        assert_eq!(check(&forged, msg, &forged), (true, 0, 1));
+        assert_eq!(
+            check(&sig, msg, &forged),
+            (false, 1, 0),
+            "another signature"
+        );
+        assert_eq!(check(&sig, other, &sig), (false, 1, 0), "another message");
+        assert_eq!(
+            check(&sig, other, &other_sig),
+            (true, 1, 0),
+            "checked for real"
+        );
+        // Outside a verifier call nothing is recalled.
+        let before = stats();
+        assert!(alg.verify_signature(pk, msg, &forged).is_err());
+        assert_eq!(stats().chain_recalled, before.chain_recalled);
     }
 
     #[test]
