@@ -164,7 +164,8 @@ impl Gate {
                 FailReason::NoClientCert,
                 "no client certificate".to_string(),
             ))?;
-        let identity = Identity::from_der(leaf).map_err(|e| {
+        // The verifier parsed this leaf a moment ago on this thread: take its result.
+        let identity = crate::tls::verify::identity_of(leaf).map_err(|e| {
             (
                 FailReason::InvalidIdentity,
                 format!("client certificate: {e}"),
