@@ -164,7 +164,8 @@ impl Gate {
                 FailReason::NoClientCert,
                 "no client certificate".to_string(),
             ))?;
-        // The verifier parsed this leaf a moment ago on this thread: take its result.
+        // The verifier may have parsed these bytes on this thread (unless another
+        // verification came between): take its result if so.
         let identity = crate::tls::verify::identity_of(leaf).map_err(|e| {
             (
                 FailReason::InvalidIdentity,
