@@ -1023,20 +1023,16 @@ mod tests {
         let ca = ca("lab CA");
         let v = verifier(&[&ca], vec![], false).unwrap();
         let year = t0() + Duration::days(365);
-        let mut p = leaf_params(1, year);
-        p.subject_alt_names = vec![SanType::URI("spiffe://lake.example/a".try_into().unwrap())];
-        let alice = p
-            .signed_by(&KeyPair::generate().unwrap(), &ca.issuer)
-            .unwrap()
-            .der()
-            .clone();
-        let mut p = leaf_params(2, year);
-        p.subject_alt_names = vec![SanType::URI("spiffe://lake.example/b".try_into().unwrap())];
-        let bob = p
-            .signed_by(&KeyPair::generate().unwrap(), &ca.issuer)
-            .unwrap()
-            .der()
-            .clone();
+        let named = |serial: u8, uri: &str| {
+            let mut p = leaf_params(serial, year);
+            p.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+            p.signed_by(&KeyPair::generate().unwrap(), &ca.issuer)
+                .unwrap()
+                .der()
+                .clone()
+        };
+        let alice = named(1, "spiffe://lake.example/a");
+        let bob = named(2, "spiffe://lake.example/b");
         let spiffe = |der: &CertificateDer<'_>| identity_of(der).unwrap().spiffe;
         v.verify_client_cert(&alice, &[], at(t0())).unwrap();
         // Asked for another leaf than the one just verified: that leaf's own identity.
