@@ -56,20 +56,6 @@ enum Cmd {
     Load(Box<lakegate::load::LoadArgs>),
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKEGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
-
 fn load(path: &std::path::Path) -> Result<lakegate::engine::shared::Generation, ExitCode> {
     let cfg = Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
@@ -83,7 +69,8 @@ fn load(path: &std::path::Path) -> Result<lakegate::engine::shared::Generation, 
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    // Kept to the end of main: dropping it writes the lines still queued.
+    let log = lakegate::telemetry::logs::init(cli.log_json);
     match cli.cmd {
         Cmd::Check { config } => {
             let gen = match load(&config) {
@@ -202,7 +189,10 @@ fn main() -> ExitCode {
                 Ok(g) => g,
                 Err(code) => return code,
             };
-            match lakegate::control::serve(gen, config) {
+            let served = lakegate::control::serve(gen, config);
+            // The queued lines come before the reason for stopping.
+            drop(log);
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -228,7 +218,10 @@ fn main() -> ExitCode {
             };
             let abs = std::path::absolute(&dir).unwrap_or(dir);
             println!("{}", lakegate::demo::instructions(&abs, port, admin_port));
-            match lakegate::control::serve(gen, cfg) {
+            let served = lakegate::control::serve(gen, cfg);
+            // The queued lines come before the reason for stopping.
+            drop(log);
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -681,6 +681,134 @@ fn systemd_notify_protocol_ready_watchdog_reloading_stopping() {
     assert!(srv.wait_exit(Duration::from_secs(20)).success());
 }
 
+/// A reader of stderr that stops reading (journald stalled, a `| tee` on a blocked
+/// terminal, a pipe nobody drains) must not stop the appliance. Workers used to write
+/// each line themselves: once the pipe held ~64 KiB (about 200 `connection closed`
+/// lines) the worker blocked in write(2), and every connection it held hung (10,000
+/// handshakes here: 212 went through, then none). Lines now go through a bounded queue
+/// (8,192 lines) to a writer thread; what does not fit is dropped and counted.
+/// A child process killed and reaped when the test ends, also on failure.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_log_reader_that_stops_reading_stalls_no_connection() {
+    let lab = Lab::new();
+    let root = lab.path("data");
+    std::fs::create_dir_all(root.join("datasets")).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = lab.config(
+        port,
+        admin,
+        "",
+        &format!("kind = \"store\"\nroot = \"{}\"", root.display()),
+    );
+    // The test holds the read end and reads nothing until the end.
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let mut srv = Server::spawn_with_stderr(&lab, port, admin, &cfg, writer.into());
+
+    // More connection lines than the pipe and the queue hold together.
+    let total = 10_000;
+    let json = lab.path("load.json");
+    let (cert, key) = lab.client("alice");
+    let t = Instant::now();
+    let load = Command::new(bin())
+        .args(["load", "--target", &format!("127.0.0.1:{port}")])
+        .args([
+            "--server-name",
+            "localhost",
+            "--no-progress",
+            "--mode",
+            "handshake",
+        ])
+        .args(["--resume", "--connections", "4", "--timeout", "5s"])
+        .args(["--requests", &total.to_string()])
+        .arg("--ca")
+        .arg(lab.path("ca.crt"))
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A worker stuck in write(2) shows as a load that never ends: give it 60 s.
+    let mut load = Reaped(load);
+    let status = loop {
+        if let Some(st) = load.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "10,000 handshakes took over 60 s: a worker is stuck (connections so far: {:?})",
+            http_get(admin, "/metrics").map(|(_, m)| metric_value(
+                &m,
+                "lakegate_connections_total",
+                ""
+            ))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut load.0.stdout.take().unwrap(), &mut stdout).unwrap();
+    let took = t.elapsed();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let done = report["handshakes"]["full"].as_u64().unwrap()
+        + report["handshakes"]["resumed"].as_u64().unwrap();
+    assert_eq!(
+        (done, report["errors_total"].as_u64().unwrap()),
+        (total, 0),
+        "{took:?}\n{stdout}"
+    );
+    assert!(status.success());
+
+    // The scrape answers, and says lines were dropped rather than waited for.
+    let m = srv.metrics();
+    assert_eq!(
+        metric_value(&m, "lakegate_connections_total", ""),
+        total as f64
+    );
+    let dropped = metric_value(&m, "lakegate_log_lines_dropped_total", "");
+    assert!(dropped > 0.0 && dropped < total as f64, "dropped {dropped}");
+
+    // Once the reader reads again the log goes on: the last line is the one written at
+    // exit, and every line is whole.
+    let drain = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut all).unwrap();
+        String::from_utf8(all).unwrap()
+    });
+    srv.signal("TERM");
+    assert!(srv.wait_exit(Duration::from_secs(30)).success());
+    drop(srv);
+    let text = strip_ansi(&drain.join().unwrap());
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 100, "{} lines", lines.len());
+    assert!(
+        lines.last().unwrap().ends_with("stopped"),
+        "{:?}",
+        lines.last()
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" INFO ") || l.contains(" WARN ")),
+        "a torn or odd line: {:?}",
+        lines
+            .iter()
+            .find(|l| !l.contains(" INFO ") && !l.contains(" WARN "))
+    );
+}
+
 #[test]
 fn sigterm_closes_idle_keep_alive_connections_at_once_and_exits_zero() {
     let lab = Lab::new();

@@ -78,7 +78,7 @@ fn an_empty_receive_ring_under_2000_connections_recovers_and_is_counted() {
         empty > 0.0,
         "2,000 simultaneous requests never emptied a 64-buffer ring: the test shows nothing"
     );
-    let log = srv.log_text();
+    let log = srv.log_settled();
     assert!(!log.contains("panicked"), "{log}");
 }
 
@@ -163,7 +163,7 @@ fn paused_partial_records_are_carried_within_the_budget_and_come_back_whole() {
         let got = std::fs::read(root.join(format!("datasets/p{i}"))).unwrap();
         assert!(&got == body, "object p{i} differs");
     }
-    let log = srv.log_text();
+    let log = srv.log_settled();
     assert!(!log.contains("panicked"), "{log}");
 }
 

@@ -1967,7 +1967,7 @@ identity = "spiffe://lake.example/trainer/*"
     uniq.dedup();
     assert_eq!(uniq.len(), ids.len(), "request ids repeat: {ids:?}");
     assert!(srv
-        .log_plain()
+        .log_settled()
         .lines()
         .all(|l| !l.contains("os error") || !l.contains("<Error>")));
 }

@@ -15,6 +15,8 @@ use crate::reason::s3::Code;
 use crate::reason::store::Fault;
 use crate::reason::{Close, FailReason, ResumeRefusal, TokenReason};
 
+pub mod logs;
+
 /// A counter with exactly one writer thread; readers may be anywhere.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -609,6 +611,12 @@ impl Telemetry {
                 vec![gauge(vec![], queued() as f64)],
             ));
         }
+        out.push(family(
+            "lakegate_log_lines_dropped_total",
+            "Log lines dropped because the log writer's queue was full (stderr's reader stalled); the data path never waits for the log.",
+            COUNTER,
+            vec![counter(vec![], logs::dropped_lines() as f64)],
+        ));
         out.push(family(
             "lakegate_drain_cut_connections_total",
             "Connections still open at the drain deadline, cut then.",

@@ -978,12 +978,38 @@ impl Server {
         env: &[(&str, &str)],
     ) -> Server {
         let log = lab.path(&format!("server-{port}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        Server::spawn_to(port, admin, cfg, flags, env, file.into(), log)
+    }
+
+    /// [`Server::spawn_config`] with stderr going to `stderr` (say, a pipe the test holds);
+    /// [`Server::log_text`] is then empty.
+    pub fn spawn_with_stderr(
+        lab: &Lab,
+        port: u16,
+        admin: u16,
+        cfg: &Path,
+        stderr: Stdio,
+    ) -> Server {
+        let log = lab.path(&format!("server-{port}.nolog"));
+        Server::spawn_to(port, admin, cfg, &[], &[], stderr, log)
+    }
+
+    fn spawn_to(
+        port: u16,
+        admin: u16,
+        cfg: &Path,
+        flags: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+        log: PathBuf,
+    ) -> Server {
         let child = Command::new(bin())
             .args(flags)
             .args(["serve", "--config", cfg.to_str().unwrap()])
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut s = Server {
@@ -1015,12 +1041,39 @@ impl Server {
         strip_ansi(&self.log_text())
     }
 
-    /// The first log line that contains every one of `needles`.
+    /// The first log line that contains every one of `needles`, waited for up to 10 s:
+    /// lines reach the file through lakegate's log writer thread, a moment after the
+    /// event (`telemetry::logs`).
     pub fn log_line_with(&self, needles: &[&str]) -> Option<String> {
+        let find = || {
+            self.log_plain()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_string)
+        };
+        let mut found = None;
+        eventually(Duration::from_secs(10), || {
+            found = find();
+            found.is_some()
+        });
+        found
+    }
+
+    /// The log once its writer has caught up: what an absence check reads. It waits
+    /// until the file has not grown for 300 ms (at most 10 s).
+    pub fn log_settled(&self) -> String {
+        let len = || std::fs::metadata(&self.log).map_or(0, |m| m.len());
+        let t = Instant::now();
+        let (mut last, mut since) = (len(), Instant::now());
+        while since.elapsed() < Duration::from_millis(300) && t.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = len();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+        }
         self.log_plain()
-            .lines()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-            .map(str::to_string)
     }
 }
 
