@@ -113,7 +113,6 @@ pub async fn relay(
     tokio::join!(both, ctx.guard(&limits, &done));
     let (reason, actions) = ctx.m.borrow().finish();
     if let Close::Policy(why) = reason {
-        w.stats.policy_close(why);
         tracing::warn!(
             worker = w.id, %peer, identity = identity.name(),
             reason = why.map_or("max_connection_age", FailReason::as_str),
@@ -281,6 +280,10 @@ impl Shell<'_> {
             admission.set_max_age(gen.config.server.max_connection_age);
         };
         let a = self.m.borrow_mut().on_policy_cut(why);
+        // Counted before the close_notify can leave, so that a scrape made once the
+        // client has seen it shows the cut (a policy cut always decides the close
+        // reason: `Relay::finish`).
+        self.w.stats.policy_close(why);
         self.shut(a);
         done.notified().await;
     }
