@@ -266,6 +266,76 @@ fn copy_user_space(src: &File, dst: &File, from: u64, dst_off: u64, len: u64) ->
     Ok(())
 }
 
+/// What a CompleteMultipartUpload assembles: the parts in order, the object's size and
+/// its ETag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The records of the listed parts, in the list's (ascending) order.
+    pub parts: Vec<PartInfo>,
+    /// Bytes of the assembled object.
+    pub size: u64,
+    /// The multipart ETag, S3's: hex MD5 of the parts' raw MD5s, `-`, the part count.
+    pub etag: String,
+}
+
+/// Decide a CompleteMultipartUpload from the client's part list and the stored part
+/// records (`record(n)`: part `n`'s record, or `None` if it was never stored), without
+/// touching a file: every listed part must be stored with the listed ETag and checksums
+/// (`InvalidPart`), every part but the last at least 5 MiB (`EntityTooSmall`), and the
+/// whole at most `max_size` (`EntityTooLarge`). A missing or different part is reported
+/// before any size, as S3 does. The list's order and numbering were checked when it was
+/// parsed (`proto::s3`).
+pub fn plan_completion(
+    want: &[CompletePart],
+    mut record: impl FnMut(u32) -> Option<PartInfo>,
+    max_size: u64,
+) -> Result<Completion, s3::Error> {
+    let mut parts = Vec::with_capacity(want.len());
+    let mut size = 0u64;
+    for w in want {
+        let invalid = |why: String| s3::Error::new(Code::InvalidPart).detail(why);
+        let info = record(w.number)
+            .filter(|i| i.number == w.number)
+            .ok_or_else(|| invalid(format!("part {} was not uploaded", w.number)))?;
+        if info.md5 != w.etag {
+            return Err(invalid(format!("part {} has another ETag", w.number)));
+        }
+        for (alg, value) in &w.checksums {
+            if info.checksum(*alg) != Some(value.as_str()) {
+                return Err(invalid(format!(
+                    "part {} has another {}",
+                    w.number,
+                    alg.header()
+                )));
+            }
+        }
+        size = size.saturating_add(info.size);
+        parts.push(info);
+    }
+    if let Some(small) = parts
+        .iter()
+        .take(parts.len().saturating_sub(1))
+        .find(|p| p.size < MIN_PART_SIZE)
+    {
+        return Err(s3::Error::new(Code::EntityTooSmall).detail(format!(
+            "part {} is {} bytes, and only the last may be under 5 MiB",
+            small.number, small.size
+        )));
+    }
+    if size > max_size {
+        return Err(s3::Error::new(Code::EntityTooLarge)
+            .detail(format!("{size} bytes, max_object_size {max_size}")));
+    }
+    let mut md5s = md5::Md5::new();
+    for p in &parts {
+        let raw = unhex16(&p.md5)
+            .ok_or_else(|| s3::Error::new(Code::InternalError).detail("bad part record"))?;
+        md5s.update(raw);
+    }
+    let etag = format!("{}-{}", hex(&md5s.finalize()), parts.len());
+    Ok(Completion { parts, size, etag })
+}
+
 impl Store {
     /// The bucket's upload folder, created if `create`.
     fn mpu_root(&self, bucket: &str, create: bool) -> io::Result<File> {
@@ -508,52 +578,19 @@ impl Store {
         let (root, dir, info) = self
             .upload(bucket, key, id, owner)
             .map_err(|e| io_err(e, Code::NoSuchUpload))?;
-        let mut stored = Vec::with_capacity(parts.len());
-        let mut total = 0u64;
-        for want in parts {
-            let invalid = |why: String| s3::Error::new(Code::InvalidPart).detail(why);
-            let info: PartInfo = read_small(&dir, &part_record(want.number))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| invalid(format!("part {} was not uploaded", want.number)))?;
-            if info.md5 != want.etag {
-                return Err(invalid(format!("part {} has another ETag", want.number)));
-            }
-            for (alg, value) in &want.checksums {
-                if info.checksum(*alg) != Some(value.as_str()) {
-                    return Err(invalid(format!(
-                        "part {} has another {}",
-                        want.number,
-                        alg.header()
-                    )));
-                }
-            }
-            total += info.size;
-            stored.push(info);
-        }
-        // Sizes once every part is known to be there: a missing part is the first
-        // thing to report.
-        if let Some(small) = stored
-            .iter()
-            .take(stored.len().saturating_sub(1))
-            .find(|p| p.size < MIN_PART_SIZE)
-        {
-            return Err(s3::Error::new(Code::EntityTooSmall).detail(format!(
-                "part {} is {} bytes, and only the last may be under 5 MiB",
-                small.number, small.size
-            )));
-        }
-        if total > max_size {
-            return Err(s3::Error::new(Code::EntityTooLarge)
-                .detail(format!("{total} bytes, max_object_size {max_size}")));
-        }
-        let mut md5s = md5::Md5::new();
-        for p in &stored {
-            let raw = unhex16(&p.md5)
-                .ok_or_else(|| s3::Error::new(Code::InternalError).detail("bad part record"))?;
-            md5s.update(raw);
-        }
-        let etag = format!("{}-{}", hex(&md5s.finalize()), stored.len());
+        let Completion {
+            parts: stored,
+            size: total,
+            etag,
+        } = plan_completion(
+            parts,
+            |n| {
+                read_small(&dir, &part_record(n))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+            },
+            max_size,
+        )?;
 
         let (out, temp) = self
             .create_temp(bucket)
@@ -1019,4 +1056,124 @@ pub fn list_uploads_xml(
     }
     x.push_str("</ListMultipartUploadsResult>");
     x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Parts 1-3 of 5 MiB of `a`, 5 MiB of `b` and the byte `c`; the MD5s and the
+    /// multipart ETag were computed by Python's hashlib, not by this code.
+    fn stored(n: u32) -> Option<PartInfo> {
+        let (md5, size) = match n {
+            1 => ("79b281060d337b9b2b84ccf390adcf74", 5 * MIB),
+            2 => ("74843a3ab193a389bced899402d99d5f", 5 * MIB),
+            3 => ("4a8a08f09d37b73795649038408b5f33", 1),
+            _ => return None,
+        };
+        Some(PartInfo {
+            number: n,
+            file: format!("part-{n:05}.x"),
+            size,
+            md5: md5.into(),
+            sha256: (n == 3).then(|| "Ln0sA6lQeuJl7PW1NWiFpTOTogKdJBOUmXJloaJa78Y=".into()),
+            crc32: None,
+            sha1: None,
+            modified: 0,
+        })
+    }
+
+    fn part(n: u32) -> CompletePart {
+        CompletePart {
+            number: n,
+            etag: stored(n).map_or("00000000000000000000000000000000".into(), |p| p.md5),
+            checksums: Vec::new(),
+        }
+    }
+
+    fn code(r: Result<Completion, s3::Error>) -> (Code, String) {
+        let e = r.unwrap_err();
+        (e.code, e.detail.unwrap_or_default())
+    }
+
+    #[test]
+    fn a_completion_is_the_parts_in_order_with_s3s_etag() {
+        let c = plan_completion(&[part(1), part(2), part(3)], stored, 11 * MIB).unwrap();
+        assert_eq!(c.etag, "0a97f1336a2298a6c3e9adaa562a9eec-3");
+        assert_eq!(c.size, 10 * MIB + 1);
+        let numbers: Vec<u32> = c.parts.iter().map(|p| p.number).collect();
+        assert_eq!(numbers, [1, 2, 3]);
+        // Any part may be left out, and the last may be small; one small part is whole.
+        assert!(plan_completion(&[part(1), part(3)], stored, u64::MAX).is_ok());
+        assert_eq!(
+            plan_completion(&[part(3)], stored, u64::MAX).unwrap().size,
+            1
+        );
+    }
+
+    #[test]
+    fn a_part_not_stored_or_different_is_invalid_and_named() {
+        let missing = code(plan_completion(&[part(1), part(4)], stored, u64::MAX));
+        assert_eq!(
+            missing,
+            (Code::InvalidPart, "part 4 was not uploaded".into())
+        );
+        let mut other = part(2);
+        other.etag = part(1).etag;
+        assert_eq!(
+            code(plan_completion(&[part(1), other], stored, u64::MAX)),
+            (Code::InvalidPart, "part 2 has another ETag".into())
+        );
+        let mut sum = part(3);
+        sum.checksums = vec![(s3::Algorithm::Sha256, "AAAA".into())];
+        assert_eq!(
+            code(plan_completion(&[sum.clone()], stored, u64::MAX)).0,
+            Code::InvalidPart
+        );
+        sum.checksums = vec![(
+            s3::Algorithm::Sha256,
+            "Ln0sA6lQeuJl7PW1NWiFpTOTogKdJBOUmXJloaJa78Y=".into(),
+        )];
+        assert!(plan_completion(&[sum.clone()], stored, u64::MAX).is_ok());
+        // A checksum the part was not stored with cannot match.
+        sum.checksums = vec![(s3::Algorithm::Crc32, "AAAAAA==".into())];
+        assert_eq!(
+            code(plan_completion(&[sum], stored, u64::MAX)).0,
+            Code::InvalidPart
+        );
+        // A record that names another part than the one asked for is not that part.
+        let shifted = |n: u32| stored(n + 1);
+        assert_eq!(
+            code(plan_completion(&[part(1)], shifted, u64::MAX)).0,
+            Code::InvalidPart
+        );
+    }
+
+    #[test]
+    fn only_the_last_part_may_be_small_and_the_whole_must_fit() {
+        assert_eq!(
+            code(plan_completion(&[part(3), part(1)], stored, u64::MAX)),
+            (
+                Code::EntityTooSmall,
+                "part 3 is 1 bytes, and only the last may be under 5 MiB".into()
+            )
+        );
+        // A missing part is reported before a size.
+        assert_eq!(
+            code(plan_completion(&[part(3), part(9)], stored, u64::MAX)).0,
+            Code::InvalidPart
+        );
+        assert_eq!(
+            code(plan_completion(
+                &[part(1), part(2), part(3)],
+                stored,
+                10 * MIB
+            ))
+            .0,
+            Code::EntityTooLarge
+        );
+        assert!(plan_completion(&[part(1), part(2), part(3)], stored, 10 * MIB + 1).is_ok());
+    }
 }
