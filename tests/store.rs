@@ -1338,6 +1338,18 @@ fn a_large_bucket_lists_whole_and_shows_each_change_at_once() {
     let mut c = alice(&srv, &lab);
     assert_eq!(list_whole(&mut c), want);
     assert_eq!(list_whole(&mut c), want);
+    // The scrape shows it: one folder read and kept, the later pages served from it.
+    let cache = |name: &str| srv.metric(&format!("lakegate_list_cache_{name}"), "");
+    assert_eq!(
+        (
+            cache("fills_total"),
+            cache("folders"),
+            cache("oversize_total")
+        ),
+        (1.0, 1.0, 0.0)
+    );
+    assert!(cache("hits_total") >= 2.0, "{}", srv.metrics());
+    assert!(cache("bytes") > 1500.0 * 8.0 && cache("bytes") <= cache("budget_bytes"));
     let (st, ..) = c.request(&put_req("/datasets/k00000a", b"new", ""));
     assert_eq!(st, 201);
     want.insert(1, "k00000a".into());
@@ -1351,6 +1363,7 @@ fn a_large_bucket_lists_whole_and_shows_each_change_at_once() {
     std::thread::sleep(Duration::from_millis(2200));
     assert_eq!(list_whole(&mut c), want);
     assert_eq!(list_whole(&mut c), want);
+    assert_eq!((cache("fills_total"), cache("folders")), (2.0, 1.0));
     std::fs::rename(root.join("datasets/zz"), root.join("datasets/k00007")).unwrap();
     want.pop();
     want.insert(8, "k00007".into());

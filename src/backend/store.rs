@@ -268,6 +268,12 @@ impl Store {
         self.folders.stats()
     }
 
+    /// The process's LIST folder cache as the scrape shows it: one cache whatever store
+    /// a reload opens, so this needs no store.
+    pub fn list_cache_snapshot() -> crate::telemetry::ListCacheStats {
+        listcache::shared().snapshot()
+    }
+
     /// The root folder.
     pub fn root(&self) -> &Path {
         &self.root

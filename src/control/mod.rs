@@ -91,6 +91,9 @@ pub fn serve(gen: Generation, config_path: PathBuf) -> Result<(), ServeError> {
         }
     }
     if gen_store.is_some() {
+        let _ = telemetry
+            .list_cache
+            .set(Box::new(crate::backend::store::Store::list_cache_snapshot));
         let sh = shared.clone();
         std::thread::Builder::new()
             .name("lg-mpu-sweep".into())

@@ -341,6 +341,26 @@ pub struct Telemetry {
     /// Jobs waiting in the store's blocking pool, asked at scrape time (the engine
     /// installs it; telemetry does not know the pool).
     pub blocking_queued: std::sync::OnceLock<Box<dyn Fn() -> usize + Send + Sync>>,
+    /// The store's LIST folder cache, asked at scrape time (installed in store mode).
+    pub list_cache: std::sync::OnceLock<Box<dyn Fn() -> ListCacheStats + Send + Sync>>,
+}
+
+/// The store's cache of large folders' sorted entries (`backend::store::listcache`), read
+/// at scrape time.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ListCacheStats {
+    /// Folder walks of a LIST served from kept entries.
+    pub hits: u64,
+    /// Folders read whole, sorted and kept.
+    pub fills: u64,
+    /// Folders read to be kept and found over the one-folder limit (listed streaming).
+    pub oversize: u64,
+    /// Folders kept now.
+    pub folders: u64,
+    /// Bytes the kept folders hold now.
+    pub bytes: u64,
+    /// The most the kept folders of the process may hold.
+    pub budget: u64,
 }
 
 fn label(name: &str, value: &str) -> proto::LabelPair {
@@ -385,6 +405,7 @@ impl Telemetry {
             suites,
             control: Mutex::new(Control::default()),
             blocking_queued: std::sync::OnceLock::new(),
+            list_cache: std::sync::OnceLock::new(),
         }
     }
 
@@ -610,6 +631,20 @@ impl Telemetry {
                 GAUGE,
                 vec![gauge(vec![], queued() as f64)],
             ));
+        }
+        if let Some(stats) = self.list_cache.get() {
+            let s = stats();
+            for (name, help, t, v) in [
+                ("lakegate_list_cache_hits_total", "LIST folder walks served from a kept sorted folder.", COUNTER, s.hits),
+                ("lakegate_list_cache_fills_total", "Folders read whole, sorted and kept for later LIST pages.", COUNTER, s.fills),
+                ("lakegate_list_cache_oversize_total", "Folders read to be kept and found over the one-folder limit (a quarter of the budget); listed streaming until they change.", COUNTER, s.oversize),
+                ("lakegate_list_cache_folders", "Folders kept now.", GAUGE, s.folders),
+                ("lakegate_list_cache_bytes", "Bytes the kept folders hold now.", GAUGE, s.bytes),
+                ("lakegate_list_cache_budget_bytes", "The most the kept folders of the process may hold.", GAUGE, s.budget),
+            ] {
+                let m = if t == COUNTER { counter(vec![], v as f64) } else { gauge(vec![], v as f64) };
+                out.push(family(name, help, t, vec![m]));
+            }
         }
         out.push(family(
             "lakegate_log_lines_dropped_total",

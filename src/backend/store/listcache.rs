@@ -35,6 +35,8 @@ use std::os::unix::fs::MetadataExt as _;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::telemetry::ListCacheStats;
+
 use super::{resolve_kind, sys, validate_segment, walk_entry, Kind, Picker};
 
 /// What all kept folders may hold together: 128 MiB, about 2.4 million entries of
@@ -193,6 +195,19 @@ impl Cache {
     pub fn stats(&self) -> (u64, u64, u64) {
         let g = self.lock();
         (g.hits, g.fills, g.oversize)
+    }
+
+    /// What the scrape shows (`lakegate_list_cache_*`).
+    pub fn snapshot(&self) -> ListCacheStats {
+        let g = self.lock();
+        ListCacheStats {
+            hits: g.hits,
+            fills: g.fills,
+            oversize: g.oversize,
+            folders: g.folders.len() as u64,
+            bytes: g.bytes as u64,
+            budget: self.budget as u64,
+        }
     }
 
     /// Bytes held, recounted from the kept folders; panics if the accounts disagree.
