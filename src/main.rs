@@ -191,7 +191,7 @@ fn main() -> ExitCode {
             };
             let served = lakegate::control::serve(gen, config);
             // The queued lines come before the reason for stopping.
-            drop(log);
+            log.close(std::time::Duration::from_secs(2));
             match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -220,7 +220,7 @@ fn main() -> ExitCode {
             println!("{}", lakegate::demo::instructions(&abs, port, admin_port));
             let served = lakegate::control::serve(gen, cfg);
             // The queued lines come before the reason for stopping.
-            drop(log);
+            log.close(std::time::Duration::from_secs(2));
             match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

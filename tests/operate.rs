@@ -681,12 +681,6 @@ fn systemd_notify_protocol_ready_watchdog_reloading_stopping() {
     assert!(srv.wait_exit(Duration::from_secs(20)).success());
 }
 
-/// A reader of stderr that stops reading (journald stalled, a `| tee` on a blocked
-/// terminal, a pipe nobody drains) must not stop the appliance. Workers used to write
-/// each line themselves: once the pipe held ~64 KiB (about 200 `connection closed`
-/// lines) the worker blocked in write(2), and every connection it held hung (10,000
-/// handshakes here: 212 went through, then none). Lines now go through a bounded queue
-/// (8,192 lines) to a writer thread; what does not fit is dropped and counted.
 /// A child process killed and reaped when the test ends, also on failure.
 struct Reaped(Child);
 
@@ -697,6 +691,12 @@ impl Drop for Reaped {
     }
 }
 
+/// A reader of stderr that stops reading (journald stalled, a `| tee` on a blocked
+/// terminal, a pipe nobody drains) must not stop the appliance. Workers used to write
+/// each line themselves: once the pipe held ~64 KiB (about 200 `connection closed`
+/// lines) the worker blocked in write(2), and every connection it held hung (10,000
+/// handshakes here: 212 went through, then none). Lines now go through a bounded queue
+/// (8,192 lines) to a writer thread; what does not fit is dropped and counted.
 #[test]
 fn a_log_reader_that_stops_reading_stalls_no_connection() {
     let lab = Lab::new();
@@ -780,17 +780,39 @@ fn a_log_reader_that_stops_reading_stalls_no_connection() {
     let dropped = metric_value(&m, "lakegate_log_lines_dropped_total", "");
     assert!(dropped > 0.0 && dropped < total as f64, "dropped {dropped}");
 
-    // Once the reader reads again the log goes on: the last line is the one written at
-    // exit, and every line is whole.
-    let drain = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        std::io::Read::read_to_end(&mut reader, &mut all).unwrap();
-        String::from_utf8(all).unwrap()
-    });
+    // Once the reader reads again the log goes on: the queue is written out, the last
+    // line is the one written at exit, and every line is whole. TERM is sent once the
+    // writer has caught up (nothing more came for 300 ms), so the exit line finds room.
+    let read = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let drain = {
+        let read = read.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match std::io::Read::read(&mut reader, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => read.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+    };
+    let len = || read.lock().unwrap().len();
+    let (mut last, mut since) = (len(), Instant::now());
+    while since.elapsed() < Duration::from_millis(300) {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "the log never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        if len() != last {
+            (last, since) = (len(), Instant::now());
+        }
+    }
     srv.signal("TERM");
     assert!(srv.wait_exit(Duration::from_secs(30)).success());
     drop(srv);
-    let text = strip_ansi(&drain.join().unwrap());
+    drain.join().unwrap();
+    let text = strip_ansi(&String::from_utf8(read.lock().unwrap().clone()).unwrap());
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.len() > 100, "{} lines", lines.len());
     assert!(
@@ -807,6 +829,72 @@ fn a_log_reader_that_stops_reading_stalls_no_connection() {
             .iter()
             .find(|l| !l.contains(" INFO ") && !l.contains(" WARN "))
     );
+}
+
+/// Peers that have not authenticated cannot flood the log the access log shares: a
+/// worker logs at most 100 failed handshakes a second, the next line logged says how
+/// many were skipped, and every failure is still counted.
+#[test]
+fn failed_handshakes_are_logged_at_most_100_a_second_per_worker_and_all_counted() {
+    let lab = Lab::new();
+    let root = lab.path("data");
+    std::fs::create_dir_all(root.join("datasets")).unwrap();
+    let srv = Server::start(
+        &lab,
+        "",
+        &format!("kind = \"store\"\nroot = \"{}\"", root.display()),
+    );
+    let anon = client_config(&lab, None, false);
+    let total = 400;
+    let t = Instant::now();
+    for _ in 0..total {
+        if let Ok(c) = TlsClient::connect(srv.port, anon.clone()) {
+            assert!(
+                c.refused().is_some(),
+                "a client without a certificate was served"
+            );
+        }
+    }
+    let took = t.elapsed();
+    let failed = || srv.metric("lakegate_handshakes_total", "result=\"failed\"");
+    assert!(
+        eventually(Duration::from_secs(10), || failed() == total as f64),
+        "{}",
+        failed()
+    );
+    let skipped = srv.metric("lakegate_log_lines_skipped_total", "");
+    let log = srv.log_settled();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("handshake failed"))
+        .count();
+    assert_eq!(logged as f64 + skipped, total as f64, "took {took:?}");
+    // At most 100 in each second-long window the flood touched.
+    let windows = took.as_secs() + 2;
+    assert!(logged as u64 <= 100 * windows, "{logged} lines in {took:?}");
+    if took < Duration::from_secs(2) {
+        assert!(skipped >= 200.0, "{skipped} skipped in {took:?}");
+        // What was skipped is said on the next line logged, once a new second starts.
+        TlsClient::connect(srv.port, anon.clone())
+            .map(|c| c.refused())
+            .ok();
+        std::thread::sleep(Duration::from_millis(1100));
+        TlsClient::connect(srv.port, anon).map(|c| c.refused()).ok();
+        let line = srv
+            .log_line_with(&["handshake failed", "skipped_before="])
+            .and_then(|_| {
+                srv.log_settled()
+                    .lines()
+                    .filter(|l| l.contains("handshake failed"))
+                    .find(|l| !l.contains("skipped_before=0"))
+                    .map(str::to_string)
+            });
+        assert!(
+            line.is_some(),
+            "no line says what was skipped:\n{}",
+            srv.log_settled()
+        );
+    }
 }
 
 #[test]

@@ -54,12 +54,27 @@ pub struct Worker {
     pub request_id_prefix: u64,
     /// Requests this worker has numbered; a plain cell, as no other thread counts here.
     pub request_seq: Cell<u64>,
+    /// How many lines about peers that have not authenticated this worker may still log
+    /// this second.
+    pub unauthenticated_lines: Cell<crate::telemetry::logs::LineBudget>,
     /// s3 backend: this worker's idle keep-alive connections to upstream endpoints.
     /// Never shared with another worker (a connection lives on this worker's ring).
     pub upstream_idle: std::cell::RefCell<Vec<IdleUpstream>>,
 }
 
 impl Worker {
+    /// Whether a line about a peer that has not authenticated may be logged now, and
+    /// how many such lines were skipped before it ([`crate::telemetry::logs::LineBudget`]).
+    pub fn unauthenticated_line(&self) -> Option<u64> {
+        let mut b = self.unauthenticated_lines.get();
+        let r = b.admit(std::time::Instant::now());
+        self.unauthenticated_lines.set(b);
+        if r.is_none() {
+            self.stats.unauthenticated_lines_skipped.inc();
+        }
+        r
+    }
+
     /// Wait for bytes from `s` holding no buffer, then take a pool buffer holding them
     /// at its start ([`RecvRing::receive`]).
     pub async fn receive(&self, s: &super::io::Stream) -> (std::io::Result<usize>, Vec<u8>) {

@@ -53,19 +53,24 @@ pub(super) async fn serve(
             if !log.failure_counted.get() {
                 w.stats.handshake_failed(reason);
             }
-            tracing::warn!(
-                worker = w.id, %peer, reason = reason.as_str(), detail = %detail,
-                bytes_in = log.bytes_in.get(), "handshake failed"
-            );
+            if let Some(skipped) = w.unauthenticated_line() {
+                tracing::warn!(
+                    worker = w.id, %peer, reason = reason.as_str(), detail = %detail,
+                    bytes_in = log.bytes_in.get(), skipped_before = skipped, "handshake failed"
+                );
+            }
             client.shutdown(Shutdown::Both);
             return;
         }
         Err(_) => {
             w.stats.handshake_failed(Gate::timed_out().0);
-            tracing::warn!(
-                worker = w.id, %peer, reason = "timeout",
-                timeout = ?gen.config.server.handshake_timeout, "handshake failed"
-            );
+            if let Some(skipped) = w.unauthenticated_line() {
+                tracing::warn!(
+                    worker = w.id, %peer, reason = "timeout",
+                    timeout = ?gen.config.server.handshake_timeout, skipped_before = skipped,
+                    "handshake failed"
+                );
+            }
             client.shutdown(Shutdown::Both);
             return;
         }
@@ -244,11 +249,14 @@ async fn handshake(
         let step = gate.handle_received(&mut inb[..used], &mut out, &mut plain);
         if let Some(r) = step.ticket_refused {
             w.stats.resumptions_refused[r.index()].inc();
-            tracing::info!(
-                worker = w.id,
-                reason = r.as_str(),
-                "session ticket not honoured; the client is asked for a full handshake"
-            );
+            if let Some(skipped) = w.unauthenticated_line() {
+                tracing::info!(
+                    worker = w.id,
+                    reason = r.as_str(),
+                    skipped_before = skipped,
+                    "session ticket not honoured; the client is asked for a full handshake"
+                );
+            }
         }
         let (failure, complete) = match step.outcome {
             Outcome::Failed(f) => (Some(f), false),

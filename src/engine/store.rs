@@ -798,8 +798,10 @@ impl Conn<'_> {
         if !is_head {
             resp.extend_from_slice(&body);
         }
-        // Logged before the client hears of it, so the reason is on record by the time
-        // anyone can ask about the request id.
+        // Queued before the client hears of it, so the reason is on its way to the log
+        // by the time anyone can ask about the request id (it reaches stderr a moment
+        // later, through the log writer; dropped only if that queue is full, and then
+        // counted: `telemetry::logs`).
         tracing::info!(
             target: "access",
             request_id = %rid, identity = self.identity.name(), status, code = e.code.as_str(),

@@ -92,6 +92,9 @@ pub fn run(
             generation: gen_rx,
             request_id_prefix: RequestId::prefix(process_random(), id),
             request_seq: Cell::new(0),
+            unauthenticated_lines: Cell::new(crate::telemetry::logs::LineBudget::new(
+                crate::telemetry::logs::UNAUTHENTICATED_LINES_PER_SEC,
+            )),
             upstream_idle: std::cell::RefCell::new(Vec::new()),
         });
         // The drain deadline: count what is still open on this worker (each of those is
@@ -154,7 +157,9 @@ pub fn run(
                 shared.active.fetch_sub(1, Ordering::Relaxed);
                 w.stats.connections_refused.inc();
                 w.stats.connections_closed.inc();
-                tracing::warn!(worker = id, %peer, max = gen_max, "max_connections reached; refused");
+                if let Some(skipped) = w.unauthenticated_line() {
+                    tracing::warn!(worker = id, %peer, max = gen_max, skipped_before = skipped, "max_connections reached; refused");
+                }
                 drop(stream);
                 continue;
             }

@@ -179,6 +179,9 @@ pub struct WorkerStats {
     pub blocking_rejected: Counter,
     /// Connections still open on this worker when the drain deadline passed, cut then.
     pub drain_cut: Counter,
+    /// Lines about failed handshakes skipped over the per-worker budget
+    /// ([`logs::LineBudget`]).
+    pub unauthenticated_lines_skipped: Counter,
     /// Receives that found this worker's buffer ring empty (`ENOBUFS`) and re-armed.
     pub recv_ring_empty: Counter,
     /// Waits that carried a partial record instead of holding a receive buffer.
@@ -215,6 +218,7 @@ impl Default for WorkerStats {
             recent_certs: Mutex::new(RecentCerts::default()),
             blocking_rejected: Counter::default(),
             drain_cut: Counter::default(),
+            unauthenticated_lines_skipped: Counter::default(),
             recv_ring_empty: Counter::default(),
             recv_carried: Counter::default(),
             recv_carry_full: Counter::default(),
@@ -648,9 +652,21 @@ impl Telemetry {
         }
         out.push(family(
             "lakegate_log_lines_dropped_total",
-            "Log lines dropped because the log writer's queue was full (stderr's reader stalled); the data path never waits for the log.",
+            "Log lines dropped because the log writer's queue was full (stderr's reader stalled or slower than the lines came); the data path never waits for the log.",
             COUNTER,
             vec![counter(vec![], logs::dropped_lines() as f64)],
+        ));
+        out.push(family(
+            "lakegate_log_lines_skipped_total",
+            "Lines about failed handshakes not logged because their worker had logged 100 such in the last second (each failure is still counted in lakegate_handshakes_total).",
+            COUNTER,
+            vec![counter(vec![], self.sum(|w| w.unauthenticated_lines_skipped.get()) as f64)],
+        ));
+        out.push(family(
+            "lakegate_log_write_errors_total",
+            "Writes of log lines to stderr that failed (a closed pipe, a restarted journald); what they held is lost.",
+            COUNTER,
+            vec![counter(vec![], logs::write_errors() as f64)],
         ));
         out.push(family(
             "lakegate_drain_cut_connections_total",
