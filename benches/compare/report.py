@@ -24,6 +24,7 @@ FIGURES = [
     ("up_cpu_per_gib", "(a) upload", "server CPU-s/GiB", "lower", "plain_up"),
     ("dn_cpu_per_gib", "(a) download", "server CPU-s/GiB", "lower", "plain_dn"),
     ("hs_full", "(b) full mTLS handshakes", "per server CPU-s", "higher", None),
+    ("hs_fresh", "(b) full mTLS handshakes, a new client certificate each", "per server CPU-s", "higher", None),
     ("hs_resumed", "(b) resumed handshakes", "per server CPU-s", "higher", None),
     ("hs_p99_ms", "(c) p99 handshake latency at 50% of lakegate's peak", "ms", "lower", None),
     ("idle_kib", "(d) memory per idle mTLS connection", "KiB RSS", "lower", None),
@@ -33,6 +34,7 @@ SHORT = {
     "up_cpu_per_gib": "(a) upload, server CPU-s/GiB",
     "dn_cpu_per_gib": "(a) download, server CPU-s/GiB",
     "hs_full": "(b) full handshakes per CPU-s",
+    "hs_fresh": "(b) full, new client cert, per CPU-s",
     "hs_resumed": "(b) resumed handshakes per CPU-s",
     "hs_p99_ms": "(c) p99 handshake ms @ 50% peak",
     "idle_kib": "(d) KiB RSS per idle connection",
@@ -52,7 +54,7 @@ def med(xs):
 def fmt(v, fig=""):
     if v is None:
         return "n/a"
-    if fig.startswith("hs_full") or fig.startswith("hs_resumed") or fig == "hs_full_rate":
+    if fig.startswith(("hs_full", "hs_fresh", "hs_resumed")):
         return f"{v:.0f}"
     if fig == "idle_kib":
         return f"{v:.1f}"

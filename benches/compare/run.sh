@@ -24,13 +24,14 @@ HS_DURATION=${HS_DURATION:-5s}  # per handshake-rate measurement
 HS_CONNS=${HS_CONNS:-16}        # client connection slots (threads) for handshakes
 LAT_DURATION=${LAT_DURATION:-10s}
 IDLE_N=${IDLE_N:-9000}          # idle connections (fd cap: see README)
+FLEET=${FLEET:-5000}            # client certificates for the "fresh" handshakes (> 4,096, lakegate's chain memo)
 PEERS=${PEERS:-lakegate haproxy stunnel nginx}
 KEYS=${KEYS:-ecdsa rsa}
 OUT=${OUT:-benches/compare/results}
 SC=${SC:-0} # server core
 CC=${CC:-1} # client + upstream core
 DATE=$(date -u +%F)
-CMDLINE="RUNS=$RUNS BYTES=$BYTES HS_DURATION=$HS_DURATION HS_CONNS=$HS_CONNS LAT_DURATION=$LAT_DURATION IDLE_N=$IDLE_N PEERS='$PEERS' KEYS='$KEYS' benches/compare/run.sh"
+CMDLINE="RUNS=$RUNS BYTES=$BYTES HS_DURATION=$HS_DURATION HS_CONNS=$HS_CONNS LAT_DURATION=$LAT_DURATION IDLE_N=$IDLE_N FLEET=$FLEET PEERS='$PEERS' KEYS='$KEYS' benches/compare/run.sh"
 read -r -a PEER_LIST <<<"$PEERS"
 read -r -a KEY_LIST <<<"$KEYS"
 
@@ -90,11 +91,14 @@ tree_rss() {
 jget() { python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$1" "$2"; }
 
 # ---- PKI: one CA + server key per key type, the same client name in each --------------
+# fleet.crt: $FLEET certificates for alice's key, each with its own serial and signature,
+# for the "fresh" full handshakes (a client the server has not seen lately, every time).
 declare -A PKI
 for k in "${KEY_LIST[@]}"; do
     case $k in ecdsa) kt=ecdsa-p256 ;; rsa) kt=rsa2048 ;; *) log "unknown key type $k"; exit 1 ;; esac
     d=$TMP/pki-$k
     lab_pki "$d" --key-type "$kt"
+    python3 benches/compare/client_certs.py "$d/ca.crt" "$d/ca.key" "$d/alice.crt" "$d/alice.key" "$FLEET" "$d/fleet.crt"
     cat "$d/server.crt" "$d/server.key" >"$d/haproxy.pem"
     PKI[$k]=$d
 done
@@ -208,7 +212,8 @@ CONF
 }
 stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-TLS_OF() { local d=${PKI[$1]}; echo "--ca $d/ca.crt --cert $d/alice.crt --key $d/alice.key"; }
+# CLIENT=fleet: present fleet.crt's certificates in turn (with --rotate-certs)
+TLS_OF() { local d=${PKI[$1]}; echo "--ca $d/ca.crt --cert $d/${CLIENT:-alice}.crt --key $d/alice.key"; }
 
 # load NAME PID PORT KEY OUT.json ARGS... -> "server_cpu_s" (load's report in OUT.json)
 load() {
@@ -266,11 +271,16 @@ for run in $(seq "$RUNS"); do
 
     # (b) handshakes per server CPU-second, full and resumed; (c) p99 at 50% of lakegate's peak
     for k in "${KEY_LIST[@]}"; do
-        for mode in full resumed; do
+        # full: one client certificate on every connection, as a job's many connections
+        # present; fresh: a certificate the server has not seen lately on each (a fleet
+        # of distinct clients; lakegate's chain memo cannot help); resumed: tickets.
+        for mode in full fresh resumed; do
             for p in "${ORDER[@]}"; do
                 j=$TMP/hs-$run-$k-$mode-$p.json
-                extra=(); [ "$mode" = resumed ] && extra=(--resume)
-                cpu=$(load "$p" "${HS_PID[$p-$k]}" "${HS_PORT[$p-$k]}" "$k" "$j" --mode handshake \
+                extra=(); client=alice
+                [ "$mode" = resumed ] && extra=(--resume)
+                [ "$mode" = fresh ] && { extra=(--rotate-certs); client=fleet; }
+                cpu=$(CLIENT=$client load "$p" "${HS_PID[$p-$k]}" "${HS_PORT[$p-$k]}" "$k" "$j" --mode handshake \
                     --connections "$HS_CONNS" --duration "$HS_DURATION" "${extra[@]}")
                 read -r full res ops errs secs < <(jget "$j" '"%d %d %s %d %s" % (d["handshakes"]["full"], d["handshakes"]["resumed"], d["ops_per_s"], d["errors_total"], d["duration_s"])')
                 n=$((full + res))

@@ -20,10 +20,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::client::ResolvesClientCert;
 use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::ClientConfig;
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, SignatureScheme};
 
 use client::{Conn, Fail, Target};
 use report::{record, Context, Report, Tally};
@@ -98,6 +100,14 @@ pub struct LoadArgs {
     /// Handshake mode: keep a session cache per thread so later handshakes resume.
     #[arg(long)]
     pub resume: bool,
+    /// Every certificate in --cert is a chain of its own (a leaf for --key, issued
+    /// by the CA directly); connections present them in turn. A server then meets a
+    /// client it has not seen lately on each handshake, so what it remembers of a
+    /// returning client (lakegate's chain memo) cannot help: the worst case of a fleet
+    /// of distinct clients. Use more certificates than the server remembers
+    /// (lakegate: 4,096 chains per worker).
+    #[arg(long)]
+    pub rotate_certs: bool,
     /// Handshake mode: one request after the handshake (store: GET of a small object
     /// put at setup; forward: write --object-size bytes and drain).
     #[arg(long)]
@@ -359,6 +369,67 @@ pub fn tls_config(ca: &Path, cert: &Path, key: &Path) -> Result<ClientConfig, St
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, k)
         .map_err(|e| format!("{} / {}: {e}", cert.display(), key.display()))
+}
+
+/// The certificates of `--rotate-certs`: each certificate in `cert` as a one-certificate
+/// chain for `key`. Refuses a file with fewer than two, or a certificate that is not
+/// for `key` (a wrong file would otherwise show as failed handshakes).
+pub fn rotating_certs(cert: &Path, key: &Path) -> Result<Arc<[Arc<CertifiedKey>]>, String> {
+    let named = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
+    let k = PrivateKeyDer::from_pem_file(key).map_err(|e| named(key, &e))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signer = provider
+        .key_provider
+        .load_private_key(k)
+        .map_err(|e| named(key, &e))?;
+    let mut out = Vec::new();
+    for (i, c) in CertificateDer::pem_file_iter(cert)
+        .map_err(|e| named(cert, &e))?
+        .enumerate()
+    {
+        let c = c.map_err(|e| named(cert, &e))?;
+        let ck = CertifiedKey::new(vec![c], signer.clone());
+        ck.keys_match().map_err(|e| {
+            format!(
+                "{}: certificate {} is not for the key in {}: {e}",
+                cert.display(),
+                i + 1,
+                key.display()
+            )
+        })?;
+        out.push(Arc::new(ck));
+    }
+    if out.len() < 2 {
+        return Err(format!(
+            "{}: --rotate-certs needs at least two certificates, found {}",
+            cert.display(),
+            out.len()
+        ));
+    }
+    Ok(out.into())
+}
+
+/// A thread's client certificates for `--rotate-certs`: the next in turn on each
+/// handshake. Thread `idx` of `n` presents certificates idx, idx + n, idx + 2n, ... so
+/// the threads together go through the list in order and a certificate comes back
+/// only after all the others.
+#[derive(Debug)]
+struct Rotate {
+    certs: Arc<[Arc<CertifiedKey>]>,
+    // Only this thread's handshakes touch it: the resolver is per thread.
+    next: AtomicUsize,
+    step: usize,
+}
+
+impl ResolvesClientCert for Rotate {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        let i = self.next.fetch_add(self.step, Ordering::Relaxed);
+        Some(self.certs[i % self.certs.len()].clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// Counters a thread publishes for the progress line (written by their thread only).
@@ -789,7 +860,14 @@ fn cpu_now() -> (f64, f64) {
 }
 
 /// Run the load with validated options and a base TLS config; returns the report.
-pub fn run(o: Options, base: ClientConfig) -> Result<Report, String> {
+///
+/// `rotate`: the certificates of `--rotate-certs`, presented in turn instead of
+/// `base`'s.
+pub fn run(
+    o: Options,
+    base: ClientConfig,
+    rotate: Option<Arc<[Arc<CertifiedKey>]>>,
+) -> Result<Report, String> {
     let addr = (o.target_text.as_str())
         .to_socket_addrs()
         .map_err(|e| format!("--target {}: {e}", o.target_text))?
@@ -850,6 +928,13 @@ pub fn run(o: Options, base: ClientConfig) -> Result<Report, String> {
         } else {
             Resumption::disabled()
         };
+        if let Some(certs) = &rotate {
+            cfg.client_auth_cert_resolver = Arc::new(Rotate {
+                certs: certs.clone(),
+                next: AtomicUsize::new(idx),
+                step: o.connections,
+            });
+        }
         let mut w = Worker {
             idx,
             o: o.clone(),
@@ -1016,7 +1101,18 @@ pub fn main(a: &LoadArgs) -> u8 {
             return 1;
         }
     };
-    let r = match run(o, base) {
+    let rotate = match a
+        .rotate_certs
+        .then(|| rotating_certs(&a.cert, &a.key))
+        .transpose()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let r = match run(o, base, rotate) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -1157,6 +1253,46 @@ mod tests {
         let ca = d.path().join("nope-ca.crt");
         let e = tls_config(&ca, Path::new("x.crt"), Path::new("x.key")).unwrap_err();
         assert!(e.contains("nope-ca.crt"), "{e}");
+    }
+
+    #[test]
+    fn rotated_certificates_go_round_in_turn_and_a_stranger_is_refused() {
+        use crate::pki::{self, KeyType};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        pki::init(dir, "lab", &["lake".into()], &[], KeyType::EcdsaP256, 2).unwrap();
+        for name in ["alice", "bob"] {
+            pki::client(dir, name, None, &[], false, KeyType::EcdsaP256, 2).unwrap();
+        }
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+        let (alice, bob) = (read("alice.crt"), read("bob.crt"));
+        let file = dir.join("fleet.crt");
+        let key = dir.join("alice.key");
+
+        std::fs::write(&file, &alice).unwrap();
+        let e = rotating_certs(&file, &key).unwrap_err();
+        assert!(e.contains("at least two certificates, found 1"), "{e}");
+
+        std::fs::write(&file, format!("{alice}{bob}")).unwrap();
+        let e = rotating_certs(&file, &key).unwrap_err();
+        assert!(e.contains("certificate 2 is not for the key"), "{e}");
+
+        std::fs::write(&file, alice.repeat(5)).unwrap();
+        let certs = rotating_certs(&file, &key).unwrap();
+        assert_eq!(certs.len(), 5);
+        // Thread 1 of 2: certificates 1, 3, 0, 2, 4, 1 ...
+        let r = Rotate {
+            certs: certs.clone(),
+            next: AtomicUsize::new(1),
+            step: 2,
+        };
+        let got: Vec<usize> = (0..6)
+            .map(|_| {
+                let c = r.resolve(&[], &[]).unwrap();
+                certs.iter().position(|x| Arc::ptr_eq(x, &c)).unwrap()
+            })
+            .collect();
+        assert_eq!(got, [1, 3, 0, 2, 4, 1]);
     }
 
     #[test]
