@@ -190,12 +190,15 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let served = lakegate::control::serve(gen, config);
-            // The queued lines come before the reason for stopping.
-            log.close(std::time::Duration::from_secs(2));
+            // The queued lines come before the reason for stopping; a stalled stderr
+            // gets no more (the exit code still says it).
+            let written = log.close(std::time::Duration::from_secs(2));
             match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    if written {
+                        eprintln!("error: {e}");
+                    }
                     ExitCode::from(2)
                 }
             }
@@ -219,12 +222,15 @@ fn main() -> ExitCode {
             let abs = std::path::absolute(&dir).unwrap_or(dir);
             println!("{}", lakegate::demo::instructions(&abs, port, admin_port));
             let served = lakegate::control::serve(gen, cfg);
-            // The queued lines come before the reason for stopping.
-            log.close(std::time::Duration::from_secs(2));
+            // The queued lines come before the reason for stopping; a stalled stderr
+            // gets no more (the exit code still says it).
+            let written = log.close(std::time::Duration::from_secs(2));
             match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    if written {
+                        eprintln!("error: {e}");
+                    }
                     ExitCode::from(2)
                 }
             }

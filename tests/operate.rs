@@ -834,6 +834,119 @@ fn a_log_reader_that_stops_reading_stalls_no_connection() {
 /// Peers that have not authenticated cannot flood the log the access log shares: a
 /// worker logs at most 100 failed handshakes a second, the next line logged says how
 /// many were skipped, and every failure is still counted.
+/// Set in the child process of the panic test below.
+const PANIC_CHILD: &str = "LAKEGATE_TEST_PANIC_CHILD";
+
+/// The child of `a_worker_panic_is_one_log_line_and_never_waits_for_the_log_reader`:
+/// lakegate's log set up as `serve` does, stderr a pipe the parent is not reading yet.
+/// Fills the pipe, panics on a thread named like a worker, and says on stdout whether
+/// that thread came back.
+fn panic_child() -> ! {
+    let log = lakegate::telemetry::logs::init(false);
+    // ~200 KiB of lines: the writer fills the 64 KiB pipe and blocks on it, and the
+    // rest stays queued (8,192 lines fit).
+    for i in 0..2000 {
+        tracing::info!(
+            i,
+            "a line that fills the pipe nobody reads yet, {}",
+            "x".repeat(40)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let worker = std::thread::Builder::new()
+        .name("lakegate-w0".into())
+        .spawn(|| panic!("boom in a connection task"))
+        .unwrap();
+    let panicked = worker.join().is_err();
+    println!("joined panicked={panicked}");
+    std::io::stdout().flush().unwrap();
+    // The parent reads stderr once it has seen "joined": the writer then finishes.
+    std::process::exit(if log.close(Duration::from_secs(20)) {
+        0
+    } else {
+        3
+    });
+}
+
+/// A panic's report goes through the log queue: it is one ERROR line with the thread and
+/// the place, and the panicking thread does not wait for the reader of stderr. The
+/// default hook writes stderr itself, from the panicking worker, and would hang it on a
+/// full pipe.
+#[test]
+fn a_worker_panic_is_one_log_line_and_never_waits_for_the_log_reader() {
+    if std::env::var_os(PANIC_CHILD).is_some() {
+        panic_child();
+    }
+    let name = "a_worker_panic_is_one_log_line_and_never_waits_for_the_log_reader";
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(PANIC_CHILD, "1")
+        .env("LAKEGATE_LOG", "info")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // The harness's "test NAME ... " precedes it on the same line.
+            if let Some(at) = line.find("joined panicked=") {
+                let _ = tx.send(line[at..].to_owned());
+            }
+        }
+    });
+    let joined = rx.recv_timeout(Duration::from_secs(20));
+    // Read stderr now in any case, so the child can finish.
+    let mut stderr = child.stderr.take().unwrap();
+    let mut err = String::new();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut err);
+        err
+    });
+    let status = wait_for(&mut child, Duration::from_secs(30));
+    let err = reader.join().unwrap();
+    assert_eq!(
+        joined.as_deref(),
+        Ok("joined panicked=true"),
+        "the panicking thread did not come back while stderr was full"
+    );
+    assert!(status.is_some_and(|s| s.success()), "child: {status:?}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("panicked")).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = lines[0];
+    assert!(l.contains("ERROR"), "{l}");
+    assert!(l.contains("panicked: boom in a connection task"), "{l}");
+    assert!(l.contains("lakegate-w0"), "{l}");
+    assert!(l.contains("operate.rs:"), "{l}");
+    // Every filler line arrived too, whole, before the panic's.
+    let fillers = err.lines().filter(|l| l.contains("fills the pipe")).count();
+    assert_eq!(fillers, 2000);
+    assert!(
+        !err.contains("thread 'lakegate-w0' panicked at"),
+        "the default hook ran"
+    );
+}
+
+/// Wait for `child` to exit, at most `limit`; kill it past that.
+fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 #[test]
 fn failed_handshakes_are_logged_at_most_100_a_second_per_worker_and_all_counted() {
     let lab = Lab::new();

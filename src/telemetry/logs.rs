@@ -59,8 +59,11 @@ impl Guard {
     /// Write out what is queued and stop the writer, waiting at most `limit`: with a
     /// stalled reader the writer never finishes (and tracing-appender then reports on
     /// stdout, which may be the same stalled stream), so the wait happens on a thread
-    /// of its own and is abandoned at the limit rather than hang the exit.
-    pub fn close(self, limit: Duration) {
+    /// of its own and is abandoned at the limit rather than hang the exit. Returns
+    /// whether everything was written: if not, the reader is stalled, and the caller
+    /// must not write stderr itself (that write would block the exit for good).
+    #[must_use = "false: stderr is stalled, do not write it"]
+    pub fn close(self, limit: Duration) -> bool {
         let (tx, rx) = std::sync::mpsc::channel();
         let closing = std::thread::Builder::new()
             .name("lakegate-log-close".into())
@@ -68,9 +71,7 @@ impl Guard {
                 drop(self.0);
                 let _ = tx.send(());
             });
-        if closing.is_ok() {
-            let _ = rx.recv_timeout(limit);
-        }
+        closing.is_ok() && rx.recv_timeout(limit).is_ok()
     }
 }
 
