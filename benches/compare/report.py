@@ -149,6 +149,13 @@ def main():
             extra[f"full_hs_per_s.{s}.{key}"] = series_of("hs_full_rate", s, key)
     for comp in ("aead", "plain_up", "plain_dn"):
         extra[f"floor_{comp}"] = series_of(comp, "floor", bulk_key)
+    # The aims are stated as lakegate ÷ floor; the floor cell's bracket is floor ÷ lakegate.
+    for fig, _, _, _, plain in FIGURES:
+        if plain:
+            lg = samples.get((fig, "lakegate", bulk_key), {})
+            fl = samples.get((fig, "floor", bulk_key), {})
+            per = [lg[r] / fl[r] if lg.get(r) is not None and fl.get(r) else None for r in runs]
+            extra[f"lakegate_over_floor.{fig}"] = {"median": med(per), "runs": per}
     extra["loadavg_1min_at_run_start"] = [samples.get(("loadavg", "all", "-"), {}).get(r) for r in runs]
 
     doc = {

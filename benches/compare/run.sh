@@ -398,6 +398,7 @@ meta params "BYTES=$BYTES HS_DURATION=$HS_DURATION HS_CONNS=$HS_CONNS LAT_DURATI
 
 mkdir -p "$OUT"
 cp "$RAW" "$OUT/raw.tsv"
+cp "$META" "$OUT/meta.tsv" # so report.py can be re-run on these samples
 PYTHONDONTWRITEBYTECODE=1 python3 benches/compare/report.py --raw "$RAW" --meta "$META" --json "$OUT/results.json" --md "$OUT/results-$DATE.md"
 "$CHART" --in "$OUT/results.json" --out "$OUT/chart.svg" >&2
 cat "$OUT/results-$DATE.md"
