@@ -190,18 +190,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let served = lakegate::control::serve(gen, config);
-            // The queued lines come before the reason for stopping; a stalled stderr
-            // gets no more (the exit code still says it).
-            let written = log.close(std::time::Duration::from_secs(2));
-            match served {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    if written {
-                        eprintln!("error: {e}");
-                    }
-                    ExitCode::from(2)
-                }
-            }
+            stopped(served, log)
         }
         Cmd::Demo {
             dir,
@@ -222,18 +211,7 @@ fn main() -> ExitCode {
             let abs = std::path::absolute(&dir).unwrap_or(dir);
             println!("{}", lakegate::demo::instructions(&abs, port, admin_port));
             let served = lakegate::control::serve(gen, cfg);
-            // The queued lines come before the reason for stopping; a stalled stderr
-            // gets no more (the exit code still says it).
-            let written = log.close(std::time::Duration::from_secs(2));
-            match served {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    if written {
-                        eprintln!("error: {e}");
-                    }
-                    ExitCode::from(2)
-                }
-            }
+            stopped(served, log)
         }
         Cmd::Load(a) => ExitCode::from(lakegate::load::main(&a)),
         Cmd::Pki { cmd } => match lakegate::pki::run(&cmd) {
@@ -243,5 +221,24 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+/// The end of `serve` and `demo`: the reason for stopping goes through the log queue,
+/// after the lines before it, and the queue is written out. Nothing is written to stderr
+/// directly: with a stalled reader that write would hang the exit for good (the exit
+/// code still says it failed).
+fn stopped(
+    served: Result<(), lakegate::control::ServeError>,
+    log: lakegate::telemetry::logs::Guard,
+) -> ExitCode {
+    if let Err(e) = &served {
+        tracing::error!("{e}");
+    }
+    // false: stderr is stalled and what was queued is lost; nothing more can be said.
+    let _all_written = log.close(std::time::Duration::from_secs(2));
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(2),
     }
 }

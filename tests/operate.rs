@@ -831,9 +831,6 @@ fn a_log_reader_that_stops_reading_stalls_no_connection() {
     );
 }
 
-/// Peers that have not authenticated cannot flood the log the access log shares: a
-/// worker logs at most 100 failed handshakes a second, the next line logged says how
-/// many were skipped, and every failure is still counted.
 /// Set in the child process of the panic test below.
 const PANIC_CHILD: &str = "LAKEGATE_TEST_PANIC_CHILD";
 
@@ -843,6 +840,20 @@ const PANIC_CHILD: &str = "LAKEGATE_TEST_PANIC_CHILD";
 /// that thread came back.
 fn panic_child() -> ! {
     let log = lakegate::telemetry::logs::init(false);
+    if std::env::var(PANIC_CHILD).as_deref() == Ok("stalled") {
+        // Nobody will read: the close must give up and say the log was not written.
+        for i in 0..2000 {
+            tracing::info!(
+                i,
+                "a line that fills the pipe nobody reads, {}",
+                "x".repeat(40)
+            );
+        }
+        let written = log.close(Duration::from_secs(3));
+        println!("closed written={written}");
+        std::io::stdout().flush().unwrap();
+        std::process::exit(0);
+    }
     // ~200 KiB of lines: the writer fills the 64 KiB pipe and blocks on it, and the
     // rest stays queued (8,192 lines fit).
     for i in 0..2000 {
@@ -854,7 +865,7 @@ fn panic_child() -> ! {
     }
     std::thread::sleep(Duration::from_millis(300));
     let worker = std::thread::Builder::new()
-        .name("lakegate-w0".into())
+        .name("lg-worker-0".into())
         .spawn(|| panic!("boom in a connection task"))
         .unwrap();
     let panicked = worker.join().is_err();
@@ -883,6 +894,7 @@ fn a_worker_panic_is_one_log_line_and_never_waits_for_the_log_reader() {
         .env(PANIC_CHILD, "1")
         .env("LAKEGATE_LOG", "info")
         .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -922,15 +934,32 @@ fn a_worker_panic_is_one_log_line_and_never_waits_for_the_log_reader() {
     let l = lines[0];
     assert!(l.contains("ERROR"), "{l}");
     assert!(l.contains("panicked: boom in a connection task"), "{l}");
-    assert!(l.contains("lakegate-w0"), "{l}");
+    assert!(l.contains("lg-worker-0"), "{l}");
     assert!(l.contains("operate.rs:"), "{l}");
     // Every filler line arrived too, whole, before the panic's.
     let fillers = err.lines().filter(|l| l.contains("fills the pipe")).count();
     assert_eq!(fillers, 2000);
     assert!(
-        !err.contains("thread 'lakegate-w0' panicked at"),
+        !err.contains("thread 'lg-worker-0' panicked at"),
         "the default hook ran"
     );
+
+    // A reader that never reads: `Guard::close` gives up at its limit and says so (the
+    // caller then writes nothing more to stderr, which would hang the exit).
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(PANIC_CHILD, "stalled")
+        .env("LAKEGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(&mut child, Duration::from_secs(30));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "child: {status:?}");
+    assert!(out.contains("closed written=false"), "{out}");
 }
 
 /// Wait for `child` to exit, at most `limit`; kill it past that.
@@ -947,6 +976,9 @@ fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStat
     None
 }
 
+/// Peers that have not authenticated cannot flood the log the access log shares: a
+/// worker logs at most 100 failed handshakes a second, the next line logged says how
+/// many were skipped, and every failure is still counted.
 #[test]
 fn failed_handshakes_are_logged_at_most_100_a_second_per_worker_and_all_counted() {
     let lab = Lab::new();

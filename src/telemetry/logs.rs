@@ -36,7 +36,18 @@ static WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
 
 /// stderr, counting the writes that fail (a closed pipe, a journald restart): the writer
 /// thread drops what it could not write, so the count is what says lines were lost.
-struct Stderr;
+/// Dropped by the writer thread as it ends, after the `BufWriter` around it has written
+/// out what it held: then it tells [`Guard::close`] (tracing-appender's own guard returns
+/// after ~1.1 s whether or not the writer got through).
+struct Stderr {
+    done: std::sync::mpsc::Sender<()>,
+}
+
+impl Drop for Stderr {
+    fn drop(&mut self) {
+        let _ = self.done.send(());
+    }
+}
 
 impl Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -53,25 +64,25 @@ impl Write for Stderr {
 /// Keeps the writer thread; [`Guard::close`] writes what is queued so the last lines
 /// before exit are not lost.
 #[must_use = "dropping the guard stops the log writer"]
-pub struct Guard(WorkerGuard);
+pub struct Guard {
+    guard: WorkerGuard,
+    written: std::sync::mpsc::Receiver<()>,
+}
 
 impl Guard {
-    /// Write out what is queued and stop the writer, waiting at most `limit`: with a
-    /// stalled reader the writer never finishes (and tracing-appender then reports on
-    /// stdout, which may be the same stalled stream), so the wait happens on a thread
-    /// of its own and is abandoned at the limit rather than hang the exit. Returns
-    /// whether everything was written: if not, the reader is stalled, and the caller
-    /// must not write stderr itself (that write would block the exit for good).
+    /// Write out what is queued and stop the writer, waiting at most `limit`. Returns
+    /// whether everything was written, which only the writer thread knows: it says so
+    /// when it ends. If not, the reader is stalled, and the caller must not write
+    /// stderr itself (that write would block the exit for good). tracing-appender's
+    /// guard is dropped on a thread of its own: when the queue is full it reports on
+    /// stdout, which may be the same stalled stream.
     #[must_use = "false: stderr is stalled, do not write it"]
     pub fn close(self, limit: Duration) -> bool {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let closing = std::thread::Builder::new()
+        let Guard { guard, written } = self;
+        let started = std::thread::Builder::new()
             .name("lakegate-log-close".into())
-            .spawn(move || {
-                drop(self.0);
-                let _ = tx.send(());
-            });
-        closing.is_ok() && rx.recv_timeout(limit).is_ok()
+            .spawn(move || drop(guard));
+        started.is_ok() && written.recv_timeout(limit).is_ok()
     }
 }
 
@@ -81,11 +92,12 @@ pub fn init(json: bool) -> Guard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAKEGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
+    let (done, written) = std::sync::mpsc::channel();
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(QUEUED_LINES)
         .thread_name("lakegate-log")
-        .finish(BufWriter::with_capacity(WRITE_BATCH, Stderr));
+        .finish(BufWriter::with_capacity(WRITE_BATCH, Stderr { done }));
     let _ = DROPPED.set(writer.error_counter());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -97,7 +109,7 @@ pub fn init(json: bool) -> Guard {
         b.init();
     }
     std::panic::set_hook(Box::new(log_panic));
-    Guard(guard)
+    Guard { guard, written }
 }
 
 /// The panic hook: the message, the thread and the place, as an ERROR line through the
