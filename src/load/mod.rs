@@ -101,11 +101,12 @@ pub struct LoadArgs {
     #[arg(long)]
     pub resume: bool,
     /// Every certificate in --cert is a chain of its own (a leaf for --key, issued
-    /// by the CA directly); connections present them in turn. A server then meets a
-    /// client it has not seen lately on each handshake, so what it remembers of a
-    /// returning client (lakegate's chain memo) cannot help: the worst case of a fleet
-    /// of distinct clients. Use more certificates than the server remembers
-    /// (lakegate: 4,096 chains per worker).
+    /// by the CA directly); handshakes present them in turn, across all connection
+    /// slots. A server then meets a client it has not seen lately on each handshake,
+    /// so what it remembers of a returning client (lakegate's chain memo) cannot help:
+    /// the worst case of a fleet of distinct clients. Use more certificates than the
+    /// server remembers (lakegate: 4,096 chains per worker, so more than 4,096 ×
+    /// workers).
     #[arg(long)]
     pub rotate_certs: bool,
     /// Handshake mode: one request after the handshake (store: GET of a small object
@@ -409,21 +410,21 @@ pub fn rotating_certs(cert: &Path, key: &Path) -> Result<Arc<[Arc<CertifiedKey>]
     Ok(out.into())
 }
 
-/// A thread's client certificates for `--rotate-certs`: the next in turn on each
-/// handshake. Thread `idx` of `n` presents certificates idx, idx + n, idx + 2n, ... so
-/// the threads together go through the list in order and a certificate comes back
-/// only after all the others.
+/// The client certificates of `--rotate-certs`: the next in turn on each handshake,
+/// from one counter all threads share, so a certificate comes back only after every
+/// other has been presented, however unevenly the threads run. (Per-thread counters
+/// striding through the list drift apart, and a slow thread would present a
+/// certificate again soon after a fast one did.) One atomic add per handshake is
+/// nothing beside the handshake.
 #[derive(Debug)]
 struct Rotate {
     certs: Arc<[Arc<CertifiedKey>]>,
-    // Only this thread's handshakes touch it: the resolver is per thread.
-    next: AtomicUsize,
-    step: usize,
+    next: Arc<AtomicUsize>,
 }
 
 impl ResolvesClientCert for Rotate {
     fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        let i = self.next.fetch_add(self.step, Ordering::Relaxed);
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
         Some(self.certs[i % self.certs.len()].clone())
     }
 
@@ -920,6 +921,7 @@ pub fn run(
     let cpu0 = cpu_now();
     let start = Instant::now();
     let mut handles = Vec::with_capacity(o.connections);
+    let rotation = Arc::new(AtomicUsize::new(0));
     for idx in 0..o.connections {
         let mut cfg = base.clone();
         // Each thread has its own session cache: tickets are per thread, no shared lock.
@@ -931,8 +933,7 @@ pub fn run(
         if let Some(certs) = &rotate {
             cfg.client_auth_cert_resolver = Arc::new(Rotate {
                 certs: certs.clone(),
-                next: AtomicUsize::new(idx),
-                step: o.connections,
+                next: rotation.clone(),
             });
         }
         let mut w = Worker {
@@ -1280,19 +1281,22 @@ mod tests {
         std::fs::write(&file, alice.repeat(5)).unwrap();
         let certs = rotating_certs(&file, &key).unwrap();
         assert_eq!(certs.len(), 5);
-        // Thread 1 of 2: certificates 1, 3, 0, 2, 4, 1 ...
-        let r = Rotate {
+        // Two threads' resolvers share one counter: whichever asks, the next in turn,
+        // and round again after the fifth.
+        let next = Arc::new(AtomicUsize::new(0));
+        let r = || Rotate {
             certs: certs.clone(),
-            next: AtomicUsize::new(1),
-            step: 2,
+            next: next.clone(),
         };
-        let got: Vec<usize> = (0..6)
-            .map(|_| {
+        let (a, b) = (r(), r());
+        let got: Vec<usize> = [&a, &a, &a, &b, &a, &b, &b]
+            .iter()
+            .map(|r| {
                 let c = r.resolve(&[], &[]).unwrap();
                 certs.iter().position(|x| Arc::ptr_eq(x, &c)).unwrap()
             })
             .collect();
-        assert_eq!(got, [1, 3, 0, 2, 4, 1]);
+        assert_eq!(got, [0, 1, 2, 3, 4, 0, 1]);
     }
 
     #[test]
