@@ -24,6 +24,7 @@ HS_DURATION=${HS_DURATION:-5s}  # per handshake-rate measurement
 HS_CONNS=${HS_CONNS:-16}        # client connection slots (threads) for handshakes
 LAT_DURATION=${LAT_DURATION:-10s}
 IDLE_N=${IDLE_N:-9000}          # idle connections (fd cap: see README)
+ONLY=${ONLY:-}                   # "handshakes": (b) and (c) only
 FLEET=${FLEET:-5000}            # client certificates for the "fresh" handshakes (> 4,096, lakegate's chain memo)
 PEERS=${PEERS:-lakegate haproxy stunnel nginx}
 KEYS=${KEYS:-ecdsa rsa}
@@ -31,7 +32,9 @@ OUT=${OUT:-benches/compare/results}
 SC=${SC:-0} # server core
 CC=${CC:-1} # client + upstream core
 DATE=$(date -u +%F)
-CMDLINE="RUNS=$RUNS BYTES=$BYTES HS_DURATION=$HS_DURATION HS_CONNS=$HS_CONNS LAT_DURATION=$LAT_DURATION IDLE_N=$IDLE_N FLEET=$FLEET PEERS='$PEERS' KEYS='$KEYS' benches/compare/run.sh"
+CMDLINE="ONLY=$ONLY RUNS=$RUNS BYTES=$BYTES HS_DURATION=$HS_DURATION HS_CONNS=$HS_CONNS LAT_DURATION=$LAT_DURATION IDLE_N=$IDLE_N FLEET=$FLEET PEERS='$PEERS' KEYS='$KEYS' benches/compare/run.sh"
+# One worker remembers 4,096 chains: a smaller fleet would let the memo answer.
+[ "$FLEET" -gt 4096 ] 2>/dev/null || { echo "FLEET=$FLEET: must be more than 4096 (lakegate's chains per worker)" >&2; exit 1; }
 read -r -a PEER_LIST <<<"$PEERS"
 read -r -a KEY_LIST <<<"$KEYS"
 
@@ -212,8 +215,8 @@ CONF
 }
 stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-# CLIENT=fleet: present fleet.crt's certificates in turn (with --rotate-certs)
-TLS_OF() { local d=${PKI[$1]}; echo "--ca $d/ca.crt --cert $d/${CLIENT:-alice}.crt --key $d/alice.key"; }
+# LG_CLIENT=fleet: present fleet.crt's certificates in turn (with --rotate-certs)
+TLS_OF() { local d=${PKI[$1]}; echo "--ca $d/ca.crt --cert $d/${LG_CLIENT:-alice}.crt --key $d/alice.key"; }
 
 # load NAME PID PORT KEY OUT.json ARGS... -> "server_cpu_s" (load's report in OUT.json)
 load() {
@@ -280,13 +283,16 @@ for run in $(seq "$RUNS"); do
                 extra=(); client=alice
                 [ "$mode" = resumed ] && extra=(--resume)
                 [ "$mode" = fresh ] && { extra=(--rotate-certs); client=fleet; }
-                cpu=$(CLIENT=$client load "$p" "${HS_PID[$p-$k]}" "${HS_PORT[$p-$k]}" "$k" "$j" --mode handshake \
+                cpu=$(LG_CLIENT=$client load "$p" "${HS_PID[$p-$k]}" "${HS_PORT[$p-$k]}" "$k" "$j" --mode handshake \
                     --connections "$HS_CONNS" --duration "$HS_DURATION" "${extra[@]}")
                 read -r full res ops errs secs < <(jget "$j" '"%d %d %s %d %s" % (d["handshakes"]["full"], d["handshakes"]["resumed"], d["ops_per_s"], d["errors_total"], d["duration_s"])')
                 n=$((full + res))
                 note="full=$full resumed=$res errors=$errs ops/s=$ops server_cpu_s=$cpu server_core_busy=$(calc "$cpu / $secs * 100" 0)%"
                 if [ "$mode" = resumed ] && [ "$n" -gt 0 ] && [ $((res * 10)) -lt $((n * 9)) ]; then
                     raw "$run" "hs_resumed" "$p" "$k" NA "no resumption: $note"
+                elif [ "$mode" = fresh ] && [ $((errs * 100)) -gt "$n" ]; then
+                    # More than 1 % failed: the server refuses some of the fleet's certificates.
+                    raw "$run" "hs_fresh" "$p" "$k" NA "fleet certificates refused: $note"
                 else
                     raw "$run" "hs_$mode" "$p" "$k" "$(calc "$n / $cpu" 1)" "$note"
                 fi
@@ -308,6 +314,7 @@ for run in $(seq "$RUNS"); do
         done
     done
 
+    if [ "$ONLY" != handshakes ]; then
     # (a) server CPU-s per GiB, upload and download; (e) the floor
     f=$(taskset -c "$SC" "$FWD" aead-floor --bytes "$BYTES" --alg "$ALG")
     v=$(tr ' ' '\n' <<<"$f" | sed -n 's/^open_cpu_s_per_gib=//p')
@@ -370,6 +377,7 @@ for run in $(seq "$RUNS"); do
         stop "$ipid"
         for _ in $(seq 60); do [ "$(cat "$TMP/idlesink.count")" -le "$c0" ] && break; sleep 0.5; done
     done
+    fi
 done
 T_END=$(date +%s)
 
@@ -394,7 +402,7 @@ meta python "$(python3 --version 2>&1)"
 meta loadavg "start $LOAD0, end $(cut -d" " -f1-3 /proc/loadavg)"
 meta wall "$((T_END - T_START)) s"
 meta idle_n "$IDLE_N"
-meta params "BYTES=$BYTES HS_DURATION=$HS_DURATION HS_CONNS=$HS_CONNS LAT_DURATION=$LAT_DURATION IDLE_N=$IDLE_N server core $SC, client+upstreams core $CC, bulk/idle key $BK, AEAD $ALG"
+meta params "BYTES=$BYTES HS_DURATION=$HS_DURATION HS_CONNS=$HS_CONNS LAT_DURATION=$LAT_DURATION IDLE_N=$IDLE_N FLEET=$FLEET server core $SC, client+upstreams core $CC, bulk/idle key $BK, AEAD $ALG"
 
 mkdir -p "$OUT"
 cp "$RAW" "$OUT/raw.tsv"
