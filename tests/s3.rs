@@ -295,6 +295,23 @@ assert [(p["PartNumber"], p["Size"]) for p in lp["Parts"]] == [(1, 5 * MiB), (2,
 ups = s3.list_multipart_uploads(Bucket=B)
 assert [(x["Key"], x["UploadId"]) for x in ups.get("Uploads", [])] == [("e/ok.bin", u)], ups
 
+# Pages of two, followed by their markers: every upload once, by key then id (two on
+# one key, so a page ends inside a key and the id marker matters).
+extra = [(k, create(k)) for k in ("e/p3", "e/p1", "e/p2", "e/p1")]
+want = sorted(extra + [("e/ok.bin", u)])
+got, kw, pages = [], {}, 0
+while True:
+    r = s3.list_multipart_uploads(Bucket=B, MaxUploads=2, **kw)
+    got += [(x["Key"], x["UploadId"]) for x in r.get("Uploads", [])]
+    pages += 1
+    assert len(r.get("Uploads", [])) <= 2, r
+    if not r["IsTruncated"]:
+        break
+    kw = {"KeyMarker": r["NextKeyMarker"], "UploadIdMarker": r["NextUploadIdMarker"]}
+assert got == want and pages == 3, (got, want, pages)
+for k, x in extra:
+    s3.abort_multipart_upload(Bucket=B, Key=k, UploadId=x)
+
 # Another identity: every use of the upload is NoSuchUpload (404), never 403, and it
 # does not see it listed.
 assert code(lambda: carol.upload_part(Bucket=B, Key="e/ok.bin", UploadId=u, PartNumber=3, Body=b"x")) == ("NoSuchUpload", 404)

@@ -336,6 +336,64 @@ pub fn plan_completion(
     Ok(Completion { parts, size, etag })
 }
 
+/// One ListMultipartUploads page, chosen from `candidates` in any order (a folder's
+/// listing order): the uploads after the markers, by key then upload id, at most `max`;
+/// the bool says more follow. S3's markers: `key_marker` alone skips every upload of
+/// that key and before; with `id_marker` too, uploads of that key resume after that id
+/// (S3 ignores an `id_marker` without a `key_marker`).
+///
+/// It holds at most `max + 1` entries whatever the number of candidates (the smallest
+/// seen so far, in a max-heap), so a bucket with a million uploads costs one page of
+/// memory, not a million keys of up to 1 KiB.
+pub fn upload_page(
+    candidates: impl IntoIterator<Item = UploadEntry>,
+    key_marker: Option<&str>,
+    id_marker: Option<&str>,
+    max: usize,
+) -> (Vec<UploadEntry>, bool) {
+    /// Ordered by (key, id) only.
+    struct ByKeyId(UploadEntry);
+    impl PartialEq for ByKeyId {
+        fn eq(&self, o: &Self) -> bool {
+            self.cmp(o).is_eq()
+        }
+    }
+    impl Eq for ByKeyId {}
+    impl PartialOrd for ByKeyId {
+        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(o))
+        }
+    }
+    impl Ord for ByKeyId {
+        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+            (&self.0.key, &self.0.id).cmp(&(&o.0.key, &o.0.id))
+        }
+    }
+    let keep = max.saturating_add(1);
+    let mut heap = std::collections::BinaryHeap::with_capacity(keep.min(1024));
+    for e in candidates {
+        let after = match (key_marker, id_marker) {
+            (None, _) => true,
+            (Some(k), None) => e.key.as_str() > k,
+            (Some(k), Some(i)) => (e.key.as_str(), e.id.as_str()) > (k, i),
+        };
+        if !after {
+            continue;
+        }
+        if heap.len() < keep {
+            heap.push(ByKeyId(e));
+        } else if heap.peek().is_some_and(|top| ByKeyId(e.clone()) < *top) {
+            // Full: the new one displaces the largest kept.
+            heap.pop();
+            heap.push(ByKeyId(e));
+        }
+    }
+    let mut page: Vec<UploadEntry> = heap.into_sorted_vec().into_iter().map(|b| b.0).collect();
+    let more = page.len() > max;
+    page.truncate(max);
+    (page, more)
+}
+
 impl Store {
     /// The bucket's upload folder, created if `create`.
     fn mpu_root(&self, bucket: &str, create: bool) -> io::Result<File> {
@@ -659,40 +717,21 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        let mut all = Vec::new();
-        for (id, _) in sys::read_dir(&root)? {
+        let candidates = sys::read_dir(&root)?.into_iter().filter_map(|(id, _)| {
             if !valid_upload_id(&id) {
-                continue;
+                return None;
             }
-            let Ok(dir) = open_dir_nofollow(&root, &id) else {
-                continue;
-            };
-            let Some(info) = read_small(&dir, UPLOAD_RECORD)
+            let dir = open_dir_nofollow(&root, &id).ok()?;
+            let info = read_small(&dir, UPLOAD_RECORD)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<UploadInfo>(&b).ok())
-            else {
-                continue;
-            };
-            if info.owner != owner || !info.key.starts_with(prefix) {
-                continue;
-            }
-            let after = match (key_marker, id_marker) {
-                (None, _) => true,
-                (Some(k), None) => info.key.as_str() > k,
-                (Some(k), Some(i)) => (info.key.as_str(), id.as_str()) > (k, i),
-            };
-            if after {
-                all.push(UploadEntry {
-                    key: info.key,
-                    id,
-                    created: info.created,
-                });
-            }
-        }
-        all.sort_by(|a, b| (&a.key, &a.id).cmp(&(&b.key, &b.id)));
-        let more = all.len() > max;
-        all.truncate(max);
-        Ok((all, more))
+                .and_then(|b| serde_json::from_slice::<UploadInfo>(&b).ok())?;
+            (info.owner == owner && info.key.starts_with(prefix)).then_some(UploadEntry {
+                key: info.key,
+                id,
+                created: info.created,
+            })
+        });
+        Ok(upload_page(candidates, key_marker, id_marker, max))
     }
 
     /// Remove uploads untouched (no part stored) for longer than `max_age`, and the
@@ -1063,6 +1102,104 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    fn entry(key: &str, id: &str) -> UploadEntry {
+        UploadEntry {
+            key: key.into(),
+            id: id.into(),
+            created: 0,
+        }
+    }
+
+    /// The page as the old code made it: everything after the markers, sorted, cut.
+    fn reference(
+        all: &[UploadEntry],
+        km: Option<&str>,
+        im: Option<&str>,
+        max: usize,
+    ) -> (Vec<UploadEntry>, bool) {
+        let mut v: Vec<UploadEntry> = all
+            .iter()
+            .filter(|e| match (km, im) {
+                (None, _) => true,
+                (Some(k), None) => e.key.as_str() > k,
+                (Some(k), Some(i)) => (e.key.as_str(), e.id.as_str()) > (k, i),
+            })
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (&a.key, &a.id).cmp(&(&b.key, &b.id)));
+        let more = v.len() > max;
+        v.truncate(max);
+        (v, more)
+    }
+
+    #[test]
+    fn an_uploads_page_is_the_smallest_after_the_markers_in_any_listing_order() {
+        // Keys a..e, three uploads each, in a scrambled order (a folder lists in hash
+        // order); the same page whatever the order.
+        let mut all = Vec::new();
+        for k in ["c", "a", "e", "b", "d"] {
+            for i in ["2", "0", "1"] {
+                all.push(entry(k, i));
+            }
+        }
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for round in 0..50 {
+            for j in (1..all.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                all.swap(j, (x % (j as u64 + 1)) as usize);
+            }
+            for (km, im) in [
+                (None, None),
+                (None, Some("1")),
+                (Some("b"), None),
+                (Some("b"), Some("0")),
+                (Some("b"), Some("2")),
+                (Some("e"), Some("2")),
+                (Some("0"), None),
+                (Some("z"), None),
+            ] {
+                for max in [0, 1, 2, 3, 7, 14, 15, 16, 1000] {
+                    let got = upload_page(all.iter().cloned(), km, im, max);
+                    assert_eq!(
+                        got,
+                        reference(&all, km, im, max),
+                        "round {round} markers {km:?}/{im:?} max {max}"
+                    );
+                }
+            }
+        }
+        // The markers' meaning, spelled out.
+        let keys = |v: Vec<UploadEntry>| -> Vec<String> {
+            v.into_iter()
+                .map(|e| format!("{}/{}", e.key, e.id))
+                .collect()
+        };
+        let (p, more) = upload_page(all.iter().cloned(), Some("b"), Some("0"), 3);
+        assert_eq!(keys(p), ["b/1", "b/2", "c/0"]);
+        assert!(more);
+        let (p, more) = upload_page(all.iter().cloned(), Some("d"), None, 10);
+        assert_eq!(keys(p), ["e/0", "e/1", "e/2"]);
+        assert!(!more);
+        // An id marker without a key marker is ignored, as S3 does.
+        assert_eq!(
+            upload_page(all.iter().cloned(), None, Some("9"), 1).0,
+            [entry("a", "0")]
+        );
+    }
+
+    #[test]
+    fn an_uploads_page_holds_one_page_however_many_uploads_there_are() {
+        // 200,000 candidates, streamed: a page of 2 is the two smallest, and "more".
+        let many = (0..200_000u32)
+            .rev()
+            .map(|n| entry(&format!("k{n:06}"), "id"));
+        let (p, more) = upload_page(many, None, None, 2);
+        assert_eq!(p, [entry("k000000", "id"), entry("k000001", "id")]);
+        assert!(more);
+    }
 
     /// Parts 1-3 of 5 MiB of `a`, 5 MiB of `b` and the byte `c`; the MD5s and the
     /// multipart ETag were computed by Python's hashlib, not by this code.
