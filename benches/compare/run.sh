@@ -5,6 +5,7 @@
 #
 #   benches/compare/run.sh                     # defaults below, ~25 min on 2 cores
 #   RUNS=5 BYTES=4GiB IDLE_N=9000 benches/compare/run.sh
+#   ONLY=handshakes OUT=/tmp/hs benches/compare/run.sh   # (b) and (c) only, ~10 min
 #
 # Server processes on core $SC, the client and every upstream on core $CC. Server CPU =
 # utime+stime from /proc/PID/stat of the server process and its children (nginx master
