@@ -226,19 +226,28 @@ fn main() -> ExitCode {
 
 /// The end of `serve` and `demo`: the reason for stopping goes through the log queue,
 /// after the lines before it, and the queue is written out. Nothing is written to stderr
-/// directly: with a stalled reader that write would hang the exit for good (the exit
-/// code still says it failed).
+/// directly unless the queue is known to have been written out: with a stalled reader
+/// that write would hang the exit for good (the exit code still says it failed).
 fn stopped(
     served: Result<(), lakegate::control::ServeError>,
     log: lakegate::telemetry::logs::Guard,
 ) -> ExitCode {
+    use lakegate::telemetry::logs::dropped_lines;
+    let dropped = dropped_lines();
     if let Err(e) = &served {
         tracing::error!("{e}");
     }
-    // false: stderr is stalled and what was queued is lost; nothing more can be said.
-    let _all_written = log.close(std::time::Duration::from_secs(2));
+    let lost = dropped_lines() > dropped;
+    let written = log.close(std::time::Duration::from_secs(2));
     match served {
         Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::from(2),
+        Err(e) => {
+            // The queue was full and dropped the reason, yet stderr then took all that
+            // was queued: it flows, so say it directly.
+            if lost && written {
+                eprintln!("error: {e}");
+            }
+            ExitCode::from(2)
+        }
     }
 }

@@ -846,7 +846,7 @@ fn panic_child() -> ! {
             tracing::info!(
                 i,
                 "a line that fills the pipe nobody reads, {}",
-                "x".repeat(40)
+                "x".repeat(640)
             );
         }
         let written = log.close(Duration::from_secs(3));
@@ -854,13 +854,13 @@ fn panic_child() -> ! {
         std::io::stdout().flush().unwrap();
         std::process::exit(0);
     }
-    // ~200 KiB of lines: the writer fills the 64 KiB pipe and blocks on it, and the
-    // rest stays queued (8,192 lines fit).
+    // ~1.4 MB of lines: more than a pipe holds even with 64 KiB pages (16 pages, 1 MiB),
+    // so the writer blocks on it, and the rest stays queued (8,192 lines fit).
     for i in 0..2000 {
         tracing::info!(
             i,
             "a line that fills the pipe nobody reads yet, {}",
-            "x".repeat(40)
+            "x".repeat(640)
         );
     }
     std::thread::sleep(Duration::from_millis(300));

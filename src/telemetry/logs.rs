@@ -45,7 +45,10 @@ struct Stderr {
 
 impl Drop for Stderr {
     fn drop(&mut self) {
-        let _ = self.done.send(());
+        // A writer thread unwinding from a panic has not written what was queued.
+        if !std::thread::panicking() {
+            let _ = self.done.send(());
+        }
     }
 }
 
@@ -72,7 +75,10 @@ pub struct Guard {
 impl Guard {
     /// Write out what is queued and stop the writer, waiting at most `limit`. Returns
     /// whether everything was written, which only the writer thread knows: it says so
-    /// when it ends. If not, the reader is stalled, and the caller must not write
+    /// when it ends. It also says false, after the whole `limit`, when the queue was
+    /// full at the close (tracing-appender gives up queueing its stop after 100 ms) or
+    /// a write to stderr failed (the writer then never sees the stop): in both cases
+    /// lines were lost and are counted. If not, the reader is stalled, and the caller must not write
     /// stderr itself (that write would block the exit for good). tracing-appender's
     /// guard is dropped on a thread of its own: when the queue is full it reports on
     /// stdout, which may be the same stalled stream.
