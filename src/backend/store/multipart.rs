@@ -336,62 +336,117 @@ pub fn plan_completion(
     Ok(Completion { parts, size, etag })
 }
 
-/// One ListMultipartUploads page, chosen from `candidates` in any order (a folder's
+/// One ListMultipartUploads page, built from uploads offered in any order (a folder's
 /// listing order): the uploads after the markers, by key then upload id, at most `max`;
-/// the bool says more follow. S3's markers: `key_marker` alone skips every upload of
-/// that key and before; with `id_marker` too, uploads of that key resume after that id
-/// (S3 ignores an `id_marker` without a `key_marker`).
+/// [`UploadPage::finish`] says whether more follow. S3's markers: `key_marker` alone
+/// skips every upload of that key and before; with `id_marker` too, uploads of that key
+/// resume after that id (S3 ignores an `id_marker` without a `key_marker`). Uploads of
+/// one key are in id order, not S3's initiation order: the id is what the marker names.
 ///
-/// It holds at most `max + 1` entries whatever the number of candidates (the smallest
-/// seen so far, in a max-heap), so a bucket with a million uploads costs one page of
-/// memory, not a million keys of up to 1 KiB.
+/// It holds at most `max + 1` entries however many are offered (the smallest seen so
+/// far, in a max-heap), so a bucket with a million uploads costs one page of keys of up
+/// to 1 KiB each, not a million.
+pub struct UploadPage<'m> {
+    key_marker: Option<&'m str>,
+    id_marker: Option<&'m str>,
+    max: usize,
+    heap: std::collections::BinaryHeap<ByKeyId>,
+}
+
+/// An upload ordered by (key, id) only.
+struct ByKeyId(UploadEntry);
+
+impl ByKeyId {
+    fn key(&self) -> (&str, &str) {
+        (&self.0.key, &self.0.id)
+    }
+}
+
+impl PartialEq for ByKeyId {
+    fn eq(&self, o: &Self) -> bool {
+        self.key() == o.key()
+    }
+}
+
+impl Eq for ByKeyId {}
+
+impl PartialOrd for ByKeyId {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for ByKeyId {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&o.key())
+    }
+}
+
+impl<'m> UploadPage<'m> {
+    /// An empty page after these markers, of at most `max` uploads.
+    pub fn new(key_marker: Option<&'m str>, id_marker: Option<&'m str>, max: usize) -> Self {
+        UploadPage {
+            key_marker,
+            id_marker,
+            max,
+            heap: std::collections::BinaryHeap::with_capacity(max.saturating_add(1).min(1024)),
+        }
+    }
+
+    /// Whether an upload of `key` with `id` comes after the markers.
+    fn after_markers(&self, key: &str, id: &str) -> bool {
+        match (self.key_marker, self.id_marker) {
+            (None, _) => true,
+            (Some(k), None) => key > k,
+            (Some(k), Some(i)) => (key, id) > (k, i),
+        }
+    }
+
+    /// Consider one upload.
+    pub fn offer(&mut self, e: UploadEntry) {
+        if !self.after_markers(&e.key, &e.id) {
+            return;
+        }
+        if self.heap.len() <= self.max {
+            self.heap.push(ByKeyId(e));
+        } else if self
+            .heap
+            .peek()
+            .is_some_and(|top| (e.key.as_str(), e.id.as_str()) < top.key())
+        {
+            // Full: the new one displaces the largest kept.
+            self.heap.pop();
+            self.heap.push(ByKeyId(e));
+        }
+    }
+
+    /// The page, sorted, and whether more follow. A page of 0 says none follow: there
+    /// would be no last upload to name as the next marker.
+    pub fn finish(self) -> (Vec<UploadEntry>, bool) {
+        let mut page: Vec<UploadEntry> = self
+            .heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|b| b.0)
+            .collect();
+        let more = self.max > 0 && page.len() > self.max;
+        page.truncate(self.max);
+        (page, more)
+    }
+}
+
+/// [`UploadPage`] over a whole collection.
 pub fn upload_page(
     candidates: impl IntoIterator<Item = UploadEntry>,
     key_marker: Option<&str>,
     id_marker: Option<&str>,
     max: usize,
 ) -> (Vec<UploadEntry>, bool) {
-    /// Ordered by (key, id) only.
-    struct ByKeyId(UploadEntry);
-    impl PartialEq for ByKeyId {
-        fn eq(&self, o: &Self) -> bool {
-            self.cmp(o).is_eq()
-        }
-    }
-    impl Eq for ByKeyId {}
-    impl PartialOrd for ByKeyId {
-        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-            Some(self.cmp(o))
-        }
-    }
-    impl Ord for ByKeyId {
-        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-            (&self.0.key, &self.0.id).cmp(&(&o.0.key, &o.0.id))
-        }
-    }
-    let keep = max.saturating_add(1);
-    let mut heap = std::collections::BinaryHeap::with_capacity(keep.min(1024));
+    let mut page = UploadPage::new(key_marker, id_marker, max);
     for e in candidates {
-        let after = match (key_marker, id_marker) {
-            (None, _) => true,
-            (Some(k), None) => e.key.as_str() > k,
-            (Some(k), Some(i)) => (e.key.as_str(), e.id.as_str()) > (k, i),
-        };
-        if !after {
-            continue;
-        }
-        if heap.len() < keep {
-            heap.push(ByKeyId(e));
-        } else if heap.peek().is_some_and(|top| ByKeyId(e.clone()) < *top) {
-            // Full: the new one displaces the largest kept.
-            heap.pop();
-            heap.push(ByKeyId(e));
-        }
+        page.offer(e);
     }
-    let mut page: Vec<UploadEntry> = heap.into_sorted_vec().into_iter().map(|b| b.0).collect();
-    let more = page.len() > max;
-    page.truncate(max);
-    (page, more)
+    page.finish()
 }
 
 impl Store {
@@ -717,21 +772,29 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        let candidates = sys::read_dir(&root)?.into_iter().filter_map(|(id, _)| {
-            if !valid_upload_id(&id) {
-                return None;
+        // Streamed from the folder: neither the ids nor the keys of every upload are
+        // held, only one page.
+        let mut page = UploadPage::new(key_marker, id_marker, max);
+        sys::for_each_entry(&root, |id, _| {
+            if !valid_upload_id(id) {
+                return Ok(true);
             }
-            let dir = open_dir_nofollow(&root, &id).ok()?;
+            let Ok(dir) = open_dir_nofollow(&root, id) else {
+                return Ok(true);
+            };
             let info = read_small(&dir, UPLOAD_RECORD)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<UploadInfo>(&b).ok())?;
-            (info.owner == owner && info.key.starts_with(prefix)).then_some(UploadEntry {
-                key: info.key,
-                id,
-                created: info.created,
-            })
-        });
-        Ok(upload_page(candidates, key_marker, id_marker, max))
+                .and_then(|b| serde_json::from_slice::<UploadInfo>(&b).ok());
+            if let Some(info) = info.filter(|i| i.owner == owner && i.key.starts_with(prefix)) {
+                page.offer(UploadEntry {
+                    key: info.key,
+                    id: id.to_owned(),
+                    created: info.created,
+                });
+            }
+            Ok(true)
+        })?;
+        Ok(page.finish())
     }
 
     /// Remove uploads untouched (no part stored) for longer than `max_age`, and the
@@ -1128,7 +1191,8 @@ mod tests {
             .cloned()
             .collect();
         v.sort_by(|a, b| (&a.key, &a.id).cmp(&(&b.key, &b.id)));
-        let more = v.len() > max;
+        // A page of 0 says none follow (there is no last upload to resume after).
+        let more = max > 0 && v.len() > max;
         v.truncate(max);
         (v, more)
     }
