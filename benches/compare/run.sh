@@ -35,6 +35,7 @@ CC=${CC:-1} # client + upstream core
 DATE=$(date -u +%F)
 CMDLINE="ONLY=$ONLY RUNS=$RUNS BYTES=$BYTES HS_DURATION=$HS_DURATION HS_CONNS=$HS_CONNS LAT_DURATION=$LAT_DURATION IDLE_N=$IDLE_N FLEET=$FLEET PEERS='$PEERS' KEYS='$KEYS' benches/compare/run.sh"
 # One worker remembers 4,096 chains: a smaller fleet would let the memo answer.
+case $ONLY in "" | handshakes) ;; *) echo "ONLY=$ONLY: only \"handshakes\" (or empty: everything)" >&2; exit 1 ;; esac
 [ "$FLEET" -gt 4096 ] 2>/dev/null || { echo "FLEET=$FLEET: must be more than 4096 (lakegate's chains per worker)" >&2; exit 1; }
 read -r -a PEER_LIST <<<"$PEERS"
 read -r -a KEY_LIST <<<"$KEYS"
@@ -231,7 +232,7 @@ load() {
 }
 
 # ---- instances -------------------------------------------------------------------------
-declare -A HS_PID HS_PORT DN_PID DN_PORT
+declare -A HS_PID HS_PORT DN_PID DN_PORT FROM
 log "== servers on core $SC (handshakes + uploads: upstream = discard sink; downloads: upstream = source)"
 for k in "${KEY_LIST[@]}"; do
     for p in "${PEER_LIST[@]}"; do
@@ -283,11 +284,15 @@ for run in $(seq "$RUNS"); do
                 j=$TMP/hs-$run-$k-$mode-$p.json
                 extra=(); client=alice
                 [ "$mode" = resumed ] && extra=(--resume)
-                [ "$mode" = fresh ] && { extra=(--rotate-certs); client=fleet; }
+                # Each server instance lives through all runs and remembers: start past
+                # where its last fresh measurement ended (attempts, plus the handshakes
+                # cut at the stop), at the certificates it saw longest ago.
+                [ "$mode" = fresh ] && { extra=(--rotate-certs --rotate-from "${FROM[$p-$k]:-0}"); client=fleet; }
                 cpu=$(LG_CLIENT=$client load "$p" "${HS_PID[$p-$k]}" "${HS_PORT[$p-$k]}" "$k" "$j" --mode handshake \
                     --connections "$HS_CONNS" --duration "$HS_DURATION" "${extra[@]}")
                 read -r full res ops errs secs < <(jget "$j" '"%d %d %s %d %s" % (d["handshakes"]["full"], d["handshakes"]["resumed"], d["ops_per_s"], d["errors_total"], d["duration_s"])')
                 n=$((full + res))
+                [ "$mode" = fresh ] && FROM[$p-$k]=$(( (${FROM[$p-$k]:-0} + n + errs + HS_CONNS) % FLEET ))
                 note="full=$full resumed=$res errors=$errs ops/s=$ops server_cpu_s=$cpu server_core_busy=$(calc "$cpu / $secs * 100" 0)%"
                 if [ "$mode" = resumed ] && [ "$n" -gt 0 ] && [ $((res * 10)) -lt $((n * 9)) ]; then
                     raw "$run" "hs_resumed" "$p" "$k" NA "no resumption: $note"

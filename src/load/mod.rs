@@ -109,6 +109,12 @@ pub struct LoadArgs {
     /// workers).
     #[arg(long)]
     pub rotate_certs: bool,
+    /// With --rotate-certs: the position in the list to start at. A server keeps what
+    /// it remembered across runs of this command; a run that starts where the last one
+    /// ended meets the certificates the server saw longest ago (benches/compare passes
+    /// the count so far).
+    #[arg(long, default_value_t = 0, requires = "rotate_certs")]
+    pub rotate_from: usize,
     /// Handshake mode: one request after the handshake (store: GET of a small object
     /// put at setup; forward: write --object-size bytes and drain).
     #[arg(long)]
@@ -863,11 +869,11 @@ fn cpu_now() -> (f64, f64) {
 /// Run the load with validated options and a base TLS config; returns the report.
 ///
 /// `rotate`: the certificates of `--rotate-certs`, presented in turn instead of
-/// `base`'s.
+/// `base`'s, from the position given.
 pub fn run(
     o: Options,
     base: ClientConfig,
-    rotate: Option<Arc<[Arc<CertifiedKey>]>>,
+    rotate: Option<(Arc<[Arc<CertifiedKey>]>, usize)>,
 ) -> Result<Report, String> {
     let addr = (o.target_text.as_str())
         .to_socket_addrs()
@@ -921,7 +927,7 @@ pub fn run(
     let cpu0 = cpu_now();
     let start = Instant::now();
     let mut handles = Vec::with_capacity(o.connections);
-    let rotation = Arc::new(AtomicUsize::new(0));
+    let rotation = Arc::new(AtomicUsize::new(rotate.as_ref().map_or(0, |r| r.1)));
     for idx in 0..o.connections {
         let mut cfg = base.clone();
         // Each thread has its own session cache: tickets are per thread, no shared lock.
@@ -930,7 +936,7 @@ pub fn run(
         } else {
             Resumption::disabled()
         };
-        if let Some(certs) = &rotate {
+        if let Some((certs, _)) = &rotate {
             cfg.client_auth_cert_resolver = Arc::new(Rotate {
                 certs: certs.clone(),
                 next: rotation.clone(),
@@ -1104,7 +1110,7 @@ pub fn main(a: &LoadArgs) -> u8 {
     };
     let rotate = match a
         .rotate_certs
-        .then(|| rotating_certs(&a.cert, &a.key))
+        .then(|| rotating_certs(&a.cert, &a.key).map(|c| (c, a.rotate_from)))
         .transpose()
     {
         Ok(r) => r,
