@@ -34,8 +34,8 @@ SC=${SC:-0} # server core
 CC=${CC:-1} # client + upstream core
 DATE=$(date -u +%F)
 CMDLINE="ONLY=$ONLY RUNS=$RUNS BYTES=$BYTES HS_DURATION=$HS_DURATION HS_CONNS=$HS_CONNS LAT_DURATION=$LAT_DURATION IDLE_N=$IDLE_N FLEET=$FLEET PEERS='$PEERS' KEYS='$KEYS' benches/compare/run.sh"
-# One worker remembers 4,096 chains: a smaller fleet would let the memo answer.
 case $ONLY in "" | handshakes) ;; *) echo "ONLY=$ONLY: only \"handshakes\" (or empty: everything)" >&2; exit 1 ;; esac
+# One worker remembers 4,096 chains: a smaller fleet would let the memo answer.
 [ "$FLEET" -gt 4096 ] 2>/dev/null || { echo "FLEET=$FLEET: must be more than 4096 (lakegate's chains per worker)" >&2; exit 1; }
 read -r -a PEER_LIST <<<"$PEERS"
 read -r -a KEY_LIST <<<"$KEYS"

@@ -75,13 +75,13 @@ pub struct Guard {
 impl Guard {
     /// Write out what is queued and stop the writer, waiting at most `limit`. Returns
     /// whether everything was written, which only the writer thread knows: it says so
-    /// when it ends. It also says false, after the whole `limit`, when the queue was
-    /// full at the close (tracing-appender gives up queueing its stop after 100 ms) or
-    /// a write to stderr failed (the writer then never sees the stop): in both cases
-    /// lines were lost and are counted. If not, the reader is stalled, and the caller must not write
-    /// stderr itself (that write would block the exit for good). tracing-appender's
-    /// guard is dropped on a thread of its own: when the queue is full it reports on
-    /// stdout, which may be the same stalled stream.
+    /// when it ends. False means stderr is stalled (or failing), and the caller must not
+    /// write it itself: that write could block the exit for good. False also comes,
+    /// after the whole `limit`, when the queue was full at the close (tracing-appender
+    /// gives up queueing its stop after 100 ms) or a write to stderr failed (the writer
+    /// then never sees the stop); lines were lost then, and are counted.
+    /// tracing-appender's guard is dropped on a thread of its own: when the queue is
+    /// full it reports on stdout, which may be the same stalled stream.
     #[must_use = "false: stderr is stalled, do not write it"]
     pub fn close(self, limit: Duration) -> bool {
         let Guard { guard, written } = self;

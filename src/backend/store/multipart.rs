@@ -435,20 +435,6 @@ impl<'m> UploadPage<'m> {
     }
 }
 
-/// [`UploadPage`] over a whole collection.
-pub fn upload_page(
-    candidates: impl IntoIterator<Item = UploadEntry>,
-    key_marker: Option<&str>,
-    id_marker: Option<&str>,
-    max: usize,
-) -> (Vec<UploadEntry>, bool) {
-    let mut page = UploadPage::new(key_marker, id_marker, max);
-    for e in candidates {
-        page.offer(e);
-    }
-    page.finish()
-}
-
 impl Store {
     /// The bucket's upload folder, created if `create`.
     fn mpu_root(&self, bucket: &str, create: bool) -> io::Result<File> {
@@ -1165,6 +1151,20 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    /// [`UploadPage`] over a whole collection.
+    fn upload_page(
+        candidates: impl IntoIterator<Item = UploadEntry>,
+        key_marker: Option<&str>,
+        id_marker: Option<&str>,
+        max: usize,
+    ) -> (Vec<UploadEntry>, bool) {
+        let mut page = UploadPage::new(key_marker, id_marker, max);
+        for e in candidates {
+            page.offer(e);
+        }
+        page.finish()
+    }
 
     fn entry(key: &str, id: &str) -> UploadEntry {
         UploadEntry {
